@@ -1,0 +1,246 @@
+"""`dd-assets` command line. Each subcommand is a thin shell over the library; exit codes are meant
+for CI: 0 ok, 1 a problem with the workflow or its data, 2 bad usage."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from dd_assets.config import WorkflowConfigError, load_workflow
+
+console = Console(soft_wrap=True)
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def _cell(value: Any, width: int = 80) -> str:
+    text = json.dumps(value, default=str, ensure_ascii=False) if isinstance(value, dict | list) else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def print_table(rows: list[dict[str, Any]], title: str) -> None:
+    """Wide tables fold into unreadable slivers in a terminal, so beyond a few columns each
+    record is shown as its own column/value table."""
+    columns = list(rows[0]) if rows else []
+    if len(columns) * 14 <= console.width:
+        table = Table(title=title)
+        for c in columns:
+            table.add_column(c, overflow="fold")
+        for r in rows:
+            table.add_row(*(_cell(r.get(c)) for c in columns))
+        console.print(table)
+        return
+    console.print(f"[bold]{title}[/bold]")
+    for i, r in enumerate(rows):
+        table = Table(title=f"row {i}", show_header=False, title_justify="left")
+        table.add_column("column", style="cyan", no_wrap=True)
+        table.add_column("value", overflow="fold")
+        for c in columns:
+            table.add_row(c, _cell(r.get(c), 200))
+        console.print(table)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from dd_assets.fingerprint import workflow_fingerprints
+
+    wf = load_workflow(args.config)
+    fps = workflow_fingerprints(wf)
+    console.print(f"[green]ok[/green] {args.config}: workflow {wf.name!r}, {len(wf.stages)} stage(s)")
+    for s in wf.stages:
+        console.print(
+            f"  {s.name}: {len(s.columns)} column(s), {s.num_records} records in"
+            f" {s.num_row_groups} row group(s) of {s.buffer_size}, fingerprint {fps[s.name].short}"
+        )
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from dd_assets.preview import preview_stage
+
+    wf = load_workflow(args.config)
+    stage = args.stage or wf.stages[0].name
+    result = preview_stage(wf, stage, args.n)
+    print_table(result.table.to_pylist(), f"{wf.name} / {stage}: first {result.table.num_rows} rows")
+    if result.dropped:
+        err_console.print(f"[yellow]{sum(result.dropped.values())} row(s) dropped:[/yellow]")
+        for reason, n in result.dropped.most_common():
+            err_console.print(f"  {n} × {reason}")
+    return 0
+
+
+def _parse_partitions(spec: str | None, total: int) -> list[int]:
+    if not spec:
+        return list(range(total))
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise SystemExit(f"error: --partitions {spec!r}: use row-group ids like 0-9 or 00003,00007") from None
+        if not (0 <= a <= b < total):
+            raise SystemExit(f"error: --partitions {spec!r}: row groups run from 0 to {total - 1}")
+        out += range(a, b + 1)
+    return sorted(set(out))
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    from dd_assets.launch import materialize_workflow
+
+    wf = load_workflow(args.config)
+    report = materialize_workflow(
+        wf,
+        stages=args.stage,
+        resume=args.resume,
+        partitions=lambda total: _parse_partitions(args.partitions, total),
+        progress=not args.no_progress,
+    )
+    for line in report.lines:
+        console.print(line, highlight=False)
+    if not report.success:
+        err_console.print(f"[red]failed:[/red] {report.error}", highlight=False)
+        return 1
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from dd_assets.status import workflow_status
+
+    wf = load_workflow(args.config)
+    rows = workflow_status(wf)
+    table = Table(title=f"{wf.name}: status")
+    for c in ("stage", "fingerprint", "row groups", "missing", "records", "stale", "finalize"):
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r.stage,
+            r.fingerprint,
+            f"{r.done}/{r.total}",
+            r.missing_text,
+            str(r.records),
+            r.stale_text,
+            r.finalize_state or "-",
+        )
+    console.print(table)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dd_assets.export import export_stage
+
+    wf = load_workflow(args.config)
+    stage = args.stage or wf.stages[-1].name
+    out = export_stage(wf, stage, args.format, args.output)
+    console.print(f"wrote {out.rows} rows of {wf.name}/{stage} to {out.path}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from dd_assets.launch import ensure_dagster_home
+
+    env = dict(os.environ)
+    if args.config:
+        load_workflow(args.config)  # fail here, readably, rather than inside the webserver
+        env["DD_ASSETS_CONFIG"] = str(Path(args.config).resolve())
+    env["DAGSTER_HOME"] = ensure_dagster_home()
+    cmd = [
+        str(Path(sys.executable).with_name("dagster-webserver")),
+        "-m",
+        "dd_assets.definitions",
+        "-a",
+        "defs",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(args.port),
+    ]
+    console.print(f"Dagster UI on http://127.0.0.1:{args.port} (DAGSTER_HOME={env['DAGSTER_HOME']})")
+    return subprocess.call(cmd, env=env)
+
+
+_USER_ERRORS = {
+    "StoreError",
+    "CorruptStageError",
+    "ConfigChangedError",
+    "StageSealedError",
+    "GenerationError",
+    "LLMConfigError",
+    "LLMFatalError",
+    "RequestCacheError",
+    "EarlyStopError",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dd-assets", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check a workflow config and report every error at once")
+    v.add_argument("config")
+    v.set_defaults(func=cmd_validate)
+
+    pv = sub.add_parser("preview", help="generate the first rows of a stage, without Dagster or disk")
+    pv.add_argument("config")
+    pv.add_argument("--stage", help="stage name (default: the first stage)")
+    pv.add_argument("-n", type=int, default=10, help="rows to show (default 10)")
+    pv.set_defaults(func=cmd_preview)
+
+    m = sub.add_parser("materialize", help="generate (or resume) stages through Dagster")
+    m.add_argument("config")
+    m.add_argument("--stage", action="append", help="only this stage (repeatable; default: all)")
+    m.add_argument("--resume", choices=["if_possible", "always", "never"], default="if_possible")
+    m.add_argument("--partitions", help="row groups, e.g. 0-9 or 3,7 (default: all)")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    m.set_defaults(func=cmd_materialize)
+
+    st = sub.add_parser("status", help="per stage: fingerprint, row groups done/missing, stale")
+    st.add_argument("config")
+    st.set_defaults(func=cmd_status)
+
+    ex = sub.add_parser("export", help="stream a stage's rows to one jsonl/csv/parquet file")
+    ex.add_argument("config")
+    ex.add_argument("--stage", help="stage name (default: the last stage)")
+    ex.add_argument("--format", choices=["jsonl", "csv", "parquet"], default="jsonl")
+    ex.add_argument("--output", "-o", required=True, help="file to write (atomically)")
+    ex.set_defaults(func=cmd_export)
+
+    ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
+    ui.add_argument("config", nargs="?", help="workflow config (default: $DD_ASSETS_CONFIG or the quickstart)")
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=cmd_ui)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except WorkflowConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyError as exc:
+        print(f"error: {exc.args[0]}", file=sys.stderr)
+        return 1
+    except (NotImplementedError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        # Known failure kinds carry a message meant for users; anything else is a bug: re-raise.
+        if type(exc).__name__ in _USER_ERRORS:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

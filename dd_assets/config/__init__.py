@@ -1,0 +1,54 @@
+"""Workflow configuration: pydantic models, validation and YAML loading. Knows nothing of Dagster
+or of storage, so it can be used (and tested) on its own."""
+
+from dd_assets.config.columns import (
+    ColumnConfig,
+    ExpressionColumnConfig,
+    LLMCodeColumnConfig,
+    LLMJudgeColumnConfig,
+    LLMStructuredColumnConfig,
+    LLMTextColumnConfig,
+    SamplerColumnConfig,
+    Score,
+)
+from dd_assets.config.errors import ConfigIssue, WorkflowConfigError
+from dd_assets.config.loader import load_workflow, loads_workflow, parse_workflow
+from dd_assets.config.models import InferenceParams, ModelConfig
+from dd_assets.config.run import EarlyStopSettings, ResumeMode, RunSettings
+from dd_assets.config.workflow import (
+    FileSeed,
+    StageConfig,
+    StageSeed,
+    WorkflowConfig,
+    column_order,
+    output_columns,
+    seed_columns_of,
+)
+
+__all__ = [
+    "ColumnConfig",
+    "ConfigIssue",
+    "EarlyStopSettings",
+    "ExpressionColumnConfig",
+    "FileSeed",
+    "InferenceParams",
+    "LLMCodeColumnConfig",
+    "LLMJudgeColumnConfig",
+    "LLMStructuredColumnConfig",
+    "LLMTextColumnConfig",
+    "ModelConfig",
+    "ResumeMode",
+    "RunSettings",
+    "SamplerColumnConfig",
+    "Score",
+    "StageConfig",
+    "StageSeed",
+    "WorkflowConfig",
+    "WorkflowConfigError",
+    "column_order",
+    "load_workflow",
+    "loads_workflow",
+    "output_columns",
+    "parse_workflow",
+    "seed_columns_of",
+]

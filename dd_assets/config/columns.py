@@ -1,0 +1,200 @@
+"""Column configs. `column_type` values are DataDesigner's (kebab-case); snake_case spellings,
+which DataDesigner's own chaining docs use, are accepted and normalised."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Annotated, Any, Literal
+
+import jinja2
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dd_assets.config.samplers import SamplerParams, inject_sampler_type
+from dd_assets.config.templates import referenced_names
+
+NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
+_NAME_RE = re.compile(NAME_PATTERN)
+
+
+def check_identifier(value: str, what: str = "name") -> str:
+    if not _NAME_RE.match(value):
+        suggestion = re.sub(r"[^A-Za-z0-9_]", "_", value)
+        if not suggestion or suggestion[0].isdigit():
+            suggestion = "_" + suggestion
+        raise ValueError(
+            f"{what} {value!r} cannot be referenced from a Jinja template;"
+            f" use letters, digits and underscores, e.g. {suggestion!r}"
+        )
+    return value
+
+
+def template_names(source: str, field: str) -> set[str]:
+    try:
+        return referenced_names(source)
+    except jinja2.TemplateSyntaxError as exc:
+        raise ValueError(f"{field} is not a valid Jinja2 template: {exc.message} (line {exc.lineno})") from None
+
+
+class _Column(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    drop: bool = Field(default=False, description="generate (so others can use it), then leave it out of the output")
+
+    _check_name = field_validator("name")(lambda v: check_identifier(v, "column name"))
+
+    @property
+    def required_columns(self) -> set[str]:
+        return set()
+
+    @property
+    def is_llm(self) -> bool:
+        return False
+
+
+class SamplerColumnConfig(_Column):
+    column_type: Literal["sampler"] = "sampler"
+    sampler_type: str
+    params: SamplerParams
+    convert_to: str | None = Field(
+        default=None,
+        description="'int' | 'float' | 'str' for numbers; a strftime format for datetimes",
+    )
+
+    _inject = model_validator(mode="before")(inject_sampler_type)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SamplerColumnConfig:
+        if self.params.sampler_type != self.sampler_type:
+            raise ValueError(
+                f"params.sampler_type {self.params.sampler_type!r} differs from sampler_type"
+                f" {self.sampler_type!r}; remove it from params"
+            )
+        numeric = {"uniform", "gaussian", "poisson", "bernoulli"}
+        if self.convert_to is not None:
+            if self.sampler_type in numeric and self.convert_to not in ("int", "float", "str"):
+                raise ValueError(f"convert_to for a {self.sampler_type} sampler must be int, float or str")
+            if self.sampler_type not in numeric | {"datetime"}:
+                raise ValueError(f"convert_to is not supported for a {self.sampler_type} sampler")
+        return self
+
+    @property
+    def required_columns(self) -> set[str]:
+        if self.params.sampler_type == "subcategory":
+            return {self.params.category}
+        return set()
+
+
+class ExpressionColumnConfig(_Column):
+    column_type: Literal["expression"] = "expression"
+    expr: str
+    dtype: Literal["int", "float", "str", "bool"] = "str"
+
+    @field_validator("expr")
+    @classmethod
+    def _valid_expr(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("expr is empty or whitespace-only; give a Jinja2 template such as '{{ a }}'")
+        template_names(v, "expr")
+        return v
+
+    @property
+    def required_columns(self) -> set[str]:
+        return template_names(self.expr, "expr")
+
+
+class _LLMColumn(_Column):
+    prompt: str
+    model_alias: str
+    system_prompt: str | None = None
+
+    @field_validator("prompt", "system_prompt")
+    @classmethod
+    def _valid_template(cls, v: str | None, info: Any) -> str | None:
+        if v is not None:
+            if info.field_name == "prompt" and not v.strip():
+                raise ValueError("prompt is empty; give a Jinja2 template")
+            template_names(v, info.field_name)
+        return v
+
+    @property
+    def required_columns(self) -> set[str]:
+        names = template_names(self.prompt, "prompt")
+        if self.system_prompt:
+            names |= template_names(self.system_prompt, "system_prompt")
+        return names
+
+    @property
+    def is_llm(self) -> bool:
+        return True
+
+
+class LLMTextColumnConfig(_LLMColumn):
+    column_type: Literal["llm-text"] = "llm-text"
+
+
+CODE_LANGS = (
+    "python", "javascript", "typescript", "java", "kotlin", "go", "rust", "ruby", "scala", "swift",
+    "bash", "c", "cpp", "csharp", "cobol", "sql:sqlite", "sql:postgres", "sql:mysql", "sql:tsql",
+    "sql:bigquery", "sql:ansi",
+)  # fmt: skip
+
+
+class LLMCodeColumnConfig(_LLMColumn):
+    column_type: Literal["llm-code"] = "llm-code"
+    code_lang: Literal[CODE_LANGS]  # type: ignore[valid-type]
+
+
+class LLMStructuredColumnConfig(_LLMColumn):
+    column_type: Literal["llm-structured"] = "llm-structured"
+    output_format: dict[str, Any] = Field(description="JSON schema the answer must validate against")
+    max_parse_retries: int = Field(default=2, ge=0, le=10)
+
+    @field_validator("output_format")
+    @classmethod
+    def _json_schema(cls, v: dict[str, Any]) -> dict[str, Any]:
+        try:
+            json.dumps(v)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"output_format must be a JSON schema (JSON-serialisable): {exc}") from None
+        if "type" not in v and "properties" not in v and "$ref" not in v and "anyOf" not in v:
+            raise ValueError("output_format must be a JSON schema with a 'type' or 'properties'")
+        return v
+
+
+class Score(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    description: str
+    options: dict[int | str, str] = Field(min_length=1)
+
+    _check_name = field_validator("name")(lambda v: check_identifier(v, "score name"))
+
+
+class LLMJudgeColumnConfig(_LLMColumn):
+    column_type: Literal["llm-judge"] = "llm-judge"
+    scores: list[Score] = Field(min_length=1)
+    max_parse_retries: int = Field(default=2, ge=0, le=10)
+
+
+ColumnConfig = Annotated[
+    SamplerColumnConfig
+    | ExpressionColumnConfig
+    | LLMTextColumnConfig
+    | LLMCodeColumnConfig
+    | LLMStructuredColumnConfig
+    | LLMJudgeColumnConfig,
+    Field(discriminator="column_type"),
+]
+
+COLUMN_TYPES = ("sampler", "expression", "llm-text", "llm-code", "llm-structured", "llm-judge")
+
+
+def normalise_column_type(data: Any) -> Any:
+    if isinstance(data, dict) and isinstance(data.get("column_type"), str):
+        ct = data["column_type"].replace("_", "-")
+        if ct != data["column_type"]:
+            data = {**data, "column_type": ct}
+    return data

@@ -1,0 +1,38 @@
+"""Run-time options: how a run treats what is already on disk and how hard it drives the
+endpoints. None of this is part of any fingerprint: changing it never regenerates data."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class ResumeMode(StrEnum):
+    """DataDesigner's names and meanings (see docs/resume.md)."""
+
+    IF_POSSIBLE = "if_possible"
+    ALWAYS = "always"
+    NEVER = "never"
+
+
+class EarlyStopSettings(BaseModel):
+    """Stop a run when most recent LLM cells fail for good (a dead endpoint, a bad prompt)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window: int = Field(default=50, ge=1, description="recent cell outcomes considered")
+    max_failure_rate: float = Field(default=0.5, gt=0, le=1)
+
+
+class RunSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    partitions_per_run: int = Field(
+        default=8, ge=1, description="row groups per Dagster run in a backfill (BackfillPolicy.multi_run)"
+    )
+    row_groups_in_flight: int = Field(default=3, ge=1, le=64)
+    early_stop: EarlyStopSettings = EarlyStopSettings()
+    max_drop_rate: float = Field(
+        default=0.1, ge=0, le=1, description="asset check: dropped rows per row group allowed"
+    )

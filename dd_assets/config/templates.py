@@ -1,0 +1,26 @@
+"""One Jinja2 environment for every template (expressions, prompts, filters), so that what the
+config validator sees as a template's dependencies is exactly what the engine renders."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import SandboxedEnvironment
+
+
+@lru_cache(maxsize=1)
+def environment() -> SandboxedEnvironment:
+    # StrictUndefined: a misspelt column must fail loudly, never render as "".
+    return SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+@lru_cache(maxsize=4096)
+def compile_template(source: str) -> jinja2.Template:
+    return environment().from_string(source)
+
+
+def referenced_names(source: str) -> set[str]:
+    """Top-level variables a template reads; raises jinja2.TemplateSyntaxError on bad syntax."""
+    return set(meta.find_undeclared_variables(environment().parse(source)))

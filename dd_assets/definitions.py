@@ -1,0 +1,73 @@
+"""Dagster code location: `defs` built from the workflow named by DD_ASSETS_CONFIG
+(default: examples/quickstart.yaml). workspace.yaml points here."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import dagster as dg
+
+from dd_assets.assets import IO_MANAGER_KEY, stage_asset
+from dd_assets.config import StageSeed, WorkflowConfig, load_workflow
+from dd_assets.stage_runner import StagePlan, plan_workflow
+from resources.io_manager import StageIOManager
+from resources.store_resource import StoreResource, default_root
+
+CONFIG_ENV = "DD_ASSETS_CONFIG"
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "quickstart.yaml"
+
+
+def waves(workflow: WorkflowConfig) -> list[list[str]]:
+    """Groups of stages that share partitions and can run together, upstream groups first.
+
+    A `mode: row_group` stage joins its upstream's group (row group i of both in one run); a stage
+    that samples the whole upstream starts a new group after it."""
+    group_of: dict[str, int] = {}
+    groups: list[list[str]] = []
+    pending = list(workflow.stages)
+    while pending:
+        for stage in pending:
+            seed = stage.seed
+            if isinstance(seed, StageSeed) and seed.stage not in group_of:
+                continue
+            if isinstance(seed, StageSeed) and seed.mode == "row_group":
+                gi = group_of[seed.stage]
+                groups[gi].append(stage.name)
+            else:
+                gi = len(groups)
+                groups.append([stage.name])
+            group_of[stage.name] = gi
+            pending.remove(stage)
+            break
+    return groups
+
+
+def job_name(workflow: WorkflowConfig, wave: list[str]) -> str:
+    return f"{workflow.name}__{wave[0]}"
+
+
+def build_definitions(workflow: WorkflowConfig, *, root: str | None = None) -> dg.Definitions:
+    root = root or default_root()
+    plans: dict[str, StagePlan] = plan_workflow(workflow)
+    assets = [stage_asset(plans[s.name], workflow.run) for s in workflow.stages]
+    jobs = [
+        dg.define_asset_job(
+            job_name(workflow, wave),
+            selection=[dg.AssetKey([workflow.name, s]) for s in wave],
+            description=f"Materialize stage(s) {', '.join(wave)} row group by row group.",
+        )
+        for wave in waves(workflow)
+    ]
+    return dg.Definitions(
+        assets=assets,
+        jobs=jobs,
+        resources={"dd_store": StoreResource(root=root), IO_MANAGER_KEY: StageIOManager(root=root)},
+    )
+
+
+def _load() -> dg.Definitions:
+    return build_definitions(load_workflow(os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG))
+
+
+defs = _load()

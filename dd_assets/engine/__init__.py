@@ -1,0 +1,28 @@
+"""Row-group engine: turns a compiled stage and a row range into an Arrow table. Pure computation:
+no Dagster, no disk; LLM cells come in through a CellRunner callback."""
+
+from dd_assets.engine.rowgroup import (
+    CellFailed,
+    CellRunner,
+    CompiledStage,
+    GenerationError,
+    RowGroupResult,
+    agenerate_row_group,
+    agenerate_rows,
+    compile_stage,
+    generate_row_group,
+    generate_rows,
+)
+
+__all__ = [
+    "CellFailed",
+    "CellRunner",
+    "CompiledStage",
+    "GenerationError",
+    "RowGroupResult",
+    "agenerate_row_group",
+    "agenerate_rows",
+    "compile_stage",
+    "generate_row_group",
+    "generate_rows",
+]

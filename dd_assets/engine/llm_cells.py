@@ -1,0 +1,150 @@
+"""What an LLM cell asks and how its answer becomes a value: pure functions, no HTTP.
+
+The transport (resources/llm) sends what `build_request` returns and hands the text back to
+`parse_answer`; keeping both sides here means preview, runs and tests agree on prompts exactly."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import jsonschema
+import pyarrow as pa
+
+from dd_assets.config.columns import (
+    ColumnConfig,
+    LLMCodeColumnConfig,
+    LLMJudgeColumnConfig,
+    LLMStructuredColumnConfig,
+)
+from dd_assets.engine.expressions import render
+from dd_assets.engine.schema import column_type
+
+
+class AnswerError(Exception):
+    """The model answered, but not in a usable form; worth re-asking with the error shown."""
+
+
+@dataclass(frozen=True)
+class CellRequest:
+    messages: list[dict[str, str]]
+    response_format: dict[str, Any] | None
+
+
+def judge_schema(col: LLMJudgeColumnConfig) -> dict[str, Any]:
+    props = {}
+    for s in col.scores:
+        props[s.name] = {
+            "type": "object",
+            "properties": {"score": {"enum": list(s.options)}, "reasoning": {"type": "string"}},
+            "required": ["score", "reasoning"],
+        }
+    return {"type": "object", "properties": props, "required": [s.name for s in col.scores]}
+
+
+def _schema_of(col: ColumnConfig) -> dict[str, Any] | None:
+    if isinstance(col, LLMStructuredColumnConfig):
+        return col.output_format
+    if isinstance(col, LLMJudgeColumnConfig):
+        return judge_schema(col)
+    return None
+
+
+def build_request(col: ColumnConfig, row: dict[str, Any]) -> CellRequest:
+    """Messages for one cell; raises expressions.CellError if a template cannot render."""
+    prompt = render(col.prompt, row)  # type: ignore[union-attr]
+    messages: list[dict[str, str]] = []
+    if col.system_prompt:  # type: ignore[union-attr]
+        messages.append({"role": "system", "content": render(col.system_prompt, row)})  # type: ignore[union-attr]
+    response_format = None
+    if isinstance(col, LLMCodeColumnConfig):
+        prompt += f"\n\nAnswer with {col.code_lang} code in a single fenced code block."
+    elif isinstance(col, LLMJudgeColumnConfig):
+        rubric = []
+        for s in col.scores:
+            opts = "\n".join(f"  - {k}: {v}" for k, v in s.options.items())
+            rubric.append(f"{s.name}: {s.description}\n{opts}")
+        prompt += (
+            "\n\nScore the above on each criterion. For each, give `score` (one of the listed"
+            " options) and a short `reasoning`.\n\n" + "\n\n".join(rubric)
+        )
+    schema = _schema_of(col)
+    if schema is not None:
+        response_format = {
+            "type": "json_schema",
+            "json_schema": {"name": col.name, "schema": schema, "strict": False},
+        }
+        if isinstance(col, LLMStructuredColumnConfig):
+            prompt += "\n\nAnswer with JSON only, matching this JSON schema:\n" + json.dumps(schema)
+    messages.append({"role": "user", "content": prompt})
+    return CellRequest(messages, response_format)
+
+
+_FENCE = re.compile(r"```[ \t]*([\w:+#.-]*)[ \t]*\n(.*?)```", re.DOTALL)
+
+
+def extract_code(text: str) -> str:
+    blocks = _FENCE.findall(text)
+    if blocks:
+        return max(blocks, key=lambda b: len(b[1]))[1].rstrip("\n")
+    return text.strip()
+
+
+def _json_payload(text: str) -> Any:
+    candidates = [text.strip()]
+    candidates += [b[1] for b in _FENCE.findall(text)]
+    first, last = text.find("{"), text.rfind("}")
+    if 0 <= first < last:
+        candidates.append(text[first : last + 1])
+    for c in candidates:
+        try:
+            return json.loads(c)
+        except json.JSONDecodeError:
+            continue
+    raise AnswerError(f"answer is not valid JSON: {text[:120]!r}")
+
+
+def coerce(value: Any, t: pa.DataType) -> Any:
+    """Fit a JSON value to the column's Arrow type (free-form parts become JSON text)."""
+    if value is None:
+        return None
+    if pa.types.is_struct(t):
+        if not isinstance(value, dict):
+            return None
+        return {t.field(i).name: coerce(value.get(t.field(i).name), t.field(i).type) for i in range(t.num_fields)}
+    if pa.types.is_list(t):
+        return [coerce(v, t.value_type) for v in value] if isinstance(value, list) else None
+    if pa.types.is_string(t):
+        return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    if pa.types.is_integer(t):
+        if isinstance(value, bool):
+            return int(value)
+        return int(value) if isinstance(value, int | float) or str(value).lstrip("-").isdigit() else None
+    if pa.types.is_floating(t):
+        return float(value) if isinstance(value, int | float) else None
+    return value
+
+
+def parse_answer(col: ColumnConfig, text: str) -> Any:
+    if isinstance(col, LLMCodeColumnConfig):
+        return extract_code(text)
+    schema = _schema_of(col)
+    if schema is None:
+        return text.strip()
+    value = _json_payload(text)
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "<root>"
+        raise AnswerError(f"answer does not match the schema at {where}: {exc.message}") from None
+    return coerce(value, column_type(col))
+
+
+def correction_message(error: AnswerError) -> dict[str, str]:
+    return {
+        "role": "user",
+        "content": f"That answer could not be used: {error}. Answer again with JSON only,"
+        " matching the schema exactly.",
+    }

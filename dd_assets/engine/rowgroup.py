@@ -1,0 +1,258 @@
+"""Generate the rows of one row group.
+
+Order of work inside a row group: seed rows, then sampler columns (vectorised), then expression
+columns that need no LLM output (rendered row by row, in dependency order), then the "cell" columns
+(LLM columns and whatever depends on them): one task per cell, so a row's next column starts as
+soon as that row's inputs exist, never waiting for a whole column to finish."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from dd_assets.config.columns import ColumnConfig, ExpressionColumnConfig, SamplerColumnConfig
+from dd_assets.config.workflow import StageConfig, WorkflowConfig, column_order
+from dd_assets.engine import expressions, rng, samplers
+from dd_assets.engine.processors import apply_post_batch
+from dd_assets.engine.schema import column_type
+from dd_assets.fingerprint import column_key, workflow_fingerprints
+
+MAX_DROP_SAMPLES = 20
+
+
+class GenerationError(Exception):
+    """A row group cannot be produced at all (a config or data problem, not a flaky cell)."""
+
+
+class CellFailed(Exception):
+    """A cell failed for good (after retries); its row is dropped with this reason."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+# (column, global row index, the row so far) -> cell value; raises CellFailed to drop the row.
+CellRunner = Callable[[ColumnConfig, int, dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class CompiledStage:
+    workflow: WorkflowConfig
+    stage: StageConfig
+    fingerprint: str
+    order: tuple[str, ...]
+    batch_columns: tuple[str, ...]
+    cell_columns: tuple[str, ...]
+    keys: dict[str, int]
+
+    @property
+    def needs_cells(self) -> bool:
+        return bool(self.cell_columns)
+
+
+def compile_stage(workflow: WorkflowConfig, stage_name: str, fingerprint: str | None = None) -> CompiledStage:
+    stage = workflow.stage(stage_name)
+    fingerprint = fingerprint or workflow_fingerprints(workflow)[stage_name].hex
+    order = column_order(stage)
+    by_name = {c.name: c for c in stage.columns}
+    cell: list[str] = []
+    for name in order:
+        col = by_name[name]
+        if col.is_llm or col.required_columns & set(cell):
+            cell.append(name)
+    batch = [n for n in order if n not in cell]
+    keys = {c.name: column_key(workflow, stage, c.name) for c in stage.columns if isinstance(c, SamplerColumnConfig)}
+    return CompiledStage(workflow, stage, fingerprint, tuple(order), tuple(batch), tuple(cell), keys)
+
+
+@dataclass
+class RowGroupResult:
+    row_group: int | None
+    row_start: int
+    row_end: int
+    table: pa.Table
+    seconds: float
+    dropped: Counter[str] = field(default_factory=Counter)  # reason -> rows
+    drop_samples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def planned(self) -> int:
+        return self.row_end - self.row_start
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            "rows": self.table.num_rows,
+            "planned_rows": self.planned,
+            "dropped_rows": sum(self.dropped.values()),
+            "drop_reasons": dict(self.dropped),
+            "drop_samples": self.drop_samples,
+            "seconds": round(self.seconds, 4),
+        }
+
+
+class _Rows:
+    """Row dicts plus which are still alive; a dropped row gets no further work."""
+
+    def __init__(self, start: int, rows: list[dict[str, Any]]):
+        self.start = start
+        self.rows = rows
+        self.alive = [True] * len(rows)
+        self.dropped: Counter[str] = Counter()
+        self.samples: list[dict[str, Any]] = []
+
+    def drop(self, i: int, column: str, reason: str) -> None:
+        if not self.alive[i]:
+            return
+        self.alive[i] = False
+        key = f"{column}: {reason}"[:300]
+        self.dropped[key] += 1
+        if len(self.samples) < MAX_DROP_SAMPLES:
+            self.samples.append({"row": self.start + i, "column": column, "reason": reason[:300]})
+
+
+def _seed_rows(seed: pa.Table | None, n: int) -> list[dict[str, Any]]:
+    if seed is None:
+        return [{} for _ in range(n)]
+    if seed.num_rows != n:
+        raise GenerationError(f"seed gave {seed.num_rows} rows for a range of {n}")
+    return seed.to_pylist()
+
+
+def _batch_phase(cs: CompiledStage, start: int, end: int, rows: _Rows) -> None:
+    by_name = {c.name: c for c in cs.stage.columns}
+    idx = rng.row_range(start, end)
+    for name in cs.batch_columns:
+        col = by_name[name]
+        if isinstance(col, SamplerColumnConfig):
+            try:
+                values = samplers.sample_column(col, cs.keys[name], idx, lambda c: [r[c] for r in rows.rows])
+            except ValueError as exc:
+                raise GenerationError(f"sampler column {name!r} of stage {cs.stage.name!r}: {exc}") from None
+            values = values.tolist() if isinstance(values, np.ndarray) else values
+            for r, v in zip(rows.rows, values, strict=True):
+                r[name] = v
+        elif isinstance(col, ExpressionColumnConfig):
+            failures = 0
+            for i, r in enumerate(rows.rows):
+                if not rows.alive[i]:
+                    continue
+                try:
+                    r[name] = expressions.cast(expressions.render(col.expr, r), col.dtype)
+                except expressions.CellError as exc:
+                    rows.drop(i, name, str(exc))
+                    failures += 1
+            if failures and not any(rows.alive):
+                raise GenerationError(
+                    f"expression column {name!r} of stage {cs.stage.name!r} failed on every row of"
+                    f" rows {start}..{end - 1}; first error: {rows.samples[0]['reason'] if rows.samples else ''}"
+                )
+        else:  # pragma: no cover - compile_stage puts LLM columns in cell_columns
+            raise GenerationError(f"column {name!r} cannot be generated in batch")
+
+
+async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) -> None:
+    by_name = {c.name: c for c in cs.stage.columns}
+    cell_set = set(cs.cell_columns)
+    if cells is None and any(by_name[n].is_llm for n in cs.cell_columns):
+        raise GenerationError(
+            f"stage {cs.stage.name!r} has LLM columns {[n for n in cs.cell_columns if by_name[n].is_llm]};"
+            " they need an LLM cell runner (run them through Dagster or `dd-assets preview`)"
+        )
+
+    async def run_row(i: int) -> None:
+        row = rows.rows[i]
+        tasks: dict[str, asyncio.Task[None]] = {}
+
+        async def run_cell(name: str) -> None:
+            col = by_name[name]
+            for dep in col.required_columns & cell_set:
+                await tasks[dep]
+            if isinstance(col, ExpressionColumnConfig):
+                row[name] = expressions.cast(expressions.render(col.expr, row), col.dtype)
+            else:
+                assert cells is not None
+                row[name] = await cells(col, rows.start + i, row)
+
+        for name in cs.cell_columns:
+            tasks[name] = asyncio.ensure_future(run_cell(name))
+        pending = set(tasks.values())
+        while pending:
+            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+            failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+            if failed:
+                for t in pending:
+                    t.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+                exc = failed[0].exception()
+                name = next(n for n, t in tasks.items() if t is failed[0])
+                if isinstance(exc, CellFailed | expressions.CellError):
+                    rows.drop(i, name, str(exc))
+                    return
+                raise exc  # type: ignore[misc]
+
+    await asyncio.gather(*(run_row(i) for i in range(len(rows.rows)) if rows.alive[i]))
+
+
+def _to_table(cs: CompiledStage, rows: _Rows, seed: pa.Table | None) -> pa.Table:
+    live = [r for r, a in zip(rows.rows, rows.alive, strict=True) if a]
+    by_name = {c.name: c for c in cs.stage.columns}
+    arrays: dict[str, pa.Array] = {}
+    fields: list[pa.Field] = []
+    if seed is not None:
+        for f in seed.schema:
+            if f.name not in by_name:
+                arrays[f.name] = pa.array([r[f.name] for r in live], type=f.type)
+                fields.append(pa.field(f.name, f.type))
+    for c in cs.stage.columns:
+        t = column_type(c)
+        try:
+            arrays[c.name] = pa.array([r[c.name] for r in live], type=t)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+            raise GenerationError(f"column {c.name!r} values do not fit type {t}: {exc}") from None
+        fields.append(pa.field(c.name, t))
+    return pa.Table.from_arrays([arrays[f.name] for f in fields], schema=pa.schema(fields))
+
+
+async def agenerate_rows(
+    cs: CompiledStage,
+    start: int,
+    end: int,
+    *,
+    seed: pa.Table | None = None,
+    cells: CellRunner | None = None,
+    row_group: int | None = None,
+) -> RowGroupResult:
+    t0 = time.perf_counter()
+    rows = _Rows(start, _seed_rows(seed, end - start))
+    _batch_phase(cs, start, end, rows)
+    if cs.cell_columns:
+        await _cell_phase(cs, rows, cells)
+    table = apply_post_batch(cs.stage, _to_table(cs, rows, seed))
+    return RowGroupResult(row_group, start, end, table, time.perf_counter() - t0, rows.dropped, rows.samples)
+
+
+def generate_rows(cs: CompiledStage, start: int, end: int, *, seed: pa.Table | None = None) -> RowGroupResult:
+    """Synchronous generation for stages without LLM columns."""
+    return asyncio.run(agenerate_rows(cs, start, end, seed=seed))
+
+
+async def agenerate_row_group(
+    cs: CompiledStage, row_group: int, *, seed: pa.Table | None = None, cells: CellRunner | None = None
+) -> RowGroupResult:
+    start, end = cs.stage.row_group_bounds(row_group)
+    if seed is not None:
+        # A row_group seed may hold fewer rows than planned (upstream drops): one row per seed row.
+        end = start + seed.num_rows
+    return await agenerate_rows(cs, start, end, seed=seed, cells=cells, row_group=row_group)
+
+
+def generate_row_group(cs: CompiledStage, row_group: int, *, seed: pa.Table | None = None) -> RowGroupResult:
+    return asyncio.run(agenerate_row_group(cs, row_group, seed=seed))

@@ -1,0 +1,88 @@
+"""Arrow types decided by the config, never inferred from data: every row group of a stage then
+has the same schema (a row group of nulls or of a rare category cannot drift), and the
+schema check can compare files against the config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+
+from dd_assets.config.columns import (
+    ColumnConfig,
+    ExpressionColumnConfig,
+    LLMJudgeColumnConfig,
+    LLMStructuredColumnConfig,
+    SamplerColumnConfig,
+)
+
+_SCALAR = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
+_DTYPE = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
+
+PERSON_FIELDS = (
+    "uuid", "first_name", "last_name", "sex", "age", "birth_date", "email_address", "phone_number",
+    "street_address", "city", "state", "zipcode", "country", "occupation", "locale",
+)  # fmt: skip
+PERSON_TYPE = pa.struct([(f, pa.int64() if f == "age" else pa.string()) for f in PERSON_FIELDS])
+
+
+def _values_type(values: list[Any]) -> pa.DataType:
+    kinds = {type(v) for v in values}
+    return _SCALAR[kinds.pop()] if len(kinds) == 1 else pa.string()
+
+
+def _sampler_type(col: SamplerColumnConfig) -> pa.DataType:
+    st = col.sampler_type
+    if col.convert_to == "str" or (st == "datetime" and col.convert_to):
+        return pa.string()
+    if col.convert_to == "int":
+        return pa.int64()
+    if col.convert_to == "float":
+        return pa.float64()
+    if st == "category":
+        return _values_type(list(col.params.values))  # type: ignore[union-attr]
+    if st == "subcategory":
+        return _values_type([v for vs in col.params.values.values() for v in vs])  # type: ignore[union-attr]
+    if st in ("uniform", "gaussian"):
+        return pa.float64()
+    if st in ("bernoulli", "poisson"):
+        return pa.int64()
+    if st == "datetime":
+        return pa.timestamp("s")
+    if st == "person_from_faker":
+        return PERSON_TYPE
+    return pa.string()
+
+
+def json_schema_type(schema: dict[str, Any]) -> pa.DataType:
+    """Arrow type for values valid under a JSON schema; anything it cannot pin down is JSON text."""
+    t = schema.get("type")
+    if isinstance(t, list):
+        non_null = [x for x in t if x != "null"]
+        t = non_null[0] if len(non_null) == 1 else None
+    if t == "object" and isinstance(schema.get("properties"), dict):
+        return pa.struct([(k, json_schema_type(v)) for k, v in schema["properties"].items()])
+    if t == "array" and isinstance(schema.get("items"), dict):
+        return pa.list_(json_schema_type(schema["items"]))
+    if "enum" in schema and t is None:
+        return _values_type(list(schema["enum"]))
+    return {"string": pa.string(), "integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_()}.get(
+        t, pa.string()
+    )
+
+
+def column_type(col: ColumnConfig) -> pa.DataType:
+    if isinstance(col, SamplerColumnConfig):
+        return _sampler_type(col)
+    if isinstance(col, ExpressionColumnConfig):
+        return _DTYPE[col.dtype]
+    if isinstance(col, LLMStructuredColumnConfig):
+        return json_schema_type(col.output_format)
+    if isinstance(col, LLMJudgeColumnConfig):
+        fields = []
+        for score in col.scores:
+            keys = list(score.options)
+            score_t = pa.int64() if all(isinstance(k, int) for k in keys) else pa.string()
+            fields.append((score.name, pa.struct([("score", score_t), ("reasoning", pa.string())])))
+        return pa.struct(fields)
+    return pa.string()

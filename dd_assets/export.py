@@ -1,0 +1,80 @@
+"""`dd-assets export`: stream a stage's row groups, one at a time, into a single file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from dd_assets.config import WorkflowConfig
+from dd_assets.stage_runner import plan_workflow
+from resources.atomic import atomic_path
+from resources.store import PartitionStore
+from resources.store_resource import default_root
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    rows: int
+
+
+def _flatten_for_csv(batch: pa.RecordBatch) -> pa.RecordBatch:
+    # CSV has no nested types: structs and lists become JSON text, timestamps ISO text.
+    arrays, names = [], []
+    for name, col in zip(batch.schema.names, batch.columns, strict=True):
+        if pa.types.is_nested(col.type):
+            col = pa.array([None if v is None else json.dumps(v, default=str, ensure_ascii=False) for v in col.to_pylist()], pa.string())
+        arrays.append(col)
+        names.append(name)
+    return pa.RecordBatch.from_arrays(arrays, names=names)
+
+
+def export_stage(workflow: WorkflowConfig, stage: str, fmt: str, output: str | Path, root: str | None = None) -> ExportResult:
+    plan = plan_workflow(workflow)[stage]
+    store = PartitionStore(root or default_root())
+    done = store.completed(plan.ref)
+    if not done:
+        raise FileNotFoundError(
+            f"stage {stage!r} has no row groups under fingerprint {plan.ref.fp12} in {store.stage_dir(plan.ref)};"
+            f" run `dd-assets materialize CONFIG --stage {stage}` first"
+        )
+    missing = plan.ref.num_row_groups - len(done)
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    rows = 0
+    with atomic_path(output) as tmp:
+        if fmt == "jsonl":
+            with open(tmp, "w", encoding="utf-8") as fh:
+                for batch in store.iter_batches(plan.ref):
+                    for rec in batch.to_pylist():
+                        fh.write(json.dumps(rec, default=str, ensure_ascii=False) + "\n")
+                    rows += batch.num_rows
+        elif fmt == "csv":
+            writer = None
+            for batch in store.iter_batches(plan.ref):
+                flat = _flatten_for_csv(batch)
+                if writer is None:
+                    writer = pacsv.CSVWriter(str(tmp), flat.schema)
+                writer.write_batch(flat)
+                rows += batch.num_rows
+            if writer is not None:
+                writer.close()
+        elif fmt == "parquet":
+            writer = None
+            for batch in store.iter_batches(plan.ref):
+                if writer is None:
+                    writer = pq.ParquetWriter(str(tmp), batch.schema.remove_metadata())
+                writer.write_batch(batch.replace_schema_metadata(None))
+                rows += batch.num_rows
+            if writer is not None:
+                writer.close()
+        else:
+            raise ValueError(f"unknown export format {fmt!r}; use jsonl, csv or parquet")
+    if missing:
+        print(f"warning: {missing} row group(s) of {stage!r} are not materialized yet; exported what exists")
+    return ExportResult(output, rows)

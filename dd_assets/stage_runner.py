@@ -1,0 +1,195 @@
+"""Materialize row groups of one stage into the store: the part of an asset run that needs no
+Dagster, so the CLI, the asset and the tests share it.
+
+A row group already on disk for the current fingerprint is reused, never regenerated; each
+generated row group is written the moment it completes, even when a run covers many."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pyarrow as pa
+
+from dd_assets.config import FileSeed, ResumeMode, StageSeed, WorkflowConfig
+from dd_assets.engine import CellRunner, CompiledStage, agenerate_row_group, compile_stage
+from dd_assets.fingerprint import StageFingerprint, workflow_fingerprints
+from resources.llm.cells import LLMCellRunner
+from resources.store import PartitionStore, RowGroupInfo, StageRef
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """Everything about one stage that a run needs, computed once per workflow load."""
+
+    workflow: WorkflowConfig
+    compiled: CompiledStage
+    fingerprint: StageFingerprint
+    ref: StageRef
+    upstream: StagePlan | None
+
+    @property
+    def name(self) -> str:
+        return self.compiled.stage.name
+
+
+def plan_workflow(workflow: WorkflowConfig, fingerprints: dict[str, StageFingerprint] | None = None) -> dict[str, StagePlan]:
+    fps = fingerprints or workflow_fingerprints(workflow)
+    plans: dict[str, StagePlan] = {}
+
+    def visit(name: str) -> StagePlan:
+        if name in plans:
+            return plans[name]
+        stage = workflow.stage(name)
+        up = workflow.upstream_of(stage)
+        up_plan = visit(up.name) if up is not None else None
+        fp = fps[name]
+        ref = StageRef(
+            workflow=workflow.name,
+            stage=name,
+            fingerprint=fp.hex,
+            buffer_size=stage.buffer_size,
+            num_records=stage.num_records,
+            identity=fp.payload,
+        )
+        plans[name] = StagePlan(workflow, compile_stage(workflow, name, fp.hex), fp, ref, up_plan)
+        return plans[name]
+
+    for s in workflow.stages:
+        _check_supported(s)
+        visit(s.name)
+    return plans
+
+
+def _check_supported(stage: Any) -> None:
+    """Refuse, loudly, config that validates but that this version cannot yet run, rather than
+    run it wrongly."""
+    missing = []
+    if isinstance(stage.seed, FileSeed):
+        missing.append("seed: {path: ...} (file seeds)")
+    if isinstance(stage.seed, StageSeed) and stage.seed.mode == "sample":
+        missing.append("seed: {mode: sample}")
+    if stage.finalize:
+        missing.append("finalize processors")
+    if missing:
+        raise NotImplementedError(
+            f"stage {stage.name!r} uses {', '.join(missing)}, which this version of dd-assets does"
+            " not run yet; remove them or use seed: {stage: X, mode: row_group}"
+        )
+
+
+@dataclass
+class RowGroupOutcome:
+    row_group: int
+    info: RowGroupInfo
+    reused: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+
+
+SeedProvider = Callable[[int], pa.Table | None]
+
+
+def no_seed(_: int) -> None:
+    return None
+
+
+def row_group_seed(store: PartitionStore, plan: StagePlan) -> SeedProvider:
+    """Row group i of a `mode: row_group` stage reads only row group i of its upstream."""
+    assert plan.upstream is not None and isinstance(plan.compiled.stage.seed, StageSeed)
+    up_ref = plan.upstream.ref
+
+    def provide(rg: int) -> pa.Table:
+        return store.read_row_group(up_ref, rg)
+
+    return provide
+
+
+async def amaterialize(
+    plan: StagePlan,
+    store: PartitionStore,
+    row_groups: Iterable[int],
+    *,
+    seeds: SeedProvider = no_seed,
+    cells: CellRunner | None = None,
+    in_flight: int = 1,
+    on_done: Callable[[RowGroupOutcome], None] | None = None,
+) -> list[RowGroupOutcome]:
+    """Produce the given row groups, at most `in_flight` at a time, checkpointing each."""
+    ref = plan.ref
+    done = store.completed(ref)
+    outcomes: dict[int, RowGroupOutcome] = {}
+    todo: list[int] = []
+    for rg in row_groups:
+        if rg in done:
+            outcomes[rg] = RowGroupOutcome(rg, done[rg], reused=True, stats=done[rg].stats)
+            if on_done:
+                on_done(outcomes[rg])
+        else:
+            todo.append(rg)
+
+    sem = asyncio.Semaphore(max(1, in_flight))
+
+    async def one(rg: int) -> None:
+        async with sem:
+            seed = await asyncio.to_thread(seeds, rg)
+            res = await agenerate_row_group(plan.compiled, rg, seed=seed, cells=cells)
+            stats = res.stats()
+            if hasattr(cells, "row_group_stats"):
+                stats["llm"] = cells.row_group_stats(rg)
+            info = await asyncio.to_thread(store.write_row_group, ref, rg, res.table, stats)
+            outcomes[rg] = RowGroupOutcome(rg, info, reused=False, stats=stats)
+            if on_done:
+                on_done(outcomes[rg])
+
+    tasks = [asyncio.ensure_future(one(rg)) for rg in todo]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+    return [outcomes[rg] for rg in sorted(outcomes)]
+
+
+def materialize(
+    plan: StagePlan,
+    store: PartitionStore,
+    row_groups: Iterable[int],
+    *,
+    resume: ResumeMode = ResumeMode.IF_POSSIBLE,
+    token: str | None = None,
+    seeds: SeedProvider | None = None,
+    cells: CellRunner | None = None,
+    in_flight: int = 1,
+    on_done: Callable[[RowGroupOutcome], None] | None = None,
+) -> list[RowGroupOutcome]:
+    store.prepare(plan.ref, resume, token=token)
+    if seeds is None:
+        seeds = row_group_seed(store, plan) if plan.upstream is not None else no_seed
+
+    async def run() -> list[RowGroupOutcome]:
+        if cells is not None or not plan.compiled.needs_cells:
+            return await amaterialize(
+                plan, store, row_groups, seeds=seeds, cells=cells, in_flight=in_flight, on_done=on_done
+            )
+        runner = LLMCellRunner(
+            plan.workflow,
+            plan.name,
+            cache_path=llm_cache_path(store, plan.workflow.name),
+            # `never` promises fresh generation: answers are still cached, just not reused.
+            read_cache=resume != ResumeMode.NEVER,
+        )
+        async with runner:
+            return await amaterialize(
+                plan, store, row_groups, seeds=seeds, cells=runner, in_flight=in_flight, on_done=on_done
+            )
+
+    return asyncio.run(run())
+
+
+def llm_cache_path(store: PartitionStore, workflow: str) -> Path:
+    return Path(store.root) / workflow / "llm-cache.sqlite"

@@ -1,0 +1,657 @@
+"""An OpenAI-compatible chat-completions server for tests and benchmarks.
+
+Real HTTP over real sockets, so tests exercise the actual client stack (connection pool, keep-alive,
+timeouts, headers) rather than a fake object. It runs an asyncio loop in one background thread (no
+thread per request), so hundreds of simultaneous connections cost nothing but file descriptors,
+and `latency_s` models a provider that is slow but not busy.
+
+Answers are a pure function of the request body (plus the seed and how many times that same body
+was seen), so a run that replays the same requests gets the same answers and the same injected
+failures whatever order concurrent requests arrive in.
+
+Usage::
+
+    with MockOpenAI(latency_s=0.01, fail_rate=0.2) as mock:
+        cfg = ModelConfig(base_url=mock.url, model="m")
+        ...
+        assert mock.peak_concurrency <= 8
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import http
+import json
+import math
+import re
+import threading
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["FAULTS", "MockOpenAI", "example_for_schema"]
+
+# Scripted faults for `queue_faults`: an int is an HTTP status, the strings are:
+FAULTS = frozenset({"disconnect", "stall", "malformed", "invalid_json"})
+
+_MAX_HEAD = 1 << 20
+_CODE_RE = re.compile(r"\bcode\b", re.IGNORECASE)
+_SCHEMA_TAG_RE = re.compile(r"<response_schema>\s*(.*?)\s*</response_schema>", re.DOTALL)
+
+
+@dataclass
+class _Reply:
+    status: int
+    body: dict[str, Any] | str
+    headers: dict[str, str]
+
+
+class _Disconnect:
+    """Sentinel: close the connection without answering (the client sees a protocol error)."""
+
+
+_DISCONNECT = _Disconnect()
+
+
+# ----------------------------------------------------------------------- JSON schema examples
+
+
+def example_for_schema(
+    schema: Any, *, root: Any = None, name: str = "value", depth: int = 0
+) -> Any:
+    """A value that validates against `schema` for the subset of JSON Schema that structured
+    outputs use: objects (every property), strings (length, common formats), integers and
+    numbers (bounds, multipleOf), booleans, null, enum/const, anyOf/oneOf/allOf, arrays (minItems
+    items, at least one), local `$ref`s. Deterministic: the same schema gives the same value."""
+    root = schema if root is None else root
+    if not isinstance(schema, dict) or depth > 16:
+        return f"example {name}"
+    if "$ref" in schema:
+        return example_for_schema(
+            _resolve(schema["$ref"], root), root=root, name=name, depth=depth + 1
+        )
+    if "const" in schema:
+        return schema["const"]
+    if schema.get("enum"):
+        return schema["enum"][0]
+    for key in ("anyOf", "oneOf"):
+        options = schema.get(key)
+        if options:
+            non_null = [o for o in options if not (isinstance(o, dict) and o.get("type") == "null")]
+            return example_for_schema(
+                (non_null or options)[0], root=root, name=name, depth=depth + 1
+            )
+    if schema.get("allOf"):
+        merged: dict[str, Any] = {}
+        for sub in schema["allOf"]:
+            sub = _resolve(sub["$ref"], root) if isinstance(sub, dict) and "$ref" in sub else sub
+            if isinstance(sub, dict):
+                props = {**merged.get("properties", {}), **sub.get("properties", {})}
+                merged.update(sub)
+                if props:
+                    merged["properties"] = props
+        merged.update({k: v for k, v in schema.items() if k != "allOf"})
+        return example_for_schema(merged, root=root, name=name, depth=depth + 1)
+
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), "null")
+    if kind is None:
+        kind = "object" if "properties" in schema else "array" if "items" in schema else "string"
+
+    if kind == "object":
+        props = schema.get("properties") or {}
+        out = {
+            k: example_for_schema(v, root=root, name=k, depth=depth + 1) for k, v in props.items()
+        }
+        for k in schema.get("required") or []:
+            out.setdefault(k, f"example {k}")
+        return out
+    if kind == "array":
+        prefix = schema.get("prefixItems")
+        if prefix:
+            return [example_for_schema(p, root=root, name=name, depth=depth + 1) for p in prefix]
+        n = max(1, int(schema.get("minItems", 1)))
+        if schema.get("maxItems") is not None:
+            n = min(n, int(schema["maxItems"]))
+        item = schema.get("items", {})
+        return [example_for_schema(item, root=root, name=name, depth=depth + 1) for _ in range(n)]
+    if kind == "string":
+        return _example_string(schema, name)
+    if kind in ("integer", "number"):
+        return _example_number(schema, integer=kind == "integer")
+    if kind == "boolean":
+        return True
+    if kind == "null":
+        return None
+    return f"example {name}"
+
+
+def _resolve(ref: str, root: Any) -> Any:
+    if not ref.startswith("#"):
+        return {}
+    node = root
+    for part in ref.lstrip("#").strip("/").split("/"):
+        if not part:
+            continue
+        part = part.replace("~1", "/").replace("~0", "~")
+        node = node.get(part, {}) if isinstance(node, dict) else {}
+    return node
+
+
+_FORMATS = {
+    "date": "2024-01-01",
+    "date-time": "2024-01-01T00:00:00Z",
+    "time": "12:00:00",
+    "email": "user@example.com",
+    "uuid": "00000000-0000-4000-8000-000000000000",
+    "uri": "https://example.com/",
+    "hostname": "example.com",
+    "ipv4": "192.0.2.1",
+}
+
+
+def _example_string(schema: dict[str, Any], name: str) -> str:
+    fmt = schema.get("format")
+    value = _FORMATS.get(fmt, f"example {name}") if isinstance(fmt, str) else f"example {name}"
+    lo = int(schema.get("minLength", 0))
+    hi = schema.get("maxLength")
+    if len(value) < lo:
+        value += "x" * (lo - len(value))
+    if hi is not None:
+        value = value[: int(hi)]
+    return value
+
+
+def _example_number(schema: dict[str, Any], *, integer: bool) -> int | float:
+    lo = schema.get("minimum")
+    hi = schema.get("maximum")
+    ex_lo = schema.get("exclusiveMinimum")
+    ex_hi = schema.get("exclusiveMaximum")
+    step = 1 if integer else 0.5
+    if isinstance(ex_lo, int | float) and not isinstance(ex_lo, bool):
+        lo = ex_lo + step if lo is None else max(lo, ex_lo + step)
+    if isinstance(ex_hi, int | float) and not isinstance(ex_hi, bool):
+        hi = ex_hi - step if hi is None else min(hi, ex_hi - step)
+    if lo is not None:
+        value: float = lo
+    elif hi is not None:
+        value = min(1, hi)
+    else:
+        value = 1
+    mult = schema.get("multipleOf")
+    if isinstance(mult, int | float) and mult > 0:
+        value = math.ceil(value / mult) * mult
+    if integer:
+        return math.ceil(value)
+    return float(value)
+
+
+# ------------------------------------------------------------------------------------ server
+
+
+class MockOpenAI:
+    """OpenAI-compatible mock provider on 127.0.0.1 (port 0 = any free port).
+
+    Knobs are plain attributes, safe to change while the server runs:
+    `latency_s`, `fail_rate` + `fail_statuses` (random injected failures), `retry_after` (value
+    of the Retry-After header on 429s: seconds, or a string sent verbatim, e.g. an HTTP date),
+    `fatal_status` (every chat request fails with it), `require_key` (401 unless the bearer
+    token matches; the 401 message echoes the token it got, as some real providers do, so tests
+    can prove the client scrubs it), `invalid_json_rate` (JSON answers broken at that rate),
+    `content_template` (forces the content; `{model}` and `{prompt}` are substituted),
+    `code_fence` (answer a fenced code block), `stall_s` (how long a "stall" fault hangs).
+    `queue_faults(...)` scripts the next requests exactly, ahead of everything except the key check.
+    """
+
+    def __init__(
+        self,
+        *,
+        latency_s: float = 0.0,
+        fail_rate: float = 0.0,
+        fail_statuses: Sequence[int] = (429, 500),
+        retry_after: float | str | None = None,
+        fatal_status: int | None = None,
+        require_key: str | None = None,
+        invalid_json_rate: float = 0.0,
+        content_template: str | None = None,
+        code_fence: bool = False,
+        stall_s: float = 30.0,
+        seed: int = 0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.latency_s = latency_s
+        self.fail_rate = fail_rate
+        self.fail_statuses = list(fail_statuses)
+        self.retry_after = retry_after
+        self.fatal_status = fatal_status
+        self.require_key = require_key
+        self.invalid_json_rate = invalid_json_rate
+        self.content_template = content_template
+        self.code_fence = code_fence
+        self.stall_s = stall_s
+        self.seed = seed
+        self.host = host
+        self._port = port
+
+        self._lock = threading.Lock()
+        self._faults: deque[int | str] = deque()
+        self._seen: Counter[str] = Counter()
+        self._requests = 0
+        self._by_status: Counter[int | str] = Counter()
+        self._peak = 0
+        self._current = 0
+        self._bodies: list[dict[str, Any]] = []
+        self._auth: list[str | None] = []
+
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.Server | None = None
+        self._conn_tasks: set[asyncio.Task[None]] = set()
+
+    # -- lifecycle
+
+    def start(self) -> MockOpenAI:
+        if self._thread is not None:
+            return self
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        self._thread = threading.Thread(
+            target=self._run_loop, args=(loop,), name="mock-openai", daemon=True
+        )
+        self._thread.start()
+        fut = asyncio.run_coroutine_threadsafe(self._serve(), loop)
+        self._port = fut.result(timeout=10)
+        return self
+
+    @staticmethod
+    def _run_loop(loop: asyncio.AbstractEventLoop) -> None:
+        asyncio.set_event_loop(loop)
+        loop.run_forever()
+
+    def stop(self) -> None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(timeout=10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=10)
+        if not thread.is_alive():
+            loop.close()
+        self._loop = self._thread = None
+
+    def __enter__(self) -> MockOpenAI:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def url(self) -> str:
+        """Base URL to put in `ModelConfig.base_url`."""
+        return f"http://{self.host}:{self._port}/v1"
+
+    # -- scripting and counters
+
+    def queue_faults(self, *faults: int | str) -> None:
+        """The next len(faults) chat requests get these outcomes, in arrival order: an HTTP status
+        (with an OpenAI-style error body; 429 carries `retry_after`), "disconnect" (connection
+        closed without a response), "stall" (answer only after `stall_s`), "malformed" (200 with
+        no choices), "invalid_json" (200 whose content is broken JSON)."""
+        for f in faults:
+            if not isinstance(f, int) and f not in FAULTS:
+                raise ValueError(
+                    f"unknown fault {f!r}; use an HTTP status or one of {sorted(FAULTS)}"
+                )
+        with self._lock:
+            self._faults.extend(faults)
+
+    def reset(self) -> None:
+        """Zero the counters and the logs, drop queued faults; knobs are left as they are."""
+        with self._lock:
+            self._faults.clear()
+            self._seen.clear()
+            self._requests = 0
+            self._by_status.clear()
+            self._peak = self._current
+            self._bodies.clear()
+            self._auth.clear()
+
+    @property
+    def requests(self) -> int:
+        with self._lock:
+            return self._requests
+
+    @property
+    def by_status(self) -> dict[int | str, int]:
+        """Responses by HTTP status; "disconnect" for connections dropped on purpose."""
+        with self._lock:
+            return dict(self._by_status)
+
+    @property
+    def peak_concurrency(self) -> int:
+        with self._lock:
+            return self._peak
+
+    @property
+    def current(self) -> int:
+        with self._lock:
+            return self._current
+
+    @property
+    def bodies(self) -> list[dict[str, Any]]:
+        """Parsed JSON bodies of chat requests, in arrival order (a copy)."""
+        with self._lock:
+            return list(self._bodies)
+
+    @property
+    def auth_headers(self) -> list[str | None]:
+        """Authorization header of each chat request (None when absent), in arrival order."""
+        with self._lock:
+            return list(self._auth)
+
+    # -- server internals (run on the server thread)
+
+    async def _serve(self) -> int:
+        self._server = await asyncio.start_server(
+            self._handle, self.host, self._port, backlog=4096, limit=_MAX_HEAD
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        tasks = list(self._conn_tasks)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._conn_tasks.add(task)
+        try:
+            while True:
+                try:
+                    head = await reader.readuntil(b"\r\n\r\n")
+                except (asyncio.IncompleteReadError, ConnectionError):
+                    return
+                except asyncio.LimitOverrunError:
+                    await self._write(writer, _error(431, "request header too large"), False)
+                    return
+                request = await self._read_request(head, reader)
+                if request is None:
+                    await self._write(writer, _error(400, "malformed HTTP request"), False)
+                    return
+                method, path, headers, body, keep_alive = request
+                reply = await self._dispatch(method, path, headers, body)
+                if isinstance(reply, _Disconnect):
+                    return
+                if not await self._write(writer, reply, keep_alive) or not keep_alive:
+                    return
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        except asyncio.CancelledError:
+            # Only our own shutdown cancels handlers. Finishing normally keeps asyncio's stream
+            # callback (3.11 calls task.exception() on it) from logging a traceback per connection.
+            return
+        finally:
+            self._conn_tasks.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    @staticmethod
+    async def _read_request(
+        head: bytes, reader: asyncio.StreamReader
+    ) -> tuple[str, str, dict[str, str], bytes, bool] | None:
+        try:
+            lines = head.decode("latin-1").split("\r\n")
+            method, target, version = lines[0].split(" ", 2)
+        except ValueError:
+            return None
+        headers: dict[str, str] = {}
+        for line in lines[1:]:
+            if not line:
+                continue
+            name, sep, value = line.partition(":")
+            if not sep:
+                return None
+            headers[name.strip().lower()] = value.strip()
+        if headers.get("transfer-encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size_line = await reader.readuntil(b"\r\n")
+                size = int(size_line.split(b";")[0].strip() or b"0", 16)
+                if size == 0:
+                    await reader.readuntil(b"\r\n")  # no trailers expected
+                    break
+                chunks.append(await reader.readexactly(size))
+                await reader.readexactly(2)
+            body = b"".join(chunks)
+        else:
+            try:
+                length = int(headers.get("content-length", "0"))
+            except ValueError:
+                return None
+            body = await reader.readexactly(length) if length > 0 else b""
+        conn = headers.get("connection", "").lower()
+        keep_alive = conn != "close" if version == "HTTP/1.1" else conn == "keep-alive"
+        return method.upper(), target.split("?", 1)[0], headers, body, keep_alive
+
+    async def _write(self, writer: asyncio.StreamWriter, reply: _Reply, keep_alive: bool) -> bool:
+        payload = reply.body if isinstance(reply.body, str) else json.dumps(reply.body)
+        data = payload.encode("utf-8")
+        try:
+            phrase = http.HTTPStatus(reply.status).phrase
+        except ValueError:
+            phrase = "Status"
+        head = [
+            f"HTTP/1.1 {reply.status} {phrase}",
+            "Content-Type: application/json",
+            f"Content-Length: {len(data)}",
+            f"Connection: {'keep-alive' if keep_alive else 'close'}",
+            *(f"{k}: {v}" for k, v in reply.headers.items()),
+        ]
+        with self._lock:
+            self._by_status[reply.status] += 1
+        try:
+            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
+            await writer.drain()
+        except ConnectionError:
+            return False
+        return True
+
+    async def _dispatch(
+        self, method: str, path: str, headers: dict[str, str], body: bytes
+    ) -> _Reply | _Disconnect:
+        path = path.rstrip("/")
+        if path in ("/v1/models", "/models") and method == "GET":
+            return _Reply(200, {"object": "list", "data": [{"id": "mock", "object": "model"}]}, {})
+        if path not in ("/v1/chat/completions", "/chat/completions"):
+            return _error(404, f"no route for {method} {path}")
+        if method != "POST":
+            return _error(405, f"{method} not allowed on {path}")
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = None
+        if not isinstance(request, dict):
+            return _error(400, "request body is not a JSON object")
+
+        digest = hashlib.sha256(body).hexdigest()
+        with self._lock:
+            self._requests += 1
+            self._current += 1
+            self._peak = max(self._peak, self._current)
+            self._bodies.append(request)
+            self._auth.append(headers.get("authorization"))
+            self._seen[digest] += 1
+            occurrence = self._seen[digest]
+            fault = self._faults.popleft() if self._faults else None
+        try:
+            return await self._answer(request, headers, digest, occurrence, fault)
+        finally:
+            with self._lock:
+                self._current -= 1
+
+    def _draw(self, tag: str, digest: str, occurrence: int) -> float:
+        """Uniform [0, 1) from (seed, tag, body, occurrence): independent of arrival order."""
+        h = hashlib.sha256(f"{self.seed}:{tag}:{digest}:{occurrence}".encode()).digest()
+        return int.from_bytes(h[:8], "big") / 2**64
+
+    async def _answer(
+        self,
+        request: dict[str, Any],
+        headers: dict[str, str],
+        digest: str,
+        occurrence: int,
+        fault: int | str | None,
+    ) -> _Reply | _Disconnect:
+        if self.require_key is not None:
+            auth = headers.get("authorization", "")
+            token = auth[7:] if auth.lower().startswith("bearer ") else auth
+            if token != self.require_key:
+                shown = token or "(none)"
+                return _error(
+                    401,
+                    f"Incorrect API key provided: {shown}.",
+                    "invalid_request_error",
+                    "invalid_api_key",
+                )
+
+        if self.latency_s > 0:
+            await asyncio.sleep(self.latency_s)
+
+        broken_json = False
+        if fault is not None:
+            if fault == "disconnect":
+                with self._lock:
+                    self._by_status["disconnect"] += 1
+                return _DISCONNECT
+            if fault == "stall":
+                await asyncio.sleep(self.stall_s)
+            elif fault == "malformed":
+                return _Reply(
+                    200, {"id": "chatcmpl-mock", "object": "chat.completion", "choices": []}, {}
+                )
+            elif fault == "invalid_json":
+                broken_json = True
+            elif isinstance(fault, int):
+                return self._injected(fault)
+
+        if self.fatal_status is not None:
+            return _error(
+                self.fatal_status,
+                f"Mock provider rejected the request with status {self.fatal_status}",
+            )
+        if self.fail_rate > 0 and self._draw("fail", digest, occurrence) < self.fail_rate:
+            statuses = self.fail_statuses or [500]
+            pick = statuses[int(self._draw("status", digest, occurrence) * len(statuses))]
+            return self._injected(pick)
+
+        model = str(request.get("model", ""))
+        messages = request.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return _error(400, "'messages' must be a non-empty array")
+        if (
+            self.invalid_json_rate > 0
+            and self._draw("json", digest, occurrence) < self.invalid_json_rate
+        ):
+            broken_json = True
+        content, is_json = self._content(model, messages, request.get("response_format"))
+        if broken_json and is_json:
+            content = content[: max(1, len(content) // 2)]
+        prompt_chars = sum(len(_text(m.get("content"))) for m in messages if isinstance(m, dict))
+        usage = {
+            "prompt_tokens": max(1, prompt_chars // 4),
+            "completion_tokens": max(1, len(content) // 4),
+        }
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+        return _Reply(
+            200,
+            {
+                "id": f"chatcmpl-mock-{digest[:12]}-{occurrence}",
+                "object": "chat.completion",
+                "created": 1700000000,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": content},
+                        "finish_reason": "stop",
+                    }
+                ],
+                "usage": usage,
+            },
+            {},
+        )
+
+    def _injected(self, status: int) -> _Reply:
+        reply = _error(status, f"Mock provider injected failure {status}", "mock_injected")
+        if status == 429 and self.retry_after is not None:
+            value = self.retry_after
+            reply.headers["Retry-After"] = value if isinstance(value, str) else f"{value:g}"
+        return reply
+
+    def _content(self, model: str, messages: list[Any], response_format: Any) -> tuple[str, bool]:
+        """Returns (content, whether it is JSON)."""
+        last_user = next(
+            (
+                _text(m.get("content"))
+                for m in reversed(messages)
+                if isinstance(m, dict) and m.get("role") == "user"
+            ),
+            "",
+        )
+        echo = " ".join(last_user.split())[:80]
+        if self.content_template is not None:
+            return self.content_template.replace("{model}", model).replace("{prompt}", echo), False
+        rf_type = response_format.get("type") if isinstance(response_format, dict) else None
+        if rf_type == "json_schema":
+            spec = response_format.get("json_schema") or {}
+            schema = spec.get("schema", {}) if isinstance(spec, dict) else {}
+            return json.dumps(example_for_schema(schema)), True
+        if rf_type == "json_object":
+            return json.dumps({"answer": f"[{model}] {echo}"}), True
+        tagged = _SCHEMA_TAG_RE.search(last_user)
+        if tagged:
+            try:
+                schema = json.loads(tagged.group(1))
+            except ValueError:
+                schema = {}
+            return f"```json\n{json.dumps(example_for_schema(schema), indent=2)}\n```", True
+        if self.code_fence or "```" in last_user or _CODE_RE.search(last_user):
+            return (
+                f"```python\n# [{model}] {echo}\ndef answer() -> str:\n    return {echo!r}\n```",
+                False,
+            )
+        return f"[{model}] {echo}", False
+
+
+def _text(content: Any) -> str:
+    """Message content as text: a string, or the text parts of a multi-part content list."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, Iterable) and not isinstance(content, bytes | dict):
+        return " ".join(
+            p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text"
+        )
+    return ""
+
+
+def _error(
+    status: int, message: str, kind: str = "invalid_request_error", code: str | None = None
+) -> _Reply:
+    return _Reply(
+        status, {"error": {"message": message, "type": kind, "param": None, "code": code}}, {}
+    )

@@ -1,6 +1,7 @@
-"""Asset factory: one partitioned Dagster asset per stage (partition = row group)."""
+"""Asset factory: one partitioned Dagster asset per stage (partition = row group).
 
-from __future__ import annotations
+No `from __future__ import annotations` here: Dagster reads the run-config annotation at runtime."""
+
 
 import hashlib
 import time

@@ -94,7 +94,10 @@ def materialize_workflow(
         )
         job_def = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).get_job_def(job.name)
         run_config = {
-            "ops": {"__".join(asset_key(p).path): {"config": {"resume": resume}} for p in wave_plans}
+            "ops": {"__".join(asset_key(p).path): {"config": {"resume": resume}} for p in wave_plans},
+            # The progress bar is the CLI's output; Dagster's per-event debug lines would bury it.
+            # Everything is still in the instance's event log (and the UI).
+            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
         }
         size = workflow.run.partitions_per_run
         names = {f"batch_{rg:05d}.parquet" for rg in row_groups}

@@ -2,7 +2,6 @@
 
 No `from __future__ import annotations` here: Dagster reads the run-config annotation at runtime."""
 
-
 import hashlib
 import time
 from collections.abc import Iterator
@@ -57,7 +56,9 @@ def data_version(plan: StagePlan, outcome: RowGroupOutcome) -> str:
     return hashlib.sha256(raw.encode()).hexdigest()[:32]
 
 
-def partition_metadata(plan: StagePlan, outcome: RowGroupOutcome, store_root: str) -> dict[str, Any]:
+def partition_metadata(
+    plan: StagePlan, outcome: RowGroupOutcome, store_root: str
+) -> dict[str, Any]:
     stats = outcome.stats or {}
     md: dict[str, Any] = {
         "rows": outcome.info.rows,
@@ -75,7 +76,9 @@ def partition_metadata(plan: StagePlan, outcome: RowGroupOutcome, store_root: st
     return md
 
 
-def stage_asset(plan: StagePlan, settings: RunSettings, *, store_key: str = "dd_store") -> dg.AssetsDefinition:
+def stage_asset(
+    plan: StagePlan, settings: RunSettings, *, store_key: str = "dd_store"
+) -> dg.AssetsDefinition:
     stage = plan.compiled.stage
     key = asset_key(plan)
     deps: list[dg.AssetDep] = []
@@ -145,12 +148,17 @@ def stage_asset(plan: StagePlan, settings: RunSettings, *, store_key: str = "dd_
         for o in outcomes:
             md = partition_metadata(plan, o, store_res.root)
             if not o.reused:
-                md["preview"] = dg.MetadataValue.md(_preview_md(store.read_row_group(plan.ref, o.row_group)))
+                md["preview"] = dg.MetadataValue.md(
+                    _preview_md(store.read_row_group(plan.ref, o.row_group))
+                )
             yield dg.AssetMaterialization(
                 asset_key=key,
                 partition=plan.ref.partition_key(o.row_group),
                 metadata=md,
-                tags={"dagster/code_version": plan.ref.fingerprint, "dagster/data_version": data_version(plan, o)},
+                tags={
+                    "dagster/code_version": plan.ref.fingerprint,
+                    "dagster/data_version": data_version(plan, o),
+                },
             )
 
     return _stage

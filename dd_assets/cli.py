@@ -14,12 +14,19 @@ from rich.table import Table
 
 from dd_assets.config import WorkflowConfigError, load_workflow
 
+# Exit code of a run that stopped early: some row groups are on disk, the dataset is not complete.
+EXIT_PARTIAL = 3
+
 console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
 def _cell(value: Any, width: int = 80) -> str:
-    text = json.dumps(value, default=str, ensure_ascii=False) if isinstance(value, dict | list) else str(value)
+    text = (
+        json.dumps(value, default=str, ensure_ascii=False)
+        if isinstance(value, dict | list)
+        else str(value)
+    )
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
@@ -50,7 +57,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     wf = load_workflow(args.config)
     fps = workflow_fingerprints(wf)
-    console.print(f"[green]ok[/green] {args.config}: workflow {wf.name!r}, {len(wf.stages)} stage(s)")
+    console.print(
+        f"[green]ok[/green] {args.config}: workflow {wf.name!r}, {len(wf.stages)} stage(s)"
+    )
     for s in wf.stages:
         console.print(
             f"  {s.name}: {len(s.columns)} column(s), {s.num_records} records in"
@@ -65,11 +74,13 @@ def cmd_preview(args: argparse.Namespace) -> int:
     wf = load_workflow(args.config)
     stage = args.stage or wf.stages[0].name
     result = preview_stage(wf, stage, args.n)
-    print_table(result.table.to_pylist(), f"{wf.name} / {stage}: first {result.table.num_rows} rows")
+    print_table(
+        result.table.to_pylist(), f"{wf.name} / {stage}: first {result.table.num_rows} rows"
+    )
     if result.dropped:
         err_console.print(f"[yellow]{sum(result.dropped.values())} row(s) dropped:[/yellow]")
         for reason, n in result.dropped.most_common():
-            err_console.print(f"  {n} × {reason}")
+            err_console.print(f"  {n}x {reason}")
     return 0
 
 
@@ -82,7 +93,9 @@ def _parse_partitions(spec: str | None, total: int) -> list[int]:
         try:
             a, b = int(lo), int(hi or lo)
         except ValueError:
-            raise SystemExit(f"error: --partitions {spec!r}: use row-group ids like 0-9 or 00003,00007") from None
+            raise SystemExit(
+                f"error: --partitions {spec!r}: use row-group ids like 0-9 or 00003,00007"
+            ) from None
         if not (0 <= a <= b < total):
             raise SystemExit(f"error: --partitions {spec!r}: row groups run from 0 to {total - 1}")
         out += range(a, b + 1)
@@ -103,8 +116,9 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     for line in report.lines:
         console.print(line, highlight=False)
     if not report.success:
-        err_console.print(f"[red]failed:[/red] {report.error}", highlight=False)
-        return 1
+        label = "stopped early (partial result)" if report.partial else "failed"
+        err_console.print(f"[red]{label}:[/red] {report.error}", highlight=False)
+        return EXIT_PARTIAL if report.partial else 1
     return 0
 
 
@@ -163,21 +177,31 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "-p",
         str(args.port),
     ]
-    console.print(f"Dagster UI on http://127.0.0.1:{args.port} (DAGSTER_HOME={env['DAGSTER_HOME']})")
+    console.print(
+        f"Dagster UI on http://127.0.0.1:{args.port} (DAGSTER_HOME={env['DAGSTER_HOME']})"
+    )
     return subprocess.call(cmd, env=env)
 
 
-_USER_ERRORS = {
-    "StoreError",
-    "CorruptStageError",
-    "ConfigChangedError",
-    "StageSealedError",
-    "GenerationError",
-    "LLMConfigError",
-    "LLMFatalError",
-    "RequestCacheError",
-    "EarlyStopError",
-}
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Failure kinds whose message is written for users (path, cause, fix); anything else is a bug."""
+    from dd_assets.engine.rowgroup import GenerationError
+    from resources.llm.cache import RequestCacheError
+    from resources.llm.cells import EarlyStopError
+    from resources.llm.client import LLMError
+    from resources.store import StoreError
+
+    return (
+        WorkflowConfigError,
+        StoreError,
+        GenerationError,
+        LLMError,
+        RequestCacheError,
+        EarlyStopError,
+        NotImplementedError,
+        FileNotFoundError,
+        KeyError,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -188,7 +212,9 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("config")
     v.set_defaults(func=cmd_validate)
 
-    pv = sub.add_parser("preview", help="generate the first rows of a stage, without Dagster or disk")
+    pv = sub.add_parser(
+        "preview", help="generate the first rows of a stage, without Dagster or disk"
+    )
     pv.add_argument("config")
     pv.add_argument("--stage", help="stage name (default: the first stage)")
     pv.add_argument("-n", type=int, default=10, help="rows to show (default 10)")
@@ -214,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.set_defaults(func=cmd_export)
 
     ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
-    ui.add_argument("config", nargs="?", help="workflow config (default: $DD_ASSETS_CONFIG or the quickstart)")
+    ui.add_argument(
+        "config", nargs="?", help="workflow config (default: $DD_ASSETS_CONFIG or the quickstart)"
+    )
     ui.add_argument("--port", type=int, default=3000)
     ui.set_defaults(func=cmd_ui)
     return p
@@ -225,21 +253,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except WorkflowConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyError as exc:
-        print(f"error: {exc.args[0]}", file=sys.stderr)
-        return 1
-    except (NotImplementedError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except Exception as exc:
-        # Known failure kinds carry a message meant for users; anything else is a bug: re-raise.
-        if type(exc).__name__ in _USER_ERRORS:
-            print(f"error: {exc}", file=sys.stderr)
-            return 1
-        raise
+    except _user_errors() as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"error: {message}", file=sys.stderr)
+        return EXIT_PARTIAL if type(exc).__name__ == "EarlyStopError" else 1
 
 
 if __name__ == "__main__":

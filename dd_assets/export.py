@@ -28,13 +28,21 @@ def _flatten_for_csv(batch: pa.RecordBatch) -> pa.RecordBatch:
     arrays, names = [], []
     for name, col in zip(batch.schema.names, batch.columns, strict=True):
         if pa.types.is_nested(col.type):
-            col = pa.array([None if v is None else json.dumps(v, default=str, ensure_ascii=False) for v in col.to_pylist()], pa.string())
+            col = pa.array(
+                [
+                    None if v is None else json.dumps(v, default=str, ensure_ascii=False)
+                    for v in col.to_pylist()
+                ],
+                pa.string(),
+            )
         arrays.append(col)
         names.append(name)
     return pa.RecordBatch.from_arrays(arrays, names=names)
 
 
-def export_stage(workflow: WorkflowConfig, stage: str, fmt: str, output: str | Path, root: str | None = None) -> ExportResult:
+def export_stage(
+    workflow: WorkflowConfig, stage: str, fmt: str, output: str | Path, root: str | None = None
+) -> ExportResult:
     plan = plan_workflow(workflow)[stage]
     store = PartitionStore(root or default_root())
     done = store.completed(plan.ref)
@@ -76,5 +84,7 @@ def export_stage(workflow: WorkflowConfig, stage: str, fmt: str, output: str | P
         else:
             raise ValueError(f"unknown export format {fmt!r}; use jsonl, csv or parquet")
     if missing:
-        print(f"warning: {missing} row group(s) of {stage!r} are not materialized yet; exported what exists")
+        print(
+            f"warning: {missing} row group(s) of {stage!r} are not materialized yet; exported what exists"
+        )
     return ExportResult(output, rows)

@@ -131,6 +131,11 @@ def column_key(workflow: WorkflowConfig, stage: StageConfig, column: str) -> int
         lineage.append(col.model_dump(mode="json"))
         todo += sorted(d for d in col.required_columns if d in by_name)
     digest = sha256_hex(
-        {"scheme": SCHEME_VERSION, "workflow": workflow.name, "stage": stage.name, "lineage": lineage}
+        {
+            "scheme": SCHEME_VERSION,
+            "workflow": workflow.name,
+            "stage": stage.name,
+            "lineage": lineage,
+        }
     )
     return int(digest[:16], 16)

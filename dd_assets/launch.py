@@ -33,6 +33,7 @@ def ensure_dagster_home() -> str:
 @dataclass
 class MaterializeReport:
     success: bool = True
+    partial: bool = False  # stopped early (LLM failure rate): what completed is on disk
     error: str | None = None
     runs: list[str] = field(default_factory=list)
     lines: list[str] = field(default_factory=list)
@@ -78,7 +79,9 @@ def materialize_workflow(
     wanted = set(stages or [s.name for s in workflow.stages])
     unknown = wanted - set(plans)
     if unknown:
-        raise KeyError(f"no stage(s) {sorted(unknown)} in workflow {workflow.name!r}; stages: {', '.join(plans)}")
+        raise KeyError(
+            f"no stage(s) {sorted(unknown)} in workflow {workflow.name!r}; stages: {', '.join(plans)}"
+        )
     token = uuid.uuid4().hex
     report = MaterializeReport()
     for wave in waves(workflow):
@@ -92,9 +95,11 @@ def materialize_workflow(
             f"dd_assets_cli__{workflow.name}__{selected[0]}",
             selection=[asset_key(p) for p in wave_plans],
         )
-        job_def = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).get_job_def(job.name)
+        job_def = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def(job.name)
         run_config = {
-            "ops": {"__".join(asset_key(p).path): {"config": {"resume": resume}} for p in wave_plans},
+            "ops": {
+                "__".join(asset_key(p).path): {"config": {"resume": resume}} for p in wave_plans
+            },
             # The progress bar is the CLI's output; Dagster's per-event debug lines would bury it.
             # Everything is still in the instance's event log (and the UI).
             "loggers": {"console": {"config": {"log_level": "WARNING"}}},
@@ -125,6 +130,7 @@ def materialize_workflow(
                     if not result.success:
                         report.success = False
                         report.error = _failure_message(result) or f"run {result.run_id} failed"
+                        report.partial = "EarlyStopError" in report.error
                         return report
             finally:
                 stop.set()

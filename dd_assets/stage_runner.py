@@ -7,9 +7,9 @@ generated row group is written the moment it completes, even when a run covers m
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -36,7 +36,9 @@ class StagePlan:
         return self.compiled.stage.name
 
 
-def plan_workflow(workflow: WorkflowConfig, fingerprints: dict[str, StageFingerprint] | None = None) -> dict[str, StagePlan]:
+def plan_workflow(
+    workflow: WorkflowConfig, fingerprints: dict[str, StageFingerprint] | None = None
+) -> dict[str, StagePlan]:
     fps = fingerprints or workflow_fingerprints(workflow)
     plans: dict[str, StagePlan] = {}
 
@@ -174,7 +176,13 @@ def materialize(
     async def run() -> list[RowGroupOutcome]:
         if cells is not None or not plan.compiled.needs_cells:
             return await amaterialize(
-                plan, store, row_groups, seeds=seeds, cells=cells, in_flight=in_flight, on_done=on_done
+                plan,
+                store,
+                row_groups,
+                seeds=seeds,
+                cells=cells,
+                in_flight=in_flight,
+                on_done=on_done,
             )
         runner = LLMCellRunner(
             plan.workflow,
@@ -185,7 +193,13 @@ def materialize(
         )
         async with runner:
             return await amaterialize(
-                plan, store, row_groups, seeds=seeds, cells=runner, in_flight=in_flight, on_done=on_done
+                plan,
+                store,
+                row_groups,
+                seeds=seeds,
+                cells=runner,
+                in_flight=in_flight,
+                on_done=on_done,
             )
 
     return asyncio.run(run())

@@ -67,7 +67,9 @@ def workflow_status(workflow: WorkflowConfig, root: str | None = None) -> list[S
         if not done:
             with_data = [f for f in others if f.get("row_groups")]
             if with_data:
-                newest = max(with_data, key=lambda f: (f.get("stage_json") or {}).get("updated_at", ""))
+                newest = max(
+                    with_data, key=lambda f: (f.get("stage_json") or {}).get("updated_at", "")
+                )
                 stale = True
                 old_identity = (newest.get("stage_json") or {}).get("identity") or {}
                 up = plan.upstream.name if plan.upstream else None

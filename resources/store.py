@@ -28,7 +28,13 @@ import pyarrow.parquet as pq
 
 from dd_assets.config import ResumeMode
 from dd_assets.fingerprint import changed_fields
-from resources.atomic import atomic_path, atomic_write_json, file_lock, is_temp_name, sweep_temp_files
+from resources.atomic import (
+    atomic_path,
+    atomic_write_json,
+    file_lock,
+    is_temp_name,
+    sweep_temp_files,
+)
 
 STAGE_JSON = "stage.json"
 FILES_DIR = "parquet-files"
@@ -198,7 +204,9 @@ class PartitionStore:
 
     # ---- prepare (resume modes) --------------------------------------------------------------
 
-    def prepare(self, ref: StageRef, mode: ResumeMode | str, token: str | None = None) -> dict[str, Any]:
+    def prepare(
+        self, ref: StageRef, mode: ResumeMode | str, token: str | None = None
+    ) -> dict[str, Any]:
         """Make the stage folder ready for writing row groups under `mode`, or explain why not.
 
         `token` identifies one logical materialization (a CLI call or a backfill), which Dagster
@@ -241,7 +249,9 @@ class PartitionStore:
         newest = max(with_data, key=lambda f: f["stage_json"].get("updated_at", ""))
         old_identity = newest["stage_json"].get("identity") or {}
         changed = changed_fields(old_identity, ref.identity) if ref.identity else []
-        shown = ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else "") if changed else "unknown"
+        shown = (
+            ", ".join(changed[:8]) + (" ..." if len(changed) > 8 else "") if changed else "unknown"
+        )
         raise ConfigChangedError(
             f"stage {ref.stage!r}: --resume always found no data for the current fingerprint"
             f" {ref.fp12} but {newest['row_groups']} row group(s) under fingerprint {newest['fp12']}"
@@ -258,7 +268,10 @@ class PartitionStore:
                 beyond.append(info)
         if beyond:
             rows = max(i.row_end for i in beyond)
-            ids = ", ".join(ref.partition_key(i.row_group) for i in sorted(beyond, key=lambda i: i.row_group)[:5])
+            ids = ", ".join(
+                ref.partition_key(i.row_group)
+                for i in sorted(beyond, key=lambda i: i.row_group)[:5]
+            )
             raise StoreError(
                 f"stage {ref.stage!r}: num_records is {ref.num_records} but {self.files_dir(ref)}"
                 f" already holds records up to row {rows} (row groups {ids}"
@@ -279,7 +292,11 @@ class PartitionStore:
         assert m is not None
         try:
             meta = pq.read_metadata(path).metadata or {}
-            kv = {k[len(_META_PREFIX) :].decode(): v.decode() for k, v in meta.items() if k.startswith(_META_PREFIX)}
+            kv = {
+                k[len(_META_PREFIX) :].decode(): v.decode()
+                for k, v in meta.items()
+                if k.startswith(_META_PREFIX)
+            }
             info = RowGroupInfo(
                 row_group=int(kv["row_group"]),
                 path=path,
@@ -392,7 +409,7 @@ class PartitionStore:
 
     def iter_batches(self, ref: StageRef, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
         """All completed rows in row order, one record batch at a time (for streaming export)."""
-        for rg, info in sorted(self.completed(ref).items()):
+        for _, info in sorted(self.completed(ref).items()):
             yield from pq.ParquetFile(info.path).iter_batches(batch_size=batch_size)
 
     # ---- fingerprints on disk ----------------------------------------------------------------
@@ -412,8 +429,14 @@ class PartitionStore:
             except CorruptStageError:
                 state = {}
             files = Path(entry.path) / FILES_DIR
-            n = sum(1 for e in os.scandir(files) if _BATCH_RE.match(e.name)) if files.is_dir() else 0
-            out.append({"fp12": entry.name, "stage_json": state, "row_groups": n, "path": entry.path})
+            n = (
+                sum(1 for e in os.scandir(files) if _BATCH_RE.match(e.name))
+                if files.is_dir()
+                else 0
+            )
+            out.append(
+                {"fp12": entry.name, "stage_json": state, "row_groups": n, "path": entry.path}
+            )
         return out
 
     # ---- finalize ----------------------------------------------------------------------------
@@ -432,7 +455,9 @@ class PartitionStore:
             final = self.final_dir(ref)
             moved = None
             if final.exists():
-                moved = final.with_name(f"{FINAL_DIR}.invalidated-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}")
+                moved = final.with_name(
+                    f"{FINAL_DIR}.invalidated-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+                )
                 os.replace(final, moved)
             self._write_state(ref, finalize_state=None, finalized_at=None)
             return moved

@@ -121,11 +121,26 @@ SAMPLERS = [
         CategorySamplerParams,
         {"values": ["a", "b", "c"], "weights": [1.0, 2.5, 0.0]},
     ),
-    ("uniform", "params: {low: -2, high: 7.5, decimal_places: 2}", UniformSamplerParams, {"low": -2.0, "high": 7.5, "decimal_places": 2}),
-    ("gaussian", "params: {mean: 10, stddev: 3}", GaussianSamplerParams, {"mean": 10.0, "stddev": 3.0}),
+    (
+        "uniform",
+        "params: {low: -2, high: 7.5, decimal_places: 2}",
+        UniformSamplerParams,
+        {"low": -2.0, "high": 7.5, "decimal_places": 2},
+    ),
+    (
+        "gaussian",
+        "params: {mean: 10, stddev: 3}",
+        GaussianSamplerParams,
+        {"mean": 10.0, "stddev": 3.0},
+    ),
     ("bernoulli", "params: {p: 0.25}", BernoulliSamplerParams, {"p": 0.25}),
     ("poisson", "params: {mean: 4.5}", PoissonSamplerParams, {"mean": 4.5}),
-    ("uuid", "params: {prefix: 'X-', short_form: true, uppercase: true}", UUIDSamplerParams, {"prefix": "X-", "short_form": True, "uppercase": True}),
+    (
+        "uuid",
+        "params: {prefix: 'X-', short_form: true, uppercase: true}",
+        UUIDSamplerParams,
+        {"prefix": "X-", "short_form": True, "uppercase": True},
+    ),
     (
         "datetime",
         "params: {start: '2026-01-01', end: '2026-03-01T12:00:00', unit: h}",
@@ -138,14 +153,23 @@ SAMPLERS = [
         PersonFromFakerSamplerParams,
         {"locale": "en_GB", "sex": "Female", "age_range": (30, 40), "city": "Leeds"},
     ),
-    ("person", "params: {age_range: [20, 21]}", PersonFromFakerSamplerParams, {"age_range": (20, 21), "locale": "en_US"}),
+    (
+        "person",
+        "params: {age_range: [20, 21]}",
+        PersonFromFakerSamplerParams,
+        {"age_range": (20, 21), "locale": "en_US"},
+    ),
 ]
 
 
-@pytest.mark.parametrize(("sampler_type", "params", "cls", "expected"), SAMPLERS, ids=[s[0] for s in SAMPLERS])
+@pytest.mark.parametrize(
+    ("sampler_type", "params", "cls", "expected"), SAMPLERS, ids=[s[0] for s in SAMPLERS]
+)
 def test_every_sampler_type(sampler_type: str, params: str, cls: type, expected: dict) -> None:
     wf = loads_workflow(
-        one_stage(f"- name: c\n  column_type: sampler\n  sampler_type: {sampler_type}\n  {params}\n")
+        one_stage(
+            f"- name: c\n  column_type: sampler\n  sampler_type: {sampler_type}\n  {params}\n"
+        )
     )
     col = wf.stages[0].columns[0]
     assert isinstance(col, SamplerColumnConfig)
@@ -158,7 +182,9 @@ def test_every_sampler_type(sampler_type: str, params: str, cls: type, expected:
 
 def test_unquoted_yaml_dates_are_accepted() -> None:
     wf = loads_workflow(
-        one_stage("- {name: d, column_type: sampler, sampler_type: datetime, params: {start: 2026-01-01, end: 2026-02-01}}")
+        one_stage(
+            "- {name: d, column_type: sampler, sampler_type: datetime, params: {start: 2026-01-01, end: 2026-02-01}}"
+        )
     )
     assert wf.stages[0].columns[0].params.start == dt.datetime(2026, 1, 1)
 
@@ -271,7 +297,13 @@ ERROR_CASES = {
         "expresion:",
         "unknown key",
     ),
-    "unknown top-level key": ("nmae: x\n" + one_stage("- {name: a, column_type: sampler, sampler_type: uuid, params: {}}"), "nmae", "nmae:", "unknown key"),
+    "unknown top-level key": (
+        "nmae: x\n"
+        + one_stage("- {name: a, column_type: sampler, sampler_type: uuid, params: {}}"),
+        "nmae",
+        "nmae:",
+        "unknown key",
+    ),
     "unknown column reference": (
         one_stage(
             """
@@ -308,7 +340,10 @@ ERROR_CASES = {
     ),
     "duplicate stage name": (
         "name: w\nstages:\n"
-        "  - name: s\n    num_records: 1\n    columns:\n" + _col_body(1) + "  - name: s\n    num_records: 1\n    columns:\n" + _col_body(1),
+        "  - name: s\n    num_records: 1\n    columns:\n"
+        + _col_body(1)
+        + "  - name: s\n    num_records: 1\n    columns:\n"
+        + _col_body(1),
         "stages[1].name",
         ("name: s", 2),
         "duplicate stage name 's'",
@@ -329,7 +364,8 @@ ERROR_CASES = {
         "unknown model alias 'wrtier'",
     ),
     "unknown seed stage": (
-        "name: w\nstages:\n  - name: s\n    num_records: 1\n    seed:\n      stage: ghost\n    columns:\n" + _col_body(1),
+        "name: w\nstages:\n  - name: s\n    num_records: 1\n    seed:\n      stage: ghost\n    columns:\n"
+        + _col_body(1),
         "stages[0].seed.stage",
         "stage: ghost",
         "unknown stage 'ghost'",
@@ -366,7 +402,9 @@ ERROR_CASES = {
         "weights has 1 entries but values has 2",
     ),
     "negative weights": (
-        one_stage("- {name: p, column_type: sampler, sampler_type: category, params: {values: [a, b], weights: [1, -1]}}"),
+        one_stage(
+            "- {name: p, column_type: sampler, sampler_type: category, params: {values: [a, b], weights: [1, -1]}}"
+        ),
         "stages[0].columns[0].params",
         "weights: [1, -1]",
         "non-negative",
@@ -473,7 +511,12 @@ MULTI_EXPECTED = {
     ("stages[1].seed.stage", "seed: {stage: ghost}", 1, "unknown stage 'ghost'"),
     ("stages[2].columns[0].params", "weights: [1, -1]", 1, "non-negative"),
     # Checked although column w of the same stage is structurally broken:
-    ("stages[2].columns[1].params.category", "category: k2", 1, "must be a sampler with sampler_type: category"),
+    (
+        "stages[2].columns[1].params.category",
+        "category: k2",
+        1,
+        "must be a sampler with sampler_type: category",
+    ),
     ("stages[2].columns[3]", "undefined_thing", 1, "unknown column 'undefined_thing'"),
     # ... and so is stage d, seeded from that stage: its seed columns are still known.
     ("stages[3].columns[0]", "also_missing", 1, "unknown column 'also_missing'"),
@@ -539,7 +582,9 @@ def test_row_group_seed_must_match_buffer_and_records() -> None:
         "    columns:\n      - {name: e, column_type: expression, expr: '{{ c0 }}'}\n"
     )  # fmt: skip
     err = errors_of(text)
-    assert [(i.path, i.line) for i in err.issues] == [("stages[1].num_records", line_of(text, "num_records: 50"))]
+    assert [(i.path, i.line) for i in err.issues] == [
+        ("stages[1].num_records", line_of(text, "num_records: 50"))
+    ]
     # mode: sample lifts the constraint, and seed columns are known to the downstream stage.
     wf = loads_workflow(text.replace("mode: row_group", "mode: sample"))
     assert wf.upstream_of(wf.stage("b")).name == "a"
@@ -611,7 +656,12 @@ def test_python_config_gets_semantic_checks() -> None:
                     columns=[
                         {"name": "a", "column_type": "expression", "expr": "{{ b }}"},
                         {"name": "b", "column_type": "expression", "expr": "{{ a }}"},
-                        {"name": "t", "column_type": "llm_text", "model_alias": "other", "prompt": "{{ zz }}"},
+                        {
+                            "name": "t",
+                            "column_type": "llm_text",
+                            "model_alias": "other",
+                            "prompt": "{{ zz }}",
+                        },
                     ]
                 ),
                 _stage(),
@@ -629,14 +679,27 @@ def test_python_config_gets_semantic_checks() -> None:
 
 
 def test_python_config_subcategory_parent_check() -> None:
-    with pytest.raises(WorkflowConfigError, match=r"stages\[0\]\.columns\[1\]\.params\.values: no subcategory values"):
+    with pytest.raises(
+        WorkflowConfigError,
+        match=r"stages\[0\]\.columns\[1\]\.params\.values: no subcategory values",
+    ):
         WorkflowConfig(
             name="w",
             stages=[
                 _stage(
                     columns=[
-                        {"name": "p", "column_type": "sampler", "sampler_type": "category", "params": {"values": ["a", "b"]}},
-                        {"name": "c", "column_type": "sampler", "sampler_type": "subcategory", "params": {"category": "p", "values": {"a": ["x"]}}},
+                        {
+                            "name": "p",
+                            "column_type": "sampler",
+                            "sampler_type": "category",
+                            "params": {"values": ["a", "b"]},
+                        },
+                        {
+                            "name": "c",
+                            "column_type": "sampler",
+                            "sampler_type": "subcategory",
+                            "params": {"category": "p", "values": {"a": ["x"]}},
+                        },
                     ]
                 )
             ],
@@ -657,7 +720,9 @@ def test_api_key_env_accepts_variable_names(name: str) -> None:
     assert ModelConfig(base_url="https://h/v1", model="m", api_key_env=name).api_key_env == name
 
 
-@pytest.mark.parametrize("value", ["nvapi-Abc123SECRET", "sk-proj-SECRET", "1ABC", "", "has space", "ключ_SECRET"])
+@pytest.mark.parametrize(
+    "value", ["nvapi-Abc123SECRET", "sk-proj-SECRET", "1ABC", "", "has space", "ключ_SECRET"]
+)
 def test_api_key_env_rejects_keys_without_echoing_them(value: str) -> None:
     text = one_stage(
         "- {name: t, column_type: llm-text, model_alias: m, prompt: hi}",
@@ -718,4 +783,6 @@ def test_env_expansion_in_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
     assert wf.models["m"].model == "fallback"
     monkeypatch.delenv("DD_TEST_BASE")
     err = errors_of(text)
-    assert [(i.path, i.line) for i in err.issues] == [("models.m.base_url", line_of(text, "base_url"))]
+    assert [(i.path, i.line) for i in err.issues] == [
+        ("models.m.base_url", line_of(text, "base_url"))
+    ]

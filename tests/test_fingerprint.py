@@ -105,7 +105,11 @@ def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
         *head, last = path.split(".")
         node: Any = data
         for part in head:
-            node = stage(data, part) if part in ("gen", "down", "sampled") and node is data else node[part]
+            node = (
+                stage(data, part)
+                if part in ("gen", "down", "sampled") and node is data
+                else node[part]
+            )
         node[last] = value
 
     return edit
@@ -137,21 +141,67 @@ CHANGES: dict[str, tuple[Callable[[dict[str, Any]], None], set[str], str]] = {
         {"gen", "down", "sampled"},
         "columns[0].params.weights[2]",
     ),
-    "uniform params": (lambda d: col(d, "gen", "n")["params"].update(high=11), {"gen", "down", "sampled"}, "columns[2].params.high"),
-    "convert_to": (lambda d: col(d, "gen", "n").update(convert_to="float"), {"gen", "down", "sampled"}, "columns[2].convert_to"),
+    "uniform params": (
+        lambda d: col(d, "gen", "n")["params"].update(high=11),
+        {"gen", "down", "sampled"},
+        "columns[2].params.high",
+    ),
+    "convert_to": (
+        lambda d: col(d, "gen", "n").update(convert_to="float"),
+        {"gen", "down", "sampled"},
+        "columns[2].convert_to",
+    ),
     "column order": (_swap_columns, {"gen", "down", "sampled"}, "columns[2].name"),
-    "expr text": (lambda d: col(d, "gen", "label").update(expr="{{ topic }}/{{ n }}"), {"gen", "down", "sampled"}, "columns[3].expr"),
-    "dtype": (lambda d: col(d, "gen", "label").update(dtype="int"), {"gen", "down", "sampled"}, "columns[3].dtype"),
-    "prompt": (lambda d: col(d, "gen", "text").update(prompt="About {{ label }}"), {"gen", "down", "sampled"}, "columns[4].prompt"),
-    "drop flag": (lambda d: col(d, "gen", "sub").update(drop=True), {"gen", "down", "sampled"}, "columns[1].drop"),
-    "model name": (lambda d: d["models"]["writer"].update(model="meta/llama-3.3-70b-instruct"), {"gen", "down", "sampled"}, "models.writer.model"),
-    "temperature": (lambda d: d["models"]["writer"]["inference"].update(temperature=0.2), {"gen", "down", "sampled"}, "models.writer.inference.temperature"),
-    "max_tokens": (lambda d: d["models"]["writer"]["inference"].update(max_tokens=512), {"gen", "down", "sampled"}, "models.writer.inference.max_tokens"),
-    "base_url host": (lambda d: d["models"]["writer"].update(base_url="https://api.openai.com/v1"), {"gen", "down", "sampled"}, "models.writer.base_url"),
-    "model alias swapped": (lambda d: col(d, "gen", "text").update(model_alias="other"), {"gen", "down", "sampled"}, "models.other"),
+    "expr text": (
+        lambda d: col(d, "gen", "label").update(expr="{{ topic }}/{{ n }}"),
+        {"gen", "down", "sampled"},
+        "columns[3].expr",
+    ),
+    "dtype": (
+        lambda d: col(d, "gen", "label").update(dtype="int"),
+        {"gen", "down", "sampled"},
+        "columns[3].dtype",
+    ),
+    "prompt": (
+        lambda d: col(d, "gen", "text").update(prompt="About {{ label }}"),
+        {"gen", "down", "sampled"},
+        "columns[4].prompt",
+    ),
+    "drop flag": (
+        lambda d: col(d, "gen", "sub").update(drop=True),
+        {"gen", "down", "sampled"},
+        "columns[1].drop",
+    ),
+    "model name": (
+        lambda d: d["models"]["writer"].update(model="meta/llama-3.3-70b-instruct"),
+        {"gen", "down", "sampled"},
+        "models.writer.model",
+    ),
+    "temperature": (
+        lambda d: d["models"]["writer"]["inference"].update(temperature=0.2),
+        {"gen", "down", "sampled"},
+        "models.writer.inference.temperature",
+    ),
+    "max_tokens": (
+        lambda d: d["models"]["writer"]["inference"].update(max_tokens=512),
+        {"gen", "down", "sampled"},
+        "models.writer.inference.max_tokens",
+    ),
+    "base_url host": (
+        lambda d: d["models"]["writer"].update(base_url="https://api.openai.com/v1"),
+        {"gen", "down", "sampled"},
+        "models.writer.base_url",
+    ),
+    "model alias swapped": (
+        lambda d: col(d, "gen", "text").update(model_alias="other"),
+        {"gen", "down", "sampled"},
+        "models.other",
+    ),
     "buffer_size": (_both_buffers, {"gen", "down", "sampled"}, "buffer_size"),
     "post_batch": (
-        lambda d: stage(d, "gen").update(post_batch=[{"processor_type": "rename", "mapping": {"n": "number"}}]),
+        lambda d: stage(d, "gen").update(
+            post_batch=[{"processor_type": "rename", "mapping": {"n": "number"}}]
+        ),
         {"gen", "down", "sampled"},
         "post_batch[0].mapping",
     ),
@@ -161,14 +211,22 @@ CHANGES: dict[str, tuple[Callable[[dict[str, Any]], None], set[str], str]] = {
         "seed.mode",
     ),
     "seed strategy of sampled": (
-        lambda d: stage(d, "sampled").update(seed={"stage": "gen", "mode": "sample", "strategy": "ordered"}),
+        lambda d: stage(d, "sampled").update(
+            seed={"stage": "gen", "mode": "sample", "strategy": "ordered"}
+        ),
         {"sampled"},
         "seed.strategy",
     ),
-    "downstream column": (lambda d: col(d, "down", "shout").update(expr="{{ label }}!"), {"down"}, "columns[0].expr"),
+    "downstream column": (
+        lambda d: col(d, "down", "shout").update(expr="{{ label }}!"),
+        {"down"},
+        "columns[0].expr",
+    ),
     # A stage seeded by `mode: sample` reads gen's final output: finalize changes it, not gen/down.
     "finalize": (
-        lambda d: stage(d, "gen").update(finalize=[{"processor_type": "dedupe", "columns": ["topic"]}]),
+        lambda d: stage(d, "gen").update(
+            finalize=[{"processor_type": "dedupe", "columns": ["topic"]}]
+        ),
         {"sampled"},
         "seed.upstream_fingerprint",
     ),
@@ -187,20 +245,28 @@ def test_edit_changes_fingerprint(name: str) -> None:
     assert field in fields, fields
     # Downstream of a changed stage, what changed is the upstream fingerprint, named as such.
     if first == "gen":
-        assert "seed.upstream_fingerprint" in changed_fields(old["down"].payload, new["down"].payload)
+        assert "seed.upstream_fingerprint" in changed_fields(
+            old["down"].payload, new["down"].payload
+        )
         assert new["down"].payload["seed"]["upstream_fingerprint"] == new["gen"].hex
 
 
 UNCHANGED: dict[str, Callable[[dict[str, Any]], None]] = {
-    "num_records": lambda d: [stage(d, s).update(num_records=5000) for s in ("gen", "down", "sampled")],
+    "num_records": lambda d: [
+        stage(d, s).update(num_records=5000) for s in ("gen", "down", "sampled")
+    ],
     "stage description": _set("gen.description", "something else"),
     "workflow description": lambda d: d.update(description="other"),
     "max_parallel_requests": lambda d: d["models"]["writer"].update(max_parallel_requests=64),
     "timeout_s": lambda d: d["models"]["writer"].update(timeout_s=600),
     "max_retries": lambda d: d["models"]["writer"].update(max_retries=0),
     "api_key_env name": lambda d: d["models"]["writer"].update(api_key_env="ANOTHER_VAR"),
-    "base_url trailing slash": lambda d: d["models"]["writer"].update(base_url="https://integrate.api.nvidia.com/v1/"),
-    "unrelated model": lambda d: d["models"]["other"].update(model="x", inference={"temperature": 1.5}),
+    "base_url trailing slash": lambda d: d["models"]["writer"].update(
+        base_url="https://integrate.api.nvidia.com/v1/"
+    ),
+    "unrelated model": lambda d: d["models"]["other"].update(
+        model="x", inference={"temperature": 1.5}
+    ),
     "model added": lambda d: d["models"].update(third={"base_url": "http://h/v1", "model": "m"}),
     "run settings": lambda d: d.update(run={"partitions_per_run": 2, "row_groups_in_flight": 1}),
 }
@@ -265,12 +331,18 @@ def test_api_key_value_never_reaches_the_payload(monkeypatch: pytest.MonkeyPatch
         assert "DD_FP_TEST_KEY" not in text  # not even the variable's name
     # And the value does not influence the hash either.
     monkeypatch.setenv("DD_FP_TEST_KEY", "another-value")
-    assert {s: f.hex for s, f in workflow_fingerprints(build()).items()} == {s: f.hex for s, f in fps.items()}
+    assert {s: f.hex for s, f in workflow_fingerprints(build()).items()} == {
+        s: f.hex for s, f in fps.items()
+    }
 
 
 def test_base_url_port_and_path_are_part_of_identity() -> None:
-    a = workflow_fingerprints(build(lambda d: d["models"]["writer"].update(base_url="http://localhost:8000/v1")))
-    b = workflow_fingerprints(build(lambda d: d["models"]["writer"].update(base_url="http://localhost:8001/v1")))
+    a = workflow_fingerprints(
+        build(lambda d: d["models"]["writer"].update(base_url="http://localhost:8000/v1"))
+    )
+    b = workflow_fingerprints(
+        build(lambda d: d["models"]["writer"].update(base_url="http://localhost:8001/v1"))
+    )
     assert a["gen"].hex != b["gen"].hex
     assert changed_fields(a["gen"].payload, b["gen"].payload) == ["models.writer.base_url"]
 
@@ -352,7 +424,9 @@ def test_editing_a_column_changes_only_its_key_and_its_subcategory_children() ->
     k = _keys(build(lambda d: col(d, "gen", "topic")["params"].update(weights=[3, 2, 1])))
     assert {c for c in base if base[c] != k[c]} == {"topic", "sub"}
     # The child alone: the parent stays.
-    k = _keys(build(lambda d: col(d, "gen", "sub")["params"]["values"].update(cats=["tabby", "siamese"])))
+    k = _keys(
+        build(lambda d: col(d, "gen", "sub")["params"]["values"].update(cats=["tabby", "siamese"]))
+    )
     assert {c for c in base if base[c] != k[c]} == {"sub"}
     # Moving a column, or editing a model, changes no key.
     assert _keys(build(_swap_columns)) == base

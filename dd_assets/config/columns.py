@@ -33,14 +33,19 @@ def template_names(source: str, field: str) -> set[str]:
     try:
         return referenced_names(source)
     except jinja2.TemplateSyntaxError as exc:
-        raise ValueError(f"{field} is not a valid Jinja2 template: {exc.message} (line {exc.lineno})") from None
+        raise ValueError(
+            f"{field} is not a valid Jinja2 template: {exc.message} (line {exc.lineno})"
+        ) from None
 
 
 class _Column(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    drop: bool = Field(default=False, description="generate (so others can use it), then leave it out of the output")
+    drop: bool = Field(
+        default=False,
+        description="generate (so others can use it), then leave it out of the output",
+    )
 
     _check_name = field_validator("name")(lambda v: check_identifier(v, "column name"))
 
@@ -74,7 +79,9 @@ class SamplerColumnConfig(_Column):
         numeric = {"uniform", "gaussian", "poisson", "bernoulli"}
         if self.convert_to is not None:
             if self.sampler_type in numeric and self.convert_to not in ("int", "float", "str"):
-                raise ValueError(f"convert_to for a {self.sampler_type} sampler must be int, float or str")
+                raise ValueError(
+                    f"convert_to for a {self.sampler_type} sampler must be int, float or str"
+                )
             if self.sampler_type not in numeric | {"datetime"}:
                 raise ValueError(f"convert_to is not supported for a {self.sampler_type} sampler")
         return self
@@ -95,7 +102,9 @@ class ExpressionColumnConfig(_Column):
     @classmethod
     def _valid_expr(cls, v: str) -> str:
         if not v.strip():
-            raise ValueError("expr is empty or whitespace-only; give a Jinja2 template such as '{{ a }}'")
+            raise ValueError(
+                "expr is empty or whitespace-only; give a Jinja2 template such as '{{ a }}'"
+            )
         template_names(v, "expr")
         return v
 
@@ -148,7 +157,9 @@ class LLMCodeColumnConfig(_LLMColumn):
 
 class LLMStructuredColumnConfig(_LLMColumn):
     column_type: Literal["llm-structured"] = "llm-structured"
-    output_format: dict[str, Any] = Field(description="JSON schema the answer must validate against")
+    output_format: dict[str, Any] = Field(
+        description="JSON schema the answer must validate against"
+    )
     max_parse_retries: int = Field(default=2, ge=0, le=10)
 
     @field_validator("output_format")
@@ -157,7 +168,9 @@ class LLMStructuredColumnConfig(_LLMColumn):
         try:
             json.dumps(v)
         except (TypeError, ValueError) as exc:
-            raise ValueError(f"output_format must be a JSON schema (JSON-serialisable): {exc}") from None
+            raise ValueError(
+                f"output_format must be a JSON schema (JSON-serialisable): {exc}"
+            ) from None
         if "type" not in v and "properties" not in v and "$ref" not in v and "anyOf" not in v:
             raise ValueError("output_format must be a JSON schema with a 'type' or 'properties'")
         return v

@@ -12,9 +12,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from dd_assets.config.columns import SamplerColumnConfig
 from dd_assets.config.errors import ConfigIssue, WorkflowConfigError, format_loc
 from dd_assets.config.models import ModelConfig
-from dd_assets.config.columns import SamplerColumnConfig
 from dd_assets.config.workflow import StageConfig, StageSeed, WorkflowConfig, semantic_issues
 
 _TAG_RE = re.compile(r"^(function-after|function-before|function-wrap|function-plain)\[.*\]$")
@@ -38,7 +38,9 @@ def _line_map(node: yaml.Node, path: tuple[Any, ...] = (), out: dict | None = No
 _ABSENT = object()
 
 
-def _clean_loc(loc: tuple[Any, ...], data: Any = _ABSENT, keep_last: bool = False) -> tuple[Any, ...]:
+def _clean_loc(
+    loc: tuple[Any, ...], data: Any = _ABSENT, keep_last: bool = False
+) -> tuple[Any, ...]:
     """Drop pydantic's union-tag and validator segments so the path matches the YAML.
 
     A segment that names a union member (``category``, ``filter`` ...) is a tag only where the
@@ -56,9 +58,9 @@ def _clean_loc(loc: tuple[Any, ...], data: Any = _ABSENT, keep_last: bool = Fals
             if part in _UNION_TAGS and not is_key and not last:
                 continue
         out.append(part)
-        if isinstance(node, dict) and part in node:
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        if (isinstance(node, dict) and part in node) or (
+            isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node)
+        ):
             node = node[part]
         else:
             node = _ABSENT
@@ -110,7 +112,9 @@ def _with_lines(issues: list[ConfigIssue], lines: dict) -> list[ConfigIssue]:
         loc: list[Any] = []
         for part in re.findall(r"[^.\[\]]+|\[\d+\]", issue.path):
             loc.append(int(part[1:-1]) if part.startswith("[") else part)
-        out.append(ConfigIssue(issue.path, issue.message, issue.line or _nearest_line(lines, tuple(loc))))
+        out.append(
+            ConfigIssue(issue.path, issue.message, issue.line or _nearest_line(lines, tuple(loc)))
+        )
     return out
 
 
@@ -136,12 +140,20 @@ def _validate_ignoring_unknown_keys(raw: Any) -> tuple[StageConfig | None, set[i
             raw = copy.deepcopy(raw)
             for err in exc.errors():
                 loc = _clean_loc(err["loc"], raw, err["type"] == "missing")
-                col = loc[1] if len(loc) >= 2 and loc[0] == "columns" and isinstance(loc[1], int) else None
+                col = (
+                    loc[1]
+                    if len(loc) >= 2 and loc[0] == "columns" and isinstance(loc[1], int)
+                    else None
+                )
                 if col is not None and col in placeholders:
                     continue
                 if err["type"] == "extra_forbidden":
                     _delete(raw, loc)
-                elif col is not None and isinstance(raw.get("columns"), list) and col < len(raw["columns"]):
+                elif (
+                    col is not None
+                    and isinstance(raw.get("columns"), list)
+                    and col < len(raw["columns"])
+                ):
                     raw["columns"][col] = _placeholder(raw["columns"][col], col)
                     placeholders.add(col)
                 else:
@@ -247,11 +259,18 @@ def _expand_env(data: dict[str, Any]) -> list[ConfigIssue]:
     return issues
 
 
-def parse_workflow(data: Any, *, source: str | None = None, lines: dict | None = None) -> WorkflowConfig:
+def parse_workflow(
+    data: Any, *, source: str | None = None, lines: dict | None = None
+) -> WorkflowConfig:
     lines = lines or {}
     if not isinstance(data, dict):
         raise WorkflowConfigError(
-            [ConfigIssue("", "a workflow config must be a mapping with name:, models: and stages:", 1)], source
+            [
+                ConfigIssue(
+                    "", "a workflow config must be a mapping with name:, models: and stages:", 1
+                )
+            ],
+            source,
         )
     data = copy.deepcopy(data)
     env_issues = _with_lines(_expand_env(data), lines)
@@ -264,7 +283,11 @@ def parse_workflow(data: Any, *, source: str | None = None, lines: dict | None =
     except ValidationError as exc:
         issues = issues_from_validation(exc, lines, data=data)
         known = {(i.path, i.message) for i in issues}
-        extra = [i for i in _with_lines(_partial_semantics(data), lines) if (i.path, i.message) not in known]
+        extra = [
+            i
+            for i in _with_lines(_partial_semantics(data), lines)
+            if (i.path, i.message) not in known
+        ]
         raise WorkflowConfigError(issues + extra, source) from None
 
 
@@ -273,7 +296,9 @@ def load_workflow(path: str | Path) -> WorkflowConfig:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise WorkflowConfigError([ConfigIssue("", f"config file not found: {path}")], str(path)) from None
+        raise WorkflowConfigError(
+            [ConfigIssue("", f"config file not found: {path}")], str(path)
+        ) from None
     return loads_workflow(text, source=str(path))
 
 
@@ -284,6 +309,8 @@ def loads_workflow(text: str, *, source: str | None = None) -> WorkflowConfig:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark else None
-        raise WorkflowConfigError([ConfigIssue("", f"not valid YAML: {exc}", line)], source) from None
+        raise WorkflowConfigError(
+            [ConfigIssue("", f"not valid YAML: {exc}", line)], source
+        ) from None
     lines = _line_map(node) if node is not None else {}
     return parse_workflow(data, source=source, lines=lines)

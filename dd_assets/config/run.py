@@ -29,7 +29,9 @@ class RunSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     partitions_per_run: int = Field(
-        default=8, ge=1, description="row groups per Dagster run in a backfill (BackfillPolicy.multi_run)"
+        default=8,
+        ge=1,
+        description="row groups per Dagster run in a backfill (BackfillPolicy.multi_run)",
     )
     row_groups_in_flight: int = Field(default=3, ge=1, le=64)
     early_stop: EarlyStopSettings = EarlyStopSettings()

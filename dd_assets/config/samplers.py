@@ -107,7 +107,9 @@ class PersonFromFakerSamplerParams(_Params):
     def _ages(self) -> PersonFromFakerSamplerParams:
         lo, hi = self.age_range
         if lo < 0 or hi < lo:
-            raise ValueError(f"age_range {list(self.age_range)} must be [min, max] with 0 <= min <= max")
+            raise ValueError(
+                f"age_range {list(self.age_range)} must be [min, max] with 0 <= min <= max"
+            )
         return self
 
 

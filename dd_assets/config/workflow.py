@@ -170,7 +170,9 @@ def output_columns(stage: StageConfig, seed_columns: list[str]) -> list[str]:
     cols += [c.name for c in stage.columns if not c.drop]
     for proc in stage.post_batch:
         if isinstance(proc, DropColumnsProcessorConfig):
-            cols = [c for c in cols if not any(fnmatch.fnmatchcase(c, p) for p in proc.column_names)]
+            cols = [
+                c for c in cols if not any(fnmatch.fnmatchcase(c, p) for p in proc.column_names)
+            ]
         elif isinstance(proc, RenameColumnsProcessorConfig):
             cols = [proc.mapping.get(c, c) for c in cols]
     return cols
@@ -196,7 +198,10 @@ def _stage_issues(
     for j, col in enumerate(stage.columns):
         if col.name in seen:
             issues.append(
-                ConfigIssue(f"{base}.columns[{j}].name", f"duplicate column name {col.name!r} (also columns[{seen[col.name]}])")
+                ConfigIssue(
+                    f"{base}.columns[{j}].name",
+                    f"duplicate column name {col.name!r} (also columns[{seen[col.name]}])",
+                )
             )
         seen.setdefault(col.name, j)
     known = set(seen) | set(seed_cols or [])
@@ -252,7 +257,9 @@ def _stage_issues(
     except ValueError as exc:
         issues.append(ConfigIssue(f"{base}.columns", str(exc)))
     if not stage.columns and stage.seed is None:
-        issues.append(ConfigIssue(f"{base}.columns", "a stage without a seed needs at least one column"))
+        issues.append(
+            ConfigIssue(f"{base}.columns", "a stage without a seed needs at least one column")
+        )
     if seed_cols is not None:
         issues += _processor_issues(base, stage, seed_cols)
     return issues
@@ -267,15 +274,29 @@ def _processor_issues(base: str, stage: StageConfig, seed_cols: list[str]) -> li
         if isinstance(proc, DropColumnsProcessorConfig):
             for pat in proc.column_names:
                 if not any(fnmatch.fnmatchcase(c, pat) for c in cols):
-                    issues.append(ConfigIssue(f"{path}.column_names", f"{pat!r} matches no column; columns: {', '.join(cols)}"))
-            cols = [c for c in cols if not any(fnmatch.fnmatchcase(c, p) for p in proc.column_names)]
+                    issues.append(
+                        ConfigIssue(
+                            f"{path}.column_names",
+                            f"{pat!r} matches no column; columns: {', '.join(cols)}",
+                        )
+                    )
+            cols = [
+                c for c in cols if not any(fnmatch.fnmatchcase(c, p) for p in proc.column_names)
+            ]
         else:
             for old in proc.mapping:
                 if old not in cols:
-                    issues.append(ConfigIssue(f"{path}.mapping", f"cannot rename unknown column {old!r}; columns: {', '.join(cols)}"))
+                    issues.append(
+                        ConfigIssue(
+                            f"{path}.mapping",
+                            f"cannot rename unknown column {old!r}; columns: {', '.join(cols)}",
+                        )
+                    )
             renamed = [proc.mapping.get(c, c) for c in cols]
             if len(set(renamed)) != len(renamed):
-                issues.append(ConfigIssue(f"{path}.mapping", "renaming would give two columns the same name"))
+                issues.append(
+                    ConfigIssue(f"{path}.mapping", "renaming would give two columns the same name")
+                )
             cols = renamed
     if not cols and stage.columns:
         issues.append(ConfigIssue(f"{base}.post_batch", "post_batch processors leave no column"))
@@ -287,7 +308,12 @@ def semantic_issues(workflow: WorkflowConfig) -> list[ConfigIssue]:
     index: dict[str, int] = {}
     for i, stage in enumerate(workflow.stages):
         if stage.name in index:
-            issues.append(ConfigIssue(f"stages[{i}].name", f"duplicate stage name {stage.name!r} (also stages[{index[stage.name]}])"))
+            issues.append(
+                ConfigIssue(
+                    f"stages[{i}].name",
+                    f"duplicate stage name {stage.name!r} (also stages[{index[stage.name]}])",
+                )
+            )
         index.setdefault(stage.name, i)
     broken: set[str] = set()  # stages whose own seed names an unknown stage or themselves
     for i, stage in enumerate(workflow.stages):
@@ -295,10 +321,17 @@ def semantic_issues(workflow: WorkflowConfig) -> list[ConfigIssue]:
             up = stage.seed.stage
             if up not in index:
                 broken.add(stage.name)
-                issues.append(ConfigIssue(f"stages[{i}].seed.stage", f"unknown stage {up!r}; stages: {', '.join(index)}"))
+                issues.append(
+                    ConfigIssue(
+                        f"stages[{i}].seed.stage",
+                        f"unknown stage {up!r}; stages: {', '.join(index)}",
+                    )
+                )
             elif up == stage.name:
                 broken.add(stage.name)
-                issues.append(ConfigIssue(f"stages[{i}].seed.stage", f"stage {up!r} cannot seed itself"))
+                issues.append(
+                    ConfigIssue(f"stages[{i}].seed.stage", f"stage {up!r} cannot seed itself")
+                )
             elif stage.seed.mode == "row_group":
                 upstream = workflow.stages[index[up]]
                 for attr in ("buffer_size", "num_records"):
@@ -324,7 +357,11 @@ def semantic_issues(workflow: WorkflowConfig) -> list[ConfigIssue]:
                 break
             nxt = cur.seed.stage
             if nxt in seen:
-                issues.append(ConfigIssue(f"stages[{i}].seed", f"stages seed each other in a cycle through {nxt!r}"))
+                issues.append(
+                    ConfigIssue(
+                        f"stages[{i}].seed", f"stages seed each other in a cycle through {nxt!r}"
+                    )
+                )
                 ok = False
                 break
             seen.add(nxt)

@@ -27,7 +27,9 @@ def cast(text: str, dtype: str) -> Any:
                 if not f.is_integer():
                     raise
                 v = int(f)
-            if not -(2**63) <= v < 2**63:  # the column is int64: one huge value must drop its row only
+            if (
+                not -(2**63) <= v < 2**63
+            ):  # the column is int64: one huge value must drop its row only
                 raise OverflowError(s)
             return v
         if dtype == "float":
@@ -45,5 +47,7 @@ def cast(text: str, dtype: str) -> Any:
 def render(source: str, row: dict[str, Any]) -> str:
     try:
         return compile_template(source).render(row)
-    except Exception as exc:  # template runtime errors are data errors: drop the row, keep the reason
+    except (
+        Exception
+    ) as exc:  # template runtime errors are data errors: drop the row, keep the reason
         raise CellError(f"{type(exc).__name__}: {exc}") from None

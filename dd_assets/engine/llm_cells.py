@@ -113,7 +113,10 @@ def coerce(value: Any, t: pa.DataType) -> Any:
     if pa.types.is_struct(t):
         if not isinstance(value, dict):
             return None
-        return {t.field(i).name: coerce(value.get(t.field(i).name), t.field(i).type) for i in range(t.num_fields)}
+        return {
+            t.field(i).name: coerce(value.get(t.field(i).name), t.field(i).type)
+            for i in range(t.num_fields)
+        }
     if pa.types.is_list(t):
         return [coerce(v, t.value_type) for v in value] if isinstance(value, list) else None
     if pa.types.is_string(t):
@@ -121,7 +124,11 @@ def coerce(value: Any, t: pa.DataType) -> Any:
     if pa.types.is_integer(t):
         if isinstance(value, bool):
             return int(value)
-        return int(value) if isinstance(value, int | float) or str(value).lstrip("-").isdigit() else None
+        return (
+            int(value)
+            if isinstance(value, int | float) or str(value).lstrip("-").isdigit()
+            else None
+        )
     if pa.types.is_floating(t):
         return float(value) if isinstance(value, int | float) else None
     return value

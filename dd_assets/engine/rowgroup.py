@@ -58,7 +58,9 @@ class CompiledStage:
         return bool(self.cell_columns)
 
 
-def compile_stage(workflow: WorkflowConfig, stage_name: str, fingerprint: str | None = None) -> CompiledStage:
+def compile_stage(
+    workflow: WorkflowConfig, stage_name: str, fingerprint: str | None = None
+) -> CompiledStage:
     stage = workflow.stage(stage_name)
     fingerprint = fingerprint or workflow_fingerprints(workflow)[stage_name].hex
     order = column_order(stage)
@@ -69,8 +71,14 @@ def compile_stage(workflow: WorkflowConfig, stage_name: str, fingerprint: str | 
         if col.is_llm or col.required_columns & set(cell):
             cell.append(name)
     batch = [n for n in order if n not in cell]
-    keys = {c.name: column_key(workflow, stage, c.name) for c in stage.columns if isinstance(c, SamplerColumnConfig)}
-    return CompiledStage(workflow, stage, fingerprint, tuple(order), tuple(batch), tuple(cell), keys)
+    keys = {
+        c.name: column_key(workflow, stage, c.name)
+        for c in stage.columns
+        if isinstance(c, SamplerColumnConfig)
+    }
+    return CompiledStage(
+        workflow, stage, fingerprint, tuple(order), tuple(batch), tuple(cell), keys
+    )
 
 
 @dataclass
@@ -133,9 +141,13 @@ def _batch_phase(cs: CompiledStage, start: int, end: int, rows: _Rows) -> None:
         col = by_name[name]
         if isinstance(col, SamplerColumnConfig):
             try:
-                values = samplers.sample_column(col, cs.keys[name], idx, lambda c: [r[c] for r in rows.rows])
+                values = samplers.sample_column(
+                    col, cs.keys[name], idx, lambda c: [r[c] for r in rows.rows]
+                )
             except ValueError as exc:
-                raise GenerationError(f"sampler column {name!r} of stage {cs.stage.name!r}: {exc}") from None
+                raise GenerationError(
+                    f"sampler column {name!r} of stage {cs.stage.name!r}: {exc}"
+                ) from None
             values = values.tolist() if isinstance(values, np.ndarray) else values
             for r, v in zip(rows.rows, values, strict=True):
                 r[name] = v
@@ -236,16 +248,24 @@ async def agenerate_rows(
     if cs.cell_columns:
         await _cell_phase(cs, rows, cells)
     table = apply_post_batch(cs.stage, _to_table(cs, rows, seed))
-    return RowGroupResult(row_group, start, end, table, time.perf_counter() - t0, rows.dropped, rows.samples)
+    return RowGroupResult(
+        row_group, start, end, table, time.perf_counter() - t0, rows.dropped, rows.samples
+    )
 
 
-def generate_rows(cs: CompiledStage, start: int, end: int, *, seed: pa.Table | None = None) -> RowGroupResult:
+def generate_rows(
+    cs: CompiledStage, start: int, end: int, *, seed: pa.Table | None = None
+) -> RowGroupResult:
     """Synchronous generation for stages without LLM columns."""
     return asyncio.run(agenerate_rows(cs, start, end, seed=seed))
 
 
 async def agenerate_row_group(
-    cs: CompiledStage, row_group: int, *, seed: pa.Table | None = None, cells: CellRunner | None = None
+    cs: CompiledStage,
+    row_group: int,
+    *,
+    seed: pa.Table | None = None,
+    cells: CellRunner | None = None,
 ) -> RowGroupResult:
     start, end = cs.stage.row_group_bounds(row_group)
     if seed is not None:
@@ -254,5 +274,7 @@ async def agenerate_row_group(
     return await agenerate_rows(cs, start, end, seed=seed, cells=cells, row_group=row_group)
 
 
-def generate_row_group(cs: CompiledStage, row_group: int, *, seed: pa.Table | None = None) -> RowGroupResult:
+def generate_row_group(
+    cs: CompiledStage, row_group: int, *, seed: pa.Table | None = None
+) -> RowGroupResult:
     return asyncio.run(agenerate_row_group(cs, row_group, seed=seed))

@@ -44,7 +44,9 @@ def category(p: CategorySamplerParams, key: int, rows: np.ndarray) -> list[Any]:
     return [values[i] for i in idx.tolist()]
 
 
-def subcategory(p: SubcategorySamplerParams, key: int, rows: np.ndarray, parent: list[Any]) -> list[Any]:
+def subcategory(
+    p: SubcategorySamplerParams, key: int, rows: np.ndarray, parent: list[Any]
+) -> list[Any]:
     u = rng.uniform(key, rows)
     out: list[Any] = [None] * len(parent)
     for i, (pv, ui) in enumerate(zip(parent, u.tolist(), strict=True)):

@@ -66,9 +66,12 @@ def json_schema_type(schema: dict[str, Any]) -> pa.DataType:
         return pa.list_(json_schema_type(schema["items"]))
     if "enum" in schema and t is None:
         return _values_type(list(schema["enum"]))
-    return {"string": pa.string(), "integer": pa.int64(), "number": pa.float64(), "boolean": pa.bool_()}.get(
-        t, pa.string()
-    )
+    return {
+        "string": pa.string(),
+        "integer": pa.int64(),
+        "number": pa.float64(),
+        "boolean": pa.bool_(),
+    }.get(t, pa.string())
 
 
 def column_type(col: ColumnConfig) -> pa.DataType:

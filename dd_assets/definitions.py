@@ -44,7 +44,8 @@ def waves(workflow: WorkflowConfig) -> list[list[str]]:
 
 
 def job_name(workflow: WorkflowConfig, wave: list[str]) -> str:
-    return f"{workflow.name}__{wave[0]}"
+    # Not "<workflow>__<stage>": that is the op name of the stage asset, and Dagster wants them distinct.
+    return f"{workflow.name}__{wave[0]}__job"
 
 
 def build_definitions(workflow: WorkflowConfig, *, root: str | None = None) -> dg.Definitions:

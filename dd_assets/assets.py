@@ -4,6 +4,7 @@ No `from __future__ import annotations` here: Dagster reads the run-config annot
 
 import hashlib
 import time
+import warnings
 from collections.abc import Iterator
 from typing import Any, Literal
 
@@ -95,19 +96,25 @@ def stage_asset(
         + ", ".join(f"`{c.name}` ({c.column_type})" for c in stage.columns)
     )
 
-    @dg.asset(
-        key=key,
-        deps=deps,
-        partitions_def=dg.StaticPartitionsDefinition(partition_keys(plan)),
-        code_version=plan.ref.fingerprint,
-        group_name=plan.workflow.name,
-        backfill_policy=dg.BackfillPolicy.multi_run(settings.partitions_per_run),
-        io_manager_key=IO_MANAGER_KEY,
-        description=description,
-        metadata=ref_metadata(plan.ref),
-        required_resource_keys={store_key},
-        kinds={"parquet"},
-    )
+    # BackfillPolicy is marked beta; we depend on it on purpose (pinned dagster minor), so its
+    # warning would only be noise in every CLI run, webserver and daemon log.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        decorator = dg.asset(
+            key=key,
+            deps=deps,
+            partitions_def=dg.StaticPartitionsDefinition(partition_keys(plan)),
+            code_version=plan.ref.fingerprint,
+            group_name=plan.workflow.name,
+            backfill_policy=dg.BackfillPolicy.multi_run(settings.partitions_per_run),
+            io_manager_key=IO_MANAGER_KEY,
+            description=description,
+            metadata=ref_metadata(plan.ref),
+            required_resource_keys={store_key},
+            kinds={"parquet"},
+        )
+
+    @decorator
     def _stage(context: dg.AssetExecutionContext, config: StageRunConfig) -> Iterator[Any]:
         store_res: StoreResource = getattr(context.resources, store_key)
         store = store_res.get_store()

@@ -137,10 +137,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{r.done}/{r.total}",
             r.missing_text,
             str(r.records),
-            r.stale_text,
+            "yes" if r.stale else "no",
             r.finalize_state or "-",
         )
     console.print(table)
+    # Reasons go below the table: they are sentences, and folding them into a cell hides them.
+    for r in rows:
+        if r.stale:
+            console.print(f"{r.stage}: stale: {r.stale_reason}", highlight=False, soft_wrap=True)
     return 0
 
 

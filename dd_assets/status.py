@@ -41,10 +41,6 @@ class StageStatus:
         text = ", ".join(ranges[:4]) + (" …" if len(ranges) > 4 else "")
         return f"{len(self.missing)}: {text}"
 
-    @property
-    def stale_text(self) -> str:
-        return f"yes: {self.stale_reason}" if self.stale else "no"
-
 
 def _stale_reason(old_identity: dict, new_identity: dict, upstream: str | None) -> str:
     changed = changed_fields(old_identity, new_identity)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import itertools
 import json
 import os
 import re
@@ -20,7 +21,7 @@ from typing import Any
 TEMP_MARK = ".dd-tmp."
 # <name>.dd-tmp.<host>.<pid>.<n>: host and pid tell the sweeper whether the writer may still live.
 _TEMP_RE = re.compile(r"^(?P<name>.+)\.dd-tmp\.(?P<host>[^.]+)\.(?P<pid>\d+)\.(?P<n>\d+)$")
-_counter = 0
+_counter = itertools.count(1)  # next() is atomic: row groups are written from threads
 
 
 def _host() -> str:
@@ -32,9 +33,8 @@ def is_temp_name(name: str) -> bool:
 
 
 def _temp_path(target: Path) -> Path:
-    global _counter
-    _counter += 1
-    return target.with_name(f"{target.name}{TEMP_MARK}{_host()}.{os.getpid()}.{_counter}")
+    n = next(_counter)
+    return target.with_name(f"{target.name}{TEMP_MARK}{_host()}.{os.getpid()}.{n}")
 
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:

@@ -39,7 +39,7 @@ from resources.atomic import (
 STAGE_JSON = "stage.json"
 FILES_DIR = "parquet-files"
 FINAL_DIR = "final"
-LOCK_FILE = ".stage.lock"
+LOCK_SUFFIX = ".lock"
 REPLACED_MARK = ".replaced-"
 STORE_SCHEME = 1
 _BATCH_RE = re.compile(r"^batch_(\d{5,})\.parquet$")
@@ -116,9 +116,10 @@ class RowGroupInfo:
 class PartitionStore:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
-        # Footer reads keyed by (path, mtime, size): status polls and asset checks list thousands of
-        # files, and a replaced file always changes mtime or size.
-        self._footers: dict[tuple[str, int, int], RowGroupInfo] = {}
+        # Footer reads keyed by (path, inode, mtime, size): status polls and asset checks list
+        # thousands of files, and a replaced file (os.replace of a new temp) always has a new inode,
+        # even when written within the same mtime tick with the same size.
+        self._footers: dict[tuple[str, int, int, int], RowGroupInfo] = {}
 
     # ---- paths -------------------------------------------------------------------------------
 
@@ -138,7 +139,10 @@ class PartitionStore:
         return self.stage_dir(ref) / FINAL_DIR
 
     def _lock(self, ref: StageRef) -> contextlib.AbstractContextManager[None]:
-        return file_lock(self.stage_dir(ref) / LOCK_FILE)
+        # Beside the fingerprint folder, not inside it: `never` moves that folder aside, and a
+        # lock file moving with it would let waiters on the old inode and newcomers on a new one
+        # hold "the" lock at the same time.
+        return file_lock(self.stage_base(ref.workflow, ref.stage) / f".{ref.fp12}{LOCK_SUFFIX}")
 
     # ---- stage.json --------------------------------------------------------------------------
 
@@ -216,11 +220,19 @@ class PartitionStore:
         folder.mkdir(parents=True, exist_ok=True)
         with self._lock(ref):
             self.sweep(ref)
-            state = self._read_state(folder / STAGE_JSON, ref)
             if mode == ResumeMode.NEVER:
-                if state.get("fresh_start_token") != token and self._has_data(ref):
+                # `never` is the way out of a corrupt or mismatched stage.json (the errors say so):
+                # the folder is moved aside whole, nothing is deleted. Without a token every call
+                # is its own materialization and starts fresh.
+                try:
+                    state, corrupt = self._read_state(folder / STAGE_JSON, ref), False
+                except CorruptStageError:
+                    state, corrupt = {}, True
+                fresh = token is None or state.get("fresh_start_token") != token
+                if corrupt or (fresh and self._has_data(ref)):
                     self._move_aside(ref)
                 return self._write_state(ref, fresh_start_token=token)
+            state = self._read_state(folder / STAGE_JSON, ref)
             if mode == ResumeMode.ALWAYS and not self._has_data(ref):
                 self._refuse_changed_config(ref)
             self._refuse_shrink(ref, state)
@@ -235,10 +247,8 @@ class PartitionStore:
         folder = self.stage_dir(ref)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         target = folder.with_name(f"{folder.name}{REPLACED_MARK}{stamp}")
-        # The lock file moves along; the new folder gets its own, so keep holding a fresh one.
         os.replace(folder, target)
         folder.mkdir(parents=True)
-        (folder / LOCK_FILE).touch()
         return target
 
     def _refuse_changed_config(self, ref: StageRef) -> None:
@@ -284,7 +294,7 @@ class PartitionStore:
 
     def _footer(self, path: Path, ref: StageRef) -> RowGroupInfo:
         st = path.stat()
-        key = (str(path), st.st_mtime_ns, st.st_size)
+        key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
         cached = self._footers.get(key)
         if cached is not None:
             return cached

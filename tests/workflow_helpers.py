@@ -1,0 +1,129 @@
+"""Shared by the integration tests: small workflow configs on disk, an isolated Dagster home and
+data root, and snapshots of what the store holds."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+PEOPLE_COLUMNS: list[dict[str, Any]] = [
+    {
+        "name": "person_id",
+        "column_type": "sampler",
+        "sampler_type": "uuid",
+        "params": {"prefix": "P-", "short_form": True},
+    },
+    {
+        "name": "city",
+        "column_type": "sampler",
+        "sampler_type": "category",
+        "params": {"values": ["Lyon", "Oslo", "Lima"]},
+    },
+    {
+        "name": "customer",
+        "column_type": "sampler",
+        "sampler_type": "person",
+        "params": {"locale": "en_US"},
+    },
+    {
+        "name": "score",
+        "column_type": "sampler",
+        "sampler_type": "uniform",
+        "params": {"low": 1, "high": 10},
+        "convert_to": "int",
+    },
+    {
+        "name": "line",
+        "column_type": "expression",
+        "expr": "{{ customer.first_name }} from {{ city }} scored {{ score }}",
+    },
+]
+
+
+def people_config(
+    *,
+    name: str = "wf",
+    num_records: int = 1000,
+    buffer_size: int = 100,
+    partitions_per_run: int = 4,
+    downstream: bool = False,
+    score_high: int = 10,
+) -> dict[str, Any]:
+    columns = [dict(c) for c in PEOPLE_COLUMNS]
+    columns[3] = {**columns[3], "params": {"low": 1, "high": score_high}}
+    stages: list[dict[str, Any]] = [
+        {
+            "name": "people",
+            "num_records": num_records,
+            "buffer_size": buffer_size,
+            "columns": columns,
+        }
+    ]
+    if downstream:
+        stages.append(
+            {
+                "name": "notes",
+                "num_records": num_records,
+                "buffer_size": buffer_size,
+                "seed": {"stage": "people", "mode": "row_group"},
+                "columns": [
+                    {
+                        "name": "note",
+                        "column_type": "expression",
+                        "expr": "note for {{ person_id }}",
+                    }
+                ],
+            }
+        )
+    return {
+        "name": name,
+        "run": {"partitions_per_run": partitions_per_run, "row_groups_in_flight": 2},
+        "stages": stages,
+    }
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def isolated_env(tmp_path: Path, config: Path | None = None) -> dict[str, str]:
+    """Environment for a subprocess (or monkeypatched in-process) run with its own instance/store."""
+    home = tmp_path / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = dict(os.environ)
+    env.update(
+        DAGSTER_HOME=str(home),
+        DD_ASSETS_ROOT=str(tmp_path / "dd-data"),
+        PYTHONUNBUFFERED="1",
+    )
+    if config is not None:
+        env["DD_ASSETS_CONFIG"] = str(config)
+    return env
+
+
+def batch_files(root: Path) -> dict[str, Path]:
+    """Every committed row-group file under a data root (current fingerprints, not moved-aside)."""
+    out = {}
+    for p in sorted(root.rglob("batch_*.parquet")):
+        if ".replaced-" in str(p) or ".dd-tmp." in p.name:
+            continue
+        out[str(p.relative_to(root))] = p
+    return out
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime_ns) per row-group file: a regenerated file gets a new inode via os.replace."""
+    return {k: (p.stat().st_ino, p.stat().st_mtime_ns) for k, p in batch_files(root).items()}
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".dd-tmp." in p.name]

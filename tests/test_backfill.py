@@ -1,0 +1,167 @@
+"""Resume = backfill: a backfill launched through Dagster's GraphQL API (as the UI's "Materialize
+missing partitions" does), run by a real dagster-daemon and webserver, reuses row groups already on
+disk and generates only the rest."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from workflow_helpers import BIN, isolated_env, people_config, snapshot, write_config
+
+from dd_assets.config import load_workflow
+from dd_assets.stage_runner import materialize, plan_workflow
+from resources.store import PartitionStore
+
+DAGSTER_YAML = """\
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+telemetry:
+  enabled: false
+"""
+
+LAUNCH = """
+mutation($p: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $p) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on InvalidSubsetError { message }
+  }
+}"""
+
+STATUS = """
+query($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    __typename
+    ... on PartitionBackfill { status }
+  }
+}"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Dagster:
+    def __init__(self, port: int, home: Path):
+        self.port = port
+        self.home = home
+
+    def gql(self, query: str, variables: dict) -> dict:
+        req = urllib.request.Request(
+            f"http://127.0.0.1:{self.port}/graphql",
+            data=json.dumps({"query": query, "variables": variables}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=60) as resp:
+            body = json.loads(resp.read())
+        assert "errors" not in body, body
+        return body["data"]
+
+
+@pytest.fixture
+def workflow(tmp_path: Path) -> Path:
+    return write_config(tmp_path / "wf.yaml", people_config(num_records=1000, buffer_size=100))
+
+
+@pytest.fixture
+def dagster(tmp_path: Path, workflow: Path) -> Iterator[Dagster]:
+    env = isolated_env(tmp_path, workflow)
+    home = Path(env["DAGSTER_HOME"])
+    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    port = _free_port()
+    target = ["-m", "dd_assets.definitions", "-a", "defs"]
+    logs = [open(tmp_path / f"{n}.log", "w") for n in ("webserver", "daemon")]  # noqa: SIM115
+    procs = [
+        subprocess.Popen(
+            [str(BIN / "dagster-webserver"), *target, "-h", "127.0.0.1", "-p", str(port)],
+            env=env,
+            stdout=logs[0],
+            stderr=subprocess.STDOUT,
+        ),
+        subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", *target],
+            env=env,
+            stdout=logs[1],
+            stderr=subprocess.STDOUT,
+        ),
+    ]
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+                break
+            except OSError:
+                assert all(p.poll() is None for p in procs), (tmp_path / "webserver.log").read_text()
+                assert time.monotonic() < deadline, "webserver did not start in 90 s"
+                time.sleep(0.5)
+        yield Dagster(port, home)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for f in logs:
+            f.close()
+
+
+def test_backfill_of_missing_partitions_reuses_row_groups_on_disk(
+    tmp_path: Path, workflow: Path, dagster: Dagster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A run that crashed after checkpointing row groups 0-3: the files are on disk, but Dagster
+    # never recorded their materializations, so the UI shows all ten partitions as missing.
+    wf = load_workflow(workflow)
+    plan = plan_workflow(wf)["people"]
+    store = PartitionStore(tmp_path / "dd-data")
+    materialize(plan, store, range(4))
+    before = snapshot(tmp_path / "dd-data")
+    assert len(before) == 4
+
+    keys = [f"{i:05d}" for i in range(10)]
+    launched = dagster.gql(
+        LAUNCH, {"p": {"assetSelection": [{"path": ["wf", "people"]}], "partitionNames": keys}}
+    )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    backfill_id = launched["backfillId"]
+
+    deadline = time.monotonic() + 240
+    status = "REQUESTED"
+    while status == "REQUESTED":
+        assert time.monotonic() < deadline, f"backfill still {status} after 240 s"
+        time.sleep(1)
+        status = dagster.gql(STATUS, {"id": backfill_id})["partitionBackfillOrError"]["status"]
+    assert status == "COMPLETED_SUCCESS", (tmp_path / "daemon.log").read_text()[-3000:]
+
+    after = snapshot(tmp_path / "dd-data")
+    assert len(after) == 10
+    assert {k: after[k] for k in before} == before, "the backfill regenerated a row group"
+    assert sum(i.rows for i in store.completed(plan.ref).values()) == 1000
+
+    monkeypatch.setenv("DAGSTER_HOME", str(dagster.home))
+    instance = dg.DagsterInstance.get()
+    key = dg.AssetKey(["wf", "people"])
+    assert instance.get_materialized_partitions(key) == set(keys)
+    for partition, reused in (("00002", True), ("00007", False)):
+        record = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[partition]), limit=1
+        ).records[0]
+        assert record.asset_materialization.metadata["reused"].value is reused
+    runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
+    assert len(runs) == 3  # ten partitions, four per run (partitions_per_run: 4)

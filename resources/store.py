@@ -32,6 +32,7 @@ from resources.atomic import (
     atomic_path,
     atomic_write_json,
     file_lock,
+    fsync_dir,
     is_temp_name,
     sweep_temp_files,
 )
@@ -217,7 +218,9 @@ class PartitionStore:
         may split over many runs: under `never`, only the first of them moves old data aside."""
         mode = ResumeMode(mode)
         folder = self.stage_dir(ref)
-        folder.mkdir(parents=True, exist_ok=True)
+        # The fingerprint folder itself is created only once the checks pass: a refused run
+        # must not leave an empty folder that `status` would list as a stage with 0 row groups.
+        folder.parent.mkdir(parents=True, exist_ok=True)
         with self._lock(ref):
             self.sweep(ref)
             if mode == ResumeMode.NEVER:
@@ -231,11 +234,13 @@ class PartitionStore:
                 fresh = token is None or state.get("fresh_start_token") != token
                 if corrupt or (fresh and self._has_data(ref)):
                     self._move_aside(ref)
+                folder.mkdir(exist_ok=True)
                 return self._write_state(ref, fresh_start_token=token)
             state = self._read_state(folder / STAGE_JSON, ref)
             if mode == ResumeMode.ALWAYS and not self._has_data(ref):
                 self._refuse_changed_config(ref)
             self._refuse_shrink(ref, state)
+            folder.mkdir(exist_ok=True)
             return self._write_state(ref)
 
     def _has_data(self, ref: StageRef) -> bool:
@@ -248,7 +253,7 @@ class PartitionStore:
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         target = folder.with_name(f"{folder.name}{REPLACED_MARK}{stamp}")
         os.replace(folder, target)
-        folder.mkdir(parents=True)
+        fsync_dir(folder.parent)
         return target
 
     def _refuse_changed_config(self, ref: StageRef) -> None:
@@ -469,6 +474,7 @@ class PartitionStore:
                     f"{FINAL_DIR}.invalidated-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
                 )
                 os.replace(final, moved)
+                fsync_dir(final.parent)
             self._write_state(ref, finalize_state=None, finalized_at=None)
             return moved
 

@@ -10,7 +10,9 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from dd_assets.config import WorkflowConfigError, load_workflow
 
@@ -21,19 +23,21 @@ console = Console(soft_wrap=True)
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-def _cell(value: Any, width: int = 80) -> str:
+def _cell(value: Any, width: int = 80) -> Text:
     text = (
         json.dumps(value, default=str, ensure_ascii=False)
         if isinstance(value, dict | list)
         else str(value)
     )
-    return text if len(text) <= width else text[: width - 1] + "…"
+    # Text, not str: generated data is shown as is, never parsed as rich markup ("[/]", "arr[i]").
+    return Text(text if len(text) <= width else text[: width - 1] + "…")
 
 
-def print_table(rows: list[dict[str, Any]], title: str) -> None:
+def print_table(rows: list[dict[str, Any]], title: str, columns: list[str] | None = None) -> None:
     """Wide tables fold into unreadable slivers in a terminal, so beyond a few columns each
     record is shown as its own column/value table."""
-    columns = list(rows[0]) if rows else []
+    if columns is None:
+        columns = list(rows[0]) if rows else []
     if len(columns) * 14 <= console.width:
         table = Table(title=title)
         for c in columns:
@@ -58,7 +62,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     wf = load_workflow(args.config)
     fps = workflow_fingerprints(wf)
     console.print(
-        f"[green]ok[/green] {args.config}: workflow {wf.name!r}, {len(wf.stages)} stage(s)"
+        f"[green]ok[/green] {escape(args.config)}: workflow {wf.name!r}, {len(wf.stages)} stage(s)"
     )
     for s in wf.stages:
         console.print(
@@ -75,12 +79,14 @@ def cmd_preview(args: argparse.Namespace) -> int:
     stage = args.stage or wf.stages[0].name
     result = preview_stage(wf, stage, args.n)
     print_table(
-        result.table.to_pylist(), f"{wf.name} / {stage}: first {result.table.num_rows} rows"
+        result.table.to_pylist(),
+        f"{wf.name} / {stage}: first {result.table.num_rows} rows",
+        result.table.column_names,  # the header even when every row was dropped
     )
     if result.dropped:
         err_console.print(f"[yellow]{sum(result.dropped.values())} row(s) dropped:[/yellow]")
         for reason, n in result.dropped.most_common():
-            err_console.print(f"  {n}x {reason}")
+            err_console.print(f"  {n}x {reason}", markup=False, highlight=False)
     return 0
 
 
@@ -160,7 +166,6 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     import os
-    import subprocess
     from pathlib import Path
 
     from dd_assets.launch import ensure_dagster_home
@@ -170,8 +175,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
         load_workflow(args.config)  # fail here, readably, rather than inside the webserver
         env["DD_ASSETS_CONFIG"] = str(Path(args.config).resolve())
     env["DAGSTER_HOME"] = ensure_dagster_home()
+    # `dagster dev` is "superseded" by the separate dagster-dg-cli; it works and needs nothing more.
+    env.setdefault("PYTHONWARNINGS", "ignore:Function `dev_command` is superseded")
+    # `dagster dev` = webserver + daemon: without the daemon, runs and backfills launched from
+    # the UI ("Materialize missing partitions") would sit in the queue forever.
     cmd = [
-        str(Path(sys.executable).with_name("dagster-webserver")),
+        str(Path(sys.executable).with_name("dagster")),
+        "dev",
         "-m",
         "dd_assets.definitions",
         "-a",
@@ -184,7 +194,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
     console.print(
         f"Dagster UI on http://127.0.0.1:{args.port} (DAGSTER_HOME={env['DAGSTER_HOME']})"
     )
-    return subprocess.call(cmd, env=env)
+    sys.stdout.flush()
+    # exec, not a child process: a signal for `dd-assets ui` (Ctrl-C, a supervisor's SIGTERM)
+    # must reach dagster dev, which then stops its webserver, daemon and code server.
+    os.execve(cmd[0], cmd, env)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -243,7 +256,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--output", "-o", required=True, help="file to write (atomically)")
     ex.set_defaults(func=cmd_export)
 
-    ui = sub.add_parser("ui", help="start the Dagster UI on 127.0.0.1")
+    ui = sub.add_parser("ui", help="start the Dagster UI (and its daemon) on 127.0.0.1")
     ui.add_argument(
         "config", nargs="?", help="workflow config (default: $DD_ASSETS_CONFIG or the quickstart)"
     )

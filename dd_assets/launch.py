@@ -26,6 +26,9 @@ DEFAULT_DAGSTER_HOME = ".dagster_home"
 def ensure_dagster_home() -> str:
     home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
     home.mkdir(parents=True, exist_ok=True)
+    # An empty dagster.yaml means "all defaults" (SQLite under DAGSTER_HOME); without one, every
+    # Dagster process warns about it.
+    (home / "dagster.yaml").touch(exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
     return str(home)
 

@@ -5,6 +5,8 @@ disk and generates only the rest."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
 import time
@@ -83,22 +85,16 @@ def dagster(tmp_path: Path, workflow: Path) -> Iterator[Dagster]:
     home = Path(env["DAGSTER_HOME"])
     (home / "dagster.yaml").write_text(DAGSTER_YAML)
     port = _free_port()
-    target = ["-m", "dd_assets.definitions", "-a", "defs"]
-    logs = [open(tmp_path / f"{n}.log", "w") for n in ("webserver", "daemon")]  # noqa: SIM115
-    procs = [
-        subprocess.Popen(
-            [str(BIN / "dagster-webserver"), *target, "-h", "127.0.0.1", "-p", str(port)],
-            env=env,
-            stdout=logs[0],
-            stderr=subprocess.STDOUT,
-        ),
-        subprocess.Popen(
-            [str(BIN / "dagster-daemon"), "run", *target],
-            env=env,
-            stdout=logs[1],
-            stderr=subprocess.STDOUT,
-        ),
-    ]
+    log = open(tmp_path / "ui.log", "w")  # noqa: SIM115
+    # `dd-assets ui` = `dagster dev`: webserver and daemon, the way a user drives backfills.
+    ui = subprocess.Popen(
+        [str(BIN / "dd-assets"), "ui", str(workflow), "--port", str(port)],
+        env=env,
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 90
         while True:
@@ -106,20 +102,17 @@ def dagster(tmp_path: Path, workflow: Path) -> Iterator[Dagster]:
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
                 break
             except OSError:
-                assert all(p.poll() is None for p in procs), (tmp_path / "webserver.log").read_text()
+                assert ui.poll() is None, (tmp_path / "ui.log").read_text()
                 assert time.monotonic() < deadline, "webserver did not start in 90 s"
                 time.sleep(0.5)
         yield Dagster(port, home)
     finally:
-        for p in procs:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(20)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        for f in logs:
-            f.close()
+        os.killpg(ui.pid, signal.SIGTERM)
+        try:
+            ui.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(ui.pid, signal.SIGKILL)
+        log.close()
 
 
 def test_backfill_of_missing_partitions_reuses_row_groups_on_disk(

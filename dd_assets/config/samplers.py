@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Params(BaseModel):
@@ -34,6 +34,21 @@ class SubcategorySamplerParams(_Params):
     sampler_type: Literal["subcategory"] = "subcategory"
     category: str = Field(description="name of the parent `category` sampler column")
     values: dict[str, list[str | int | float | bool]]
+
+    @field_validator("values", mode="before")
+    @classmethod
+    def _keys_as_text(cls, v: Any) -> Any:
+        # Parent values are looked up as str(value), and YAML reads `1:` or `true:` as int / bool
+        # keys: accept them (category values may be numbers) instead of "should be a valid string".
+        if not isinstance(v, dict):
+            return v
+        out: dict[Any, Any] = {}
+        for k, vals in v.items():
+            key = str(k) if isinstance(k, int | float | bool) else k
+            if key in out:
+                raise ValueError(f"parent value {key!r} is given twice (as {k!r} and as text)")
+            out[key] = vals
+        return out
 
     @model_validator(mode="after")
     def _non_empty(self) -> SubcategorySamplerParams:

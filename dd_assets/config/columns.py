@@ -31,7 +31,7 @@ def check_identifier(value: str, what: str = "name") -> str:
 
 def template_names(source: str, field: str) -> set[str]:
     try:
-        return referenced_names(source)
+        return set(referenced_names(source))
     except jinja2.TemplateSyntaxError as exc:
         raise ValueError(
             f"{field} is not a valid Jinja2 template: {exc.message} (line {exc.lineno})"

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,21 +196,39 @@ async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) 
         for name in cs.cell_columns:
             tasks[name] = asyncio.ensure_future(run_cell(name))
         pending = set(tasks.values())
-        while pending:
-            done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
-            failed = [t for t in done if not t.cancelled() and t.exception() is not None]
-            if failed:
-                for t in pending:
-                    t.cancel()
-                await asyncio.gather(*pending, return_exceptions=True)
-                exc = failed[0].exception()
-                name = next(n for n, t in tasks.items() if t is failed[0])
-                if isinstance(exc, CellFailed | expressions.CellError):
-                    rows.drop(i, name, str(exc))
-                    return
-                raise exc  # type: ignore[misc]
+        try:
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
+                failed = [t for t in done if not t.cancelled() and t.exception() is not None]
+                if failed:
+                    exc = failed[0].exception()
+                    name = next(n for n, t in tasks.items() if t is failed[0])
+                    if isinstance(exc, CellFailed | expressions.CellError):
+                        rows.drop(i, name, str(exc))
+                        return
+                    raise exc  # type: ignore[misc]
+        finally:
+            # Also on cancellation: a cell task must never outlive its row (it would keep
+            # calling the LLM client after the run closed it).
+            await _cancel_all(pending)
 
-    await asyncio.gather(*(run_row(i) for i in range(len(rows.rows)) if rows.alive[i]))
+    row_tasks = [asyncio.ensure_future(run_row(i)) for i in range(len(rows.rows)) if rows.alive[i]]
+    try:
+        await asyncio.gather(*row_tasks)
+    except BaseException:
+        # gather does not cancel the other rows when one raises (fatal error, early stop).
+        await _cancel_all(row_tasks)
+        raise
+
+
+async def _cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
+    """Cancel and await; gathering the finished ones too marks their exceptions as seen (a cell
+    that re-raised its dependency's error would otherwise be logged as never retrieved)."""
+    tasks = list(tasks)
+    for t in tasks:
+        t.cancel()
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _to_table(cs: CompiledStage, rows: _Rows, seed: pa.Table | None) -> pa.Table:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from dd_assets.config import EarlyStopSettings, WorkflowConfig
 from dd_assets.config.columns import ColumnConfig, LLMJudgeColumnConfig, LLMStructuredColumnConfig
@@ -128,9 +128,16 @@ class LLMCellRunner:
                 continue
             self._window.record(True)
             return value
-        reason = f"unusable answer after {asks} attempt(s): {error}"
+        self._fail(f"unusable answer after {asks} attempt(s): {error}")
+
+    def _fail(self, reason: str) -> NoReturn:
+        """Drop the cell's row, unless this failure trips the early stop: then the whole row
+        group fails, so it is not checkpointed with the rows the broken endpoint cost it (a
+        later backfill would reuse it as complete)."""
         self._window.record(False, reason[:200])
-        raise CellFailed(reason)
+        if self._window.tripped:
+            raise EarlyStopError(self._window.tripped) from None
+        raise CellFailed(reason) from None
 
     async def _answer(
         self,
@@ -153,11 +160,10 @@ class LLMCellRunner:
                 messages,
                 response_format=response_format,
                 usage=usage,
+                priority=row_index,
             )
         except LLMRetryableExhausted as exc:
-            reason = f"{exc.status or 'transport'} {exc.reason} after {exc.attempts} attempt(s)"
-            self._window.record(False, reason[:200])
-            raise CellFailed(reason) from None
+            self._fail(f"{exc.status or 'transport'} {exc.reason} after {exc.attempts} attempt(s)")
         if self._cache is not None:
             await self._cache.aput(self.stage.name, col.name, row_index, key, result.to_dict())
         return result.content

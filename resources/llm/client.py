@@ -14,6 +14,8 @@ messages are scrubbed of it because some providers echo the key they rejected.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import json
 import logging
 import math
@@ -293,6 +295,40 @@ def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> f
     return max(0.0, when.timestamp() - now)
 
 
+class _PrioritySemaphore:
+    """A counting semaphore whose waiters are served lowest `priority` first (FIFO among equal
+    priorities). The cell runner passes the row index, so a row's next column overtakes later
+    rows' first column: rows, and so row groups, finish (and are checkpointed) in order, instead
+    of every row's column b queuing behind every row's column a (a column wave in disguise)."""
+
+    def __init__(self, value: int) -> None:
+        self._value = value
+        self._waiters: list[tuple[Any, int, asyncio.Future[None]]] = []
+        self._seq = itertools.count()
+
+    async def acquire(self, priority: Any = 0) -> None:
+        if self._value > 0:
+            self._value -= 1
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._waiters, (priority, next(self._seq), fut))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # granted, then cancelled: pass the slot on
+                self.release()
+            raise
+
+    def release(self) -> None:
+        self._value += 1
+        while self._value > 0 and self._waiters:
+            _, _, fut = heapq.heappop(self._waiters)
+            if fut.done():  # its waiter was cancelled
+                continue
+            self._value -= 1
+            fut.set_result(None)
+
+
 @dataclass
 class _Failure:
     """One failed attempt, classified."""
@@ -329,7 +365,7 @@ class LLMClient:
         self._rng = rng if rng is not None else random.Random()
         self._http: httpx.AsyncClient | None = None
         self._transport: _ShardedTransport | None = None
-        self._semaphores: dict[str, asyncio.Semaphore] = {}
+        self._semaphores: dict[str, _PrioritySemaphore] = {}
         self._usage: dict[str, UsageStats] = {alias: UsageStats() for alias in self._models}
 
     def __repr__(self) -> str:
@@ -363,7 +399,7 @@ class LLMClient:
             trust_env=False,
         )
         self._semaphores = {
-            alias: asyncio.Semaphore(m.max_parallel_requests) for alias, m in self._models.items()
+            alias: _PrioritySemaphore(m.max_parallel_requests) for alias, m in self._models.items()
         }
 
     async def aclose(self) -> None:
@@ -389,8 +425,12 @@ class LLMClient:
         *,
         response_format: dict[str, Any] | None = None,
         usage: UsageStats | None = None,
+        priority: Any = 0,
     ) -> ChatResult:
-        """One chat completion with retries; see the module docstring for the outcome contract."""
+        """One chat completion with retries; see the module docstring for the outcome contract.
+
+        `priority` orders calls waiting for the alias's `max_parallel_requests` (lower first,
+        FIFO among equals); the engine passes the row index so earlier rows finish first."""
         model = self._models.get(alias)
         if model is None:
             raise LLMConfigError(
@@ -421,7 +461,7 @@ class LLMClient:
         attempts_allowed = model.max_retries + 1
         failure: _Failure | None = None
         for attempt in range(1, attempts_allowed + 1):
-            outcome = await self._attempt(alias, model, url, body, headers, key)
+            outcome = await self._attempt(alias, model, url, body, headers, key, priority)
             if isinstance(outcome, tuple):
                 data, latency = outcome
                 result = self._result(data, latency, retries=attempt - 1)
@@ -511,13 +551,16 @@ class LLMClient:
         body: bytes,
         headers: dict[str, str],
         key: str | None,
+        priority: Any = 0,
     ) -> tuple[Any, float] | _Failure:
         """One HTTP exchange under the alias semaphore; returns (parsed body, latency) or a
         classified failure. Never raises transport errors: they become `_Failure`s outside of
         any `except` block, so no httpx exception (whose request holds the key) is chained."""
         assert self._http is not None
         failure: _Failure | None = None
-        async with self._semaphores[alias]:
+        semaphore = self._semaphores[alias]
+        await semaphore.acquire(priority)
+        try:
             start = time.perf_counter()
             try:
                 response = await self._http.post(
@@ -534,6 +577,8 @@ class LLMClient:
             except httpx.HTTPError as exc:
                 failure = _Failure(False, None, f"{type(exc).__name__}: {_scrub(str(exc), key)}")
             latency = time.perf_counter() - start
+        finally:
+            semaphore.release()
         if failure is not None:
             return failure
 

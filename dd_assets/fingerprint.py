@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from pathlib import PurePath
 from typing import Any
 
 from dd_assets.config.workflow import FileSeed, StageConfig, StageSeed, WorkflowConfig
@@ -52,8 +53,14 @@ def stage_payload(
     if isinstance(stage.seed, StageSeed):
         seed = {**stage.seed.model_dump(mode="json"), "upstream_fingerprint": upstream_fingerprint}
     elif isinstance(stage.seed, FileSeed):
-        # The path alone would let an edited seed file silently mix old and new rows.
-        seed = {**stage.seed.model_dump(mode="json"), "sha256": seed_file_digest}
+        # The content, not the path: an edited file must be a new dataset (the path alone would
+        # silently mix old and new rows), and the same file at another path on another machine
+        # is the same dataset.
+        seed = {
+            "format": PurePath(stage.seed.path).suffix.lower(),
+            "strategy": stage.seed.strategy,
+            "sha256": seed_file_digest,
+        }
     return {
         "scheme": SCHEME_VERSION,
         "columns": _dump(stage.columns),

@@ -4,25 +4,34 @@ from __future__ import annotations
 
 import asyncio
 
-from dd_assets.config import WorkflowConfig
+from dd_assets.config import FileSeed, StageSeed, WorkflowConfig
 from dd_assets.engine import GenerationError, RowGroupResult, agenerate_rows, compile_stage
+from dd_assets.seed_sources import file_digest, file_source, sampled_rows, seed_key
 
 
 def preview_stage(workflow: WorkflowConfig, stage: str, n: int = 10) -> RowGroupResult:
     cs = compile_stage(workflow, stage)
-    if workflow.upstream_of(cs.stage) is not None or cs.stage.seed is not None:
+    seed_spec = cs.stage.seed
+    if isinstance(seed_spec, StageSeed):
         raise GenerationError(
-            f"preview of seeded stage {stage!r} is not supported yet; preview its upstream stage"
+            f"stage {stage!r} is seeded from stage {seed_spec.stage!r}, whose rows exist only once"
+            f" it is materialized; preview {seed_spec.stage!r}, or materialize it and look at"
+            f" {stage!r} with `dd-assets export`"
         )
     n = max(1, min(n, cs.stage.num_records))
+    seed = None
+    if isinstance(seed_spec, FileSeed):
+        source = file_source(seed_spec.path)
+        key = seed_key(workflow.name, stage, seed_spec.strategy, file_digest(seed_spec.path))
+        seed = sampled_rows(source, key, seed_spec.strategy, lambda _: (0, n))(0)
     if not cs.needs_cells:
-        return asyncio.run(agenerate_rows(cs, 0, n))
+        return asyncio.run(agenerate_rows(cs, 0, n, seed=seed))
 
     from resources.llm.cells import LLMCellRunner
 
     async def with_llm() -> RowGroupResult:
         # No request cache: a preview leaves nothing on disk.
         async with LLMCellRunner(workflow, stage, cache_path=None) as runner:
-            return await agenerate_rows(cs, 0, n, cells=runner)
+            return await agenerate_rows(cs, 0, n, seed=seed, cells=runner)
 
     return asyncio.run(with_llm())

@@ -15,8 +15,22 @@ from typing import Any
 import pyarrow as pa
 
 from dd_assets.config import FileSeed, ResumeMode, StageSeed, WorkflowConfig
-from dd_assets.engine import CellRunner, CompiledStage, agenerate_row_group, compile_stage
+from dd_assets.engine import (
+    CellRunner,
+    CompiledStage,
+    GenerationError,
+    agenerate_row_group,
+    compile_stage,
+)
 from dd_assets.fingerprint import StageFingerprint, workflow_fingerprints
+from dd_assets.seed_sources import (
+    SeedSource,
+    file_digest,
+    file_source,
+    sampled_rows,
+    seed_key,
+    stage_source,
+)
 from resources.llm.cells import LLMCellRunner
 from resources.store import PartitionStore, RowGroupInfo, StageRef
 
@@ -39,7 +53,10 @@ class StagePlan:
 def plan_workflow(
     workflow: WorkflowConfig, fingerprints: dict[str, StageFingerprint] | None = None
 ) -> dict[str, StagePlan]:
-    fps = fingerprints or workflow_fingerprints(workflow)
+    digests = {
+        s.name: file_digest(s.seed.path) for s in workflow.stages if isinstance(s.seed, FileSeed)
+    }
+    fps = fingerprints or workflow_fingerprints(workflow, digests)
     plans: dict[str, StagePlan] = {}
 
     def visit(name: str) -> StagePlan:
@@ -70,16 +87,12 @@ def _check_supported(stage: Any) -> None:
     """Refuse, loudly, config that validates but that this version cannot yet run, rather than
     run it wrongly."""
     missing = []
-    if isinstance(stage.seed, FileSeed):
-        missing.append("seed: {path: ...} (file seeds)")
-    if isinstance(stage.seed, StageSeed) and stage.seed.mode == "sample":
-        missing.append("seed: {mode: sample}")
     if stage.finalize:
         missing.append("finalize processors")
     if missing:
         raise NotImplementedError(
             f"stage {stage.name!r} uses {', '.join(missing)}, which this version of dd-assets does"
-            " not run yet; remove them or use seed: {stage: X, mode: row_group}"
+            " not run yet; remove them"
         )
 
 
@@ -107,6 +120,39 @@ def row_group_seed(store: PartitionStore, plan: StagePlan) -> SeedProvider:
         return store.read_row_group(up_ref, rg)
 
     return provide
+
+
+def seed_provider(store: PartitionStore, plan: StagePlan) -> SeedProvider:
+    """The seed rows of each row group, whatever kind of seed the stage has."""
+    seed = plan.compiled.stage.seed
+    if seed is None:
+        return no_seed
+    if isinstance(seed, StageSeed) and seed.mode == "row_group":
+        return row_group_seed(store, plan)
+    if isinstance(seed, StageSeed):
+        assert plan.upstream is not None
+        source = stage_source(store, plan.upstream.ref)
+        origin = plan.upstream.ref.fingerprint
+    else:
+        source = file_source(seed.path)
+        origin = plan.fingerprint.payload["seed"]["sha256"]
+    _check_seed_columns(plan, source)
+    # Keyed by what the seed is, not by the stage's columns: editing a column must not reshuffle
+    # which seed row each row gets (that would change every prompt and miss the LLM cache).
+    key = seed_key(plan.workflow.name, plan.name, seed.strategy, origin)
+    return sampled_rows(source, key, seed.strategy, plan.ref.row_range)
+
+
+def _check_seed_columns(plan: StagePlan, source: SeedSource) -> None:
+    available = set(source.columns) | {c.name for c in plan.compiled.stage.columns}
+    for col in plan.compiled.stage.columns:
+        unknown = sorted(col.required_columns - available)
+        if unknown:
+            raise GenerationError(
+                f"stage {plan.name!r}, column {col.name!r} refers to {', '.join(unknown)}, which"
+                f" neither the stage nor its seed {source.name} provides; seed columns:"
+                f" {', '.join(source.columns)}"
+            )
 
 
 async def amaterialize(
@@ -171,7 +217,7 @@ def materialize(
 ) -> list[RowGroupOutcome]:
     store.prepare(plan.ref, resume, token=token)
     if seeds is None:
-        seeds = row_group_seed(store, plan) if plan.upstream is not None else no_seed
+        seeds = seed_provider(store, plan)
 
     async def run() -> list[RowGroupOutcome]:
         if cells is not None or not plan.compiled.needs_cells:

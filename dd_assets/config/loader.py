@@ -15,7 +15,13 @@ from pydantic import ValidationError
 from dd_assets.config.columns import SamplerColumnConfig
 from dd_assets.config.errors import ConfigIssue, WorkflowConfigError, format_loc
 from dd_assets.config.models import ModelConfig
-from dd_assets.config.workflow import StageConfig, StageSeed, WorkflowConfig, semantic_issues
+from dd_assets.config.workflow import (
+    FileSeed,
+    StageConfig,
+    StageSeed,
+    WorkflowConfig,
+    semantic_issues,
+)
 
 _TAG_RE = re.compile(r"^(function-after|function-before|function-wrap|function-plain)\[.*\]$")
 
@@ -299,7 +305,19 @@ def load_workflow(path: str | Path) -> WorkflowConfig:
         raise WorkflowConfigError(
             [ConfigIssue("", f"config file not found: {path}")], str(path)
         ) from None
-    return loads_workflow(text, source=str(path))
+    return _resolve_seed_paths(loads_workflow(text, source=str(path)), path.parent)
+
+
+def _resolve_seed_paths(workflow: WorkflowConfig, base: Path) -> WorkflowConfig:
+    """Seed files are relative to the config file, not to wherever the command runs."""
+    stages = []
+    for stage in workflow.stages:
+        seed = stage.seed
+        if isinstance(seed, FileSeed) and not Path(seed.path).is_absolute():
+            seed = seed.model_copy(update={"path": str((base / seed.path).resolve())})
+            stage = stage.model_copy(update={"seed": seed})
+        stages.append(stage)
+    return workflow.model_copy(update={"stages": stages})
 
 
 def loads_workflow(text: str, *, source: str | None = None) -> WorkflowConfig:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from dd_assets.config import FileSeed, ResumeMode, StageSeed, WorkflowConfig
 from dd_assets.engine import (
@@ -22,6 +23,7 @@ from dd_assets.engine import (
     agenerate_row_group,
     compile_stage,
 )
+from dd_assets.finalize_runner import read_final
 from dd_assets.fingerprint import StageFingerprint, workflow_fingerprints
 from dd_assets.seed_sources import (
     SeedSource,
@@ -78,22 +80,8 @@ def plan_workflow(
         return plans[name]
 
     for s in workflow.stages:
-        _check_supported(s)
         visit(s.name)
     return plans
-
-
-def _check_supported(stage: Any) -> None:
-    """Refuse, loudly, config that validates but that this version cannot yet run, rather than
-    run it wrongly."""
-    missing = []
-    if stage.finalize:
-        missing.append("finalize processors")
-    if missing:
-        raise NotImplementedError(
-            f"stage {stage.name!r} uses {', '.join(missing)}, which this version of dd-assets does"
-            " not run yet; remove them"
-        )
 
 
 @dataclass
@@ -129,7 +117,17 @@ def seed_provider(store: PartitionStore, plan: StagePlan) -> SeedProvider:
         return no_seed
     if isinstance(seed, StageSeed) and seed.mode == "row_group":
         return row_group_seed(store, plan)
-    if isinstance(seed, StageSeed):
+    if isinstance(seed, StageSeed) and plan.upstream.compiled.stage.finalize:  # type: ignore[union-attr]
+        # A finalized upstream is read through its final output, never its raw row groups.
+        data, _ = read_final(store, plan.upstream)  # type: ignore[arg-type]
+        if pq.read_metadata(data).num_rows == 0:
+            raise UpstreamEmptyError(
+                f"stage {plan.name!r} is skipped: its seed stage {seed.stage!r} finalized to 0 rows"
+                " (allowed there by allow_empty: true)"
+            )
+        source = file_source(data)
+        origin = plan.upstream.fingerprint.final_hex or ""  # type: ignore[union-attr]
+    elif isinstance(seed, StageSeed):
         assert plan.upstream is not None
         source = stage_source(store, plan.upstream.ref)
         origin = plan.upstream.ref.fingerprint
@@ -141,6 +139,10 @@ def seed_provider(store: PartitionStore, plan: StagePlan) -> SeedProvider:
     # which seed row each row gets (that would change every prompt and miss the LLM cache).
     key = seed_key(plan.workflow.name, plan.name, seed.strategy, origin)
     return sampled_rows(source, key, seed.strategy, plan.ref.row_range)
+
+
+class UpstreamEmptyError(Exception):
+    """The seed stage finalized to zero rows, as it was allowed to: skip, do not fail."""
 
 
 def _check_seed_columns(plan: StagePlan, source: SeedSource) -> None:
@@ -216,6 +218,11 @@ def materialize(
     on_done: Callable[[RowGroupOutcome], None] | None = None,
 ) -> list[RowGroupOutcome]:
     store.prepare(plan.ref, resume, token=token)
+    row_groups = list(row_groups)
+    done = store.completed(plan.ref)
+    if any(rg not in done for rg in row_groups):
+        # Before generating: an extension of a finalized stage must cost no LLM call.
+        store.refuse_if_sealed(plan.ref)
     if seeds is None:
         seeds = seed_provider(store, plan)
 

@@ -359,6 +359,11 @@ class PartitionStore:
             if rg < ref.num_row_groups and (info.row_start, info.row_end) == ref.row_range(rg)
         }
 
+    def refuse_if_sealed(self, ref: StageRef) -> None:
+        """Raise StageSealedError while the stage is finalized: checked before generating, so a
+        refused extension costs no LLM call, and again before every write."""
+        self._refuse_if_sealed(ref)
+
     def _refuse_if_sealed(self, ref: StageRef) -> None:
         state = self.state(ref)
         if state.get("finalize_state") in ("started", "complete"):

@@ -1,0 +1,127 @@
+"""Finalize a stage: stream its row groups through the `finalize` processors into
+`<stage folder>/final/data.parquet`, sealing the raw row groups first.
+
+State machine (stage.json `finalize_state`): None -> "started" (sealed: no row group may be
+written) -> "complete". A crash or an error while "started" leaves the raw row groups intact and
+the stage sealed; running finalize again redoes it from the row groups. `dd-assets unseal` moves
+the final output aside and reopens the stage."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dd_assets.engine.finalize import Finalizer
+from resources.atomic import atomic_path, atomic_write_json
+from resources.store import PartitionStore, StoreError
+
+if TYPE_CHECKING:
+    from dd_assets.stage_runner import StagePlan
+
+FINAL_DATA = "data.parquet"
+FINAL_META = "final.json"
+
+
+class EmptyFinalError(StoreError):
+    """Finalize kept no rows and the stage does not allow that."""
+
+
+class FinalMissingError(StoreError):
+    """A downstream stage needs a final output that does not exist (or is stale)."""
+
+
+@dataclass
+class FinalizeResult:
+    path: Path
+    rows_in: int
+    rows_out: int
+    summary: dict[str, Any]
+
+
+def final_paths(store: PartitionStore, plan: StagePlan) -> tuple[Path, Path]:
+    folder = store.final_dir(plan.ref)
+    return folder / FINAL_DATA, folder / FINAL_META
+
+
+def finalize_stage(plan: StagePlan, store: PartitionStore) -> FinalizeResult:
+    stage = plan.compiled.stage
+    ref = plan.ref
+    if not stage.finalize:
+        raise ValueError(f"stage {stage.name!r} has no finalize processors")
+    done = store.completed(ref)
+    missing = [ref.partition_key(rg) for rg in range(ref.num_row_groups) if rg not in done]
+    if missing:
+        raise StoreError(
+            f"stage {stage.name!r} cannot be finalized: {len(missing)} of {ref.num_row_groups}"
+            f" row groups are missing ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''});"
+            " materialize them first (backfill the missing partitions)"
+        )
+    store.begin_finalize(ref)
+    data, meta = final_paths(store, plan)
+    fin = Finalizer(stage)
+    schema = store.dataset(ref).schema.remove_metadata()
+    with atomic_path(data) as tmp:
+        writer: pq.ParquetWriter | None = None
+        for batch in store.iter_batches(ref):
+            out = fin.process(batch)
+            if writer is None:
+                writer = pq.ParquetWriter(str(tmp), out.schema.remove_metadata())
+            if out.num_rows:
+                writer.write_table(out.replace_schema_metadata(None))
+        if writer is None:  # no row groups hold rows: derive the output schema from an empty batch
+            empty = fin.process(pa.Table.from_batches([], schema=schema))
+            writer = pq.ParquetWriter(str(tmp), empty.schema.remove_metadata())
+        writer.close()
+        summary = fin.summary()
+        if fin.rows_out == 0 and not stage.allow_empty:
+            raise EmptyFinalError(
+                f"finalize of stage {stage.name!r} kept 0 of {fin.rows_in} rows"
+                f" (steps: {_steps_text(summary)}); nothing was written and the raw row groups are"
+                " intact. Fix the finalize processors and materialize the final asset again, set"
+                f" `allow_empty: true` on {stage.name!r} to accept an empty result, or run"
+                f" `dd-assets unseal CONFIG {stage.name}` to reopen the stage"
+            )
+    atomic_write_json(
+        meta,
+        {
+            "stage": stage.name,
+            "fingerprint": ref.fingerprint,
+            "final_fingerprint": plan.fingerprint.final_hex,
+            **summary,
+        },
+    )
+    store.complete_finalize(ref)
+    return FinalizeResult(data, fin.rows_in, fin.rows_out, summary)
+
+
+def _steps_text(summary: dict[str, Any]) -> str:
+    return ", ".join(
+        f"{s['step']} {s['rows_in']}->{s['rows_out']}"
+        + (f" ({s['errors']} errors, e.g. {s['error_samples'][0]})" if s["errors"] else "")
+        for s in summary["steps"]
+    )
+
+
+def read_final(store: PartitionStore, plan: StagePlan) -> tuple[Path, dict[str, Any]]:
+    """The final output of a stage, checked to be complete and made by the current config."""
+    data, meta = final_paths(store, plan)
+    state = store.state(plan.ref) if store.stage_dir(plan.ref).exists() else {}
+    info: dict[str, Any] = {}
+    if meta.exists():
+        info = json.loads(meta.read_text())
+    if (
+        state.get("finalize_state") != "complete"
+        or not data.exists()
+        or info.get("final_fingerprint") != plan.fingerprint.final_hex
+    ):
+        raise FinalMissingError(
+            f"stage {plan.name!r} has no complete final output for its current config under"
+            f" {store.final_dir(plan.ref)}; materialize the asset"
+            f" {plan.workflow.name}/{plan.name}/final first"
+        )
+    return data, info

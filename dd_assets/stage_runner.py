@@ -7,7 +7,8 @@ generated row group is written the moment it completes, even when a run covers m
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from dd_assets.seed_sources import (
     stage_source,
 )
 from resources.llm.cells import LLMCellRunner
+from resources.llm.client import LLMClient
 from resources.store import PartitionStore, RowGroupInfo, StageRef
 
 
@@ -105,6 +107,12 @@ def row_group_seed(store: PartitionStore, plan: StagePlan) -> SeedProvider:
     up_ref = plan.upstream.ref
 
     def provide(rg: int) -> pa.Table:
+        if rg not in store.completed(up_ref):
+            raise GenerationError(
+                f"row group {up_ref.partition_key(rg)} of stage {plan.name!r} is seeded by the same"
+                f" row group of {up_ref.stage!r}, which is not on disk; materialize"
+                f" {up_ref.stage!r} first (or both together)"
+            )
         return store.read_row_group(up_ref, rg)
 
     return provide
@@ -166,8 +174,12 @@ async def amaterialize(
     cells: CellRunner | None = None,
     in_flight: int = 1,
     on_done: Callable[[RowGroupOutcome], None] | None = None,
+    wait_for: Callable[[int], Awaitable[None]] | None = None,
 ) -> list[RowGroupOutcome]:
-    """Produce the given row groups, at most `in_flight` at a time, checkpointing each."""
+    """Produce the given row groups, at most `in_flight` at a time, checkpointing each.
+
+    `wait_for(rg)` is awaited before row group rg takes a slot: a pipelined downstream stage
+    waits there for its upstream row group to land, without holding a slot meanwhile."""
     ref = plan.ref
     done = store.completed(ref)
     outcomes: dict[int, RowGroupOutcome] = {}
@@ -183,6 +195,8 @@ async def amaterialize(
     sem = asyncio.Semaphore(max(1, in_flight))
 
     async def one(rg: int) -> None:
+        if wait_for is not None:
+            await wait_for(rg)
         async with sem:
             seed = await asyncio.to_thread(seeds, rg)
             res = await agenerate_row_group(plan.compiled, rg, seed=seed, cells=cells)
@@ -254,6 +268,92 @@ def materialize(
                 in_flight=in_flight,
                 on_done=on_done,
             )
+
+    return asyncio.run(run())
+
+
+def materialize_wave(
+    plans: list[StagePlan],
+    store: PartitionStore,
+    row_groups: Iterable[int],
+    *,
+    resume: ResumeMode = ResumeMode.IF_POSSIBLE,
+    token: str | None = None,
+    in_flight: int = 1,
+    on_done: Callable[[str, RowGroupOutcome], None] | None = None,
+) -> dict[str, list[RowGroupOutcome]]:
+    """Stages chained row group by row group, run as one pipeline: row group i of a downstream
+    stage starts the moment row group i of its upstream lands, not when the upstream stage is
+    done. One LLM client serves all of them, so `max_parallel_requests` holds across stages."""
+    row_groups = list(row_groups)
+    names = {p.name for p in plans}
+    for p in plans:
+        store.prepare(p.ref, resume, token=token)
+        done = store.completed(p.ref)
+        if any(rg not in done for rg in row_groups):
+            store.refuse_if_sealed(p.ref)
+
+    async def run() -> dict[str, list[RowGroupOutcome]]:
+        landed = {(p.name, rg): asyncio.Event() for p in plans for rg in row_groups}
+
+        def landing(p: StagePlan) -> Callable[[RowGroupOutcome], None]:
+            def done(o: RowGroupOutcome) -> None:
+                landed[(p.name, o.row_group)].set()
+                if on_done:
+                    on_done(p.name, o)
+
+            return done
+
+        def gate(p: StagePlan) -> Callable[[int], Awaitable[None]] | None:
+            up = p.upstream.name if p.upstream is not None else None
+            if up not in names:
+                return None
+
+            async def wait(rg: int) -> None:
+                await landed[(up, rg)].wait()
+
+            return wait
+
+        async with contextlib.AsyncExitStack() as stack:
+            client = LLMClient(plans[0].workflow.models)
+            if any(p.compiled.needs_cells for p in plans):
+                await client.open()
+                stack.push_async_callback(client.aclose)
+            coros = []
+            for p in plans:
+                cells = None
+                if p.compiled.needs_cells:
+                    cells = await stack.enter_async_context(
+                        LLMCellRunner(
+                            p.workflow,
+                            p.name,
+                            cache_path=llm_cache_path(store, p.workflow.name),
+                            read_cache=resume != ResumeMode.NEVER,
+                            client=client,
+                        )
+                    )
+                coros.append(
+                    amaterialize(
+                        p,
+                        store,
+                        row_groups,
+                        # Built lazily per row group: a row_group seed reads only what landed.
+                        seeds=seed_provider(store, p),
+                        cells=cells,
+                        in_flight=in_flight,
+                        on_done=landing(p),
+                        wait_for=gate(p),
+                    )
+                )
+            tasks = [asyncio.ensure_future(c) for c in coros]
+            try:
+                results = await asyncio.gather(*tasks)
+            except BaseException:
+                for t in tasks:
+                    t.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                raise
+        return {p.name: r for p, r in zip(plans, results, strict=True)}
 
     return asyncio.run(run())
 

@@ -72,19 +72,24 @@ class LLMCellRunner:
         self.cache_path = cache_path
         self.read_cache = read_cache
         self._window = _Window(early_stop or workflow.run.early_stop)
+        # A client passed in is shared (e.g. by the stages of one pipelined run, so that
+        # max_parallel_requests holds across them); its owner opens and closes it.
+        self._owns_client = client is None
         self._client = client or LLMClient(workflow.models)
         self._cache: RequestCache | None = None
         self._usage: dict[int, UsageStats] = {}
         self._parse_retries: dict[int, int] = {}
 
     async def __aenter__(self) -> LLMCellRunner:
-        await self._client.open()
+        if self._owns_client:
+            await self._client.open()
         if self.cache_path is not None:
             self._cache = RequestCache(self.cache_path)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._client.aclose()
+        if self._owns_client:
+            await self._client.aclose()
         if self._cache is not None:
             self._cache.close()
 

@@ -154,6 +154,46 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from dd_assets.asset_checks import check_workflow
+
+    wf = load_workflow(args.config)
+    report = check_workflow(wf, stages=args.stage)
+    table = Table(title=f"{wf.name}: asset checks (run {report.run_id})")
+    for c in ("stage", "check", "result", "severity"):
+        table.add_column(c, no_wrap=True)
+    table.add_column("details", overflow="fold")
+    for r in report.rows:
+        result = Text("pass", style="green") if r.passed else Text("FAIL", style="bold red")
+        if not r.passed and not r.blocking:
+            result = Text("warn", style="yellow")
+        table.add_row(r.stage, r.check, result, r.severity, Text(r.description))
+    console.print(table)
+    if report.error:
+        err_console.print(f"[red]check run failed:[/red] {escape(report.error)}", highlight=False)
+        return 1
+    # Failures again below the table, whole: they are sentences naming files and row groups,
+    # and a folded table cell hides them.
+    failed = report.failed_blocking
+    for r in failed:
+        err_console.print(
+            f"[red]FAIL[/red] {r.stage}/{r.check}: {escape(r.description)}", highlight=False
+        )
+    for r in report.warnings:
+        err_console.print(
+            f"[yellow]warning:[/yellow] {r.stage}/{r.check}: {escape(r.description)}",
+            highlight=False,
+        )
+    if failed:
+        names = ", ".join(f"{r.stage}/{r.check}" for r in failed)
+        err_console.print(f"[red]failed:[/red] {len(failed)} blocking check(s): {names}")
+        return 1
+    console.print(
+        f"ok: {len(report.rows)} check(s), {len(report.warnings)} warning(s)", highlight=False
+    )
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from dd_assets.export import export_stage
 
@@ -248,6 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="per stage: fingerprint, row groups done/missing, stale")
     st.add_argument("config")
     st.set_defaults(func=cmd_status)
+
+    ck = sub.add_parser(
+        "check", help="run the asset checks of every stage (exit 1 if a blocking one fails)"
+    )
+    ck.add_argument("config")
+    ck.add_argument("--stage", action="append", help="only this stage (repeatable; default: all)")
+    ck.set_defaults(func=cmd_check)
 
     ex = sub.add_parser("export", help="stream a stage's rows to one jsonl/csv/parquet file")
     ex.add_argument("config")

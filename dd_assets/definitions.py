@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dagster as dg
 
+from dd_assets.asset_checks import checks_job_name, stage_checks
 from dd_assets.assets import IO_MANAGER_KEY, stage_asset
 from dd_assets.config import StageSeed, WorkflowConfig, load_workflow
 from dd_assets.stage_runner import StagePlan, plan_workflow
@@ -52,16 +53,31 @@ def build_definitions(workflow: WorkflowConfig, *, root: str | None = None) -> d
     root = root or default_root()
     plans: dict[str, StagePlan] = plan_workflow(workflow)
     assets = [stage_asset(plans[s.name], workflow.run) for s in workflow.stages]
+    checks = [stage_checks(plans[s.name]) for s in workflow.stages]
+    keys = [dg.AssetKey([workflow.name, s.name]) for s in workflow.stages]
     jobs = [
         dg.define_asset_job(
             job_name(workflow, wave),
-            selection=[dg.AssetKey([workflow.name, s]) for s in wave],
+            # Without the checks: they look at the whole stage, and a run covering a few row
+            # groups would only fail completeness (`dd-assets check` / the checks job run them).
+            selection=dg.AssetSelection.assets(
+                *(dg.AssetKey([workflow.name, s]) for s in wave)
+            ).without_checks(),
             description=f"Materialize stage(s) {', '.join(wave)} row group by row group.",
         )
         for wave in waves(workflow)
     ]
+    jobs.append(
+        dg.define_asset_job(
+            checks_job_name(workflow),
+            selection=dg.AssetSelection.checks_for_assets(*keys),
+            description="Run every stage's asset checks over the whole stage (what"
+            " `dd-assets check` runs).",
+        )
+    )
     return dg.Definitions(
         assets=assets,
+        asset_checks=checks,
         jobs=jobs,
         resources={"dd_store": StoreResource(root=root), IO_MANAGER_KEY: StageIOManager(root=root)},
     )

@@ -96,7 +96,10 @@ def materialize_workflow(
         row_groups = partitions(total) if partitions else list(range(total))
         job = dg.define_asset_job(
             f"dd_assets_cli__{workflow.name}__{selected[0]}",
-            selection=[asset_key(p) for p in wave_plans],
+            # Assets only: the checks look at the whole stage and are run by `dd-assets check`.
+            selection=dg.AssetSelection.assets(
+                *(asset_key(p) for p in wave_plans)
+            ).without_checks(),
         )
         job_def = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def(job.name)
         run_config = {

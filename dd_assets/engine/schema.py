@@ -15,6 +15,8 @@ from dd_assets.config.columns import (
     LLMStructuredColumnConfig,
     SamplerColumnConfig,
 )
+from dd_assets.config.workflow import WorkflowConfig
+from dd_assets.engine.processors import apply_post_batch
 
 _SCALAR = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 _DTYPE = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
@@ -89,3 +91,18 @@ def column_type(col: ColumnConfig) -> pa.DataType:
             fields.append((score.name, pa.struct([("score", score_t), ("reasoning", pa.string())])))
         return pa.struct(fields)
     return pa.string()
+
+
+def stage_schema(workflow: WorkflowConfig, stage_name: str) -> pa.Schema:
+    """The Arrow schema every row-group file of a stage has, from the config alone: columns a
+    `seed: {stage: X}` carries over from upstream (those the stage does not redefine), then the
+    stage's own columns in config order, then its post_batch processors (drops, renames), exactly
+    as the engine builds each row group. The schema asset check compares files against this."""
+    stage = workflow.stage(stage_name)
+    own = {c.name for c in stage.columns}
+    fields: list[pa.Field] = []
+    upstream = workflow.upstream_of(stage)
+    if upstream is not None:
+        fields += [f for f in stage_schema(workflow, upstream.name) if f.name not in own]
+    fields += [pa.field(c.name, column_type(c)) for c in stage.columns]
+    return apply_post_batch(stage, pa.schema(fields).empty_table()).schema

@@ -1,4 +1,6 @@
-"""Asset factory: one partitioned Dagster asset per stage (partition = row group).
+"""Asset factory: one partitioned Dagster asset per stage (partition = row group), stages chained
+row group by row group sharing one op so runs pipeline them, and a `final` asset per stage with
+finalize processors.
 
 No `from __future__ import annotations` here: Dagster reads the run-config annotation at runtime."""
 
@@ -10,9 +12,17 @@ from typing import Any, Literal
 
 import dagster as dg
 import pyarrow as pa
+import pyarrow.parquet as pq
 
-from dd_assets.config import ResumeMode, RunSettings, StageSeed
-from dd_assets.stage_runner import RowGroupOutcome, StagePlan, materialize
+from dd_assets.config import ResumeMode, RunSettings
+from dd_assets.finalize_runner import finalize_stage
+from dd_assets.stage_runner import (
+    RowGroupOutcome,
+    StagePlan,
+    UpstreamEmptyError,
+    materialize_wave,
+    seed_provider,
+)
 from resources.io_manager import ref_metadata
 from resources.store_resource import StoreResource
 
@@ -77,61 +87,119 @@ def partition_metadata(
     return md
 
 
-def stage_asset(
-    plan: StagePlan, settings: RunSettings, *, store_key: str = "dd_store"
-) -> dg.AssetsDefinition:
+def final_key(plan: StagePlan) -> dg.AssetKey:
+    return dg.AssetKey([plan.workflow.name, plan.name, "final"])
+
+
+def op_name(plans: list[StagePlan]) -> str:
+    """`<workflow>__<first stage>`: the key of the launchpad's run config (`ops:`)."""
+    return "__".join(asset_key(plans[0]).path)
+
+
+def _output_name(plan: StagePlan) -> str:
+    return plan.name
+
+
+def _upstream_dep(plan: StagePlan) -> dg.AssetDep | None:
+    """What a stage outside its upstream's wave depends on: all of the upstream, or its final
+    output when the upstream has finalize processors."""
+    if plan.upstream is None:
+        return None
+    if plan.upstream.compiled.stage.finalize:
+        return dg.AssetDep(final_key(plan.upstream))
+    return dg.AssetDep(asset_key(plan.upstream), partition_mapping=dg.AllPartitionMapping())
+
+
+def _description(plan: StagePlan) -> str:
     stage = plan.compiled.stage
-    key = asset_key(plan)
-    deps: list[dg.AssetDep] = []
-    if plan.upstream is not None:
-        mapping: dg.PartitionMapping = (
-            dg.IdentityPartitionMapping()
-            if isinstance(stage.seed, StageSeed) and stage.seed.mode == "row_group"
-            else dg.AllPartitionMapping()
-        )
-        deps.append(dg.AssetDep(asset_key(plan.upstream), partition_mapping=mapping))
-    description = stage.description or f"Stage {stage.name!r} of workflow {plan.workflow.name!r}."
-    description += (
+    text = stage.description or f"Stage {stage.name!r} of workflow {plan.workflow.name!r}."
+    return text + (
         f"\n\n{stage.num_records} records in row groups of {stage.buffer_size}; columns: "
         + ", ".join(f"`{c.name}` ({c.column_type})" for c in stage.columns)
     )
+
+
+def wave_asset(
+    plans: list[StagePlan], settings: RunSettings, *, store_key: str = "dd_store"
+) -> dg.AssetsDefinition:
+    """One op for stages chained row group by row group (a "wave"): a run pipelines them, so
+    row group i of a downstream stage starts as soon as row group i of its upstream lands.
+    Each stage is still its own asset (own partitions, code version, metadata, checks); the
+    op can run any subset of them."""
+    in_wave = {p.name for p in plans}
+    outs: dict[str, dg.AssetOut] = {}
+    internal: dict[str, set[dg.AssetKey]] = {}
+    deps: list[dg.AssetDep] = []
+    for p in plans:
+        outs[_output_name(p)] = dg.AssetOut(
+            key=asset_key(p),
+            code_version=p.ref.fingerprint,
+            group_name=p.workflow.name,
+            io_manager_key=IO_MANAGER_KEY,
+            description=_description(p),
+            metadata=ref_metadata(p.ref),
+            kinds={"parquet"},
+            # Not required: a stage whose seed finalized to zero rows is skipped, not failed.
+            is_required=False,
+        )
+        up = p.upstream
+        if up is not None and up.name in in_wave:
+            internal[_output_name(p)] = {asset_key(up)}  # same partitions: identity mapping
+        else:
+            dep = _upstream_dep(p)
+            internal[_output_name(p)] = {dep.asset_key} if dep else set()
+            if dep is not None:
+                deps.append(dep)
 
     # BackfillPolicy is marked beta; we depend on it on purpose (pinned dagster minor), so its
     # warning would only be noise in every CLI run, webserver and daemon log.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", dg.BetaWarning)
-        decorator = dg.asset(
-            key=key,
+        decorator = dg.multi_asset(
+            name=op_name(plans),
+            outs=outs,
             deps=deps,
-            partitions_def=dg.StaticPartitionsDefinition(partition_keys(plan)),
-            code_version=plan.ref.fingerprint,
-            group_name=plan.workflow.name,
+            internal_asset_deps=internal,
+            partitions_def=dg.StaticPartitionsDefinition(partition_keys(plans[0])),
             backfill_policy=dg.BackfillPolicy.multi_run(settings.partitions_per_run),
-            io_manager_key=IO_MANAGER_KEY,
-            description=description,
-            metadata=ref_metadata(plan.ref),
             required_resource_keys={store_key},
-            kinds={"parquet"},
+            can_subset=True,
         )
 
     @decorator
-    def _stage(context: dg.AssetExecutionContext, config: StageRunConfig) -> Iterator[Any]:
+    def _wave(context: dg.AssetExecutionContext, config: StageRunConfig) -> Iterator[Any]:
         store_res: StoreResource = getattr(context.resources, store_key)
         store = store_res.get_store()
-        row_groups = [plan.ref.row_group_of(k) for k in context.partition_keys]
+        selected = [
+            p
+            for p in plans
+            if _output_name(p) in context.op_execution_context.selected_output_names
+        ]
+        row_groups = [plans[0].ref.row_group_of(k) for k in context.partition_keys]
         tags = context.run.tags
         token = tags.get(FRESH_START_TAG) or tags.get("dagster/backfill") or context.run.run_id
         t0 = time.perf_counter()
 
-        def on_done(o: RowGroupOutcome) -> None:
+        def on_done(stage: str, o: RowGroupOutcome) -> None:
             verb = "reused" if o.reused else "generated"
             context.log.info(
-                f"row group {plan.ref.partition_key(o.row_group)}: {verb} {o.info.rows} rows"
+                f"{stage} row group {o.info.path.stem[-5:]}: {verb} {o.info.rows} rows"
                 f" -> {o.info.path}"
             )
 
-        outcomes = materialize(
-            plan,
+        runnable = []
+        for p in selected:
+            if p.upstream is not None and p.upstream.name not in in_wave:
+                try:
+                    seed_provider(store, p)  # its seed must exist (and be non-empty) up front
+                except UpstreamEmptyError as exc:
+                    context.log.warning(str(exc))
+                    continue
+            runnable.append(p)
+        if not runnable:
+            return
+        outcomes = materialize_wave(
+            runnable,
             store,
             row_groups,
             resume=ResumeMode(config.resume),
@@ -139,33 +207,79 @@ def stage_asset(
             in_flight=settings.row_groups_in_flight,
             on_done=on_done,
         )
-        generated = [o for o in outcomes if not o.reused]
-        yield dg.Output(
-            None,
-            metadata={
-                "row_groups": len(outcomes),
-                "generated": len(generated),
-                "reused": len(outcomes) - len(generated),
-                "rows": sum(o.info.rows for o in outcomes),
-                "seconds": round(time.perf_counter() - t0, 3),
-            },
-        )
-        # Logged after the Output so that each partition's latest materialization carries its
-        # own numbers rather than the run's totals.
-        for o in outcomes:
-            md = partition_metadata(plan, o, store_res.root)
-            if not o.reused:
-                md["preview"] = dg.MetadataValue.md(
-                    _preview_md(store.read_row_group(plan.ref, o.row_group))
-                )
-            yield dg.AssetMaterialization(
-                asset_key=key,
-                partition=plan.ref.partition_key(o.row_group),
-                metadata=md,
-                tags={
-                    "dagster/code_version": plan.ref.fingerprint,
-                    "dagster/data_version": data_version(plan, o),
+        seconds = round(time.perf_counter() - t0, 3)
+        for p in runnable:
+            done = outcomes[p.name]
+            generated = [o for o in done if not o.reused]
+            yield dg.Output(
+                None,
+                output_name=_output_name(p),
+                metadata={
+                    "row_groups": len(done),
+                    "generated": len(generated),
+                    "reused": len(done) - len(generated),
+                    "rows": sum(o.info.rows for o in done),
+                    "seconds": seconds,
                 },
             )
+        # Logged after the Outputs so that each partition's latest materialization carries its
+        # own numbers rather than the run's totals.
+        for p in runnable:
+            for o in outcomes[p.name]:
+                md = partition_metadata(p, o, store_res.root)
+                if not o.reused:
+                    md["preview"] = dg.MetadataValue.md(
+                        _preview_md(store.read_row_group(p.ref, o.row_group))
+                    )
+                yield dg.AssetMaterialization(
+                    asset_key=asset_key(p),
+                    partition=p.ref.partition_key(o.row_group),
+                    metadata=md,
+                    tags={
+                        "dagster/code_version": p.ref.fingerprint,
+                        "dagster/data_version": data_version(p, o),
+                    },
+                )
 
-    return _stage
+    return _wave
+
+
+def final_asset(plan: StagePlan, *, store_key: str = "dd_store") -> dg.AssetsDefinition:
+    """`[workflow, stage, final]`: the stage's finalize processors over all its row groups."""
+    stage = plan.compiled.stage
+    steps = ", ".join(p.processor_type for p in stage.finalize)
+
+    @dg.asset(
+        key=final_key(plan),
+        deps=[dg.AssetDep(asset_key(plan), partition_mapping=dg.AllPartitionMapping())],
+        code_version=plan.fingerprint.final_hex,
+        group_name=plan.workflow.name,
+        description=f"Final output of stage {stage.name!r}: {steps}. Materializing it seals the"
+        " stage's row groups (`dd-assets unseal` reopens them).",
+        required_resource_keys={store_key},
+        kinds={"parquet"},
+    )
+    def _final(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        store_res: StoreResource = getattr(context.resources, store_key)
+        store = store_res.get_store()
+        t0 = time.perf_counter()
+        res = finalize_stage(plan, store)
+        md: dict[str, Any] = {
+            "rows_in": res.rows_in,
+            "rows": res.rows_out,
+            "steps": dg.MetadataValue.json(res.summary["steps"]),
+            "seconds": round(time.perf_counter() - t0, 3),
+            "path": dg.MetadataValue.path(str(res.path)),
+        }
+        if res.rows_out:
+            md["preview"] = dg.MetadataValue.md(
+                _preview_md(pq.ParquetFile(res.path).read_row_group(0))
+            )
+        else:
+            context.log.warning(
+                f"finalize of {stage.name!r} kept no rows (allow_empty: true); stages sampling"
+                " from it will be skipped"
+            )
+        return dg.MaterializeResult(metadata=md)
+
+    return _final

@@ -194,6 +194,33 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_unseal(args: argparse.Namespace) -> int:
+    from dd_assets.stage_runner import plan_workflow
+    from resources.store import PartitionStore
+    from resources.store_resource import default_root
+
+    wf = load_workflow(args.config)
+    plan = plan_workflow(wf).get(args.stage)
+    if plan is None:
+        raise KeyError(
+            f"no stage {args.stage!r} in workflow {wf.name!r}; stages: "
+            + ", ".join(s.name for s in wf.stages)
+        )
+    store = PartitionStore(default_root())
+    state = store.state(plan.ref) if store.stage_dir(plan.ref).exists() else {}
+    if not state.get("finalize_state"):
+        console.print(f"stage {args.stage!r} is not finalized; nothing to do", highlight=False)
+        return 0
+    moved = store.unseal(plan.ref)
+    where = f"; its final output was moved to {moved}" if moved else ""
+    console.print(
+        f"stage {args.stage!r} unsealed{where}. New row groups can be written; materialize"
+        " again to regenerate the final output.",
+        highlight=False,
+    )
+    return 0
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     from dd_assets.export import export_stage
 
@@ -295,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
     ck.add_argument("config")
     ck.add_argument("--stage", action="append", help="only this stage (repeatable; default: all)")
     ck.set_defaults(func=cmd_check)
+
+    un = sub.add_parser(
+        "unseal", help="invalidate a stage's final output (moved aside) so it can grow again"
+    )
+    un.add_argument("config")
+    un.add_argument("stage")
+    un.set_defaults(func=cmd_unseal)
 
     ex = sub.add_parser("export", help="stream a stage's rows to one jsonl/csv/parquet file")
     ex.add_argument("config")

@@ -9,7 +9,7 @@ from pathlib import Path
 import dagster as dg
 
 from dd_assets.asset_checks import checks_job_name, stage_checks
-from dd_assets.assets import IO_MANAGER_KEY, stage_asset
+from dd_assets.assets import IO_MANAGER_KEY, final_asset, wave_asset
 from dd_assets.config import StageSeed, WorkflowConfig, load_workflow
 from dd_assets.stage_runner import StagePlan, plan_workflow
 from resources.io_manager import StageIOManager
@@ -45,14 +45,16 @@ def waves(workflow: WorkflowConfig) -> list[list[str]]:
 
 
 def job_name(workflow: WorkflowConfig, wave: list[str]) -> str:
-    # Not "<workflow>__<stage>": that is the op name of the stage asset, and Dagster wants them distinct.
+    # Not "<workflow>__<stage>": that is the op name of the wave's asset, and Dagster wants them
+    # distinct.
     return f"{workflow.name}__{wave[0]}__job"
 
 
 def build_definitions(workflow: WorkflowConfig, *, root: str | None = None) -> dg.Definitions:
     root = root or default_root()
     plans: dict[str, StagePlan] = plan_workflow(workflow)
-    assets = [stage_asset(plans[s.name], workflow.run) for s in workflow.stages]
+    assets = [wave_asset([plans[s] for s in wave], workflow.run) for wave in waves(workflow)]
+    assets += [final_asset(plans[s.name]) for s in workflow.stages if s.finalize]
     checks = [stage_checks(plans[s.name]) for s in workflow.stages]
     keys = [dg.AssetKey([workflow.name, s.name]) for s in workflow.stages]
     jobs = [

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from dd_assets.config import WorkflowConfig
+from dd_assets.finalize_runner import read_final
 from dd_assets.stage_runner import plan_workflow
 from resources.atomic import atomic_path
 from resources.store import PartitionStore
@@ -45,6 +47,11 @@ def export_stage(
 ) -> ExportResult:
     plan = plan_workflow(workflow)[stage]
     store = PartitionStore(root or default_root())
+    if plan.compiled.stage.finalize:
+        # A stage with finalize processors is its final output; the raw row groups are an
+        # intermediate. Refuse rather than silently export the unfiltered rows.
+        data, _ = read_final(store, plan)
+        return _write(pq.ParquetFile(data).iter_batches(batch_size=65_536), fmt, output, 0, stage)
     done = store.completed(plan.ref)
     if not done:
         raise FileNotFoundError(
@@ -52,19 +59,25 @@ def export_stage(
             f" run `dd-assets materialize CONFIG --stage {stage}` first"
         )
     missing = plan.ref.num_row_groups - len(done)
+    return _write(store.iter_batches(plan.ref), fmt, output, missing, stage)
+
+
+def _write(
+    batches: Iterator[pa.RecordBatch], fmt: str, output: str | Path, missing: int, stage: str
+) -> ExportResult:
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     rows = 0
     with atomic_path(output) as tmp:
         if fmt == "jsonl":
             with open(tmp, "w", encoding="utf-8") as fh:
-                for batch in store.iter_batches(plan.ref):
+                for batch in batches:
                     for rec in batch.to_pylist():
                         fh.write(json.dumps(rec, default=str, ensure_ascii=False) + "\n")
                     rows += batch.num_rows
         elif fmt == "csv":
             writer = None
-            for batch in store.iter_batches(plan.ref):
+            for batch in batches:
                 flat = _flatten_for_csv(batch)
                 if writer is None:
                     writer = pacsv.CSVWriter(str(tmp), flat.schema)
@@ -74,7 +87,7 @@ def export_stage(
                 writer.close()
         elif fmt == "parquet":
             writer = None
-            for batch in store.iter_batches(plan.ref):
+            for batch in batches:
                 if writer is None:
                     writer = pq.ParquetWriter(str(tmp), batch.schema.remove_metadata())
                 writer.write_batch(batch.replace_schema_metadata(None))

@@ -13,11 +13,12 @@ from pathlib import Path
 import dagster as dg
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from dd_assets.assets import FRESH_START_TAG, asset_key
+from dd_assets.assets import FRESH_START_TAG, asset_key, final_key, op_name
 from dd_assets.config import WorkflowConfig
 from dd_assets.definitions import build_definitions, waves
+from dd_assets.finalize_runner import read_final
 from dd_assets.stage_runner import StagePlan, plan_workflow
-from resources.store import PartitionStore
+from resources.store import PartitionStore, StoreError
 from resources.store_resource import default_root
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
@@ -103,9 +104,7 @@ def materialize_workflow(
         )
         job_def = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def(job.name)
         run_config = {
-            "ops": {
-                "__".join(asset_key(p).path): {"config": {"resume": resume}} for p in wave_plans
-            },
+            "ops": {op_name([plans[s] for s in wave]): {"config": {"resume": resume}}},
             # The progress bar is the CLI's output; Dagster's per-event debug lines would bury it.
             # Everything is still in the instance's event log (and the UI).
             "loggers": {"console": {"config": {"log_level": "WARNING"}}},
@@ -142,13 +141,65 @@ def materialize_workflow(
                 stop.set()
                 watcher.join()
         for p in wave_plans:
+            skipped = _skipped_reason(store, p)
+            if skipped:
+                report.lines.append(f"{p.name}: skipped: {skipped}")
+                continue
             done = store.completed(p.ref)
             rows = sum(i.rows for i in done.values())
             report.lines.append(
                 f"{p.name}: {len(done)}/{p.ref.num_row_groups} row groups, {rows} records"
                 f" in {store.stage_dir(p.ref)}"
             )
+            if p.compiled.stage.finalize:
+                missing = p.ref.num_row_groups - len(done)
+                if missing:
+                    report.lines.append(
+                        f"{p.name}: not finalized: {missing} row group(s) still missing"
+                    )
+                    continue
+                error = _finalize(defs, instance, p, token)
+                if error:
+                    report.success = False
+                    report.error = error
+                    return report
+                data, info = read_final(store, p)
+                report.lines.append(
+                    f"{p.name}: final: {info['rows_out']} of {info['rows_in']} rows in {data}"
+                )
     return report
+
+
+def _finalize(
+    defs: dg.Definitions, instance: dg.DagsterInstance, plan: StagePlan, token: str
+) -> str | None:
+    job = dg.define_asset_job(
+        f"dd_assets_cli__{plan.workflow.name}__{plan.name}__final",
+        selection=dg.AssetSelection.assets(final_key(plan)).without_checks(),
+    )
+    job_def = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def(job.name)
+    result = job_def.execute_in_process(
+        instance=instance,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        tags={FRESH_START_TAG: token},
+        raise_on_error=False,
+    )
+    if result.success:
+        return None
+    return _failure_message(result) or f"run {result.run_id} failed"
+
+
+def _skipped_reason(store: PartitionStore, plan: StagePlan) -> str | None:
+    up = plan.upstream
+    if up is None or not up.compiled.stage.finalize:
+        return None
+    try:
+        _, info = read_final(store, up)
+    except StoreError:
+        return None
+    if info.get("rows_out") == 0:
+        return f"its seed stage {up.name!r} finalized to 0 rows (allow_empty: true)"
+    return None
 
 
 def _failure_message(result: dg.ExecuteInProcessResult) -> str | None:

@@ -1,0 +1,103 @@
+"""A chain as users run it: `dd-assets materialize` over a DAG of stages (row-group pipeline,
+finalize, a stage sampling the final output, a branch), then growing a finalized stage (refused,
+nothing written), `dd-assets unseal`, and export of the final output."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from workflow_helpers import isolated_env, people_config, snapshot, write_config
+
+from dd_assets import cli
+
+
+def _config(n: int = 400) -> dict:
+    cfg = people_config(num_records=n, buffer_size=100, downstream=True)  # people -> notes
+    cfg["stages"][0]["finalize"] = [
+        {"processor_type": "filter", "expr": "{{ city != 'Oslo' }}"},
+        {"processor_type": "drop_columns", "column_names": ["line"]},
+    ]
+    cfg["stages"].append(
+        {
+            "name": "picked",
+            "num_records": 120,
+            "buffer_size": 40,
+            "seed": {"stage": "people", "mode": "sample", "strategy": "shuffle"},
+            "columns": [{"name": "tag", "column_type": "expression", "expr": "{{ city }}"}],
+        }
+    )
+    return cfg
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    e = isolated_env(tmp_path)
+    for k in ("DAGSTER_HOME", "DD_ASSETS_ROOT"):
+        monkeypatch.setenv(k, e[k])
+    monkeypatch.chdir(tmp_path)
+    return Path(e["DD_ASSETS_ROOT"])
+
+
+def test_chain_finalize_sample_seal_unseal_export(env: Path, tmp_path: Path, capsys) -> None:
+    cfg = write_config(tmp_path / "wf.yaml", _config())
+    assert cli.main(["materialize", str(cfg), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "people: 4/4 row groups, 400 records" in out
+    assert "notes: 4/4 row groups" in out
+    assert "people: final: " in out and "picked: 3/3 row groups, 120 records" in out
+
+    instance = dg.DagsterInstance.get()
+    assert instance.get_latest_materialization_event(dg.AssetKey(["wf", "people", "final"]))
+    assert len(instance.get_materialized_partitions(dg.AssetKey(["wf", "notes"]))) == 4
+
+    # The sampled stage reads the final output: no Oslo, no dropped column.
+    export = tmp_path / "picked.jsonl"
+    assert cli.main(["export", str(cfg), "--stage", "picked", "-o", str(export)]) == 0
+    rows = [json.loads(x) for x in export.read_text().splitlines()]
+    assert len(rows) == 120 and {r["tag"] for r in rows} <= {"Lyon", "Lima"}
+    assert "line" not in rows[0]
+    # Exporting a finalized stage exports its final output.
+    final_export = tmp_path / "people.jsonl"
+    assert cli.main(["export", str(cfg), "--stage", "people", "-o", str(final_export)]) == 0
+    people = [json.loads(x) for x in final_export.read_text().splitlines()]
+    assert people and all(r["city"] != "Oslo" for r in people)
+
+    # Growing a finalized stage is refused before anything is generated or written.
+    before = snapshot(env)
+    write_config(cfg, _config(n=600))
+    capsys.readouterr()
+    assert cli.main(["materialize", str(cfg), "--no-progress", "--stage", "people"]) == 1
+    err = capsys.readouterr().err
+    assert "'people' is finalized" in err and "dd-assets unseal" in err
+    assert snapshot(env) == before
+
+    assert cli.main(["unseal", str(cfg), "people"]) == 0
+    assert "unsealed" in capsys.readouterr().out
+    assert cli.main(["materialize", str(cfg), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "people: 6/6 row groups, 600 records" in out and "people: final: " in out
+    after = snapshot(env)
+    assert {k: after[k] for k in before if "/people/" in k} == {
+        k: v for k, v in before.items() if "/people/" in k
+    }  # the four old row groups were reused
+
+
+def test_empty_finalize_fails_then_allow_empty_skips_downstream(
+    env: Path, tmp_path: Path, capsys
+) -> None:
+    cfg_data = _config()
+    cfg_data["stages"][0]["finalize"] = [{"processor_type": "filter", "expr": "{{ false }}"}]
+    cfg = write_config(tmp_path / "wf.yaml", cfg_data)
+    assert cli.main(["materialize", str(cfg), "--no-progress"]) == 1
+    assert "kept 0 of 400 rows" in capsys.readouterr().err
+
+    cfg_data["stages"][0]["allow_empty"] = True
+    write_config(cfg, cfg_data)
+    assert cli.main(["materialize", str(cfg), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "people: final: 0 of 400 rows" in out
+    assert "picked: skipped: its seed stage 'people' finalized to 0 rows" in out
+    assert not list((env / "wf" / "picked").rglob("batch_*.parquet"))

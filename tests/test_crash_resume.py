@@ -116,3 +116,33 @@ def test_repeated_kills_never_duplicate_or_lose_rows(tmp_path: Path) -> None:
     assert table.num_rows == NUM_RECORDS
     assert len(set(table.column("person_id").to_pylist())) == NUM_RECORDS
     assert temp_files(root) == []
+
+
+def test_kill9_of_a_pipelined_chain_then_resume(tmp_path: Path) -> None:
+    """people -> notes (row_group): both stages run in one pipelined op; a kill lands with each
+    stage at a different row group, and the resume completes both without rewriting either."""
+    cfg = write_config(
+        tmp_path / "wf.yaml",
+        people_config(
+            num_records=NUM_RECORDS, buffer_size=BUFFER, partitions_per_run=10, downstream=True
+        ),
+    )
+    root = tmp_path / "dd-data"
+    env = isolated_env(tmp_path, cfg)
+    _kill_after(cfg, env, root, random.Random(os.getpid() + 1).randint(3, 25))
+    before = snapshot(root)
+    assert len(before) < 40
+
+    out = _run(cfg, env)
+    assert out.returncode == 0, out.stderr
+    after = snapshot(root)
+    assert len(after) == 40
+    assert {k: after[k] for k in before} == before
+    assert temp_files(root) == []
+    people = {k: p for k, p in batch_files(root).items() if "/people/" in k}
+    notes = {k: p for k, p in batch_files(root).items() if "/notes/" in k}
+    p_ids = pa.concat_tables(pq.read_table(people[k]) for k in sorted(people))
+    n_tab = pa.concat_tables(pq.read_table(notes[k]) for k in sorted(notes))
+    assert n_tab.num_rows == NUM_RECORDS
+    assert n_tab.column("person_id").to_pylist() == p_ids.column("person_id").to_pylist()
+    assert n_tab.column("note")[0].as_py() == f"note for {p_ids.column('person_id')[0].as_py()}"

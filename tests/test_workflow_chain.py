@@ -101,3 +101,17 @@ def test_empty_finalize_fails_then_allow_empty_skips_downstream(
     assert "people: final: 0 of 400 rows" in out
     assert "picked: skipped: its seed stage 'people' finalized to 0 rows" in out
     assert not list((env / "wf" / "picked").rglob("batch_*.parquet"))
+
+
+def test_example_chain_yaml_runs_end_to_end(env: Path, capsys) -> None:
+    """examples/chain.yaml (docs/workflows.md): file seed, row-group chain, finalize, sample."""
+    cfg = Path(__file__).resolve().parents[1] / "examples" / "chain.yaml"
+    assert cli.main(["validate", str(cfg)]) == 0
+    assert cli.main(["materialize", str(cfg), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "reviews: 6/6 row groups, 1200 records" in out
+    assert "replies: 6/6 row groups, 1200 records" in out
+    assert "digest: 3/3 row groups, 30 records" in out
+    final = next(line for line in out.splitlines() if line.startswith("reviews: final: "))
+    kept = int(final.split()[2])
+    assert 0 < kept <= 6 * 2  # dedupe on (product, stars) with stars >= 4: at most 12 rows

@@ -22,6 +22,7 @@ from dd_assets.config.processors import (
     FinalizeProcessor,
     PostBatchProcessor,
     RenameColumnsProcessorConfig,
+    SchemaTransformProcessorConfig,
 )
 from dd_assets.config.run import RunSettings
 
@@ -186,7 +187,24 @@ def seed_columns_of(workflow: WorkflowConfig, stage: StageConfig) -> list[str] |
         return None
     up = workflow.stage(stage.seed.stage)
     up_seed = seed_columns_of(workflow, up)
-    return output_columns(up, up_seed or [])
+    if up_seed is None:
+        return None  # a file somewhere upstream: checked against the file when the stage runs
+    cols = output_columns(up, up_seed)
+    if stage.seed.mode == "sample" and up.finalize:
+        cols = finalized_columns(up, cols)
+    return cols
+
+
+def finalized_columns(stage: StageConfig, cols: list[str]) -> list[str]:
+    """Columns of a stage's final output (what `mode: sample` reads from a finalized stage)."""
+    for proc in stage.finalize:
+        if isinstance(proc, DropColumnsProcessorConfig):
+            cols = [
+                c for c in cols if not any(fnmatch.fnmatchcase(c, p) for p in proc.column_names)
+            ]
+        elif isinstance(proc, SchemaTransformProcessorConfig):
+            cols = list(proc.template)
+    return cols
 
 
 def _stage_issues(

@@ -30,8 +30,10 @@ import pyarrow.parquet as pq
 
 from dd_assets.config.columns import SamplerColumnConfig
 from dd_assets.config.processors import DropColumnsProcessorConfig, RenameColumnsProcessorConfig
-from dd_assets.config.workflow import StageConfig
+from dd_assets.config.workflow import FileSeed, StageConfig, StageSeed
 from dd_assets.engine.schema import stage_schema
+from dd_assets.finalize_runner import final_paths
+from dd_assets.seed_sources import file_source
 from dd_assets.stage_runner import StagePlan
 from resources.atomic import is_temp_name
 from resources.store import PartitionStore
@@ -323,8 +325,25 @@ def parquet_schema(schema: pa.Schema) -> pa.Schema:
     return pq.read_schema(pa.BufferReader(sink.getvalue()))
 
 
+def expected_schema(plan: StagePlan, store: PartitionStore) -> pa.Schema:
+    """stage_schema with the seed's columns resolved where only data can tell: a seed file's
+    schema, a finalized upstream's final output, recursively up the chain."""
+    seed = plan.compiled.stage.seed
+    seed_schema: pa.Schema | None = None
+    if isinstance(seed, FileSeed):
+        seed_schema = file_source(seed.path).schema
+    elif plan.upstream is not None:
+        up = plan.upstream
+        if isinstance(seed, StageSeed) and seed.mode == "sample" and up.compiled.stage.finalize:
+            final, _ = final_paths(store, up)
+            seed_schema = pq.read_schema(final).remove_metadata() if final.exists() else None
+        else:
+            seed_schema = expected_schema(up, store)
+    return stage_schema(plan.workflow, plan.name, seed_schema)
+
+
 def check_schema_matches_config(sf: StageFiles) -> CheckOutcome:
-    expected = parquet_schema(stage_schema(sf.plan.workflow, sf.plan.name))
+    expected = parquet_schema(expected_schema(sf.plan, sf.store))
     mismatches: dict[str, list[str]] = {}
     columns: set[str] = set()
     checked = 0

@@ -46,7 +46,11 @@ class SeedSource:
     name: str
     num_rows: int
     take: Callable[[np.ndarray], pa.Table]
-    columns: list[str] = field(default_factory=list)
+    schema: pa.Schema = field(default_factory=lambda: pa.schema([]))
+
+    @property
+    def columns(self) -> list[str]:
+        return list(self.schema.names)
 
 
 def file_source(path: str | Path) -> SeedSource:
@@ -64,7 +68,7 @@ def file_source(path: str | Path) -> SeedSource:
     if n == 0:
         raise GenerationError(f"seed file {path} has no rows; a stage cannot sample from it")
     return SeedSource(
-        str(path), n, lambda idx: dataset.take(pa.array(idx)), list(dataset.schema.names)
+        str(path), n, lambda idx: dataset.take(pa.array(idx)), dataset.schema.remove_metadata()
     )
 
 
@@ -83,7 +87,7 @@ def stage_source(store: PartitionStore, ref: StageRef) -> SeedSource:
     if n == 0:
         raise GenerationError(f"stage {ref.stage!r} has no rows; a stage cannot sample from it")
     return SeedSource(
-        ref.stage, n, lambda idx: dataset.take(pa.array(idx)), list(dataset.schema.names)
+        ref.stage, n, lambda idx: dataset.take(pa.array(idx)), dataset.schema.remove_metadata()
     )
 
 

@@ -115,3 +115,9 @@ def test_example_chain_yaml_runs_end_to_end(env: Path, capsys) -> None:
     final = next(line for line in out.splitlines() if line.startswith("reviews: final: "))
     kept = int(final.split()[2])
     assert 0 < kept <= 6 * 2  # dedupe on (product, stars) with stars >= 4: at most 12 rows
+    # Every stage's checks pass, including the schema of stages whose seed columns come from a
+    # file or from a finalized upstream.
+    capsys.readouterr()
+    assert cli.main(["check", str(cfg)]) == 0, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FAIL" not in out and out.count("pass") >= 13

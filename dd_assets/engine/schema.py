@@ -93,16 +93,20 @@ def column_type(col: ColumnConfig) -> pa.DataType:
     return pa.string()
 
 
-def stage_schema(workflow: WorkflowConfig, stage_name: str) -> pa.Schema:
-    """The Arrow schema every row-group file of a stage has, from the config alone: columns a
-    `seed: {stage: X}` carries over from upstream (those the stage does not redefine), then the
-    stage's own columns in config order, then its post_batch processors (drops, renames), exactly
-    as the engine builds each row group. The schema asset check compares files against this."""
+def stage_schema(
+    workflow: WorkflowConfig, stage_name: str, seed_schema: pa.Schema | None = None
+) -> pa.Schema:
+    """The Arrow schema every row-group file of a stage has: the seed's columns (those the stage
+    does not redefine), then the stage's own columns in config order, then its post_batch
+    processors (drops, renames), exactly as the engine builds each row group. The schema asset
+    check compares files against this.
+
+    `seed_schema` is what the seed provides when the config alone cannot tell (a seed file, a
+    finalized upstream); by default a `seed: {stage: X}` contributes X's own stage_schema."""
     stage = workflow.stage(stage_name)
     own = {c.name for c in stage.columns}
-    fields: list[pa.Field] = []
-    upstream = workflow.upstream_of(stage)
-    if upstream is not None:
-        fields += [f for f in stage_schema(workflow, upstream.name) if f.name not in own]
+    if seed_schema is None and workflow.upstream_of(stage) is not None:
+        seed_schema = stage_schema(workflow, workflow.upstream_of(stage).name)  # type: ignore[union-attr]
+    fields: list[pa.Field] = [f for f in seed_schema or [] if f.name not in own]
     fields += [pa.field(c.name, column_type(c)) for c in stage.columns]
     return apply_post_batch(stage, pa.schema(fields).empty_table()).schema

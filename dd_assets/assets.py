@@ -258,6 +258,8 @@ def final_asset(plan: StagePlan, *, store_key: str = "dd_store") -> dg.AssetsDef
         " stage's row groups (`dd-assets unseal` reopens them).",
         required_resource_keys={store_key},
         kinds={"parquet"},
+        io_manager_key=IO_MANAGER_KEY,
+        metadata=ref_metadata(plan.ref, final_fingerprint=plan.fingerprint.final_hex),
     )
     def _final(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         store_res: StoreResource = getattr(context.resources, store_key)

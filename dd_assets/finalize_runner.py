@@ -18,13 +18,10 @@ import pyarrow.parquet as pq
 
 from dd_assets.engine.finalize import Finalizer
 from resources.atomic import atomic_path, atomic_write_json
-from resources.store import PartitionStore, StoreError
+from resources.store import FINAL_DATA, FINAL_META, PartitionStore, StoreError
 
 if TYPE_CHECKING:
     from dd_assets.stage_runner import StagePlan
-
-FINAL_DATA = "data.parquet"
-FINAL_META = "final.json"
 
 
 class EmptyFinalError(StoreError):

@@ -6,25 +6,30 @@ pyarrow Dataset over exactly the partitions they asked for: never one giant in-m
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import dagster as dg
 import pyarrow.dataset as pads
 
-from resources.store import PartitionStore, StageRef
+from resources.store import FINAL_DATA, FINAL_META, PartitionStore, StageRef
 
 META_PREFIX = "dd_assets/"
 
 
-def ref_metadata(ref: StageRef) -> dict[str, Any]:
-    """Definition metadata of a stage asset: enough to find its files (and shown in the UI)."""
-    return {
+def ref_metadata(ref: StageRef, final_fingerprint: str | None = None) -> dict[str, Any]:
+    """Definition metadata of a stage asset (or, with `final_fingerprint`, of its final asset):
+    enough to find its files (and shown in the UI)."""
+    md = {
         f"{META_PREFIX}workflow": ref.workflow,
         f"{META_PREFIX}stage": ref.stage,
         f"{META_PREFIX}fingerprint": ref.fingerprint,
         f"{META_PREFIX}buffer_size": ref.buffer_size,
         f"{META_PREFIX}num_records": ref.num_records,
     }
+    if final_fingerprint:
+        md[f"{META_PREFIX}final_fingerprint"] = final_fingerprint
+    return md
 
 
 def ref_from_metadata(meta: dict[str, Any]) -> StageRef:
@@ -55,8 +60,12 @@ class StageIOManager(dg.ConfigurableIOManager):
     def load_input(self, context: dg.InputContext) -> pads.Dataset:
         upstream = context.upstream_output
         assert upstream is not None
-        ref = ref_from_metadata(dict(upstream.definition_metadata or {}))
+        meta = dict(upstream.definition_metadata or {})
+        ref = ref_from_metadata(meta)
         store = PartitionStore(self.root)
+        final_fp = meta.get(f"{META_PREFIX}final_fingerprint")
+        if final_fp is not None:
+            return self._load_final(store, ref, getattr(final_fp, "value", final_fp))
         done = store.completed(ref)
         if context.has_asset_partitions:
             wanted = [ref.row_group_of(k) for k in context.asset_partition_keys]
@@ -70,3 +79,17 @@ class StageIOManager(dg.ConfigurableIOManager):
                 " materialize them first (backfill the missing partitions)"
             )
         return pads.dataset([str(done[rg].path) for rg in wanted], format="parquet")
+
+    @staticmethod
+    def _load_final(store: PartitionStore, ref: StageRef, final_fp: str) -> pads.Dataset:
+        folder = store.final_dir(ref)
+        try:
+            info = json.loads((folder / FINAL_META).read_text())
+        except (OSError, ValueError):
+            info = {}
+        if info.get("final_fingerprint") != final_fp or not (folder / FINAL_DATA).exists():
+            raise FileNotFoundError(
+                f"stage {ref.stage!r} has no final output for its current config under {folder};"
+                f" materialize {ref.workflow}/{ref.stage}/final first"
+            )
+        return pads.dataset(str(folder / FINAL_DATA), format="parquet")

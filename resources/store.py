@@ -40,6 +40,8 @@ from resources.atomic import (
 STAGE_JSON = "stage.json"
 FILES_DIR = "parquet-files"
 FINAL_DIR = "final"
+FINAL_DATA = "data.parquet"  # final/<FINAL_DATA>: a stage's finalize output
+FINAL_META = "final.json"  # final/<FINAL_META>: rows in/out per step, final fingerprint
 LOCK_SUFFIX = ".lock"
 REPLACED_MARK = ".replaced-"
 STORE_SCHEME = 1

@@ -8,10 +8,13 @@ import json
 from pathlib import Path
 
 import dagster as dg
+import pyarrow.dataset as pads
 import pytest
 from workflow_helpers import isolated_env, people_config, snapshot, write_config
 
 from dd_assets import cli
+from dd_assets.config import load_workflow
+from dd_assets.definitions import build_definitions
 
 
 def _config(n: int = 400) -> dict:
@@ -52,6 +55,24 @@ def test_chain_finalize_sample_seal_unseal_export(env: Path, tmp_path: Path, cap
     instance = dg.DagsterInstance.get()
     assert instance.get_latest_materialization_event(dg.AssetKey(["wf", "people", "final"]))
     assert len(instance.get_materialized_partitions(dg.AssetKey(["wf", "notes"]))) == 4
+
+    # A user's Dagster asset downstream of the final asset gets it as a lazy pyarrow Dataset.
+    seen: dict[str, object] = {}
+
+    @dg.asset(ins={"final": dg.AssetIn(key=dg.AssetKey(["wf", "people", "final"]))})
+    def oslo_free(final: pads.Dataset) -> None:
+        seen["rows"] = final.count_rows()
+        seen["cities"] = set(final.to_table(columns=["city"]).column("city").to_pylist())
+        seen["columns"] = final.schema.names
+
+    defs = dg.Definitions.merge(
+        build_definitions(load_workflow(cfg), root=str(env)), dg.Definitions(assets=[oslo_free])
+    )
+    job = defs.resolve_implicit_global_asset_job_def()
+    assert job.execute_in_process(asset_selection=[oslo_free.key], instance=instance).success
+    final_rows = int(next(x for x in out.splitlines() if "people: final: " in x).split()[2])
+    assert seen["rows"] == final_rows > 0
+    assert "Oslo" not in seen["cities"] and "line" not in seen["columns"]
 
     # The sampled stage reads the final output: no Oslo, no dropped column.
     export = tmp_path / "picked.jsonl"

@@ -50,12 +50,11 @@ def finalize_stage(plan: StagePlan, store: PartitionStore) -> FinalizeResult:
     ref = plan.ref
     if not stage.finalize:
         raise ValueError(f"stage {stage.name!r} has no finalize processors")
-    done = store.completed(ref)
-    missing = [ref.partition_key(rg) for rg in range(ref.num_row_groups) if rg not in done]
+    missing = store.missing(ref)
     if missing:
         raise StoreError(
             f"stage {stage.name!r} cannot be finalized: {len(missing)} of {ref.num_row_groups}"
-            f" row groups are missing ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''});"
+            f" row groups are missing ({ref.keys_head(missing)});"
             " materialize them first (backfill the missing partitions)"
         )
     store.begin_finalize(ref)

@@ -74,15 +74,14 @@ def file_source(path: str | Path) -> SeedSource:
 
 def stage_source(store: PartitionStore, ref: StageRef) -> SeedSource:
     """The whole upstream stage; it must be complete, or the sample would depend on timing."""
-    done = store.completed(ref)
-    missing = [ref.partition_key(rg) for rg in range(ref.num_row_groups) if rg not in done]
+    missing = store.missing(ref)
     if missing:
         raise GenerationError(
             f"stage {ref.stage!r} has {len(missing)} of {ref.num_row_groups} row groups missing"
-            f" ({', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}); a stage seeded with"
+            f" ({ref.keys_head(missing)}); a stage seeded with"
             f" `mode: sample` reads all of it. Materialize {ref.stage!r} first"
         )
-    dataset = store.dataset(ref, sorted(done))
+    dataset = store.dataset(ref)
     n = dataset.count_rows()
     if n == 0:
         raise GenerationError(f"stage {ref.stage!r} has no rows; a stage cannot sample from it")

@@ -66,19 +66,13 @@ class StageIOManager(dg.ConfigurableIOManager):
         final_fp = meta.get(f"{META_PREFIX}final_fingerprint")
         if final_fp is not None:
             return self._load_final(store, ref, getattr(final_fp, "value", final_fp))
-        done = store.completed(ref)
-        if context.has_asset_partitions:
-            wanted = [ref.row_group_of(k) for k in context.asset_partition_keys]
-        else:
-            wanted = sorted(done)
-        missing = [ref.partition_key(rg) for rg in wanted if rg not in done]
-        if missing:
-            raise FileNotFoundError(
-                f"stage {ref.stage!r} (fingerprint {ref.fp12}) has no data for partition(s)"
-                f" {missing[:10]}{'...' if len(missing) > 10 else ''} under {store.stage_dir(ref)};"
-                " materialize them first (backfill the missing partitions)"
-            )
-        return pads.dataset([str(done[rg].path) for rg in wanted], format="parquet")
+        # Only the partitions this input maps to; an unpartitioned reader gets every one on disk.
+        wanted = (
+            [ref.row_group_of(k) for k in context.asset_partition_keys]
+            if context.has_asset_partitions
+            else None
+        )
+        return store.dataset(ref, wanted)
 
     @staticmethod
     def _load_final(store: PartitionStore, ref: StageRef, final_fp: str) -> pads.Dataset:

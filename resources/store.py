@@ -61,6 +61,10 @@ class ConfigChangedError(StoreError):
     pass
 
 
+class MissingRowGroupsError(StoreError, FileNotFoundError):
+    """Row groups a reader asked for are not on disk (yet): materialize them first."""
+
+
 class StageSealedError(StoreError):
     pass
 
@@ -95,6 +99,12 @@ class StageRef:
     @staticmethod
     def partition_key(row_group: int) -> str:
         return f"{row_group:05d}"
+
+    @classmethod
+    def keys_head(cls, row_groups: list[int], n: int = 5) -> str:
+        """The first n partition keys of a list, for messages: `00003, 00007 ...`."""
+        head = ", ".join(cls.partition_key(rg) for rg in row_groups[:n])
+        return head + (" ..." if len(row_groups) > n else "")
 
     @staticmethod
     def row_group_of(partition_key: str) -> int:
@@ -422,12 +432,17 @@ class PartitionStore:
         wanted = sorted(done) if row_groups is None else row_groups
         missing = [rg for rg in wanted if rg not in done]
         if missing:
-            raise StoreError(
+            raise MissingRowGroupsError(
                 f"stage {ref.stage!r} (fingerprint {ref.fp12}) lacks row group(s)"
                 f" {[ref.partition_key(rg) for rg in missing[:10]]} in {self.files_dir(ref)};"
                 " materialize them first (backfill the missing partitions)"
             )
         return pads.dataset([str(done[rg].path) for rg in wanted], format="parquet")
+
+    def missing(self, ref: StageRef) -> list[int]:
+        """Row groups of the stage not on disk for its fingerprint."""
+        done = self.completed(ref)
+        return [rg for rg in range(ref.num_row_groups) if rg not in done]
 
     def iter_batches(self, ref: StageRef, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
         """All completed rows in row order, one record batch at a time (for streaming export)."""

@@ -27,12 +27,8 @@ from dd_assets.status import workflow_status
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    e = isolated_env(tmp_path)
-    for k in ("DAGSTER_HOME", "DD_ASSETS_ROOT"):
-        monkeypatch.setenv(k, e[k])
-    monkeypatch.chdir(tmp_path)
-    return e
+def env(data_root: Path) -> Path:
+    return data_root
 
 
 def _materialize(cfg: Path, *args: str) -> int:

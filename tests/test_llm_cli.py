@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from mock_openai import MockOpenAI
-from workflow_helpers import batch_files, isolated_env, write_config
+from workflow_helpers import batch_files, write_config
 
 from dd_assets import cli
 from resources.llm import client as llm_client
@@ -53,15 +53,11 @@ def _config(url: str) -> dict:
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    e = isolated_env(tmp_path)
-    for k in ("DAGSTER_HOME", "DD_ASSETS_ROOT"):
-        monkeypatch.setenv(k, e[k])
+def env(data_root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv(KEY_ENV, SECRET)
     monkeypatch.setattr(llm_client, "BACKOFF_BASE_S", 0.001)
     monkeypatch.setattr(llm_client, "BACKOFF_CAP_S", 0.005)
-    monkeypatch.chdir(tmp_path)
-    return Path(e["DD_ASSETS_ROOT"])
+    return data_root
 
 
 def test_full_run_exit_0(env: Path, tmp_path: Path, capsys) -> None:

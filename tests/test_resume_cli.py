@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from workflow_helpers import batch_files, isolated_env, people_config, snapshot, write_config
+from workflow_helpers import batch_files, people_config, snapshot, write_config
 
 from dd_assets import cli
 from dd_assets.config import load_workflow
@@ -15,12 +15,8 @@ from dd_assets.fingerprint import workflow_fingerprints
 
 
 @pytest.fixture
-def root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    e = isolated_env(tmp_path)
-    for k in ("DAGSTER_HOME", "DD_ASSETS_ROOT"):
-        monkeypatch.setenv(k, e[k])
-    monkeypatch.chdir(tmp_path)
-    return Path(e["DD_ASSETS_ROOT"])
+def root(data_root: Path) -> Path:
+    return data_root
 
 
 def _run(cfg: Path, *args: str) -> int:

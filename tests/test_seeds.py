@@ -12,7 +12,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 import pytest
-from workflow_helpers import isolated_env, people_config, write_config
+from workflow_helpers import people_config, write_config
 
 from dd_assets import cli
 from dd_assets.config import load_workflow
@@ -186,16 +186,11 @@ def test_sample_needs_the_whole_upstream(tmp_path: Path) -> None:
         materialize(plans["picked"], store, range(1))
 
 
-def test_sampled_stage_through_the_cli_and_dagster(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    env = isolated_env(tmp_path)
-    for k in ("DAGSTER_HOME", "DD_ASSETS_ROOT"):
-        monkeypatch.setenv(k, env[k])
+def test_sampled_stage_through_the_cli_and_dagster(tmp_path: Path, data_root: Path) -> None:
     cfg = write_config(tmp_path / "wf.yaml", _sample_config("shuffle"))
     assert cli.main(["materialize", str(cfg), "--no-progress"]) == 0
     instance = dg.DagsterInstance.get()
     assert len(instance.get_materialized_partitions(dg.AssetKey(["wf", "picked"]))) == 9
-    files = list((Path(env["DD_ASSETS_ROOT"]) / "wf" / "picked").rglob("batch_*.parquet"))
+    files = list((data_root / "wf" / "picked").rglob("batch_*.parquet"))
     assert len(files) == 9
     assert sum(pq.read_metadata(f).num_rows for f in files) == 450

@@ -10,7 +10,7 @@ from pathlib import Path
 import dagster as dg
 import pyarrow.dataset as pads
 import pytest
-from workflow_helpers import isolated_env, people_config, snapshot, write_config
+from workflow_helpers import people_config, snapshot, write_config
 
 from dd_assets import cli
 from dd_assets.config import load_workflow
@@ -36,12 +36,8 @@ def _config(n: int = 400) -> dict:
 
 
 @pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    e = isolated_env(tmp_path)
-    for k in ("DAGSTER_HOME", "DD_ASSETS_ROOT"):
-        monkeypatch.setenv(k, e[k])
-    monkeypatch.chdir(tmp_path)
-    return Path(e["DD_ASSETS_ROOT"])
+def env(data_root: Path) -> Path:
+    return data_root
 
 
 def test_chain_finalize_sample_seal_unseal_export(env: Path, tmp_path: Path, capsys) -> None:

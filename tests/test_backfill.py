@@ -5,10 +5,6 @@ disk and generates only the rest."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,7 +12,7 @@ from pathlib import Path
 
 import dagster as dg
 import pytest
-from workflow_helpers import BIN, isolated_env, people_config, snapshot, write_config
+from workflow_helpers import isolated_env, people_config, running_ui, snapshot, write_config
 
 from dd_assets.config import load_workflow
 from dd_assets.stage_runner import materialize, plan_workflow
@@ -51,12 +47,6 @@ query($id: String!) {
 }"""
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Dagster:
     def __init__(self, port: int, home: Path):
         self.port = port
@@ -84,35 +74,9 @@ def dagster(tmp_path: Path, workflow: Path) -> Iterator[Dagster]:
     env = isolated_env(tmp_path, workflow)
     home = Path(env["DAGSTER_HOME"])
     (home / "dagster.yaml").write_text(DAGSTER_YAML)
-    port = _free_port()
-    log = open(tmp_path / "ui.log", "w")  # noqa: SIM115
     # `dd-assets ui` = `dagster dev`: webserver and daemon, the way a user drives backfills.
-    ui = subprocess.Popen(
-        [str(BIN / "dd-assets"), "ui", str(workflow), "--port", str(port)],
-        env=env,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
-                break
-            except OSError:
-                assert ui.poll() is None, (tmp_path / "ui.log").read_text()
-                assert time.monotonic() < deadline, "webserver did not start in 90 s"
-                time.sleep(0.5)
+    with running_ui(workflow, env, tmp_path) as (port, _):
         yield Dagster(port, home)
-    finally:
-        os.killpg(ui.pid, signal.SIGTERM)
-        try:
-            ui.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(ui.pid, signal.SIGKILL)
-        log.close()
 
 
 def test_backfill_of_missing_partitions_reuses_row_groups_on_disk(
@@ -140,7 +104,7 @@ def test_backfill_of_missing_partitions_reuses_row_groups_on_disk(
         assert time.monotonic() < deadline, f"backfill still {status} after 240 s"
         time.sleep(1)
         status = dagster.gql(STATUS, {"id": backfill_id})["partitionBackfillOrError"]["status"]
-    assert status == "COMPLETED_SUCCESS", (tmp_path / "daemon.log").read_text()[-3000:]
+    assert status == "COMPLETED_SUCCESS", (tmp_path / "ui.log").read_text()[-3000:]
 
     after = snapshot(tmp_path / "dd-data")
     assert len(after) == 10

@@ -10,22 +10,25 @@ Debian's chromium (`apt-get install -y --no-install-recommends chromium chromium
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from workflow_helpers import BIN, REPO, batch_files, isolated_env, people_config, write_config
+from workflow_helpers import (
+    BIN,
+    REPO,
+    batch_files,
+    isolated_env,
+    people_config,
+    running_ui,
+    write_config,
+)
 
 from dd_assets.checks import checks_for
 from dd_assets.config import load_workflow
@@ -85,12 +88,6 @@ def artifacts_dir() -> Path:
     return out
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class UI:
     def __init__(self, url: str, log: Path, data_root: Path, workflow: Path):
         self.url = url
@@ -130,36 +127,8 @@ def ui(tmp_path: Path) -> Iterator[UI]:
     )
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
-    port = _free_port()
-    log_path = tmp_path / "ui.log"
-    log = open(log_path, "w")  # noqa: SIM115
-    proc = subprocess.Popen(
-        [str(BIN / "dd-assets"), "ui", str(workflow), "--port", str(port)],
-        env=env,
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
-                break
-            except OSError:
-                assert proc.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, "webserver did not start in 90 s"
-                time.sleep(0.5)
+    with running_ui(workflow, env, tmp_path) as (port, log_path):
         yield UI(f"http://127.0.0.1:{port}", log_path, Path(env["DD_ASSETS_ROOT"]), workflow)
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # the group may be gone already
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-        log.close()
 
 
 def _screenshot(page: Any, name: str) -> Path:

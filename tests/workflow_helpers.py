@@ -3,8 +3,15 @@ data root, and snapshots of what the store holds."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
+import subprocess
 import sys
+import time
+import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -127,3 +134,44 @@ def snapshot(root: Path) -> dict[str, tuple[int, int]]:
 
 def temp_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if ".dd-tmp." in p.name]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_ui(workflow: Path, env: dict[str, str], cwd: Path) -> Iterator[tuple[int, Path]]:
+    """`dd-assets ui` (= `dagster dev`: webserver and daemon) on a free port, as a user starts it;
+    yields (port, log file) once the webserver answers, and stops the whole process group."""
+    port = free_port()
+    log_path = cwd / "ui.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "dd-assets"), "ui", str(workflow), "--port", str(port)],
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+                    break
+                except OSError:
+                    assert proc.poll() is None, log_path.read_text()
+                    assert time.monotonic() < deadline, "webserver did not start in 90 s"
+                    time.sleep(0.5)
+            yield port, log_path
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)

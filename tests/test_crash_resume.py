@@ -39,16 +39,22 @@ def _run(cfg: Path, env: dict[str, str], timeout: float = 180) -> subprocess.Com
 
 
 def _kill_after(cfg: Path, env: dict[str, str], root: Path, files: int) -> None:
-    proc = subprocess.Popen(
-        [str(BIN / "dd-assets"), "materialize", str(cfg), "--no-progress"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    """Start `dd-assets materialize` and SIGKILL it once `files` row groups are on disk. Its
+    stderr is kept (next to the config): a run that dies early must say why."""
+    errlog = cfg.with_suffix(".killed.stderr")
+    with open(errlog, "wb") as err:
+        proc = subprocess.Popen(
+            [str(BIN / "dd-assets"), "materialize", str(cfg), "--no-progress"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
     try:
         deadline = time.monotonic() + 120
         while len(batch_files(root)) < files:
-            assert proc.poll() is None, "materialize ended before the kill point"
+            assert proc.poll() is None, (
+                f"materialize ended before the kill point:\n{errlog.read_text()[-4000:]}"
+            )
             assert time.monotonic() < deadline, "no progress within 120 s"
             time.sleep(0.005)
     finally:

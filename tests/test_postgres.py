@@ -19,7 +19,6 @@ import pwd
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -30,10 +29,9 @@ from pathlib import Path
 import dagster as dg
 import psycopg2
 import pytest
-from test_crash_resume import BUFFER, NUM_RECORDS, _run, _table
+from test_crash_resume import BUFFER, NUM_RECORDS, _kill_after, _run, _table
 from workflow_helpers import (
-    BIN,
-    batch_files,
+    free_port,
     isolated_env,
     people_config,
     snapshot,
@@ -68,12 +66,6 @@ def _pg_bindir() -> Path | None:
         if (d / "initdb").is_file() and (d / "postgres").is_file():
             return d
     return None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclass
@@ -141,7 +133,7 @@ def postgres(tmp_path: Path) -> Iterator[PgServer]:
         sockets.mkdir()
         if run_as:
             os.chown(sockets, run_as["user"], run_as["group"])  # type: ignore[arg-type]
-        port = _free_port()
+        port = free_port()
         with open(log, "wb") as logf:
             proc = subprocess.Popen(
                 [
@@ -208,31 +200,6 @@ def _wait_ready(proc: subprocess.Popen[bytes], port: int, password: str, log: Pa
             time.sleep(0.1)
 
 
-def _kill_after(cfg: Path, env: dict[str, str], root: Path, files: int, errlog: Path) -> None:
-    """test_crash_resume's kill, keeping stderr: an instance that cannot reach PostgreSQL would
-    otherwise show up only as "materialize ended before the kill point"."""
-    with open(errlog, "wb") as err:
-        proc = subprocess.Popen(
-            [str(BIN / "dd-assets"), "materialize", str(cfg), "--no-progress"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-    try:
-        deadline = time.monotonic() + 120
-        while len(batch_files(root)) < files:
-            if proc.poll() is not None:
-                pytest.fail(
-                    f"materialize ended before the kill point:\n{errlog.read_text()[-4000:]}"
-                )
-            assert time.monotonic() < deadline, "no progress within 120 s"
-            time.sleep(0.005)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    assert proc.returncode == -signal.SIGKILL
-
-
 def _dagster_yaml(port: int) -> str:
     # The schema docs/scaling.md shows; the password comes from the environment, never the file.
     return (
@@ -273,7 +240,7 @@ def test_kill9_then_resume_on_postgres_instance(
     kill_at = random.Random(os.getpid()).choice(
         [n for n in range(1, ROW_GROUPS - 4) if n % PER_RUN]
     )
-    _kill_after(cfg, env, root, kill_at, tmp_path / "killed.stderr")
+    _kill_after(cfg, env, root, kill_at)
     before = snapshot(root)
     assert kill_at <= len(before) < ROW_GROUPS
 

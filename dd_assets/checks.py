@@ -36,7 +36,7 @@ from dd_assets.finalize_runner import final_paths
 from dd_assets.seed_sources import file_source
 from dd_assets.stage_runner import StagePlan
 from resources.atomic import is_temp_name
-from resources.store import PartitionStore
+from resources.store import PartitionStore, StageRef
 
 _BATCH_RE = re.compile(r"^batch_(\d{5,})\.parquet$")
 _META_PREFIX = b"dd_assets."
@@ -173,17 +173,7 @@ class StageFiles:
 
 
 def _keys(row_groups: Iterable[int]) -> str:
-    """00003-00009, 00012 … (the first HEAD ranges)."""
-    ranges: list[str] = []
-    items = sorted(row_groups)
-    i = 0
-    while i < len(items):
-        j = i
-        while j + 1 < len(items) and items[j + 1] == items[j] + 1:
-            j += 1
-        ranges.append(f"{items[i]:05d}" if i == j else f"{items[i]:05d}-{items[j]:05d}")
-        i = j + 1
-    return ", ".join(ranges[:HEAD]) + (" …" if len(ranges) > HEAD else "")
+    return StageRef.key_ranges(row_groups, HEAD)
 
 
 def _pct(x: float) -> str:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from dd_assets.config import WorkflowConfig
 from dd_assets.fingerprint import changed_fields
 from dd_assets.stage_runner import plan_workflow
-from resources.store import PartitionStore
+from resources.store import PartitionStore, StageRef
 from resources.store_resource import default_root
 
 
@@ -29,16 +29,7 @@ class StageStatus:
     def missing_text(self) -> str:
         if not self.missing:
             return "-"
-        ranges: list[str] = []
-        start = prev = self.missing[0]
-        for rg in [*self.missing[1:], None]:
-            if rg is not None and rg == prev + 1:
-                prev = rg
-                continue
-            ranges.append(f"{start:05d}" if start == prev else f"{start:05d}-{prev:05d}")
-            if rg is not None:
-                start = prev = rg
-        text = ", ".join(ranges[:4]) + (" …" if len(ranges) > 4 else "")
+        text = StageRef.key_ranges(self.missing, 4)
         return f"{len(self.missing)}: {text}"
 
 

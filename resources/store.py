@@ -16,7 +16,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -105,6 +105,21 @@ class StageRef:
         """The first n partition keys of a list, for messages: `00003, 00007 ...`."""
         head = ", ".join(cls.partition_key(rg) for rg in row_groups[:n])
         return head + (" ..." if len(row_groups) > n else "")
+
+    @classmethod
+    def key_ranges(cls, row_groups: Iterable[int], n: int) -> str:
+        """Row groups as runs of keys, the first n runs: `00003-00009, 00012 …`."""
+        items = sorted(row_groups)
+        ranges: list[str] = []
+        i = 0
+        while i < len(items):
+            j = i
+            while j + 1 < len(items) and items[j + 1] == items[j] + 1:
+                j += 1
+            a, b = cls.partition_key(items[i]), cls.partition_key(items[j])
+            ranges.append(a if i == j else f"{a}-{b}")
+            i = j + 1
+        return ", ".join(ranges[:n]) + (" …" if len(ranges) > n else "")
 
     @staticmethod
     def row_group_of(partition_key: str) -> int:

@@ -226,50 +226,19 @@ def materialize(
     *,
     resume: ResumeMode = ResumeMode.IF_POSSIBLE,
     token: str | None = None,
-    seeds: SeedProvider | None = None,
-    cells: CellRunner | None = None,
     in_flight: int = 1,
     on_done: Callable[[RowGroupOutcome], None] | None = None,
 ) -> list[RowGroupOutcome]:
-    store.prepare(plan.ref, resume, token=token)
-    row_groups = list(row_groups)
-    done = store.completed(plan.ref)
-    if any(rg not in done for rg in row_groups):
-        # Before generating: an extension of a finalized stage must cost no LLM call.
-        store.refuse_if_sealed(plan.ref)
-    if seeds is None:
-        seeds = seed_provider(store, plan)
-
-    async def run() -> list[RowGroupOutcome]:
-        if cells is not None or not plan.compiled.needs_cells:
-            return await amaterialize(
-                plan,
-                store,
-                row_groups,
-                seeds=seeds,
-                cells=cells,
-                in_flight=in_flight,
-                on_done=on_done,
-            )
-        runner = LLMCellRunner(
-            plan.workflow,
-            plan.name,
-            cache_path=llm_cache_path(store, plan.workflow.name),
-            # `never` promises fresh generation: answers are still cached, just not reused.
-            read_cache=resume != ResumeMode.NEVER,
-        )
-        async with runner:
-            return await amaterialize(
-                plan,
-                store,
-                row_groups,
-                seeds=seeds,
-                cells=runner,
-                in_flight=in_flight,
-                on_done=on_done,
-            )
-
-    return asyncio.run(run())
+    """One stage on its own: a wave of one (its seed, if any, must already be on disk)."""
+    return materialize_wave(
+        [plan],
+        store,
+        row_groups,
+        resume=resume,
+        token=token,
+        in_flight=in_flight,
+        on_done=(lambda _stage, o: on_done(o)) if on_done else None,
+    )[plan.name]
 
 
 def materialize_wave(

@@ -19,9 +19,8 @@ from dd_assets.finalize_runner import finalize_stage
 from dd_assets.stage_runner import (
     RowGroupOutcome,
     StagePlan,
-    UpstreamEmptyError,
     materialize_wave,
-    seed_provider,
+    skip_reason,
 )
 from resources.io_manager import ref_metadata
 from resources.store_resource import StoreResource
@@ -100,14 +99,14 @@ def _output_name(plan: StagePlan) -> str:
     return plan.name
 
 
-def _upstream_dep(plan: StagePlan) -> dg.AssetDep | None:
-    """What a stage outside its upstream's wave depends on: all of the upstream, or its final
-    output when the upstream has finalize processors."""
-    if plan.upstream is None:
-        return None
-    if plan.upstream.compiled.stage.finalize:
-        return dg.AssetDep(final_key(plan.upstream))
-    return dg.AssetDep(asset_key(plan.upstream), partition_mapping=dg.AllPartitionMapping())
+def _upstream_dep(plan: StagePlan, up: StagePlan) -> dg.AssetDep:
+    """What a stage depends on in an upstream outside its wave: the same row groups (a join of
+    stages from different waves), its final output when it has finalize processors, or all of it."""
+    if plan.pairs_row_groups:
+        return dg.AssetDep(asset_key(up), partition_mapping=dg.IdentityPartitionMapping())
+    if up.compiled.stage.finalize:
+        return dg.AssetDep(final_key(up))
+    return dg.AssetDep(asset_key(up), partition_mapping=dg.AllPartitionMapping())
 
 
 def _description(plan: StagePlan) -> str:
@@ -142,14 +141,15 @@ def wave_asset(
             # Not required: a stage whose seed finalized to zero rows is skipped, not failed.
             is_required=False,
         )
-        up = p.upstream
-        if up is not None and up.name in in_wave:
-            internal[_output_name(p)] = {asset_key(up)}  # same partitions: identity mapping
-        else:
-            dep = _upstream_dep(p)
-            internal[_output_name(p)] = {dep.asset_key} if dep else set()
-            if dep is not None:
-                deps.append(dep)
+        internal[_output_name(p)] = set()
+        for up in p.upstreams:
+            if up.name in in_wave:
+                internal[_output_name(p)].add(asset_key(up))  # same partitions: identity mapping
+            else:
+                dep = _upstream_dep(p, up)
+                internal[_output_name(p)].add(dep.asset_key)
+                if dep.asset_key not in {d.asset_key for d in deps}:
+                    deps.append(dep)
 
     # BackfillPolicy is marked beta; we depend on it on purpose (pinned dagster minor), so its
     # warning would only be noise in every CLI run, webserver and daemon log.
@@ -189,12 +189,10 @@ def wave_asset(
 
         runnable = []
         for p in selected:
-            if p.upstream is not None and p.upstream.name not in in_wave:
-                try:
-                    seed_provider(store, p)  # its seed must exist (and be non-empty) up front
-                except UpstreamEmptyError as exc:
-                    context.log.warning(str(exc))
-                    continue
+            skipped = skip_reason(store, p)
+            if skipped:
+                context.log.warning(f"stage {p.name!r} is skipped: {skipped}")
+                continue
             runnable.append(p)
         if not runnable:
             return

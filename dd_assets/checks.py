@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 from dd_assets.config.columns import SamplerColumnConfig
 from dd_assets.config.processors import DropColumnsProcessorConfig, RenameColumnsProcessorConfig
 from dd_assets.config.workflow import FileSeed, StageConfig, StageSeed
-from dd_assets.engine.schema import stage_schema
+from dd_assets.engine.schema import joined_schema, stage_schema
 from dd_assets.finalize_runner import final_paths
 from dd_assets.seed_sources import file_source
 from dd_assets.stage_runner import StagePlan
@@ -322,13 +322,15 @@ def expected_schema(plan: StagePlan, store: PartitionStore) -> pa.Schema:
     seed_schema: pa.Schema | None = None
     if isinstance(seed, FileSeed):
         seed_schema = file_source(seed.path).schema
-    elif plan.upstream is not None:
-        up = plan.upstream
-        if isinstance(seed, StageSeed) and seed.mode == "sample" and up.compiled.stage.finalize:
-            final, _ = final_paths(store, up)
-            seed_schema = pq.read_schema(final).remove_metadata() if final.exists() else None
-        else:
-            seed_schema = expected_schema(up, store)
+    elif (
+        isinstance(seed, StageSeed)
+        and seed.mode == "sample"
+        and plan.upstreams[0].compiled.stage.finalize
+    ):
+        final, _ = final_paths(store, plan.upstreams[0])
+        seed_schema = pq.read_schema(final).remove_metadata() if final.exists() else None
+    elif plan.upstreams:
+        seed_schema = joined_schema([expected_schema(up, store) for up in plan.upstreams])
     return stage_schema(plan.workflow, plan.name, seed_schema)
 
 

@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -56,18 +57,31 @@ def print_table(rows: list[dict[str, Any]], title: str, columns: list[str] | Non
         console.print(table)
 
 
+def _seed_text(seed: object) -> str:
+    from dd_assets.config import FileSeed, JoinSeed, StageSeed
+
+    if isinstance(seed, StageSeed):
+        return f", seed {seed.stage} ({seed.mode})"
+    if isinstance(seed, JoinSeed):
+        return f", joins {' + '.join(seed.stages)} on {', '.join(seed.keys)}"
+    if isinstance(seed, FileSeed):
+        return f", seed file {Path(seed.path).name}"
+    return ""
+
+
 def cmd_validate(args: argparse.Namespace) -> int:
-    from dd_assets.fingerprint import workflow_fingerprints
+    from dd_assets.stage_runner import plan_workflow
 
     wf = load_workflow(args.config)
-    fps = workflow_fingerprints(wf)
+    plans = plan_workflow(wf)  # with seed files hashed: the fingerprints runs will use
     console.print(
         f"[green]ok[/green] {escape(args.config)}: workflow {wf.name!r}, {len(wf.stages)} stage(s)"
     )
     for s in wf.stages:
         console.print(
             f"  {s.name}: {len(s.columns)} column(s), {s.num_records} records in"
-            f" {s.num_row_groups} row group(s) of {s.buffer_size}, fingerprint {fps[s.name].short}"
+            f" {s.num_row_groups} row group(s) of {s.buffer_size}{escape(_seed_text(s.seed))},"
+            f" fingerprint {plans[s.name].fingerprint.short}"
         )
     return 0
 

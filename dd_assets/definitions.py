@@ -10,7 +10,7 @@ import dagster as dg
 
 from dd_assets.asset_checks import checks_job_name, stage_checks
 from dd_assets.assets import IO_MANAGER_KEY, final_asset, wave_asset
-from dd_assets.config import StageSeed, WorkflowConfig, load_workflow
+from dd_assets.config import WorkflowConfig, load_workflow, pairs_row_groups, seed_upstreams
 from dd_assets.stage_runner import StagePlan, plan_workflow
 from resources.io_manager import StageIOManager
 from resources.store_resource import StoreResource, default_root
@@ -22,18 +22,20 @@ DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "examples" / "quicksta
 def waves(workflow: WorkflowConfig) -> list[list[str]]:
     """Groups of stages that share partitions and can run together, upstream groups first.
 
-    A `mode: row_group` stage joins its upstream's group (row group i of both in one run); a stage
-    that samples the whole upstream starts a new group after it."""
+    A `mode: row_group` stage joins its upstream's group (row group i of both in one run), and so
+    does a join whose stages are all in one group; a stage that samples the whole upstream, or
+    joins stages of different groups, starts a new group after them."""
     group_of: dict[str, int] = {}
     groups: list[list[str]] = []
     pending = list(workflow.stages)
     while pending:
         for stage in pending:
-            seed = stage.seed
-            if isinstance(seed, StageSeed) and seed.stage not in group_of:
+            ups = seed_upstreams(stage)
+            if any(up not in group_of for up in ups):
                 continue
-            if isinstance(seed, StageSeed) and seed.mode == "row_group":
-                gi = group_of[seed.stage]
+            up_groups = {group_of[up] for up in ups}
+            if pairs_row_groups(stage) and len(up_groups) == 1:
+                gi = up_groups.pop()
                 groups[gi].append(stage.name)
             else:
                 gi = len(groups)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import PurePath
 from typing import Any
 
-from dd_assets.config.workflow import FileSeed, StageConfig, StageSeed, WorkflowConfig
+from dd_assets.config.workflow import FileSeed, JoinSeed, StageConfig, StageSeed, WorkflowConfig
 
 SCHEME_VERSION = 1
 
@@ -45,13 +45,22 @@ def _dump(models: list[Any]) -> list[dict[str, Any]]:
 def stage_payload(
     workflow: WorkflowConfig,
     stage: StageConfig,
-    upstream_fingerprint: str | None,
+    upstream_fingerprints: list[str],
     seed_file_digest: str | None = None,
 ) -> dict[str, Any]:
     """The JSON that is hashed; stored in stage.json so a later run can show which fields changed."""
     seed: dict[str, Any] | None = None
     if isinstance(stage.seed, StageSeed):
-        seed = {**stage.seed.model_dump(mode="json"), "upstream_fingerprint": upstream_fingerprint}
+        seed = {
+            **stage.seed.model_dump(mode="json"),
+            "upstream_fingerprint": upstream_fingerprints[0],
+        }
+    elif isinstance(stage.seed, JoinSeed):
+        # In the seed's order: the first stage's rows lead, so the order is part of the data.
+        seed = {
+            **stage.seed.model_dump(mode="json"),
+            "upstream_fingerprints": upstream_fingerprints,
+        }
     elif isinstance(stage.seed, FileSeed):
         # The content, not the path: an edited file must be a new dataset (the path alone would
         # silently mix old and new rows), and the same file at another path on another machine
@@ -84,13 +93,12 @@ def workflow_fingerprints(
     def visit(stage: StageConfig) -> StageFingerprint:
         if stage.name in out:
             return out[stage.name]
-        upstream_fp = None
-        up = workflow.upstream_of(stage)
-        if up is not None:
+        upstream_fps = []
+        for up in workflow.upstreams_of(stage):
             up_fp = visit(up)
             use_final = stage.seed.mode == "sample" and up_fp.final_hex is not None  # type: ignore[union-attr]
-            upstream_fp = up_fp.final_hex if use_final else up_fp.hex
-        payload = stage_payload(workflow, stage, upstream_fp, digests.get(stage.name))
+            upstream_fps.append(up_fp.final_hex if use_final else up_fp.hex)
+        payload = stage_payload(workflow, stage, upstream_fps, digests.get(stage.name))
         hex_ = sha256_hex(payload)
         final_hex = None
         if stage.finalize:

@@ -17,8 +17,8 @@ from dd_assets.assets import FRESH_START_TAG, asset_key, final_key, op_name
 from dd_assets.config import WorkflowConfig
 from dd_assets.definitions import build_definitions, waves
 from dd_assets.finalize_runner import read_final
-from dd_assets.stage_runner import StagePlan, plan_workflow
-from resources.store import PartitionStore, StoreError
+from dd_assets.stage_runner import StagePlan, plan_workflow, skip_reason
+from resources.store import PartitionStore
 from resources.store_resource import default_root
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
@@ -141,7 +141,7 @@ def materialize_workflow(
                 stop.set()
                 watcher.join()
         for p in wave_plans:
-            skipped = _skipped_reason(store, p)
+            skipped = skip_reason(store, p)
             if skipped:
                 report.lines.append(f"{p.name}: skipped: {skipped}")
                 continue
@@ -187,19 +187,6 @@ def _finalize(
     if result.success:
         return None
     return _failure_message(result) or f"run {result.run_id} failed"
-
-
-def _skipped_reason(store: PartitionStore, plan: StagePlan) -> str | None:
-    up = plan.upstream
-    if up is None or not up.compiled.stage.finalize:
-        return None
-    try:
-        _, info = read_final(store, up)
-    except StoreError:
-        return None
-    if info.get("rows_out") == 0:
-        return f"its seed stage {up.name!r} finalized to 0 rows (allow_empty: true)"
-    return None
 
 
 def _failure_message(result: dg.ExecuteInProcessResult) -> str | None:

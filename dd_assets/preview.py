@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from dd_assets.config import FileSeed, StageSeed, WorkflowConfig
+from dd_assets.config import FileSeed, WorkflowConfig, seed_upstreams
 from dd_assets.engine import GenerationError, RowGroupResult, agenerate_rows, compile_stage
 from dd_assets.seed_sources import file_digest, file_source, sampled_rows, seed_key
 
@@ -12,11 +12,13 @@ from dd_assets.seed_sources import file_digest, file_source, sampled_rows, seed_
 def preview_stage(workflow: WorkflowConfig, stage: str, n: int = 10) -> RowGroupResult:
     cs = compile_stage(workflow, stage)
     seed_spec = cs.stage.seed
-    if isinstance(seed_spec, StageSeed):
+    ups = seed_upstreams(cs.stage)
+    if ups:
+        names = " and ".join(map(repr, ups))
         raise GenerationError(
-            f"stage {stage!r} is seeded from stage {seed_spec.stage!r}, whose rows exist only once"
-            f" it is materialized; preview {seed_spec.stage!r}, or materialize it and look at"
-            f" {stage!r} with `dd-assets export`"
+            f"stage {stage!r} is seeded from stage {names}, whose rows exist only once"
+            f" materialized; preview {names}, or materialize and look at {stage!r} with"
+            " `dd-assets export`"
         )
     n = max(1, min(n, cs.stage.num_records))
     seed = None

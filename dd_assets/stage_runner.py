@@ -16,13 +16,21 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dd_assets.config import FileSeed, ResumeMode, StageSeed, WorkflowConfig
+from dd_assets.config import (
+    FileSeed,
+    JoinSeed,
+    ResumeMode,
+    StageSeed,
+    WorkflowConfig,
+    pairs_row_groups,
+)
 from dd_assets.engine import (
     CellRunner,
     CompiledStage,
     GenerationError,
     agenerate_row_group,
     compile_stage,
+    join_row_group,
 )
 from dd_assets.finalize_runner import read_final
 from dd_assets.fingerprint import StageFingerprint, workflow_fingerprints
@@ -36,7 +44,7 @@ from dd_assets.seed_sources import (
 )
 from resources.llm.cells import LLMCellRunner
 from resources.llm.client import LLMClient
-from resources.store import PartitionStore, RowGroupInfo, StageRef
+from resources.store import PartitionStore, RowGroupInfo, StageRef, StoreError
 
 
 @dataclass(frozen=True)
@@ -47,11 +55,15 @@ class StagePlan:
     compiled: CompiledStage
     fingerprint: StageFingerprint
     ref: StageRef
-    upstream: StagePlan | None
+    upstreams: tuple[StagePlan, ...]  # what the seed reads: none, one, or the stages of a join
 
     @property
     def name(self) -> str:
         return self.compiled.stage.name
+
+    @property
+    def pairs_row_groups(self) -> bool:
+        return pairs_row_groups(self.compiled.stage)
 
 
 def plan_workflow(
@@ -67,8 +79,7 @@ def plan_workflow(
         if name in plans:
             return plans[name]
         stage = workflow.stage(name)
-        up = workflow.upstream_of(stage)
-        up_plan = visit(up.name) if up is not None else None
+        ups = tuple(visit(up.name) for up in workflow.upstreams_of(stage))
         fp = fps[name]
         ref = StageRef(
             workflow=workflow.name,
@@ -78,7 +89,7 @@ def plan_workflow(
             num_records=stage.num_records,
             identity=fp.payload,
         )
-        plans[name] = StagePlan(workflow, compile_stage(workflow, name, fp.hex), fp, ref, up_plan)
+        plans[name] = StagePlan(workflow, compile_stage(workflow, name, fp.hex), fp, ref, ups)
         return plans[name]
 
     for s in workflow.stages:
@@ -102,18 +113,25 @@ def no_seed(_: int) -> None:
 
 
 def row_group_seed(store: PartitionStore, plan: StagePlan) -> SeedProvider:
-    """Row group i of a `mode: row_group` stage reads only row group i of its upstream."""
-    assert plan.upstream is not None and isinstance(plan.compiled.stage.seed, StageSeed)
-    up_ref = plan.upstream.ref
+    """Row group i of a `mode: row_group` or join stage reads only row group i of its upstreams."""
+    assert plan.pairs_row_groups
+    seed = plan.compiled.stage.seed
+
+    def read(up: StagePlan, rg: int) -> pa.Table:
+        if rg not in store.completed(up.ref):
+            raise GenerationError(
+                f"row group {up.ref.partition_key(rg)} of stage {plan.name!r} is seeded by the same"
+                f" row group of {up.name!r}, which is not on disk; materialize {up.name!r} first"
+                " (or both together)"
+            )
+        return store.read_row_group(up.ref, rg)
 
     def provide(rg: int) -> pa.Table:
-        if rg not in store.completed(up_ref):
-            raise GenerationError(
-                f"row group {up_ref.partition_key(rg)} of stage {plan.name!r} is seeded by the same"
-                f" row group of {up_ref.stage!r}, which is not on disk; materialize"
-                f" {up_ref.stage!r} first (or both together)"
-            )
-        return store.read_row_group(up_ref, rg)
+        if not isinstance(seed, JoinSeed):
+            return read(plan.upstreams[0], rg)
+        parts = [(up.name, read(up, rg)) for up in plan.upstreams]
+        where = f"stage {plan.name!r}, row group {plan.ref.partition_key(rg)}"
+        return join_row_group(parts, seed.keys, where)
 
     return provide
 
@@ -123,23 +141,25 @@ def seed_provider(store: PartitionStore, plan: StagePlan) -> SeedProvider:
     seed = plan.compiled.stage.seed
     if seed is None:
         return no_seed
-    if isinstance(seed, StageSeed) and seed.mode == "row_group":
+    if plan.pairs_row_groups:
         return row_group_seed(store, plan)
-    if isinstance(seed, StageSeed) and plan.upstream.compiled.stage.finalize:  # type: ignore[union-attr]
-        # A finalized upstream is read through its final output, never its raw row groups.
-        data, _ = read_final(store, plan.upstream)  # type: ignore[arg-type]
-        if pq.read_metadata(data).num_rows == 0:
-            raise UpstreamEmptyError(
-                f"stage {plan.name!r} is skipped: its seed stage {seed.stage!r} finalized to 0 rows"
-                " (allowed there by allow_empty: true)"
-            )
-        source = file_source(data)
-        origin = plan.upstream.fingerprint.final_hex or ""  # type: ignore[union-attr]
-    elif isinstance(seed, StageSeed):
-        assert plan.upstream is not None
-        source = stage_source(store, plan.upstream.ref)
-        origin = plan.upstream.ref.fingerprint
+    if isinstance(seed, StageSeed):
+        up = plan.upstreams[0]
+        if up.compiled.stage.finalize:
+            # A finalized upstream is read through its final output, never its raw row groups.
+            data, _ = read_final(store, up)
+            if pq.read_metadata(data).num_rows == 0:
+                raise UpstreamEmptyError(
+                    f"stage {plan.name!r} is skipped: its seed stage {seed.stage!r} finalized to 0"
+                    " rows (allowed there by allow_empty: true)"
+                )
+            source = file_source(data)
+            origin = up.fingerprint.final_hex or ""
+        else:
+            source = stage_source(store, up.ref)
+            origin = up.ref.fingerprint
     else:
+        assert isinstance(seed, FileSeed)
         source = file_source(seed.path)
         origin = plan.fingerprint.payload["seed"]["sha256"]
     _check_seed_columns(plan, source)
@@ -147,6 +167,22 @@ def seed_provider(store: PartitionStore, plan: StagePlan) -> SeedProvider:
     # which seed row each row gets (that would change every prompt and miss the LLM cache).
     key = seed_key(plan.workflow.name, plan.name, seed.strategy, origin)
     return sampled_rows(source, key, seed.strategy, plan.ref.row_range)
+
+
+def skip_reason(store: PartitionStore, plan: StagePlan) -> str | None:
+    """Why a stage is skipped rather than run or failed: a stage it samples finalized to zero
+    rows (allowed there by allow_empty), or a stage above it was skipped for that reason."""
+    for up in plan.upstreams:
+        if skip_reason(store, up) is not None:
+            return f"its seed stage {up.name!r} is skipped"
+        if not plan.pairs_row_groups and up.compiled.stage.finalize:
+            try:
+                _, info = read_final(store, up)
+            except StoreError:
+                continue  # not finalized yet: running the stage will say so
+            if info.get("rows_out") == 0:
+                return f"its seed stage {up.name!r} finalized to 0 rows (allow_empty: true)"
+    return None
 
 
 class UpstreamEmptyError(Exception):
@@ -274,12 +310,13 @@ def materialize_wave(
             return done
 
         def gate(p: StagePlan) -> Callable[[int], Awaitable[None]] | None:
-            up = p.upstream.name if p.upstream is not None else None
-            if up not in names:
+            ups = [up.name for up in p.upstreams if up.name in names]
+            if not ups:
                 return None
 
             async def wait(rg: int) -> None:
-                await landed[(up, rg)].wait()
+                for up in ups:
+                    await landed[(up, rg)].wait()
 
             return wait
 

@@ -3,6 +3,7 @@ instance needed, so it also works on a machine that only sees the shared store).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from dd_assets.config import WorkflowConfig
@@ -33,10 +34,18 @@ class StageStatus:
         return f"{len(self.missing)}: {text}"
 
 
-def _stale_reason(old_identity: dict, new_identity: dict, upstream: str | None) -> str:
+def _stale_reason(old_identity: dict, new_identity: dict, upstreams: list[str]) -> str:
     changed = changed_fields(old_identity, new_identity)
     if changed and all(c.startswith("seed.upstream_fingerprint") for c in changed):
-        return f"upstream stage {upstream!r} changed"
+        # seed.upstream_fingerprint (one seed stage) or seed.upstream_fingerprints[k] (a join)
+        which = [
+            upstreams[int(m.group(1) or 0)]
+            for c in changed
+            if (m := re.fullmatch(r"seed\.upstream_fingerprints?(?:\[(\d+)\])?", c))
+        ]
+        if which and len(which) == len(changed):
+            names = " and ".join(map(repr, dict.fromkeys(which)))
+            return f"upstream stage{'s' if len(set(which)) > 1 else ''} {names} changed"
     shown = ", ".join(changed[:5]) + (" …" if len(changed) > 5 else "")
     return f"config changed ({shown})" if changed else "config changed"
 
@@ -59,8 +68,8 @@ def workflow_status(workflow: WorkflowConfig, root: str | None = None) -> list[S
                 )
                 stale = True
                 old_identity = (newest.get("stage_json") or {}).get("identity") or {}
-                up = plan.upstream.name if plan.upstream else None
-                reason = f"{_stale_reason(old_identity, ref.identity, up)} since {newest['fp12']}"
+                ups = [up.name for up in plan.upstreams]
+                reason = f"{_stale_reason(old_identity, ref.identity, ups)} since {newest['fp12']}"
         out.append(
             StageStatus(
                 stage=name,

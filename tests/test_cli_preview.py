@@ -17,6 +17,7 @@ from dd_assets.cli import main, print_table
 from dd_assets.config import load_workflow
 from dd_assets.engine import compile_stage, generate_rows
 from dd_assets.fingerprint import workflow_fingerprints
+from dd_assets.stage_runner import plan_workflow
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
@@ -179,6 +180,26 @@ def test_validate_good_config(good: Path, capsys: pytest.CaptureFixture[str]) ->
     fps = workflow_fingerprints(load_workflow(good))
     assert f"orders: 3 column(s), 40 records in 3 row group(s) of 15, fingerprint {fps['orders'].short}" in out  # fmt: skip
     assert f"flags: 1 column(s), 5 records in 1 row group(s) of 1000, fingerprint {fps['flags'].short}" in out  # fmt: skip
+
+
+def test_validate_shows_seeds_and_the_fingerprints_runs_use(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A file-seeded stage's fingerprint covers the file's content: validate must print that one
+    (the one its data lives under), not one computed without the file."""
+    cfg = QUICKSTART.parent / "chain.yaml"
+    assert main(["validate", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    plans = plan_workflow(load_workflow(cfg))
+    without_file = workflow_fingerprints(load_workflow(cfg))
+    assert plans["reviews"].fingerprint.short != without_file["reviews"].short
+    for name, seed in [
+        ("reviews", "seed file products.csv"),
+        ("replies", "seed reviews (row_group)"),
+        ("threads", "joins replies + moods on review_id"),
+        ("digest", "seed reviews (sample)"),
+    ]:
+        assert f"{seed}, fingerprint {plans[name].fingerprint.short}" in out, out
 
 
 def test_validate_quickstart(capsys: pytest.CaptureFixture[str]) -> None:

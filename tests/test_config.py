@@ -587,7 +587,7 @@ def test_row_group_seed_must_match_buffer_and_records() -> None:
     ]
     # mode: sample lifts the constraint, and seed columns are known to the downstream stage.
     wf = loads_workflow(text.replace("mode: row_group", "mode: sample"))
-    assert wf.upstream_of(wf.stage("b")).name == "a"
+    assert [s.name for s in wf.upstreams_of(wf.stage("b"))] == ["a"]
 
 
 def test_seed_cycle_is_reported() -> None:

@@ -124,6 +124,29 @@ def test_repeated_kills_never_duplicate_or_lose_rows(tmp_path: Path) -> None:
     assert temp_files(root) == []
 
 
+def _kill_then_resume(cfg: Path, tmp_path: Path, files: int, kill_at: int) -> Path:
+    """Kill a run once `kill_at` row groups are on disk, resume it, and check the resume wrote
+    all `files` row groups without touching one written before the kill. Returns the data root."""
+    root = tmp_path / "dd-data"
+    env = isolated_env(tmp_path, cfg)
+    _kill_after(cfg, env, root, kill_at)
+    before = snapshot(root)
+    assert len(before) < files
+
+    out = _run(cfg, env)
+    assert out.returncode == 0, out.stderr
+    after = snapshot(root)
+    assert len(after) == files
+    assert {k: after[k] for k in before} == before
+    assert temp_files(root) == []
+    return root
+
+
+def _stage_table(root: Path, stage: str) -> pa.Table:
+    files = {k: p for k, p in batch_files(root).items() if f"/{stage}/" in k}
+    return pa.concat_tables(pq.read_table(files[k]) for k in sorted(files))
+
+
 def test_kill9_of_a_pipelined_chain_then_resume(tmp_path: Path) -> None:
     """people -> notes (row_group): both stages run in one pipelined op; a kill lands with each
     stage at a different row group, and the resume completes both without rewriting either."""
@@ -133,22 +156,40 @@ def test_kill9_of_a_pipelined_chain_then_resume(tmp_path: Path) -> None:
             num_records=NUM_RECORDS, buffer_size=BUFFER, partitions_per_run=10, downstream=True
         ),
     )
-    root = tmp_path / "dd-data"
-    env = isolated_env(tmp_path, cfg)
-    _kill_after(cfg, env, root, random.Random(os.getpid() + 1).randint(3, 25))
-    before = snapshot(root)
-    assert len(before) < 40
-
-    out = _run(cfg, env)
-    assert out.returncode == 0, out.stderr
-    after = snapshot(root)
-    assert len(after) == 40
-    assert {k: after[k] for k in before} == before
-    assert temp_files(root) == []
-    people = {k: p for k, p in batch_files(root).items() if "/people/" in k}
-    notes = {k: p for k, p in batch_files(root).items() if "/notes/" in k}
-    p_ids = pa.concat_tables(pq.read_table(people[k]) for k in sorted(people))
-    n_tab = pa.concat_tables(pq.read_table(notes[k]) for k in sorted(notes))
+    root = _kill_then_resume(cfg, tmp_path, 40, random.Random(os.getpid() + 1).randint(3, 25))
+    p_ids, n_tab = _stage_table(root, "people"), _stage_table(root, "notes")
     assert n_tab.num_rows == NUM_RECORDS
     assert n_tab.column("person_id").to_pylist() == p_ids.column("person_id").to_pylist()
     assert n_tab.column("note")[0].as_py() == f"note for {p_ids.column('person_id')[0].as_py()}"
+
+
+def test_kill9_of_a_diamond_then_resume(tmp_path: Path) -> None:
+    """people -> notes and people -> tags, joined back into cards on person_id: all four in one
+    pipelined op. A kill leaves each stage at its own row group; the resume completes the join
+    without rewriting anything, every card made from its own person's rows."""
+    cfg_data = people_config(
+        num_records=NUM_RECORDS, buffer_size=BUFFER, partitions_per_run=10, downstream=True
+    )
+    size = {"num_records": NUM_RECORDS, "buffer_size": BUFFER}
+    cfg_data["stages"] += [
+        {
+            "name": "tags",
+            **size,
+            "seed": {"stage": "people"},
+            "columns": [{"name": "tag", "column_type": "expression", "expr": "#{{ city }}"}],
+        },
+        {
+            "name": "cards",
+            **size,
+            "seed": {"stages": ["notes", "tags"], "keys": "person_id"},
+            "columns": [
+                {"name": "card", "column_type": "expression", "expr": "{{ note }} {{ tag }}"}
+            ],
+        },
+    ]
+    cfg = write_config(tmp_path / "wf.yaml", cfg_data)
+    root = _kill_then_resume(cfg, tmp_path, 80, random.Random(os.getpid() + 2).randint(5, 60))
+    people, cards = _stage_table(root, "people"), _stage_table(root, "cards")
+    assert cards.column("person_id").to_pylist() == people.column("person_id").to_pylist()
+    for person, card in zip(people.to_pylist()[::97], cards.to_pylist()[::97], strict=True):
+        assert card["card"] == f"note for {person['person_id']} #{person['city']}"

@@ -112,22 +112,37 @@ def test_empty_finalize_fails_then_allow_empty_skips_downstream(
     assert "kept 0 of 400 rows" in capsys.readouterr().err
 
     cfg_data["stages"][0]["allow_empty"] = True
+    # A stage behind the skipped one, row group by row group, is skipped too (not failed).
+    cfg_data["stages"].append(
+        {
+            "name": "echo",
+            "num_records": 120,
+            "buffer_size": 40,
+            "seed": {"stage": "picked", "mode": "row_group"},
+            "columns": [{"name": "again", "column_type": "expression", "expr": "{{ tag }}"}],
+        }
+    )
     write_config(cfg, cfg_data)
     assert cli.main(["materialize", str(cfg), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "people: final: 0 of 400 rows" in out
     assert "picked: skipped: its seed stage 'people' finalized to 0 rows" in out
+    assert "echo: skipped: its seed stage 'picked' is skipped" in out
+    assert "notes: 4/4 row groups" in out  # it reads people's row groups, not the final output
     assert not list((env / "wf" / "picked").rglob("batch_*.parquet"))
+    assert not list((env / "wf" / "echo").rglob("batch_*.parquet"))
 
 
-def test_example_chain_yaml_runs_end_to_end(env: Path, capsys) -> None:
-    """examples/chain.yaml (docs/workflows.md): file seed, row-group chain, finalize, sample."""
+def test_example_chain_yaml_runs_end_to_end(env: Path, tmp_path: Path, capsys) -> None:
+    """examples/chain.yaml (docs/workflows.md): file seed, a branch joined back, finalize, sample."""
     cfg = Path(__file__).resolve().parents[1] / "examples" / "chain.yaml"
     assert cli.main(["validate", str(cfg)]) == 0
     assert cli.main(["materialize", str(cfg), "--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "reviews: 6/6 row groups, 1200 records" in out
     assert "replies: 6/6 row groups, 1200 records" in out
+    assert "moods: 6/6 row groups, 1200 records" in out
+    assert "threads: 6/6 row groups, 1200 records" in out
     assert "digest: 3/3 row groups, 30 records" in out
     final = next(line for line in out.splitlines() if line.startswith("reviews: final: "))
     kept = int(final.split()[2])
@@ -137,4 +152,11 @@ def test_example_chain_yaml_runs_end_to_end(env: Path, capsys) -> None:
     capsys.readouterr()
     assert cli.main(["check", str(cfg)]) == 0, capsys.readouterr().out
     out = capsys.readouterr().out
-    assert "FAIL" not in out and out.count("pass") >= 13
+    assert "FAIL" not in out and out.count("pass") >= 5 * 4
+    threads = tmp_path / "threads.jsonl"
+    assert cli.main(["export", str(cfg), "--stage", "threads", "-o", str(threads)]) == 0
+    rows = [json.loads(x) for x in threads.read_text().splitlines()]
+    assert len(rows) == 1200 and len({r["review_id"] for r in rows}) == 1200
+    for r in rows[::50]:
+        mood = "happy" if r["stars"] >= 4 else "neutral" if r["stars"] == 3 else "unhappy"
+        assert r["thread"] == f"[{mood}] {r['text']} / {r['reply']}"

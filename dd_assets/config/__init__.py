@@ -17,12 +17,15 @@ from dd_assets.config.models import InferenceParams, ModelConfig
 from dd_assets.config.run import EarlyStopSettings, ResumeMode, RunSettings
 from dd_assets.config.workflow import (
     FileSeed,
+    JoinSeed,
     StageConfig,
     StageSeed,
     WorkflowConfig,
     column_order,
     output_columns,
+    pairs_row_groups,
     seed_columns_of,
+    seed_upstreams,
 )
 
 __all__ = [
@@ -32,6 +35,7 @@ __all__ = [
     "ExpressionColumnConfig",
     "FileSeed",
     "InferenceParams",
+    "JoinSeed",
     "LLMCodeColumnConfig",
     "LLMJudgeColumnConfig",
     "LLMStructuredColumnConfig",
@@ -49,6 +53,8 @@ __all__ = [
     "load_workflow",
     "loads_workflow",
     "output_columns",
+    "pairs_row_groups",
     "parse_workflow",
     "seed_columns_of",
+    "seed_upstreams",
 ]

@@ -18,7 +18,6 @@ from dd_assets.config.models import ModelConfig
 from dd_assets.config.workflow import (
     FileSeed,
     StageConfig,
-    StageSeed,
     WorkflowConfig,
     semantic_issues,
 )
@@ -77,7 +76,7 @@ _UNION_TAGS = {
     "sampler", "expression", "llm-text", "llm-code", "llm-structured", "llm-judge",
     "category", "subcategory", "uniform", "gaussian", "bernoulli", "poisson", "uuid", "datetime",
     "person_from_faker", "drop_columns", "rename", "filter", "dedupe", "schema_transform",
-    "StageSeed", "FileSeed",
+    "StageSeed", "JoinSeed", "FileSeed",
 }  # fmt: skip
 
 
@@ -96,6 +95,11 @@ def _message(err: dict[str, Any]) -> str:
         return "required field is missing"
     if msg.startswith("Value error, "):
         msg = msg[len("Value error, ") :]
+    if err["type"] == "invalid_key":
+        return (
+            f"key {err['input']!r} is not a name: YAML reads an unquoted on/off/yes/no key as a"
+            " boolean; quote it or check the key against docs/config.md"
+        )
     if err["type"] == "union_tag_invalid":
         ctx = err.get("ctx", {})
         return f"unknown {ctx.get('discriminator', 'type')} {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
@@ -107,7 +111,8 @@ def issues_from_validation(
 ) -> list[ConfigIssue]:
     issues = []
     for err in exc.errors():
-        loc = (*prefix, *_clean_loc(err["loc"], data, err["type"] == "missing"))
+        raw_loc = err["loc"][:-1] if err["type"] == "invalid_key" else err["loc"]  # not a place
+        loc = (*prefix, *_clean_loc(raw_loc, data, err["type"] == "missing"))
         issues.append(ConfigIssue(format_loc(loc), _message(err), _nearest_line(lines, loc)))
     return issues
 
@@ -211,8 +216,11 @@ def _partial_semantics(data: dict[str, Any]) -> list[ConfigIssue]:
 
 def _noise(stage: StageConfig, placeholders: set[int], rest: str, unparsed: set[Any]) -> bool:
     """A semantic issue that only exists because of a placeholder or an unparsed stage."""
-    if rest == ".seed.stage" and isinstance(stage.seed, StageSeed) and stage.seed.stage in unparsed:
-        return True
+    seed = re.fullmatch(r"\.seed\.stages?(?:\[(\d+)\])?", rest)
+    if seed and stage.seed is not None:
+        k = int(seed.group(1) or 0)
+        if k < len(stage.seed.upstreams) and stage.seed.upstreams[k] in unparsed:
+            return True
     m = re.match(r"\.columns\[(\d+)\](.*)", rest)
     if not m:
         return False

@@ -5,9 +5,17 @@ from __future__ import annotations
 
 import fnmatch
 from pathlib import PurePath
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from dd_assets.config.columns import (
     ColumnConfig,
@@ -43,6 +51,54 @@ class StageSeed(BaseModel):
             raise ValueError("strategy applies to mode: sample only; row_group seeds are ordered")
         return self
 
+    @property
+    def upstreams(self) -> tuple[str, ...]:
+        return (self.stage,)
+
+
+class JoinSeed(BaseModel):
+    """Rows come from several stages joined on key columns, row group by row group: row group i
+    is the inner join of row group i of each (a diamond merging back). The key is what pairs rows,
+    not their position, so a row one branch dropped (a failed LLM cell) is simply not joined."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    stages: list[str]
+    # Not `on`: YAML 1.1 reads an unquoted `on:` key as the boolean true.
+    keys: list[str] = Field(min_length=1)
+    mode: Literal["row_group", "sample"] = "row_group"
+
+    @field_validator("keys", mode="before")
+    @classmethod
+    def _one_key(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("stages")
+    @classmethod
+    def _two_or_more(cls, v: list[str]) -> list[str]:
+        if len(v) < 2:
+            raise ValueError(
+                "a join needs at least two stages; to seed from one stage write seed: {stage: NAME}"
+            )
+        dupes = sorted({s for s in v if v.count(s) > 1})
+        if dupes:
+            raise ValueError(f"stage(s) {', '.join(map(repr, dupes))} listed more than once")
+        return v
+
+    @field_validator("mode")
+    @classmethod
+    def _row_group_only(cls, v: str) -> str:
+        if v != "row_group":
+            raise ValueError(
+                "a join pairs row group i of each stage, so its mode is row_group; to sample from"
+                " joined rows, join in one stage and seed another from it with mode: sample"
+            )
+        return v
+
+    @property
+    def upstreams(self) -> tuple[str, ...]:
+        return tuple(self.stages)
+
 
 class FileSeed(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -57,8 +113,24 @@ class FileSeed(BaseModel):
             raise ValueError(f"seed file {v!r} must end in .parquet, .csv or .jsonl")
         return v
 
+    @property
+    def upstreams(self) -> tuple[str, ...]:
+        return ()
 
-SeedSpec = StageSeed | FileSeed
+
+def _seed_kind(v: Any) -> str:
+    # Chosen by key, so a typo is reported against the one seed kind meant, not all three.
+    if isinstance(v, dict):
+        return "JoinSeed" if "stages" in v else "FileSeed" if "path" in v else "StageSeed"
+    return type(v).__name__
+
+
+SeedSpec = Annotated[
+    Annotated[StageSeed, Tag("StageSeed")]
+    | Annotated[JoinSeed, Tag("JoinSeed")]
+    | Annotated[FileSeed, Tag("FileSeed")],
+    Discriminator(_seed_kind),
+]
 
 
 class StageConfig(BaseModel):
@@ -134,10 +206,20 @@ class WorkflowConfig(BaseModel):
         known = ", ".join(s.name for s in self.stages)
         raise KeyError(f"no stage {name!r} in workflow {self.name!r}; stages: {known}")
 
-    def upstream_of(self, stage: StageConfig) -> StageConfig | None:
-        if isinstance(stage.seed, StageSeed):
-            return self.stage(stage.seed.stage)
-        return None
+    def upstreams_of(self, stage: StageConfig) -> list[StageConfig]:
+        """The stages a stage's seed reads (two or more for a join), in the seed's order."""
+        return [self.stage(name) for name in seed_upstreams(stage)]
+
+
+def seed_upstreams(stage: StageConfig) -> tuple[str, ...]:
+    return stage.seed.upstreams if stage.seed is not None else ()
+
+
+def pairs_row_groups(stage: StageConfig) -> bool:
+    """Row group i reads only row group i of each upstream (a row_group seed or a join), so the
+    stage can run right behind them."""
+    seed = stage.seed
+    return isinstance(seed, JoinSeed) or (isinstance(seed, StageSeed) and seed.mode == "row_group")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,14 +267,52 @@ def seed_columns_of(workflow: WorkflowConfig, stage: StageConfig) -> list[str] |
         return []
     if isinstance(stage.seed, FileSeed):
         return None
-    up = workflow.stage(stage.seed.stage)
-    up_seed = seed_columns_of(workflow, up)
-    if up_seed is None:
-        return None  # a file somewhere upstream: checked against the file when the stage runs
-    cols = output_columns(up, up_seed)
-    if stage.seed.mode == "sample" and up.finalize:
-        cols = finalized_columns(up, cols)
+    cols: list[str] = []
+    for up in workflow.upstreams_of(stage):
+        up_seed = seed_columns_of(workflow, up)
+        if up_seed is None:
+            return None  # a file somewhere upstream: checked against the file when the stage runs
+        up_cols = output_columns(up, up_seed)
+        if isinstance(stage.seed, StageSeed) and stage.seed.mode == "sample" and up.finalize:
+            up_cols = finalized_columns(up, up_cols)
+        cols += [c for c in up_cols if c not in cols]  # a join: the first stage's first
     return cols
+
+
+def column_origins(workflow: WorkflowConfig, stage: StageConfig) -> dict[str, str] | None:
+    """Output column -> the stage whose rows made its values (None when a file seed hides them).
+
+    A join uses it: two branches agree on a column only if it came down to both, row group by row
+    group, from one stage. Sampling draws rows anew, so a sampled column starts a new origin."""
+    seed = stage.seed
+    origins: dict[str, str] = {}
+    if isinstance(seed, FileSeed):
+        return None
+    if isinstance(seed, StageSeed) and seed.mode == "sample":
+        cols = seed_columns_of(workflow, stage)
+        if cols is None:
+            return None
+        origins = dict.fromkeys(cols, stage.name)
+    elif seed is not None:
+        for up in workflow.upstreams_of(stage):
+            up_origins = column_origins(workflow, up)
+            if up_origins is None:
+                return None
+            origins = {**up_origins, **origins}  # the first stage's first, as the join does
+    for c in stage.columns:
+        origins.pop(c.name, None)
+        if not c.drop:
+            origins[c.name] = stage.name
+    for proc in stage.post_batch:
+        if isinstance(proc, DropColumnsProcessorConfig):
+            origins = {
+                c: o
+                for c, o in origins.items()
+                if not any(fnmatch.fnmatchcase(c, p) for p in proc.column_names)
+            }
+        elif isinstance(proc, RenameColumnsProcessorConfig):
+            origins = {proc.mapping.get(c, c): o for c, o in origins.items()}
+    return origins
 
 
 def finalized_columns(stage: StageConfig, cols: list[str]) -> list[str]:
@@ -333,24 +453,24 @@ def semantic_issues(workflow: WorkflowConfig) -> list[ConfigIssue]:
                 )
             )
         index.setdefault(stage.name, i)
-    broken: set[str] = set()  # stages whose own seed names an unknown stage or themselves
+    broken: set[int] = set()  # stages whose own seed names an unknown stage or themselves
     for i, stage in enumerate(workflow.stages):
-        if isinstance(stage.seed, StageSeed):
-            up = stage.seed.stage
+        seed = stage.seed
+        for k, up in enumerate(seed_upstreams(stage)):
+            where = (
+                f"stages[{i}].seed.stage"
+                if isinstance(seed, StageSeed)
+                else f"stages[{i}].seed.stages[{k}]"
+            )
             if up not in index:
-                broken.add(stage.name)
+                broken.add(i)
                 issues.append(
-                    ConfigIssue(
-                        f"stages[{i}].seed.stage",
-                        f"unknown stage {up!r}; stages: {', '.join(index)}",
-                    )
+                    ConfigIssue(where, f"unknown stage {up!r}; stages: {', '.join(index)}")
                 )
             elif up == stage.name:
-                broken.add(stage.name)
-                issues.append(
-                    ConfigIssue(f"stages[{i}].seed.stage", f"stage {up!r} cannot seed itself")
-                )
-            elif stage.seed.mode == "row_group":
+                broken.add(i)
+                issues.append(ConfigIssue(where, f"stage {up!r} cannot seed itself"))
+            elif seed.mode == "row_group":  # type: ignore[union-attr]
                 upstream = workflow.stages[index[up]]
                 for attr in ("buffer_size", "num_records"):
                     if getattr(upstream, attr) != getattr(stage, attr):
@@ -358,34 +478,98 @@ def semantic_issues(workflow: WorkflowConfig) -> list[ConfigIssue]:
                             ConfigIssue(
                                 f"stages[{i}].{attr}",
                                 f"a row_group seed pairs row groups one to one, so {attr} must equal"
-                                f" {up!r}'s ({getattr(upstream, attr)}), not {getattr(stage, attr)};"
-                                " or use mode: sample",
+                                f" {up!r}'s ({getattr(upstream, attr)}), not {getattr(stage, attr)}"
+                                + ("; or use mode: sample" if isinstance(seed, StageSeed) else ""),
                             )
                         )
     # Per stage, not for the whole workflow: a broken seed elsewhere must not switch off the
     # column-reference checks of stages it does not feed.
+    sound: set[int] = set()
+
+    def ancestry(i: int, path: tuple[str, ...]) -> tuple[bool, str | None]:
+        """(every stage above is sound, the stage a cycle runs through if there is one)."""
+        if i in sound:
+            return True, None
+        if i in broken:
+            return False, None
+        stage = workflow.stages[i]
+        for up in seed_upstreams(stage):
+            if up in path or up == stage.name:
+                return False, up
+            ok, cycle = ancestry(index[up], (*path, stage.name))
+            if not ok:
+                return False, cycle
+        sound.add(i)
+        return True, None
+
     chain_ok: list[bool] = []
-    for i, stage in enumerate(workflow.stages):
-        seen = {stage.name}
-        cur = stage
-        ok = True
-        while isinstance(cur.seed, StageSeed):
-            if cur.name in broken:
-                ok = False
-                break
-            nxt = cur.seed.stage
-            if nxt in seen:
-                issues.append(
-                    ConfigIssue(
-                        f"stages[{i}].seed", f"stages seed each other in a cycle through {nxt!r}"
-                    )
+    for i in range(len(workflow.stages)):
+        ok, cycle = ancestry(i, ())
+        if cycle is not None:
+            issues.append(
+                ConfigIssue(
+                    f"stages[{i}].seed", f"stages seed each other in a cycle through {cycle!r}"
                 )
-                ok = False
-                break
-            seen.add(nxt)
-            cur = workflow.stages[index[nxt]]
+            )
         chain_ok.append(ok)
     for i, stage in enumerate(workflow.stages):
         seed_cols = seed_columns_of(workflow, stage) if chain_ok[i] else None
         issues += _stage_issues(workflow, i, stage, seed_cols)
+        if chain_ok[i] and isinstance(stage.seed, JoinSeed):
+            issues += _join_issues(workflow, i, stage)
+    return issues
+
+
+def _join_issues(workflow: WorkflowConfig, i: int, stage: StageConfig) -> list[ConfigIssue]:
+    """Keys every joined stage has, from one common stage; no other column made twice."""
+    seed = stage.seed
+    assert isinstance(seed, JoinSeed)
+    ups = workflow.upstreams_of(stage)
+    issues: list[ConfigIssue] = []
+    cols = {}
+    for up in ups:
+        up_seed = seed_columns_of(workflow, up)
+        if up_seed is None:
+            return issues  # a seed file decides; the join checks the rows when it runs
+        cols[up.name] = output_columns(up, up_seed)
+    for key in seed.keys:
+        lacking = [name for name, c in cols.items() if key not in c]
+        for name in lacking:
+            issues.append(
+                ConfigIssue(
+                    f"stages[{i}].seed.keys",
+                    f"join key {key!r} is not a column of stage {name!r}; its columns:"
+                    f" {', '.join(cols[name])}",
+                )
+            )
+    origins = {up.name: column_origins(workflow, up) or {} for up in ups}
+    shared: dict[str, list[str]] = {}
+    for name, c in cols.items():
+        for col in c:
+            shared.setdefault(col, []).append(name)
+    for col, holders in shared.items():
+        made = {origins[h].get(col) for h in holders}
+        if len(holders) < 2 or len(made) == 1:
+            continue
+        where = " and ".join(repr(o) for o in sorted(made, key=str))
+        if col in seed.keys:
+            issues.append(
+                ConfigIssue(
+                    f"stages[{i}].seed.keys",
+                    f"join key {col!r} is made separately in stages {where}, so its values cannot"
+                    " match;"
+                    " join on a column that comes down to every joined stage from one stage"
+                    " (row group by row group), such as a uuid sampled there",
+                )
+            )
+        else:
+            issues.append(
+                ConfigIssue(
+                    f"stages[{i}].seed.stages",
+                    f"column {col!r} is in joined stages {', '.join(map(repr, holders))} but made"
+                    f" separately in stages {where}, so a joined row would have two values; drop"
+                    " or rename it with a"
+                    " post_batch processor in all but one of them",
+                )
+            )
     return issues

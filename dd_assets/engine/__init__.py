@@ -1,6 +1,7 @@
 """Row-group engine: turns a compiled stage and a row range into an Arrow table. Pure computation:
 no Dagster, no disk; LLM cells come in through a CellRunner callback."""
 
+from dd_assets.engine.join import join_row_group
 from dd_assets.engine.rowgroup import (
     CellFailed,
     CellRunner,
@@ -25,4 +26,5 @@ __all__ = [
     "compile_stage",
     "generate_row_group",
     "generate_rows",
+    "join_row_group",
 ]

@@ -102,11 +102,23 @@ def stage_schema(
     check compares files against this.
 
     `seed_schema` is what the seed provides when the config alone cannot tell (a seed file, a
-    finalized upstream); by default a `seed: {stage: X}` contributes X's own stage_schema."""
+    finalized upstream); by default a `seed: {stage: X}` contributes X's own stage_schema, and a
+    join the schemas of its stages (see joined_schema)."""
     stage = workflow.stage(stage_name)
     own = {c.name for c in stage.columns}
-    if seed_schema is None and workflow.upstream_of(stage) is not None:
-        seed_schema = stage_schema(workflow, workflow.upstream_of(stage).name)  # type: ignore[union-attr]
+    ups = workflow.upstreams_of(stage)
+    if seed_schema is None and ups:
+        seed_schema = joined_schema([stage_schema(workflow, up.name) for up in ups])
     fields: list[pa.Field] = [f for f in seed_schema or [] if f.name not in own]
     fields += [pa.field(c.name, column_type(c)) for c in stage.columns]
     return apply_post_batch(stage, pa.schema(fields).empty_table()).schema
+
+
+def joined_schema(schemas: list[pa.Schema]) -> pa.Schema:
+    """The first schema's fields, then each later one's new fields: the columns of a join row
+    group, in the order engine.join builds them (one schema is itself)."""
+    fields: dict[str, pa.Field] = {}
+    for schema in schemas:
+        for f in schema:
+            fields.setdefault(f.name, f)
+    return pa.schema(list(fields.values()))

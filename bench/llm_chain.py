@@ -123,7 +123,7 @@ def main() -> int:
                 # setup) is not part of a run.
                 import dagster as dg
 
-                from dd_assets.launch import ensure_dagster_home
+                from dd_assets.cli_runs import ensure_dagster_home
 
                 os.environ["DAGSTER_HOME"] = str(Path(tmp) / "dagster_home")
                 ensure_dagster_home()

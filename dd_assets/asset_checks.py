@@ -117,8 +117,8 @@ def check_workflow(
 ) -> CheckReport:
     """Run the asset checks of the given stages (default: all) in one Dagster run on the real
     instance (DAGSTER_HOME), so their results show in the UI, and return what they found."""
+    from dd_assets.cli_runs import CliJob, ensure_dagster_home, failure_message
     from dd_assets.definitions import build_definitions
-    from dd_assets.launch import _failure_message, ensure_dagster_home
     from resources.store_resource import default_root
 
     ensure_dagster_home()
@@ -132,16 +132,13 @@ def check_workflow(
             f"no stage(s) {sorted(unknown)} in workflow {workflow.name!r}; stages: {', '.join(plans)}"
         )
     defs = build_definitions(workflow, root=root)
-    job = dg.define_asset_job(
-        f"dd_assets_cli__{workflow.name}__checks",
-        selection=dg.AssetSelection.checks_for_assets(*(asset_key(plans[s]) for s in wanted)),
+    job = CliJob.build(
+        defs,
+        f"{workflow.name}__checks",
+        dg.AssetSelection.checks_for_assets(*(asset_key(plans[s]) for s in wanted)),
+        instance,
     )
-    job_def = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def(job.name)
-    result = job_def.execute_in_process(
-        instance=instance,
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        raise_on_error=False,
-    )
+    result = job.run()
     stage_of = {asset_key(p): name for name, p in plans.items()}
     blocking = {(name, c.name): c.blocking for name in wanted for c in checks_for(plans[name])}
     rows = [
@@ -158,5 +155,5 @@ def check_workflow(
     ]
     order = {name: i for i, name in enumerate(plans)}
     rows.sort(key=lambda r: order[r.stage])
-    error = None if result.success else (_failure_message(result) or "the check run failed")
+    error = None if result.success else failure_message(result)
     return CheckReport(result.run_id, rows, error)

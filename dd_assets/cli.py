@@ -249,7 +249,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from dd_assets.launch import ensure_dagster_home
+    from dd_assets.cli_runs import ensure_dagster_home
 
     env = dict(os.environ)
     if args.config:

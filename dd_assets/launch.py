@@ -8,30 +8,18 @@ import threading
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import dagster as dg
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from dd_assets.assets import FRESH_START_TAG, asset_key, final_key, op_name
+from dd_assets.cli_runs import CliJob, ensure_dagster_home, failure_message
 from dd_assets.config import WorkflowConfig
 from dd_assets.definitions import build_definitions, waves
 from dd_assets.finalize_runner import read_final
 from dd_assets.stage_runner import StagePlan, plan_workflow, skip_reason
 from resources.store import PartitionStore
 from resources.store_resource import default_root
-
-DEFAULT_DAGSTER_HOME = ".dagster_home"
-
-
-def ensure_dagster_home() -> str:
-    home = Path(os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME).resolve()
-    home.mkdir(parents=True, exist_ok=True)
-    # An empty dagster.yaml means "all defaults" (SQLite under DAGSTER_HOME); without one, every
-    # Dagster process warns about it.
-    (home / "dagster.yaml").touch(exist_ok=True)
-    os.environ["DAGSTER_HOME"] = str(home)
-    return str(home)
 
 
 @dataclass
@@ -95,20 +83,14 @@ def materialize_workflow(
         wave_plans = [plans[s] for s in selected]
         total = wave_plans[0].ref.num_row_groups
         row_groups = partitions(total) if partitions else list(range(total))
-        job = dg.define_asset_job(
-            f"dd_assets_cli__{workflow.name}__{selected[0]}",
+        job = CliJob.build(
+            defs,
+            f"{workflow.name}__{selected[0]}",
             # Assets only: the checks look at the whole stage and are run by `dd-assets check`.
-            selection=dg.AssetSelection.assets(
-                *(asset_key(p) for p in wave_plans)
-            ).without_checks(),
+            dg.AssetSelection.assets(*(asset_key(p) for p in wave_plans)).without_checks(),
+            instance,
         )
-        job_def = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def(job.name)
-        run_config = {
-            "ops": {op_name([plans[s] for s in wave]): {"config": {"resume": resume}}},
-            # The progress bar is the CLI's output; Dagster's per-event debug lines would bury it.
-            # Everything is still in the instance's event log (and the UI).
-            "loggers": {"console": {"config": {"log_level": "WARNING"}}},
-        }
+        ops = {op_name([plans[s] for s in wave]): {"config": {"resume": resume}}}
         size = workflow.run.partitions_per_run
         names = {f"batch_{rg:05d}.parquet" for rg in row_groups}
         goal = len(row_groups) * len(wave_plans)
@@ -121,20 +103,18 @@ def materialize_workflow(
             try:
                 for chunk in _chunks(row_groups, size):
                     keys = [wave_plans[0].ref.partition_key(rg) for rg in (chunk[0], chunk[-1])]
-                    result = job_def.execute_in_process(
-                        instance=instance,
-                        run_config=run_config,
+                    result = job.run(
+                        ops=ops,
                         tags={
                             "dagster/asset_partition_range_start": keys[0],
                             "dagster/asset_partition_range_end": keys[1],
                             FRESH_START_TAG: token,
                         },
-                        raise_on_error=False,
                     )
                     report.runs.append(result.run_id)
                     if not result.success:
                         report.success = False
-                        report.error = _failure_message(result) or f"run {result.run_id} failed"
+                        report.error = failure_message(result)
                         report.partial = "EarlyStopError" in report.error
                         return report
             finally:
@@ -173,30 +153,14 @@ def materialize_workflow(
 def _finalize(
     defs: dg.Definitions, instance: dg.DagsterInstance, plan: StagePlan, token: str
 ) -> str | None:
-    job = dg.define_asset_job(
-        f"dd_assets_cli__{plan.workflow.name}__{plan.name}__final",
-        selection=dg.AssetSelection.assets(final_key(plan)).without_checks(),
+    job = CliJob.build(
+        defs,
+        f"{plan.workflow.name}__{plan.name}__final",
+        dg.AssetSelection.assets(final_key(plan)).without_checks(),
+        instance,
     )
-    job_def = dg.Definitions.merge(defs, dg.Definitions(jobs=[job])).resolve_job_def(job.name)
-    result = job_def.execute_in_process(
-        instance=instance,
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-        tags={FRESH_START_TAG: token},
-        raise_on_error=False,
-    )
-    if result.success:
-        return None
-    return _failure_message(result) or f"run {result.run_id} failed"
-
-
-def _failure_message(result: dg.ExecuteInProcessResult) -> str | None:
-    for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data and event.step_failure_data.error:
-            err = event.step_failure_data.error
-            while err.cause is not None and err.cls_name in ("DagsterExecutionStepExecutionError",):
-                err = err.cause
-            return f"{event.step_key}: {err.cls_name}: {err.message.strip()}"
-    return None
+    result = job.run(tags={FRESH_START_TAG: token})
+    return None if result.success else failure_message(result)
 
 
 class _NoBar:

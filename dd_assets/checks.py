@@ -15,13 +15,9 @@ the quality of a dataset that is otherwise whole: `rows_within_drop_budget`, `ll
 from __future__ import annotations
 
 import fnmatch
-import json
-import os
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,11 +31,8 @@ from dd_assets.engine.schema import joined_schema, stage_schema
 from dd_assets.finalize_runner import final_paths
 from dd_assets.seed_sources import file_source
 from dd_assets.stage_runner import StagePlan
-from resources.atomic import is_temp_name
-from resources.store import PartitionStore, StageRef
+from resources.store import FileFooter, PartitionStore, StageRef
 
-_BATCH_RE = re.compile(r"^batch_(\d{5,})\.parquet$")
-_META_PREFIX = b"dd_assets."
 HEAD = 10  # how many row groups / files a check names in its numbers and description
 UUID_BATCH_ROWS = 65_536
 
@@ -70,64 +63,6 @@ class CheckSpec:
 # ---- what is on disk ---------------------------------------------------------------------------
 
 
-@dataclass
-class FileFooter:
-    """One `batch_*.parquet` of the stage folder, as far as its footer can be read."""
-
-    path: Path
-    row_group: int  # from the file name
-    kv: dict[str, str] | None = None  # dd_assets.* footer keys, None when unreadable
-    schema: pa.Schema | None = None
-    error: str | None = None
-
-    @property
-    def fingerprint(self) -> str | None:
-        return (self.kv or {}).get("fingerprint")
-
-    @cached_property
-    def stats(self) -> dict[str, Any]:
-        try:
-            stats = json.loads((self.kv or {}).get("stats") or "{}")
-        except ValueError:
-            return {}
-        return stats if isinstance(stats, dict) else {}
-
-    @property
-    def rows(self) -> int:
-        return int((self.kv or {}).get("rows", 0))
-
-    def range(self) -> tuple[int, int] | None:
-        try:
-            return int(self.kv["row_start"]), int(self.kv["row_end"])  # type: ignore[index]
-        except (KeyError, TypeError, ValueError):
-            return None
-
-
-def _read_footer(path: Path, row_group: int) -> FileFooter:
-    try:
-        f = pq.ParquetFile(path)
-        try:
-            meta = f.metadata.metadata or {}
-            schema = f.schema_arrow
-        finally:
-            f.close()
-    except (OSError, pa.ArrowException) as exc:
-        return FileFooter(
-            path, row_group, error=f"unreadable parquet ({type(exc).__name__}: {exc})"
-        )
-    kv = {
-        k[len(_META_PREFIX) :].decode(errors="replace"): v.decode(errors="replace")
-        for k, v in meta.items()
-        if k.startswith(_META_PREFIX)
-    }
-    missing = [
-        k for k in ("fingerprint", "row_group", "row_start", "row_end", "rows") if k not in kv
-    ]
-    if missing:
-        return FileFooter(path, row_group, schema=schema, error=f"footer lacks {missing}")
-    return FileFooter(path, row_group, kv=kv, schema=schema)
-
-
 class StageFiles:
     """Every row-group file of a stage's current fingerprint folder, footers read once."""
 
@@ -135,28 +70,11 @@ class StageFiles:
         self.plan = plan
         self.ref = plan.ref
         self.store = store
-        folder = store.files_dir(self.ref)
-        names = []
-        if folder.is_dir():
-            for entry in os.scandir(folder):
-                m = _BATCH_RE.match(entry.name)
-                if m and not is_temp_name(entry.name):
-                    names.append((int(m[1]), Path(entry.path)))
-        self.files = [_read_footer(p, rg) for rg, p in sorted(names)]
-
-    def problem(self, f: FileFooter) -> str | None:
-        """Why a file is not a row group of this stage (None: it is)."""
-        if f.error:
-            return f.error
-        if f.fingerprint != self.ref.fingerprint:
-            return f"footer fingerprint {str(f.fingerprint)[:12]} != {self.ref.fp12}"
-        if (f.kv or {}).get("row_group") != str(f.row_group):
-            return f"footer row group {(f.kv or {}).get('row_group')} != {f.row_group} in its name"
-        return None
+        self.files = store.footers(self.ref)
 
     @cached_property
     def belonging(self) -> list[FileFooter]:
-        return [f for f in self.files if self.problem(f) is None]
+        return [f for f in self.files if f.mismatch(self.ref) is None]
 
     @cached_property
     def complete(self) -> dict[int, FileFooter]:
@@ -366,7 +284,7 @@ def check_schema_matches_config(sf: StageFiles) -> CheckOutcome:
 
 
 def check_footer_fingerprint_matches(sf: StageFiles) -> CheckOutcome:
-    bad = {f.path.name: p for f in sf.files if (p := sf.problem(f)) is not None}
+    bad = {f.path.name: p for f in sf.files if (p := f.mismatch(sf.ref)) is not None}
     numbers: dict[str, Any] = {
         "files": len(sf.files),
         "mismatches": len(bad),

@@ -141,6 +141,80 @@ class RowGroupInfo:
     stats: dict[str, Any] = field(default_factory=dict, compare=False)
 
 
+_FOOTER_KEYS = ("fingerprint", "row_group", "row_start", "row_end", "rows")
+
+
+@dataclass
+class FileFooter:
+    """One `batch_*.parquet` of a stage folder, as far as its footer can be read. The store's scan
+    refuses a file with a problem; the asset checks report it and go on."""
+
+    path: Path
+    row_group: int  # from the file name
+    kv: dict[str, str] | None = None  # dd_assets.* footer keys, None when unreadable
+    schema: pa.Schema | None = None
+    error: str | None = None
+
+    @property
+    def fingerprint(self) -> str | None:
+        return (self.kv or {}).get("fingerprint")
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        try:
+            stats = json.loads((self.kv or {}).get("stats") or "{}")
+        except ValueError:
+            return {}
+        return stats if isinstance(stats, dict) else {}
+
+    @property
+    def rows(self) -> int:
+        return int((self.kv or {}).get("rows", 0))
+
+    def range(self) -> tuple[int, int] | None:
+        try:
+            return int(self.kv["row_start"]), int(self.kv["row_end"])  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def mismatch(self, ref: StageRef) -> str | None:
+        """Why the file is not a row group of `ref` (None: it is one)."""
+        if self.error:
+            return self.error
+        if self.fingerprint != ref.fingerprint:
+            return f"footer fingerprint {str(self.fingerprint)[:12]} != {ref.fp12}"
+        if (self.kv or {}).get("row_group") != str(self.row_group):
+            return f"footer row group {(self.kv or {}).get('row_group')} != {self.row_group} in its name"
+        return None
+
+
+def read_footer(path: Path) -> FileFooter:
+    """The footer of a `batch_NNNNN.parquet` (no data pages read); never raises for a bad file."""
+    m = _BATCH_RE.match(path.name)
+    assert m is not None, path
+    row_group = int(m[1])
+    try:
+        f = pq.ParquetFile(path)
+        try:
+            meta = f.metadata.metadata or {}
+            schema = f.schema_arrow
+        finally:
+            f.close()
+    except (OSError, pa.ArrowException) as exc:
+        return FileFooter(
+            path, row_group, error=f"unreadable parquet ({type(exc).__name__}: {exc})"
+        )
+    kv = {
+        k[len(_META_PREFIX) :].decode(errors="replace"): v.decode(errors="replace")
+        for k, v in meta.items()
+        if k.startswith(_META_PREFIX)
+    }
+    missing = [k for k in _FOOTER_KEYS if k not in kv]
+    if missing:
+        return FileFooter(path, row_group, schema=schema, error=f"footer lacks {missing}")
+    return FileFooter(path, row_group, kv=kv, schema=schema)
+
+
 class PartitionStore:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
@@ -330,15 +404,11 @@ class PartitionStore:
         cached = self._footers.get(key)
         if cached is not None:
             return cached
-        m = _BATCH_RE.match(path.name)
-        assert m is not None
+        f = read_footer(path)
         try:
-            meta = pq.read_metadata(path).metadata or {}
-            kv = {
-                k[len(_META_PREFIX) :].decode(): v.decode()
-                for k, v in meta.items()
-                if k.startswith(_META_PREFIX)
-            }
+            if f.error:
+                raise ValueError(f.error)
+            kv = f.kv or {}
             info = RowGroupInfo(
                 row_group=int(kv["row_group"]),
                 path=path,
@@ -348,30 +418,39 @@ class PartitionStore:
                 fingerprint=kv["fingerprint"],
                 stats=json.loads(kv.get("stats", "{}")),
             )
-        except (OSError, KeyError, ValueError, pa.ArrowException) as exc:
+        except (KeyError, ValueError) as exc:
             raise CorruptStageError(
-                f"{path} is not a readable dd-assets row group ({type(exc).__name__}: {exc});"
-                " nothing was deleted. Move the file out of the folder and the row group will be"
-                " regenerated on the next run"
+                f"{path} is not a readable dd-assets row group ({exc}); nothing was deleted. Move"
+                " the file out of the folder and the row group will be regenerated on the next run"
             ) from exc
-        if info.fingerprint != ref.fingerprint or info.row_group != int(m[1]):
+        if f.mismatch(ref):
             raise CorruptStageError(
                 f"{path} belongs elsewhere: its footer says fingerprint {info.fingerprint[:12]},"
-                f" row group {info.row_group}, but it sits in {ref.fp12}/row group {int(m[1])};"
+                f" row group {info.row_group}, but it sits in {ref.fp12}/row group {f.row_group};"
                 " nothing was deleted. Move the file out of the folder and rerun"
             )
         self._footers[key] = info
         return info
 
-    def _scan(self, ref: StageRef) -> dict[int, RowGroupInfo]:
+    def batch_paths(self, ref: StageRef) -> list[Path]:
+        """Committed row-group files in the stage's folder (temp files left by a crash are not)."""
         folder = self.files_dir(ref)
         if not folder.is_dir():
-            return {}
+            return []
+        return sorted(
+            Path(e.path)
+            for e in os.scandir(folder)
+            if _BATCH_RE.match(e.name) and not is_temp_name(e.name)
+        )
+
+    def footers(self, ref: StageRef) -> list[FileFooter]:
+        """Every row-group file's footer, problems included rather than raised (for the checks)."""
+        return [read_footer(p) for p in self.batch_paths(ref)]
+
+    def _scan(self, ref: StageRef) -> dict[int, RowGroupInfo]:
         out = {}
-        for entry in os.scandir(folder):
-            if is_temp_name(entry.name) or not _BATCH_RE.match(entry.name):
-                continue
-            info = self._footer(Path(entry.path), ref)
+        for path in self.batch_paths(ref):
+            info = self._footer(path, ref)
             out[info.row_group] = info
         return out
 

@@ -14,7 +14,7 @@ import json
 import os
 import re
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,10 +54,15 @@ def _fsync_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(
+    target: str | os.PathLike[str],
+    commit: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+) -> Iterator[Path]:
     """Yield a temp path to write; on success it becomes `target`, on error it is removed.
 
-    For writers that want a path (pyarrow, csv), not a file object."""
+    For writers that want a path (pyarrow, csv), not a file object. `commit()` is entered around
+    the rename only: a lock plus a last check that may still refuse, without holding the lock
+    while the (slow) file is written."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = _temp_path(target)
@@ -66,7 +71,8 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         if not tmp.exists():
             raise FileNotFoundError(f"nothing was written to {tmp} for {target}")
         _fsync_file(tmp)
-        os.replace(tmp, target)
+        with commit():
+            os.replace(tmp, target)
         fsync_dir(target.parent)
     finally:
         with contextlib.suppress(FileNotFoundError):

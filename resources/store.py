@@ -488,10 +488,7 @@ class PartitionStore:
             raise StoreError(
                 f"stage {ref.stage!r} has row groups 00000-{ref.num_row_groups - 1:05d}; got {row_group}"
             )
-        self._refuse_if_sealed(ref)
-        if not (self.stage_dir(ref) / STAGE_JSON).exists():
-            with self._lock(ref):
-                self._write_state(ref)
+        self._refuse_if_sealed(ref)  # early, before the file is written
         start, end = ref.row_range(row_group)
         kv = {
             "fingerprint": ref.fingerprint,
@@ -506,9 +503,19 @@ class PartitionStore:
         meta.update({_META_PREFIX + k.encode(): v.encode() for k, v in kv.items()})
         table = table.replace_schema_metadata(meta)
         path = self.batch_path(ref, row_group)
-        with atomic_path(path) as tmp:
+        with atomic_path(path, commit=lambda: self._unsealed(ref)) as tmp:
             pq.write_table(table, tmp)
         return self._footer(path, ref)
+
+    @contextlib.contextmanager
+    def _unsealed(self, ref: StageRef) -> Iterator[None]:
+        """Hold the stage lock while a row group is committed, refusing if the stage got sealed
+        meanwhile: a finalize that began while the file was being written must not miss it."""
+        with self._lock(ref):
+            self._refuse_if_sealed(ref)
+            if not (self.stage_dir(ref) / STAGE_JSON).exists():
+                self._write_state(ref)
+            yield
 
     def read_row_group(self, ref: StageRef, row_group: int) -> pa.Table:
         info = self.completed(ref).get(row_group)

@@ -526,6 +526,27 @@ def test_finalize_seals_and_unseal_reopens(store: PartitionStore) -> None:
     assert store.unseal(ref) is None  # nothing left to invalidate
 
 
+def test_a_finalize_beginning_while_a_row_group_is_written_refuses_the_commit(
+    store: PartitionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The seal is checked again under the stage lock at the rename: a row group written while
+    another process started finalize never lands in the sealed stage (finalize would miss it)."""
+    ref = make_ref()
+    fill(store, ref, [0, 1])
+    real_write = pq.write_table
+
+    def write_then_finalize_starts(table: pa.Table, where: Any, **kw: Any) -> None:
+        real_write(table, where, **kw)
+        store.begin_finalize(ref)  # what a concurrent finalize does, while this file is written
+
+    monkeypatch.setattr("resources.store.pq.write_table", write_then_finalize_starts)
+    with pytest.raises(StageSealedError, match="'tickets' is finalized"):
+        store.write_row_group(ref, 2, rows_for(ref, 2))
+    assert not store.batch_path(ref, 2).exists()
+    assert [p.name for p in store.files_dir(ref).iterdir() if TEMP_MARK in p.name] == []
+    assert sorted(store.completed(ref)) == [0, 1]
+
+
 def test_never_moves_a_finalized_stage_aside_and_reopens_it(store: PartitionStore) -> None:
     ref = make_ref()
     fill(store, ref, [0])

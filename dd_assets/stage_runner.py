@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -364,5 +365,12 @@ def materialize_wave(
     return asyncio.run(run())
 
 
+LLM_CACHE_ENV = "DD_ASSETS_LLM_CACHE_DIR"
+
+
 def llm_cache_path(store: PartitionStore, workflow: str) -> Path:
-    return Path(store.root) / workflow / "llm-cache.sqlite"
+    """`<root>/<workflow>/llm-cache.sqlite`, or the same under $DD_ASSETS_LLM_CACHE_DIR: a
+    node-local folder when the data root is a network filesystem, where one SQLite file must not
+    be written by several machines."""
+    base = os.environ.get(LLM_CACHE_ENV)
+    return (Path(base).resolve() if base else Path(store.root)) / workflow / "llm-cache.sqlite"

@@ -32,6 +32,7 @@ from dd_assets.config import ResumeMode, WorkflowConfig
 from dd_assets.config.loader import loads_workflow, parse_workflow
 from dd_assets.config.models import ModelConfig
 from dd_assets.stage_runner import (
+    LLM_CACHE_ENV,
     RowGroupOutcome,
     StagePlan,
     llm_cache_path,
@@ -547,6 +548,23 @@ def test_lost_checkpoint_is_rebuilt_from_the_cache_without_requests(
         llm = footer_stats(path)["llm"]
         assert llm["llm_cache_hits"] == 12 and llm["llm_requests"] == 0
         assert llm["llm_tokens_in"] == 0 and llm["llm_latency_p50_ms"] is None
+
+
+def test_cache_folder_can_be_moved_off_the_data_root(
+    mock: MockOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """DD_ASSETS_LLM_CACHE_DIR: one cache per machine when the data root is shared over NFS."""
+    root, local = tmp_path / "dd-data", tmp_path / "node-local"
+    monkeypatch.setenv(LLM_CACHE_ENV, str(local))
+    wf = make_workflow(mock.url, [TEXT_A], num_records=8, buffer_size=4)
+    plan, _ = run_stage(wf, root)
+    assert (local / "cells" / "llm-cache.sqlite").is_file()
+    assert not list(root.rglob("*.sqlite*"))
+    for path in parquet_files(root, plan).values():
+        path.unlink()
+    mock.reset()
+    run_stage(wf, root)
+    assert mock.requests == 0  # answered from the moved cache
 
 
 def test_config_edit_elsewhere_costs_no_repeat_call_for_unchanged_prompts(

@@ -16,9 +16,9 @@ def preview_stage(workflow: WorkflowConfig, stage: str, n: int = 10) -> RowGroup
     if ups:
         names = " and ".join(map(repr, ups))
         raise GenerationError(
-            f"stage {stage!r} is seeded from stage {names}, whose rows exist only once"
-            f" materialized; preview {names}, or materialize and look at {stage!r} with"
-            " `dd-assets export`"
+            f"stage {stage!r} is seeded from stage{'s' if len(ups) > 1 else ''} {names}, whose"
+            f" rows exist only once materialized; preview {names}, or materialize and look at"
+            f" {stage!r} with `dd-assets export`"
         )
     n = max(1, min(n, cs.stage.num_records))
     seed = None

@@ -283,3 +283,11 @@ def test_join_refuses_what_would_pair_rows_by_luck(a: pa.Table, b: pa.Table, nee
     with pytest.raises(GenerationError, match=r"^stage 'j', row group 00003: ") as exc:
         join_row_group([("a", a), ("b", b)], ["k"], "stage 'j', row group 00003")
     assert needle in str(exc.value)
+
+
+def test_preview_of_a_join_says_what_to_preview_instead() -> None:
+    from dd_assets.preview import preview_stage
+
+    with pytest.raises(GenerationError, match="seeded from stages 'bios' and 'tags'"):
+        preview_stage(loads_workflow(_yaml(DIAMOND)), "cards")
+    assert preview_stage(loads_workflow(_yaml(DIAMOND)), "people", 3).table.num_rows == 3

@@ -557,9 +557,8 @@ def _join_issues(workflow: WorkflowConfig, i: int, stage: StageConfig) -> list[C
                 ConfigIssue(
                     f"stages[{i}].seed.keys",
                     f"join key {col!r} is made separately in stages {where}, so its values cannot"
-                    " match;"
-                    " join on a column that comes down to every joined stage from one stage"
-                    " (row group by row group), such as a uuid sampled there",
+                    " match; join on a column that comes down to every joined stage from one"
+                    " stage (row group by row group), such as a uuid sampled there",
                 )
             )
         else:
@@ -568,8 +567,7 @@ def _join_issues(workflow: WorkflowConfig, i: int, stage: StageConfig) -> list[C
                     f"stages[{i}].seed.stages",
                     f"column {col!r} is in joined stages {', '.join(map(repr, holders))} but made"
                     f" separately in stages {where}, so a joined row would have two values; drop"
-                    " or rename it with a"
-                    " post_batch processor in all but one of them",
+                    " or rename it with a post_batch processor in all but one of them",
                 )
             )
     return issues

@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -159,7 +160,7 @@ class FileFooter:
     def fingerprint(self) -> str | None:
         return (self.kv or {}).get("fingerprint")
 
-    @property
+    @cached_property  # read by several checks per file
     def stats(self) -> dict[str, Any]:
         try:
             stats = json.loads((self.kv or {}).get("stats") or "{}")

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dd_assets.config import (
     FileSeed,
@@ -142,6 +141,9 @@ def seed_provider(store: PartitionStore, plan: StagePlan) -> SeedProvider:
     seed = plan.compiled.stage.seed
     if seed is None:
         return no_seed
+    skipped = skip_reason(store, plan)
+    if skipped:
+        raise UpstreamEmptyError(f"stage {plan.name!r} is skipped: {skipped}")
     if plan.pairs_row_groups:
         return row_group_seed(store, plan)
     if isinstance(seed, StageSeed):
@@ -149,11 +151,6 @@ def seed_provider(store: PartitionStore, plan: StagePlan) -> SeedProvider:
         if up.compiled.stage.finalize:
             # A finalized upstream is read through its final output, never its raw row groups.
             data, _ = read_final(store, up)
-            if pq.read_metadata(data).num_rows == 0:
-                raise UpstreamEmptyError(
-                    f"stage {plan.name!r} is skipped: its seed stage {seed.stage!r} finalized to 0"
-                    " rows (allowed there by allow_empty: true)"
-                )
             source = file_source(data)
             origin = up.fingerprint.final_hex or ""
         else:

@@ -63,9 +63,28 @@ def _kill_after(cfg: Path, env: dict[str, str], root: Path, files: int) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def _table(root: Path) -> pa.Table:
-    files = batch_files(root)
+def _table(root: Path, stage: str = "people") -> pa.Table:
+    files = {k: p for k, p in batch_files(root).items() if f"/{stage}/" in k}
     return pa.concat_tables(pq.read_table(files[k]) for k in sorted(files))
+
+
+def _kill_then_resume(cfg: Path, tmp_path: Path, files: int, kill_at: int) -> Path:
+    """Kill a run once `kill_at` row groups are on disk, resume it, and check the resume wrote
+    all `files` row groups, each exactly once, without touching one written before the kill.
+    Returns the data root."""
+    root = tmp_path / "dd-data"
+    env = isolated_env(tmp_path, cfg)
+    _kill_after(cfg, env, root, kill_at)
+    before = snapshot(root)
+    assert kill_at <= len(before) < files, f"killed at {kill_at}: {len(before)} files on disk"
+
+    out = _run(cfg, env)
+    assert out.returncode == 0, out.stderr
+    after = snapshot(root)
+    assert len(after) == files
+    assert {k: after[k] for k in before} == before, "a row group on disk was regenerated"
+    assert temp_files(root) == []
+    return root
 
 
 def test_kill9_mid_run_then_resume(tmp_path: Path) -> None:
@@ -73,22 +92,7 @@ def test_kill9_mid_run_then_resume(tmp_path: Path) -> None:
         tmp_path / "wf.yaml",
         people_config(num_records=NUM_RECORDS, buffer_size=BUFFER, partitions_per_run=6),
     )
-    root = tmp_path / "dd-data"
-    env = isolated_env(tmp_path, cfg)
-    kill_at = random.Random(os.getpid()).randint(1, 15)
-
-    _kill_after(cfg, env, root, kill_at)
-    before = snapshot(root)
-    assert kill_at <= len(before) < 20, f"killed at {kill_at}: {len(before)} files on disk"
-
-    out = _run(cfg, env)
-    assert out.returncode == 0, out.stderr
-    after = snapshot(root)
-
-    # Every row group exactly once; none written before the kill was rewritten.
-    assert len(after) == 20
-    assert {k: after[k] for k in before} == before, "a row group on disk was regenerated"
-    assert temp_files(root) == []
+    root = _kill_then_resume(cfg, tmp_path, 20, random.Random(os.getpid()).randint(1, 15))
     table = _table(root)
     assert table.num_rows == NUM_RECORDS
     assert len(set(table.column("person_id").to_pylist())) == NUM_RECORDS
@@ -124,29 +128,6 @@ def test_repeated_kills_never_duplicate_or_lose_rows(tmp_path: Path) -> None:
     assert temp_files(root) == []
 
 
-def _kill_then_resume(cfg: Path, tmp_path: Path, files: int, kill_at: int) -> Path:
-    """Kill a run once `kill_at` row groups are on disk, resume it, and check the resume wrote
-    all `files` row groups without touching one written before the kill. Returns the data root."""
-    root = tmp_path / "dd-data"
-    env = isolated_env(tmp_path, cfg)
-    _kill_after(cfg, env, root, kill_at)
-    before = snapshot(root)
-    assert len(before) < files
-
-    out = _run(cfg, env)
-    assert out.returncode == 0, out.stderr
-    after = snapshot(root)
-    assert len(after) == files
-    assert {k: after[k] for k in before} == before
-    assert temp_files(root) == []
-    return root
-
-
-def _stage_table(root: Path, stage: str) -> pa.Table:
-    files = {k: p for k, p in batch_files(root).items() if f"/{stage}/" in k}
-    return pa.concat_tables(pq.read_table(files[k]) for k in sorted(files))
-
-
 def test_kill9_of_a_pipelined_chain_then_resume(tmp_path: Path) -> None:
     """people -> notes (row_group): both stages run in one pipelined op; a kill lands with each
     stage at a different row group, and the resume completes both without rewriting either."""
@@ -157,7 +138,7 @@ def test_kill9_of_a_pipelined_chain_then_resume(tmp_path: Path) -> None:
         ),
     )
     root = _kill_then_resume(cfg, tmp_path, 40, random.Random(os.getpid() + 1).randint(3, 25))
-    p_ids, n_tab = _stage_table(root, "people"), _stage_table(root, "notes")
+    p_ids, n_tab = _table(root, "people"), _table(root, "notes")
     assert n_tab.num_rows == NUM_RECORDS
     assert n_tab.column("person_id").to_pylist() == p_ids.column("person_id").to_pylist()
     assert n_tab.column("note")[0].as_py() == f"note for {p_ids.column('person_id')[0].as_py()}"
@@ -189,7 +170,7 @@ def test_kill9_of_a_diamond_then_resume(tmp_path: Path) -> None:
     ]
     cfg = write_config(tmp_path / "wf.yaml", cfg_data)
     root = _kill_then_resume(cfg, tmp_path, 80, random.Random(os.getpid() + 2).randint(5, 60))
-    people, cards = _stage_table(root, "people"), _stage_table(root, "cards")
+    people, cards = _table(root, "people"), _table(root, "cards")
     assert cards.column("person_id").to_pylist() == people.column("person_id").to_pylist()
     for person, card in zip(people.to_pylist()[::97], cards.to_pylist()[::97], strict=True):
         assert card["card"] == f"note for {person['person_id']} #{person['city']}"

@@ -38,13 +38,14 @@ def _workflow(separate_models: bool):
 
 
 def _run(latency: float, separate_models: bool) -> None:
-    from dd_assets.stage_runner import materialize, materialize_wave, plan_workflow
-    from resources.store import PartitionStore
+    from dd_assets.runners.materialize import materialize, materialize_wave
+    from dd_assets.runners.plan import plan_workflow
+    from dd_assets.store.partition_store import PartitionStore
 
     stage_walls: dict[str, float] = {}
     with _mock_server(latency, 0.0) as seq_counts, tempfile.TemporaryDirectory() as tmp:
         wf = _workflow(separate_models)
-        plans = plan_workflow(wf)
+        plans = plan_workflow(wf).stages
         store = PartitionStore(tmp)
         for name, plan in plans.items():
             t0 = time.perf_counter()
@@ -54,7 +55,7 @@ def _run(latency: float, separate_models: bool) -> None:
             stage_walls[name] = time.perf_counter() - t0
     with _mock_server(latency, 0.0) as wave_counts, tempfile.TemporaryDirectory() as tmp:
         wf = _workflow(separate_models)
-        plans = plan_workflow(wf)
+        plans = plan_workflow(wf).stages
         t0 = time.perf_counter()
         materialize_wave(
             list(plans.values()),

@@ -33,31 +33,35 @@ CONFIG = REPO / "examples" / "llm-chain.yaml"
 
 def _engine(root: Path) -> None:
     from dd_assets.config import load_workflow
-    from dd_assets.definitions import waves
-    from dd_assets.stage_runner import materialize_wave, plan_workflow
-    from resources.store import PartitionStore
+    from dd_assets.runners.materialize import materialize_wave
+    from dd_assets.runners.plan import plan_workflow
+    from dd_assets.store.partition_store import PartitionStore
 
     wf = load_workflow(CONFIG)
-    plans = plan_workflow(wf)
+    plan = plan_workflow(wf)
     store = PartitionStore(root)
-    for wave in waves(wf):  # what a Dagster run executes, without Dagster
-        first = plans[wave[0]]
+    for wave in plan.waves:  # what a Dagster run executes, without Dagster
+        first = plan[wave[0]]
         materialize_wave(
-            [plans[s] for s in wave],
+            [plan[s] for s in wave],
             store,
             range(first.ref.num_row_groups),
             in_flight=wf.run.row_groups_in_flight,
         )
-    for name, plan in plans.items():
-        print(f"  {name}: {len(store.completed(plan.ref))} row groups", flush=True)
+    for name, sp in plan.stages.items():
+        print(f"  {name}: {len(store.completed(sp.ref))} row groups", flush=True)
 
 
 def _dagster(root: Path) -> None:
     from dd_assets.config import load_workflow
-    from dd_assets.launch import materialize_workflow
+    from dd_assets.dagster.instance import get_instance
+    from dd_assets.dagster.materialize import materialize_workflow
+    from dd_assets.runners.plan import plan_workflow
+    from dd_assets.store.partition_store import PartitionStore
 
-    report = materialize_workflow(load_workflow(CONFIG), progress=False, root=str(root / "data"))
-    if not report.success:
+    plan = plan_workflow(load_workflow(CONFIG))
+    report = materialize_workflow(plan, PartitionStore(root / "data"), get_instance())
+    if report.error is not None:
         raise SystemExit(f"materialize failed: {report.error}")
     for line in report.lines:
         print(f"  {line}", flush=True)
@@ -68,7 +72,8 @@ def _mock_server(latency: float, fail_rate: float) -> Iterator[dict[str, int]]:
     proc = subprocess.Popen(
         [
             sys.executable,
-            str(REPO / "bench" / "mock_server.py"),
+            "-m",
+            "dd_assets.testing.mock_server",
             "--latency",
             str(latency),
             "--fail-rate",
@@ -105,7 +110,8 @@ def main() -> int:
     p.add_argument("--mode", choices=["engine", "dagster", "both"], default="both")
     args = p.parse_args()
 
-    import dd_assets.launch  # noqa: F401  (imported before timing: import time is not run time)
+    import dd_assets.dagster.launch  # noqa: F401  (imported before timing: import time is not run time)
+
     from dd_assets.config import load_workflow
 
     wf = load_workflow(CONFIG)
@@ -123,7 +129,7 @@ def main() -> int:
                 # setup) is not part of a run.
                 import dagster as dg
 
-                from dd_assets.cli_runs import ensure_dagster_home
+                from dd_assets.dagster.instance import ensure_dagster_home
 
                 os.environ["DAGSTER_HOME"] = str(Path(tmp) / "dagster_home")
                 ensure_dagster_home()

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from workflow_helpers import isolated_env
+
+from dd_assets.testing.workflows import isolated_env
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from dd_assets.config.columns import (
     Score,
 )
 from dd_assets.config.errors import ConfigIssue, WorkflowConfigError
-from dd_assets.config.loader import load_workflow, loads_workflow, parse_workflow
+from dd_assets.config.loader import load_workflow, load_workflows, loads_workflow, parse_workflow
 from dd_assets.config.models import InferenceParams, ModelConfig
 from dd_assets.config.run import EarlyStopSettings, ResumeMode, RunSettings
 from dd_assets.config.workflow import (
@@ -51,6 +51,7 @@ __all__ = [
     "WorkflowConfigError",
     "column_order",
     "load_workflow",
+    "load_workflows",
     "loads_workflow",
     "output_columns",
     "pairs_row_groups",

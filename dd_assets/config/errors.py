@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dd_assets.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class ConfigIssue:
@@ -12,8 +14,10 @@ class ConfigIssue:
     path: str
     message: str
     line: int | None = None
+    file: str | None = None  # set when one error gathers the issues of several files
 
     def render(self, source: str | None = None) -> str:
+        source = self.file or source
         where = self.path or "<root>"
         if source and self.line is not None:
             where = f"{source}:{self.line}: {where}"
@@ -25,7 +29,7 @@ class ConfigIssue:
 
 
 @dataclass
-class WorkflowConfigError(Exception):
+class WorkflowConfigError(ConfigError):
     """Raised (never as a ValueError, so pydantic lets it through unwrapped) with all issues found."""
 
     issues: list[ConfigIssue]

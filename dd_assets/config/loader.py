@@ -316,6 +316,32 @@ def load_workflow(path: str | Path) -> WorkflowConfig:
     return _resolve_seed_paths(loads_workflow(text, source=str(path)), path.parent)
 
 
+CONFIG_SUFFIXES = (".yaml", ".yml")
+
+
+def load_workflows(path: str | Path) -> list[WorkflowConfig]:
+    """A workflow config file, or every `*.yaml`/`*.yml` file directly in a folder (sorted by
+    name): what one code location serves. Every file's errors are reported together."""
+    path = Path(path)
+    if not path.is_dir():
+        return [load_workflow(path)]
+    files = sorted(f for f in path.iterdir() if f.suffix in CONFIG_SUFFIXES and f.is_file())
+    if not files:
+        raise WorkflowConfigError(
+            [ConfigIssue("", f"no workflow configs (*.yaml, *.yml) in folder {path}")], str(path)
+        )
+    out: list[WorkflowConfig] = []
+    issues: list[ConfigIssue] = []
+    for f in files:
+        try:
+            out.append(load_workflow(f))
+        except WorkflowConfigError as exc:
+            issues += [ConfigIssue(i.path, i.message, i.line, str(f)) for i in exc.issues]
+    if issues:
+        raise WorkflowConfigError(issues, str(path))
+    return out
+
+
 def _resolve_seed_paths(workflow: WorkflowConfig, base: Path) -> WorkflowConfig:
     """Seed files are relative to the config file, not to wherever the command runs."""
     stages = []

@@ -33,6 +33,7 @@ from dd_assets.config.processors import (
     SchemaTransformProcessorConfig,
 )
 from dd_assets.config.run import RunSettings
+from dd_assets.errors import unknown_stages
 
 
 class StageSeed(BaseModel):
@@ -157,7 +158,7 @@ class StageConfig(BaseModel):
 
     @property
     def num_row_groups(self) -> int:
-        return -(-self.num_records // self.buffer_size)
+        return num_row_groups(self.num_records, self.buffer_size)
 
     def row_group_bounds(self, row_group: int) -> tuple[int, int]:
         """Global [start, end) row indices of a row group."""
@@ -165,8 +166,7 @@ class StageConfig(BaseModel):
             raise IndexError(
                 f"row group {row_group} is outside stage {self.name!r}'s 0..{self.num_row_groups - 1}"
             )
-        start = row_group * self.buffer_size
-        return start, min(self.num_records, start + self.buffer_size)
+        return row_range(self.num_records, self.buffer_size, row_group)
 
     def column(self, name: str) -> ColumnConfig:
         for c in self.columns:
@@ -203,12 +203,21 @@ class WorkflowConfig(BaseModel):
         for s in self.stages:
             if s.name == name:
                 return s
-        known = ", ".join(s.name for s in self.stages)
-        raise KeyError(f"no stage {name!r} in workflow {self.name!r}; stages: {known}")
+        raise unknown_stages({name}, [s.name for s in self.stages], self.name)
 
     def upstreams_of(self, stage: StageConfig) -> list[StageConfig]:
         """The stages a stage's seed reads (two or more for a join), in the seed's order."""
         return [self.stage(name) for name in seed_upstreams(stage)]
+
+
+def num_row_groups(num_records: int, buffer_size: int) -> int:
+    return -(-num_records // buffer_size)
+
+
+def row_range(num_records: int, buffer_size: int, row_group: int) -> tuple[int, int]:
+    """Global [start, end) row indices of a row group: the one definition of how a stage is cut."""
+    start = row_group * buffer_size
+    return start, min(num_records, start + buffer_size)
 
 
 def seed_upstreams(stage: StageConfig) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from dd_assets.engine.rowgroup import GenerationError
+from dd_assets.errors import GenerationError
 
 
 def _key_index(name: str, table: pa.Table, keys: Sequence[str], where: str) -> dict[Any, int]:

@@ -1,6 +1,6 @@
 """What an LLM cell asks and how its answer becomes a value: pure functions, no HTTP.
 
-The transport (resources/llm) sends what `build_request` returns and hands the text back to
+The transport (dd_assets.llm) sends what `build_request` returns and hands the text back to
 `parse_answer`; keeping both sides here means preview, runs and tests agree on prompts exactly."""
 
 from __future__ import annotations

@@ -18,17 +18,14 @@ import numpy as np
 import pyarrow as pa
 
 from dd_assets.config.columns import ColumnConfig, ExpressionColumnConfig, SamplerColumnConfig
+from dd_assets.config.fingerprint import column_key, workflow_fingerprints
 from dd_assets.config.workflow import StageConfig, WorkflowConfig, column_order
 from dd_assets.engine import expressions, rng, samplers
 from dd_assets.engine.processors import apply_post_batch
 from dd_assets.engine.schema import column_type
-from dd_assets.fingerprint import column_key, workflow_fingerprints
+from dd_assets.errors import GenerationError
 
 MAX_DROP_SAMPLES = 20
-
-
-class GenerationError(Exception):
-    """A row group cannot be produced at all (a config or data problem, not a flaky cell)."""
 
 
 class CellFailed(Exception):

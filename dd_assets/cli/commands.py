@@ -1,0 +1,253 @@
+"""The `dd-assets` subcommands: each loads and plans the workflow once, calls one function of
+the runners (no Dagster) or of the Dagster layer, and prints. Commands that need no Dagster run
+never import it, so they answer at once."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from dd_assets.cli.render import ProgressBars, console, err_console, print_table
+from dd_assets.config import FileSeed, JoinSeed, StageSeed, load_workflow
+from dd_assets.errors import ConfigError
+from dd_assets.runners.plan import WorkflowPlan, plan_workflow
+from dd_assets.store.layout import default_root
+from dd_assets.store.partition_store import PartitionStore
+
+
+def _plan(config: str) -> WorkflowPlan:
+    """The workflow the command names, planned once (seed files hashed once)."""
+    return plan_workflow(load_workflow(config))
+
+
+def _store() -> PartitionStore:
+    return PartitionStore(default_root())
+
+
+def _seed_text(seed: object) -> str:
+    if isinstance(seed, StageSeed):
+        return f", seed {seed.stage} ({seed.mode})"
+    if isinstance(seed, JoinSeed):
+        return f", joins {' + '.join(seed.stages)} on {', '.join(seed.keys)}"
+    if isinstance(seed, FileSeed):
+        return f", seed file {Path(seed.path).name}"
+    return ""
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    plan = _plan(args.config)  # with seed files hashed: the fingerprints runs will use
+    wf = plan.workflow
+    console.print(
+        f"[green]ok[/green] {escape(args.config)}: workflow {wf.name!r}, {len(wf.stages)} stage(s)"
+    )
+    for s in wf.stages:
+        console.print(
+            f"  {s.name}: {len(s.columns)} column(s), {s.num_records} records in"
+            f" {s.num_row_groups} row group(s) of {s.buffer_size}{escape(_seed_text(s.seed))},"
+            f" fingerprint {plan[s.name].fingerprint.short}"
+        )
+    return 0
+
+
+def cmd_preview(args: argparse.Namespace) -> int:
+    from dd_assets.runners.preview import preview_stage
+
+    plan = _plan(args.config)
+    stage = args.stage or plan.workflow.stages[0].name
+    result = preview_stage(plan[stage], args.n)
+    print_table(
+        result.table.to_pylist(),
+        f"{plan.name} / {stage}: first {result.table.num_rows} rows",
+        result.table.column_names,  # the header even when every row was dropped
+    )
+    if result.dropped:
+        err_console.print(f"[yellow]{sum(result.dropped.values())} row(s) dropped:[/yellow]")
+        for reason, n in result.dropped.most_common():
+            err_console.print(f"  {n}x {reason}", markup=False, highlight=False)
+    return 0
+
+
+def parse_partitions(spec: str | None, total: int) -> list[int]:
+    if not spec:
+        return list(range(total))
+    out: list[int] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        try:
+            a, b = int(lo), int(hi or lo)
+        except ValueError:
+            raise ConfigError(
+                f"--partitions {spec!r}: use row-group ids like 0-9 or 00003,00007"
+            ) from None
+        if not (0 <= a <= b < total):
+            raise ConfigError(f"--partitions {spec!r}: row groups run from 0 to {total - 1}")
+        out += range(a, b + 1)
+    return sorted(set(out))
+
+
+def cmd_materialize(args: argparse.Namespace) -> int:
+    from dd_assets.dagster.instance import get_instance
+    from dd_assets.dagster.materialize import materialize_workflow
+
+    plan = _plan(args.config)
+    plan.select(args.stage)  # unknown stages fail before the instance is touched
+    bars = None if args.no_progress else ProgressBars()
+    with bars or _Nothing():
+        report = materialize_workflow(
+            plan,
+            _store(),
+            get_instance(),
+            stages=args.stage,
+            resume=args.resume,
+            partitions=lambda total: parse_partitions(args.partitions, total),
+            progress=bars,
+        )
+    for line in report.lines:
+        console.print(line, highlight=False)
+    if report.error is not None:
+        raise report.error
+    return 0
+
+
+class _Nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from dd_assets.runners.status import workflow_status
+
+    plan = _plan(args.config)
+    rows = workflow_status(plan, _store())
+    table = Table(title=f"{plan.name}: status")
+    for c in ("stage", "fingerprint", "row groups", "missing", "records", "stale", "finalize"):
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r.stage,
+            r.fingerprint,
+            f"{r.done}/{r.total}",
+            r.missing_text,
+            str(r.records),
+            "yes" if r.stale else "no",
+            r.finalize_state or "-",
+        )
+    console.print(table)
+    # Reasons go below the table: they are sentences, and folding them into a cell hides them.
+    for r in rows:
+        if r.stale:
+            console.print(f"{r.stage}: stale: {r.stale_reason}", highlight=False, soft_wrap=True)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    from dd_assets.dagster.check import check_workflow
+    from dd_assets.dagster.instance import get_instance
+
+    plan = _plan(args.config)
+    plan.select(args.stage)
+    report = check_workflow(plan, _store(), get_instance(), stages=args.stage)
+    table = Table(title=f"{plan.name}: asset checks (run {report.run_id})")
+    for c in ("stage", "check", "result", "severity"):
+        table.add_column(c, no_wrap=True)
+    table.add_column("details", overflow="fold")
+    for r in report.rows:
+        result = Text("pass", style="green") if r.passed else Text("FAIL", style="bold red")
+        if not r.passed and not r.blocking:
+            result = Text("warn", style="yellow")
+        table.add_row(r.stage, r.check, result, r.severity, Text(r.description))
+    console.print(table)
+    # Failures again below the table, whole: they are sentences naming files and row groups,
+    # and a folded table cell hides them.
+    failed = report.failed_blocking
+    for r in failed:
+        err_console.print(
+            f"[red]FAIL[/red] {r.stage}/{r.check}: {escape(r.description)}", highlight=False
+        )
+    for r in report.warnings:
+        err_console.print(
+            f"[yellow]warning:[/yellow] {r.stage}/{r.check}: {escape(r.description)}",
+            highlight=False,
+        )
+    if failed:
+        names = ", ".join(f"{r.stage}/{r.check}" for r in failed)
+        err_console.print(f"[red]failed:[/red] {len(failed)} blocking check(s): {names}")
+        return 1
+    console.print(
+        f"ok: {len(report.rows)} check(s), {len(report.warnings)} warning(s)", highlight=False
+    )
+    return 0
+
+
+def cmd_unseal(args: argparse.Namespace) -> int:
+    plan = _plan(args.config)[args.stage]
+    store = _store()
+    if not store.state(plan.ref).get("finalize_state"):
+        console.print(f"stage {args.stage!r} is not finalized; nothing to do", highlight=False)
+        return 0
+    moved = store.unseal(plan.ref)
+    where = f"; its final output was moved to {moved}" if moved else ""
+    console.print(
+        f"stage {args.stage!r} unsealed{where}. New row groups can be written; materialize"
+        " again to regenerate the final output.",
+        highlight=False,
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from dd_assets.runners.export import export_stage
+
+    plan = _plan(args.config)
+    stage = args.stage or plan.workflow.stages[-1].name
+    out = export_stage(plan[stage], _store(), args.format, args.output)
+    console.print(f"wrote {out.rows} rows of {plan.name}/{stage} to {out.path}")
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from dd_assets.dagster.build import CONFIG_ENV
+    from dd_assets.dagster.instance import ensure_dagster_home
+
+    env = dict(os.environ)
+    if args.config:
+        load_workflow(args.config)  # fail here, readably, rather than inside the webserver
+        env[CONFIG_ENV] = str(Path(args.config).resolve())
+    elif not env.get(CONFIG_ENV):
+        raise ConfigError(
+            "name a workflow: `dd-assets ui CONFIG` (a YAML file or a folder of them), or set"
+            f" {CONFIG_ENV}"
+        )
+    env["DAGSTER_HOME"] = ensure_dagster_home()
+    # `dagster dev` is "superseded" by the separate dagster-dg-cli; it works and needs nothing more.
+    env.setdefault("PYTHONWARNINGS", "ignore:Function `dev_command` is superseded")
+    # `dagster dev` = webserver + daemon: without the daemon, runs and backfills launched from
+    # the UI ("Materialize missing partitions") would sit in the queue forever.
+    cmd = [
+        str(Path(sys.executable).with_name("dagster")),
+        "dev",
+        "-m",
+        "dd_assets.dagster.definitions",
+        "-a",
+        "defs",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        str(args.port),
+    ]
+    console.print(
+        f"Dagster UI on http://127.0.0.1:{args.port} (DAGSTER_HOME={env['DAGSTER_HOME']})"
+    )
+    sys.stdout.flush()
+    # exec, not a child process: a signal for `dd-assets ui` (Ctrl-C, a supervisor's SIGTERM)
+    # must reach dagster dev, which then stops its webserver, daemon and code server.
+    os.execve(cmd[0], cmd, env)

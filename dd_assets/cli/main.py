@@ -1,0 +1,86 @@
+"""`dd-assets` command line: the parser and the one place errors become exit codes.
+
+Exit codes are meant for CI: 0 ok, 1 a problem with the workflow or its data (one `error:` line),
+2 bad usage, 3 a run that stopped early (what completed is saved)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+
+from dd_assets.cli import commands
+from dd_assets.errors import EXIT_PARTIAL, DdAssetsError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dd-assets", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("validate", help="check a workflow config and report every error at once")
+    v.add_argument("config")
+    v.set_defaults(func=commands.cmd_validate)
+
+    pv = sub.add_parser(
+        "preview", help="generate the first rows of a stage, without Dagster or disk"
+    )
+    pv.add_argument("config")
+    pv.add_argument("--stage", help="stage name (default: the first stage)")
+    pv.add_argument("-n", type=int, default=10, help="rows to show (default 10)")
+    pv.set_defaults(func=commands.cmd_preview)
+
+    m = sub.add_parser("materialize", help="generate (or resume) stages through Dagster")
+    m.add_argument("config")
+    m.add_argument("--stage", action="append", help="only this stage (repeatable; default: all)")
+    m.add_argument("--resume", choices=["if_possible", "always", "never"], default="if_possible")
+    m.add_argument("--partitions", help="row groups, e.g. 0-9 or 3,7 (default: all)")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    m.set_defaults(func=commands.cmd_materialize)
+
+    st = sub.add_parser("status", help="per stage: fingerprint, row groups done/missing, stale")
+    st.add_argument("config")
+    st.set_defaults(func=commands.cmd_status)
+
+    ck = sub.add_parser(
+        "check", help="run the asset checks of every stage (exit 1 if a blocking one fails)"
+    )
+    ck.add_argument("config")
+    ck.add_argument("--stage", action="append", help="only this stage (repeatable; default: all)")
+    ck.set_defaults(func=commands.cmd_check)
+
+    un = sub.add_parser(
+        "unseal", help="invalidate a stage's final output (moved aside) so it can grow again"
+    )
+    un.add_argument("config")
+    un.add_argument("stage")
+    un.set_defaults(func=commands.cmd_unseal)
+
+    ex = sub.add_parser("export", help="stream a stage's rows to one jsonl/csv/parquet file")
+    ex.add_argument("config")
+    ex.add_argument("--stage", help="stage name (default: the last stage)")
+    ex.add_argument("--format", choices=["jsonl", "csv", "parquet"], default="jsonl")
+    ex.add_argument("--output", "-o", required=True, help="file to write (atomically)")
+    ex.set_defaults(func=commands.cmd_export)
+
+    ui = sub.add_parser("ui", help="start the Dagster UI (and its daemon) on 127.0.0.1")
+    ui.add_argument(
+        "config", nargs="?", help="workflow config or folder of them (default: $DD_ASSETS_CONFIG)"
+    )
+    ui.add_argument("--port", type=int, default=3000)
+    ui.set_defaults(func=commands.cmd_ui)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except DdAssetsError as exc:
+        partial = "stopped early (partial result): " if exc.exit_code == EXIT_PARTIAL else ""
+        print(f"error: {partial}{exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

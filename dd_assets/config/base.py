@@ -1,0 +1,55 @@
+"""What every config model shares, and how a field added later keeps old fingerprints valid.
+
+A stage's fingerprint hashes its config as dumped to JSON. A field added to a model after
+configs were written would appear in every dump (with its default) and so change every existing
+fingerprint: every dataset on disk would look stale, though nothing about it changed. Fields
+added after the first release are therefore declared with `added_field(...)`; the fingerprint
+dump (`fingerprint_dump`) leaves such a field out while it holds its default, so only configs
+that use it get a new fingerprint."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+_OMIT_DEFAULT = {"fingerprint": "omit_default"}
+
+
+def added_field(default: Any = None, **kwargs: Any) -> Any:
+    """A pydantic Field left out of fingerprints while it holds its default (see above)."""
+    extra = {**kwargs.pop("json_schema_extra", {}), **_OMIT_DEFAULT}
+    return Field(default=default, json_schema_extra=extra, **kwargs)
+
+
+def fingerprint_dump(model: BaseModel) -> dict[str, Any]:
+    """`model.model_dump(mode="json")` without added fields that hold their defaults."""
+    data = model.model_dump(mode="json")
+    _prune(model, data)
+    return data
+
+
+def _omitted(field: Any, value: Any) -> bool:
+    extra = field.json_schema_extra
+    if not (isinstance(extra, dict) and extra.get("fingerprint") == "omit_default"):
+        return False
+    return bool(value == field.get_default(call_default_factory=True))
+
+
+def _prune(value: Any, data: Any) -> None:
+    if isinstance(value, BaseModel) and isinstance(data, dict):
+        for name, field in type(value).model_fields.items():
+            if name not in data:
+                continue
+            v = getattr(value, name)
+            if _omitted(field, v):
+                del data[name]
+            else:
+                _prune(v, data[name])
+    elif isinstance(value, list | tuple) and isinstance(data, list):
+        for v, d in zip(value, data, strict=False):
+            _prune(v, d)
+    elif isinstance(value, dict) and isinstance(data, dict):
+        for k, v in value.items():
+            if str(k) in data:
+                _prune(v, data[str(k)])

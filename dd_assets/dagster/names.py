@@ -1,0 +1,54 @@
+"""Every name dd-assets gives Dagster: asset keys, op, output, job and check names. One home, so
+the code location, the CLI's runs and the tests can never disagree on them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import dagster as dg
+
+from dd_assets.runners.plan import StagePlan, WorkflowPlan
+from dd_assets.store.layout import partition_key
+
+
+def asset_key(plan: StagePlan) -> dg.AssetKey:
+    return dg.AssetKey([plan.workflow.name, plan.name])
+
+
+def final_key(plan: StagePlan) -> dg.AssetKey:
+    return dg.AssetKey([plan.workflow.name, plan.name, "final"])
+
+
+def output_name(plan: StagePlan) -> str:
+    return plan.name
+
+
+def op_name(wave: Sequence[StagePlan]) -> str:
+    """`<workflow>__<first stage>`: the key of the launchpad's run config (`ops:`)."""
+    return "__".join(asset_key(wave[0]).path)
+
+
+def final_op_name(plan: StagePlan) -> str:
+    return "__".join(final_key(plan).path)
+
+
+def job_name(wave: Sequence[StagePlan]) -> str:
+    # Not "<workflow>__<stage>": that is the op name of the wave's asset, and Dagster wants them
+    # distinct.
+    return f"{op_name(wave)}__job"
+
+
+def final_job_name(plan: StagePlan) -> str:
+    return f"{final_op_name(plan)}__job"
+
+
+def checks_name(plan: StagePlan) -> str:
+    return "__".join([*asset_key(plan).path, "checks"])
+
+
+def checks_job_name(plan: WorkflowPlan) -> str:
+    return f"{plan.name}__checks_job"
+
+
+def partition_keys(plan: StagePlan) -> list[str]:
+    return [partition_key(rg) for rg in range(plan.ref.num_row_groups)]

@@ -1,0 +1,72 @@
+"""Every error dd-assets raises for a user to read descends from `DdAssetsError`, so the CLI
+catches one type and prints one `error:` line; anything else escaping is a bug (a traceback).
+
+Each layer has one base class here; the concrete errors live beside the code that raises them:
+
+    DdAssetsError                      exit_code 1 unless said otherwise
+    ├── ConfigError                    config: the workflow config is wrong
+    │   └── WorkflowConfigError        every issue at once, with YAML paths (config.errors)
+    ├── GenerationError                engine: a row group cannot be produced (config/data)
+    ├── StoreError                     store: what is on disk; the message names path and fix
+    │   ├── CorruptStageError          stage.json or a row-group file cannot be trusted
+    │   ├── ConfigChangedError         --resume always, but the config changed
+    │   ├── MissingRowGroupsError      a reader asked for row groups not on disk
+    │   ├── StageSealedError           the stage is finalized; rows cannot be added
+    │   ├── FinalMissingError          no (current) final output of a stage
+    │   ├── EmptyFinalError            finalize kept no rows and allow_empty is off
+    │   └── SeedFileError              a seed file is missing or unreadable
+    ├── LLMError                       llm: endpoint and cache
+    │   ├── LLMConfigError             a call cannot be made as configured (alias, key)
+    │   ├── LLMFatalError              the provider refused in a way no retry fixes
+    │   ├── LLMRetryableExhausted      transient faults outlasted the retries
+    │   ├── RequestCacheError          the request cache file cannot be used
+    │   └── EarlyStopError             exit_code 3: too many cells failed; partial result
+    └── RunError                       runners/dagster: what a run was asked to do
+        └── UnknownStageError          a stage name the workflow does not have
+"""
+
+from __future__ import annotations
+
+# Exit code of a run that stopped early: some row groups are on disk, the dataset is not whole.
+EXIT_PARTIAL = 3
+
+
+class DdAssetsError(Exception):
+    """An error written for users: the message names the thing and the fix."""
+
+    exit_code: int = 1
+
+
+class ConfigError(DdAssetsError):
+    """The workflow config (or a command's arguments about it) is wrong."""
+
+
+class GenerationError(DdAssetsError):
+    """A row group cannot be produced at all (a config or data problem, not a flaky cell)."""
+
+
+class StoreError(DdAssetsError):
+    """A problem with what is on disk; the message says which path and what to do."""
+
+
+class LLMError(DdAssetsError):
+    """An LLM endpoint or the request cache failed in a way the user must act on."""
+
+
+class RunError(DdAssetsError):
+    """A run was asked for something the workflow or its data cannot give."""
+
+
+class UnknownStageError(RunError, KeyError):
+    """A stage name the workflow does not have; the message lists the stages it has."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+def unknown_stages(wanted: set[str], known: list[str], workflow: str) -> UnknownStageError:
+    names = ", ".join(map(repr, sorted(wanted)))
+    return UnknownStageError(
+        f"no stage{'s' if len(wanted) > 1 else ''} {names} in workflow {workflow!r};"
+        f" stages: {', '.join(known)}"
+    )

@@ -1,0 +1,263 @@
+"""Request cache: every LLM answer is committed the moment it arrives, keyed by where it is used
+(stage, column, row) and by what was asked (`request_hash`). A crash mid row group, or a config edit
+that leaves a column's prompts unchanged, therefore costs no repeat call.
+
+SQLite in WAL mode with `synchronous=NORMAL`: a committed `put` survives the process being killed
+(the WAL is in the OS page cache, which outlives the process); only a power loss or kernel crash
+can drop the last few commits, which merely costs re-asking the provider. WAL also lets several
+Dagster run workers read while one writes; writers wait on each other via the busy timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from dd_assets.errors import LLMError
+
+__all__ = ["CacheEntry", "RequestCache", "RequestCacheError", "cache_path", "request_hash"]
+
+SCHEMA_VERSION = 1
+HASH_SCHEME = 1
+_TABLE = "llm_responses"
+_COLUMNS = ("stage", "column_name", "row", "request_hash", "response", "created_at")
+_SECRET_KEYS = frozenset({"api_key", "apikey", "authorization", "api_key_value", "bearer"})
+
+
+CACHE_DIR_ENV = "DD_ASSETS_LLM_CACHE_DIR"
+CACHE_FILE = "llm-cache.sqlite"
+
+
+def cache_path(root: str | Path, workflow: str) -> Path:
+    """`<root>/<workflow>/llm-cache.sqlite`, or the same under $DD_ASSETS_LLM_CACHE_DIR: a
+    node-local folder when the data root is a network filesystem, where one SQLite file must not
+    be written by several machines."""
+    base = os.environ.get(CACHE_DIR_ENV)
+    return (Path(base).resolve() if base else Path(root)) / workflow / CACHE_FILE
+
+
+class RequestCacheError(LLMError):
+    """The cache file cannot be used as is. The file is never deleted for the user: it may be
+    the only record of paid-for responses."""
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One row for `put_many`."""
+
+    stage: str
+    column: str
+    row: int
+    request_hash: str
+    response: Mapping[str, Any]
+
+
+def _canonical(obj: Any) -> str:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def _check_no_secrets(obj: Any, where: str) -> None:
+    """Structural guard: refuse anything shaped like a credential. The client never hands one
+    over, so this only fires on a caller bug, before the secret reaches disk."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, Mapping):
+            for k, v in item.items():
+                if isinstance(k, str) and k.lower() in _SECRET_KEYS:
+                    raise ValueError(f"{where} must not contain credentials (found key {k!r})")
+                stack.append(v)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+
+
+def request_hash(
+    model_identity: Mapping[str, Any],
+    messages: list[dict[str, Any]],
+    response_format: Mapping[str, Any] | None,
+) -> str:
+    """sha256 of canonical JSON of everything that decides the answer: the model identity
+    (`ModelConfig.identity()`: endpoint, model, sampling params, never the key), the exact
+    messages and the response format. Key order never changes the hash."""
+    _check_no_secrets(model_identity, "model_identity")
+    doc = {
+        "scheme": HASH_SCHEME,
+        "model": model_identity,
+        "messages": messages,
+        "response_format": response_format,
+    }
+    return hashlib.sha256(_canonical(doc).encode("utf-8")).hexdigest()
+
+
+class RequestCache:
+    """One SQLite connection shared by threads under a lock (`check_same_thread=False`).
+
+    Synchronous methods are safe from any thread; `aget`/`aput`/`aput_many` run them in a worker
+    thread so the event loop never blocks on disk. Every `put` commits before returning."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._conn: sqlite3.Connection | None = None
+        if self.path.exists() and not self.path.is_file():
+            raise RequestCacheError(f"request cache {self.path} exists but is not a file")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            conn = sqlite3.connect(
+                self.path,
+                timeout=busy_timeout_s,
+                isolation_level=None,  # autocommit: each INSERT is its own durable transaction
+                check_same_thread=False,
+            )
+        except sqlite3.Error as exc:
+            raise RequestCacheError(f"cannot open request cache {self.path}: {exc}") from exc
+        try:
+            self._init_schema(conn)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise RequestCacheError(
+                f"request cache {self.path} is not a usable SQLite database ({exc}); the file was"
+                " left untouched: move it aside to start with an empty cache (responses in it"
+                " would be asked again)"
+            ) from exc
+        self._conn = conn
+
+    def _init_schema(self, conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise sqlite3.DatabaseError(f"could not enable WAL journal mode (got {mode!r})")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {_TABLE} ("
+            " stage TEXT NOT NULL,"
+            " column_name TEXT NOT NULL,"
+            " row INTEGER NOT NULL,"
+            " request_hash TEXT NOT NULL,"
+            " response TEXT NOT NULL,"
+            " created_at REAL NOT NULL,"
+            " PRIMARY KEY (stage, column_name, row, request_hash)"
+            ") WITHOUT ROWID"
+        )
+        cols = tuple(r[1] for r in conn.execute(f"PRAGMA table_info({_TABLE})"))
+        if cols != _COLUMNS:
+            raise sqlite3.DatabaseError(
+                f"table {_TABLE} has columns {cols}, expected {_COLUMNS} (written by another tool"
+                " or version?)"
+            )
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == 0:
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        elif version != SCHEMA_VERSION:
+            raise sqlite3.DatabaseError(
+                f"schema version {version}, this dd-assets understands {SCHEMA_VERSION}"
+            )
+
+    def __repr__(self) -> str:
+        return f"RequestCache({str(self.path)!r})"
+
+    def __enter__(self) -> RequestCache:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _db(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RequestCacheError(f"request cache {self.path} is closed")
+        return self._conn
+
+    # -- sync API
+
+    def get(self, stage: str, column: str, row: int, request_hash: str) -> dict[str, Any] | None:
+        with self._lock:
+            found = (
+                self._db()
+                .execute(
+                    f"SELECT response FROM {_TABLE}"
+                    " WHERE stage=? AND column_name=? AND row=? AND request_hash=?",
+                    (stage, column, int(row), request_hash),
+                )
+                .fetchone()
+            )
+        if found is None:
+            return None
+        try:
+            value = json.loads(found[0])
+        except ValueError as exc:
+            raise RequestCacheError(
+                f"request cache {self.path}: unreadable entry for stage {stage!r}, column"
+                f" {column!r}, row {row}: {exc}"
+            ) from exc
+        return value if isinstance(value, dict) else None
+
+    def put(
+        self, stage: str, column: str, row: int, request_hash: str, response: Mapping[str, Any]
+    ) -> None:
+        """Insert or replace, committed before returning."""
+        self.put_many([CacheEntry(stage, column, row, request_hash, response)])
+
+    def put_many(self, entries: Iterable[CacheEntry]) -> int:
+        """Several entries in one transaction (one commit); returns how many were written."""
+        rows = []
+        now = time.time()
+        for e in entries:
+            _check_no_secrets(e.response, "a cached response")
+            rows.append(
+                (e.stage, e.column, int(e.row), e.request_hash, _canonical(e.response), now)
+            )
+        if not rows:
+            return 0
+        with self._lock:
+            db = self._db()
+            if len(rows) == 1:
+                db.execute(f"INSERT OR REPLACE INTO {_TABLE} VALUES (?,?,?,?,?,?)", rows[0])
+            else:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.executemany(f"INSERT OR REPLACE INTO {_TABLE} VALUES (?,?,?,?,?,?)", rows)
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+                db.execute("COMMIT")
+        return len(rows)
+
+    def count(self, stage: str | None = None) -> int:
+        """Entries in the cache, optionally of one stage."""
+        with self._lock:
+            if stage is None:
+                return int(self._db().execute(f"SELECT COUNT(*) FROM {_TABLE}").fetchone()[0])
+            return int(
+                self._db()
+                .execute(f"SELECT COUNT(*) FROM {_TABLE} WHERE stage=?", (stage,))
+                .fetchone()[0]
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                conn.close()
+
+    # -- asyncio API
+
+    async def aget(
+        self, stage: str, column: str, row: int, request_hash: str
+    ) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self.get, stage, column, row, request_hash)
+
+    async def aput(
+        self, stage: str, column: str, row: int, request_hash: str, response: Mapping[str, Any]
+    ) -> None:
+        await asyncio.to_thread(self.put, stage, column, row, request_hash, response)
+
+    async def aput_many(self, entries: Iterable[CacheEntry]) -> int:
+        return await asyncio.to_thread(self.put_many, list(entries))

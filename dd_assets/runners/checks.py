@@ -1,0 +1,484 @@
+"""Asset checks of a stage, as pure functions over the partition store and the stage plan (no
+Dagster here): `dd_assets.dagster.asset_checks` wraps them as Dagster asset checks, `dd-assets check`
+runs those. Each check looks at the whole stage (every row group of the current fingerprint).
+
+Footers are read here directly, not through `PartitionStore.completed()`: the store refuses a
+stage with a foreign or unreadable file (CorruptStageError), while a check must report such a file
+by name and go on checking the others.
+
+Blocking checks (severity ERROR, `dd-assets check` exits 1 when one fails) say the dataset is
+incomplete or not what the config describes: `row_groups_complete`, `schema_matches_config`,
+`footer_fingerprint_matches`, `uuid_columns_unique`. Warnings (severity WARN, exit 0) describe
+the quality of a dataset that is otherwise whole: `rows_within_drop_budget`, `llm_failure_rate`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dd_assets.config.columns import SamplerColumnConfig
+from dd_assets.config.processors import DropColumnsProcessorConfig, RenameColumnsProcessorConfig
+from dd_assets.config.workflow import FileSeed, StageConfig, StageSeed
+from dd_assets.engine.schema import joined_schema, stage_schema
+from dd_assets.runners.plan import StagePlan
+from dd_assets.store.footer import FileFooter, is_done
+from dd_assets.store.layout import key_ranges, partition_key
+from dd_assets.store.partition_store import PartitionStore
+from dd_assets.store.seed_files import file_source
+
+HEAD = 10  # how many row groups / files a check names in its numbers and description
+UUID_BATCH_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    name: str
+    passed: bool
+    blocking: bool
+    description: str
+    numbers: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def severity(self) -> str:
+        """Dagster's AssetCheckSeverity name: a blocking check fails as ERROR, the others WARN."""
+        return "ERROR" if self.blocking else "WARN"
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    name: str
+    blocking: bool
+    description: str
+    applies: Callable[[StagePlan], bool]
+    run: Callable[[StageFiles], CheckOutcome]
+
+
+# ---- what is on disk ---------------------------------------------------------------------------
+
+
+class StageFiles:
+    """Every row-group file of a stage's current fingerprint folder, footers read once."""
+
+    def __init__(self, plan: StagePlan, store: PartitionStore):
+        self.plan = plan
+        self.ref = plan.ref
+        self.store = store
+        self.files = store.footers(self.ref)
+
+    @cached_property
+    def belonging(self) -> list[FileFooter]:
+        return [f for f in self.files if f.mismatch(self.ref) is None]
+
+    @cached_property
+    def complete(self) -> dict[int, FileFooter]:
+        """Row groups that count as done: what `PartitionStore.completed()` would return."""
+        return {f.row_group: f for f in self.belonging if is_done(self.ref, f.row_group, f.range())}
+
+
+# ---- helpers -------------------------------------------------------------------------------------
+
+
+def _keys(row_groups: Iterable[int]) -> str:
+    return key_ranges(row_groups, HEAD)
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}%"
+
+
+def llm_columns(stage: StageConfig) -> list[str]:
+    return [c.name for c in stage.columns if c.is_llm]
+
+
+def output_name(stage: StageConfig, column: str) -> str | None:
+    """The name a stage column has in the files once `drop` and post_batch processors ran."""
+    col = next(c for c in stage.columns if c.name == column)
+    if col.drop:
+        return None
+    name: str | None = column
+    for proc in stage.post_batch:
+        if name is None:
+            break
+        if isinstance(proc, DropColumnsProcessorConfig):
+            if any(fnmatch.fnmatchcase(name, p) for p in proc.column_names):
+                name = None
+        elif isinstance(proc, RenameColumnsProcessorConfig):
+            name = proc.mapping.get(name, name)
+    return name
+
+
+def uuid_columns(stage: StageConfig) -> list[str]:
+    """Output names of the stage's own uuid sampler columns (dropped ones are not checked)."""
+    out = []
+    for c in stage.columns:
+        if isinstance(c, SamplerColumnConfig) and c.sampler_type == "uuid":
+            name = output_name(stage, c.name)
+            if name is not None:
+                out.append(name)
+    return out
+
+
+def schema_diff(expected: pa.Schema, actual: pa.Schema) -> list[tuple[str, str]]:
+    """(column, difference) pairs, each sentence naming the column: extra, missing, type, order."""
+    exp = {f.name: f for f in expected}
+    act = {f.name: f for f in actual}
+    out = [(n, f"extra column {n!r} ({act[n].type})") for n in act if n not in exp]
+    out += [(n, f"missing column {n!r} ({exp[n].type})") for n in exp if n not in act]
+    for n, f in exp.items():
+        if n in act and not act[n].type.equals(f.type):
+            out.append((n, f"column {n!r} is {act[n].type}, config says {f.type}"))
+        elif n in act and act[n].nullable != f.nullable:
+            out.append((n, f"column {n!r} nullable={act[n].nullable}, config says {f.nullable}"))
+    if not out and actual.names != expected.names:
+        first = next(a for a, e in zip(actual.names, expected.names, strict=True) if a != e)
+        out.append((first, f"columns in order {actual.names}, config says {expected.names}"))
+    return out
+
+
+# ---- the checks --------------------------------------------------------------------------------
+
+
+def check_row_groups_complete(sf: StageFiles) -> CheckOutcome:
+    total = sf.ref.num_row_groups
+    done = sf.complete
+    missing = [rg for rg in range(total) if rg not in done]
+    through = next((rg for rg in range(total) if rg not in done), total) - 1
+    not_counted = [f for f in sf.files if f.row_group not in done]
+    numbers: dict[str, Any] = {
+        "done": len(done),
+        "total": total,
+        "missing": len(missing),
+        "missing_head": [partition_key(rg) for rg in missing[:HEAD]],
+        "contiguous_through": partition_key(through) if through >= 0 else None,
+        "records": sum(f.rows for f in done.values()),
+        "files_not_counted": len(not_counted),
+    }
+    if not missing:
+        text = f"all {total} row groups present ({numbers['records']} records)"
+    else:
+        text = f"{len(missing)} of {total} row groups missing: {_keys(missing)}"
+    if not_counted:
+        names = ", ".join(f.path.name for f in not_counted[:HEAD])
+        text += (
+            f"; {len(not_counted)} file(s) on disk not counted (foreign, unreadable, beyond"
+            f" num_records or from a shorter num_records): {names}"
+        )
+    return CheckOutcome("row_groups_complete", not missing, True, text, numbers)
+
+
+def check_rows_within_drop_budget(sf: StageFiles) -> CheckOutcome:
+    budget = sf.plan.workflow.run.max_drop_rate
+    worst: tuple[float, int] | None = None
+    over: list[int] = []
+    dropped_total = planned_total = 0
+    reasons: dict[str, int] = {}
+    for rg, f in sorted(sf.complete.items()):
+        stats = f.stats
+        start, end = f.range() or (0, 0)
+        planned = int(stats.get("planned_rows", end - start) or 0)
+        dropped = int(stats.get("dropped_rows", 0) or 0)
+        dropped_total += dropped
+        planned_total += planned
+        for reason, n in (stats.get("drop_reasons") or {}).items():
+            reasons[reason] = reasons.get(reason, 0) + int(n)
+        rate = dropped / planned if planned else 0.0
+        if worst is None or rate > worst[0]:
+            worst = (rate, rg)
+        if rate > budget:
+            over.append(rg)
+    top = dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:5])
+    numbers: dict[str, Any] = {
+        "row_groups_checked": len(sf.complete),
+        "over_budget": len(over),
+        "worst_row_group": partition_key(worst[1]) if worst else None,
+        "worst_drop_rate": round(worst[0], 4) if worst else 0.0,
+        "budget": budget,
+        "dropped_rows": dropped_total,
+        "planned_rows": planned_total,
+        "top_drop_reasons": top,
+    }
+    if worst is None:
+        text = "no row groups to check"
+    elif over:
+        text = (
+            f"{len(over)} row group(s) dropped more than {_pct(budget)} of their rows"
+            f" ({_keys(over)}); worst {partition_key(worst[1])} at {_pct(worst[0])};"
+            f" {dropped_total} rows dropped in all"
+        )
+    else:
+        text = (
+            f"every row group within {_pct(budget)} dropped (worst {_pct(worst[0])});"
+            f" {dropped_total} of {planned_total} planned rows dropped"
+        )
+    return CheckOutcome("rows_within_drop_budget", not over, False, text, numbers)
+
+
+def parquet_schema(schema: pa.Schema) -> pa.Schema:
+    """The schema a file written with this schema reads back with (the store writes with
+    pq.write_table's defaults; parquet has no second unit, so timestamp[s] reads back as [ms])."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(schema.empty_table(), sink)
+    return pq.read_schema(pa.BufferReader(sink.getvalue()))
+
+
+def expected_schema(plan: StagePlan, store: PartitionStore) -> pa.Schema:
+    """stage_schema with the seed's columns resolved where only data can tell: a seed file's
+    schema, a finalized upstream's final output, recursively up the chain."""
+    seed = plan.compiled.stage.seed
+    seed_schema: pa.Schema | None = None
+    if isinstance(seed, FileSeed):
+        seed_schema = file_source(seed.path).schema
+    elif (
+        isinstance(seed, StageSeed)
+        and seed.mode == "sample"
+        and plan.upstreams[0].compiled.stage.finalize
+    ):
+        final, _ = store.final_paths(plan.upstreams[0].ref)
+        seed_schema = pq.read_schema(final).remove_metadata() if final.exists() else None
+    elif plan.upstreams:
+        seed_schema = joined_schema([expected_schema(up, store) for up in plan.upstreams])
+    return stage_schema(plan.workflow, plan.name, seed_schema)
+
+
+def check_schema_matches_config(sf: StageFiles) -> CheckOutcome:
+    expected = parquet_schema(expected_schema(sf.plan, sf.store))
+    mismatches: dict[str, list[str]] = {}
+    columns: set[str] = set()
+    checked = 0
+    for f in sf.belonging:
+        if f.schema is None:
+            continue
+        checked += 1
+        diff = schema_diff(expected, f.schema)
+        if diff:
+            mismatches[f.path.name] = [text for _, text in diff]
+            columns.update(col for col, _ in diff)
+    numbers: dict[str, Any] = {
+        "files_checked": checked,
+        "mismatches": len(mismatches),
+        "mismatched_columns": sorted(columns),
+        "first_mismatches": {k: v for k, v in list(mismatches.items())[:HEAD]},
+        "expected_columns": expected.names,
+    }
+    if not mismatches:
+        text = f"{checked} file(s) match the config's {len(expected)} columns"
+    else:
+        name, diff = next(iter(mismatches.items()))
+        text = (
+            f"{len(mismatches)} of {checked} file(s) differ from the config (columns:"
+            f" {', '.join(sorted(columns))}); {name}: {'; '.join(diff)}"
+        )
+    return CheckOutcome("schema_matches_config", not mismatches, True, text, numbers)
+
+
+def check_footer_fingerprint_matches(sf: StageFiles) -> CheckOutcome:
+    bad = {f.path.name: p for f in sf.files if (p := f.mismatch(sf.ref)) is not None}
+    numbers: dict[str, Any] = {
+        "files": len(sf.files),
+        "mismatches": len(bad),
+        "fingerprint": sf.ref.fp12,
+        "first_mismatches": dict(list(bad.items())[:HEAD]),
+    }
+    if not bad:
+        text = f"{len(sf.files)} file footer(s) carry fingerprint {sf.ref.fp12}"
+    else:
+        shown = "; ".join(f"{n}: {p}" for n, p in list(bad.items())[:3])
+        text = (
+            f"{len(bad)} of {len(sf.files)} file(s) in {sf.store.files_dir(sf.ref)} do not belong"
+            f" to fingerprint {sf.ref.fp12} ({shown}{' …' if len(bad) > 3 else ''}); move them"
+            " out of the folder and rerun materialize to regenerate those row groups"
+        )
+    return CheckOutcome("footer_fingerprint_matches", not bad, True, text, numbers)
+
+
+def check_llm_failure_rate(sf: StageFiles) -> CheckOutcome:
+    """Failed LLM cells over LLM cells, from footer stats. A failed cell drops its row with the
+    reason `<column>: <why>`, so failed cells = rows dropped for an LLM column; every kept row has
+    one answered cell per LLM column. Cells of rows dropped for another reason are not counted
+    (the rate errs high, never low). Same measure as the early stop, over the whole stage."""
+    threshold = sf.plan.workflow.run.early_stop.max_failure_rate
+    llm_cols = llm_columns(sf.plan.compiled.stage)
+    prefixes = tuple(f"{c}: " for c in llm_cols)
+    failed = ok = 0
+    usage: dict[str, int] = {}
+    for f in sf.complete.values():
+        stats = f.stats
+        failed += sum(
+            int(n) for r, n in (stats.get("drop_reasons") or {}).items() if r.startswith(prefixes)
+        )
+        ok += f.rows * len(llm_cols)
+        for k, v in (stats.get("llm") or {}).items():
+            if k in ("llm_requests", "llm_retries", "llm_failures", "llm_cache_hits") and v:
+                usage[k] = usage.get(k, 0) + int(v)
+    cells = failed + ok
+    rate = failed / cells if cells else 0.0
+    numbers: dict[str, Any] = {
+        "cells": cells,
+        "failed_cells": failed,
+        "failure_rate": round(rate, 4),
+        "threshold": threshold,
+        "llm_columns": llm_cols,
+        **{k: usage.get(k, 0) for k in ("llm_requests", "llm_retries", "llm_failures")},
+        "llm_cache_hits": usage.get("llm_cache_hits", 0),
+    }
+    passed = rate < threshold
+    text = (
+        f"{failed} of {cells} LLM cells failed ({_pct(rate)}; threshold {_pct(threshold)})"
+        if cells
+        else "no LLM cells on disk yet"
+    )
+    return CheckOutcome("llm_failure_rate", passed, False, text, numbers)
+
+
+def _hashes(sf: StageFiles, column: str) -> tuple[np.ndarray, int]:
+    """64-bit hashes of a column's non-null values, one column and one batch at a time."""
+    chunks: list[np.ndarray] = []
+    nulls = 0
+    for f in sorted(sf.complete.values(), key=lambda f: f.row_group):
+        if f.schema is None or column not in f.schema.names:
+            continue  # the schema check names it
+        for batch in pq.ParquetFile(f.path).iter_batches(
+            batch_size=UUID_BATCH_ROWS, columns=[column]
+        ):
+            values = batch.column(0)
+            nulls += values.null_count
+            chunks.append(
+                np.fromiter((hash(v) for v in values.drop_null().to_pylist()), dtype=np.int64)
+            )
+    return (np.concatenate(chunks) if chunks else np.empty(0, np.int64)), nulls
+
+
+def _duplicates(sf: StageFiles, column: str) -> tuple[int, int, int, list[Any]]:
+    """(rows, distinct, nulls, sample duplicated values), exact: hashes (8 bytes a row) find
+    candidates, a second streaming pass counts the candidate values themselves, so a hash
+    collision never reports a duplicate that is not one."""
+    hashes, nulls = _hashes(sf, column)
+    hashes.sort()
+    same = hashes[1:] == hashes[:-1]
+    if not same.any():
+        return len(hashes), len(hashes), nulls, []
+    candidates = set(hashes[1:][same].tolist())
+    counts: dict[Any, int] = {}
+    for f in sorted(sf.complete.values(), key=lambda f: f.row_group):
+        if f.schema is None or column not in f.schema.names:
+            continue
+        for batch in pq.ParquetFile(f.path).iter_batches(
+            batch_size=UUID_BATCH_ROWS, columns=[column]
+        ):
+            for v in batch.column(0).drop_null().to_pylist():
+                if hash(v) in candidates:
+                    counts[v] = counts.get(v, 0) + 1
+    extra = sum(n - 1 for n in counts.values())
+    sample = [v for v, n in counts.items() if n > 1][:5]
+    return len(hashes), len(hashes) - extra, nulls, sample
+
+
+def check_uuid_columns_unique(sf: StageFiles) -> CheckOutcome:
+    cols = uuid_columns(sf.plan.compiled.stage)
+    per_column: dict[str, dict[str, Any]] = {}
+    samples: dict[str, list[Any]] = {}
+    for c in cols:
+        rows, distinct, nulls, sample = _duplicates(sf, c)
+        per_column[c] = {
+            "rows": rows,
+            "distinct": distinct,
+            "duplicates": rows - distinct,
+            "nulls": nulls,
+        }
+        if sample:
+            samples[c] = sample
+    dup = sum(v["duplicates"] for v in per_column.values())
+    numbers: dict[str, Any] = {
+        "columns": cols,
+        "rows": max((v["rows"] for v in per_column.values()), default=0),
+        "distinct": min((v["distinct"] for v in per_column.values()), default=0),
+        "duplicates": dup,
+        "per_column": per_column,
+        "duplicate_samples": samples,
+    }
+    if dup:
+        bad = [
+            f"{c} ({v['duplicates']} duplicate(s))"
+            for c, v in per_column.items()
+            if v["duplicates"]
+        ]
+        text = f"{dup} duplicate id(s) across the stage: {', '.join(bad)}"
+    else:
+        text = f"{', '.join(cols)}: {numbers['rows']} ids, all distinct"
+    return CheckOutcome("uuid_columns_unique", not dup, True, text, numbers)
+
+
+CHECKS: tuple[CheckSpec, ...] = (
+    CheckSpec(
+        "row_groups_complete",
+        True,
+        "Every row group of the stage (partitions 00000 … last) is on disk for the current"
+        " fingerprint with the row range the config gives it.",
+        lambda plan: True,
+        check_row_groups_complete,
+    ),
+    CheckSpec(
+        "rows_within_drop_budget",
+        False,
+        "Rows dropped per row group (failed cells, expression errors) over rows planned stay"
+        " within run.max_drop_rate.",
+        lambda plan: True,
+        check_rows_within_drop_budget,
+    ),
+    CheckSpec(
+        "schema_matches_config",
+        True,
+        "Each file's Arrow schema equals the schema the config implies (column names, order,"
+        " types).",
+        lambda plan: True,
+        check_schema_matches_config,
+    ),
+    CheckSpec(
+        "footer_fingerprint_matches",
+        True,
+        "Every file's footer names the stage's fingerprint (the asset's code_version) and its own"
+        " row group.",
+        lambda plan: True,
+        check_footer_fingerprint_matches,
+    ),
+    CheckSpec(
+        "llm_failure_rate",
+        False,
+        "LLM cells that failed for good over all LLM cells stays under"
+        " run.early_stop.max_failure_rate.",
+        lambda plan: bool(llm_columns(plan.compiled.stage)),
+        check_llm_failure_rate,
+    ),
+    CheckSpec(
+        "uuid_columns_unique",
+        True,
+        "uuid sampler columns hold no duplicate value across the whole stage.",
+        lambda plan: bool(uuid_columns(plan.compiled.stage)),
+        check_uuid_columns_unique,
+    ),
+)
+
+
+def checks_for(plan: StagePlan) -> list[CheckSpec]:
+    """The checks that apply to a stage (LLM and uuid checks only where such columns exist)."""
+    return [c for c in CHECKS if c.applies(plan)]
+
+
+def run_checks(
+    plan: StagePlan, store: PartitionStore, names: Iterable[str] | None = None
+) -> list[CheckOutcome]:
+    """Run the applicable checks (or those named) of one stage; footers are read once."""
+    wanted = set(names) if names is not None else None
+    specs = [c for c in checks_for(plan) if wanted is None or c.name in wanted]
+    if not specs:
+        return []
+    files = StageFiles(plan, store)
+    return [spec.run(files) for spec in specs]

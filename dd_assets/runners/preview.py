@@ -1,0 +1,37 @@
+"""Preview: the first n rows of a stage, in memory, with no Dagster and no writes to the store."""
+
+from __future__ import annotations
+
+import asyncio
+
+from dd_assets.config import FileSeed
+from dd_assets.engine import RowGroupResult, agenerate_rows
+from dd_assets.errors import GenerationError
+from dd_assets.llm.cells import LLMCellRunner
+from dd_assets.runners.plan import StagePlan
+from dd_assets.runners.seeds import file_seed
+
+
+def preview_stage(plan: StagePlan, n: int = 10) -> RowGroupResult:
+    cs = plan.compiled
+    seed_spec = cs.stage.seed
+    if plan.upstreams:
+        names = " and ".join(repr(up.name) for up in plan.upstreams)
+        raise GenerationError(
+            f"stage {plan.name!r} is seeded from stage{'s' if len(plan.upstreams) > 1 else ''}"
+            f" {names}, whose rows exist only once materialized; preview {names}, or materialize"
+            f" and look at {plan.name!r} with `dd-assets export`"
+        )
+    n = max(1, min(n, cs.stage.num_records))
+    seed = None
+    if isinstance(seed_spec, FileSeed):
+        seed = file_seed(plan, lambda _: (0, n))(0)
+    if not cs.needs_cells:
+        return asyncio.run(agenerate_rows(cs, 0, n, seed=seed))
+
+    async def with_llm() -> RowGroupResult:
+        # No request cache: a preview leaves nothing on disk.
+        async with LLMCellRunner(plan.workflow, plan.name, cache_path=None) as runner:
+            return await agenerate_rows(cs, 0, n, seed=seed, cells=runner)
+
+    return asyncio.run(with_llm())

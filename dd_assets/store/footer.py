@@ -1,0 +1,110 @@
+"""A row-group file's footer: its identity (fingerprint, row group, row range) and stats, read
+without touching data pages. `is_done` is the one definition of "this row group is done"."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dd_assets.store.layout import BATCH_RE, StageRef
+
+META_PREFIX = b"dd_assets."
+FOOTER_KEYS = ("fingerprint", "row_group", "row_start", "row_end", "rows")
+
+
+@dataclass(frozen=True)
+class RowGroupInfo:
+    """What a row-group file's footer says about it (read without touching data pages)."""
+
+    row_group: int
+    path: Path
+    rows: int
+    row_start: int
+    row_end: int
+    fingerprint: str
+    stats: dict[str, Any] = field(default_factory=dict, compare=False)
+
+
+@dataclass
+class FileFooter:
+    """One `batch_*.parquet` of a stage folder, as far as its footer can be read. The store's scan
+    refuses a file with a problem; the asset checks report it and go on."""
+
+    path: Path
+    row_group: int  # from the file name
+    kv: dict[str, str] | None = None  # dd_assets.* footer keys, None when unreadable
+    schema: pa.Schema | None = None
+    error: str | None = None
+
+    @property
+    def fingerprint(self) -> str | None:
+        return (self.kv or {}).get("fingerprint")
+
+    @cached_property  # read by several checks per file
+    def stats(self) -> dict[str, Any]:
+        try:
+            stats = json.loads((self.kv or {}).get("stats") or "{}")
+        except ValueError:
+            return {}
+        return stats if isinstance(stats, dict) else {}
+
+    @property
+    def rows(self) -> int:
+        return int((self.kv or {}).get("rows", 0))
+
+    def range(self) -> tuple[int, int] | None:
+        try:
+            return int(self.kv["row_start"]), int(self.kv["row_end"])  # type: ignore[index]
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def mismatch(self, ref: StageRef) -> str | None:
+        """Why the file is not a row group of `ref` (None: it is one)."""
+        if self.error:
+            return self.error
+        if self.fingerprint != ref.fingerprint:
+            return f"footer fingerprint {str(self.fingerprint)[:12]} != {ref.fp12}"
+        if (self.kv or {}).get("row_group") != str(self.row_group):
+            return f"footer row group {(self.kv or {}).get('row_group')} != {self.row_group} in its name"
+        return None
+
+
+def is_done(ref: StageRef, row_group: int, row_range: tuple[int, int] | None) -> bool:
+    """A row group of `ref` is done when it is one of the stage's current row groups and its
+    file holds exactly the row range the current num_records gives it. A file whose range
+    differs (the last, short row group before num_records grew) is not done: it is regenerated,
+    with the same sampler values and cached LLM answers."""
+    return row_group < ref.num_row_groups and row_range == ref.row_range(row_group)
+
+
+def read_footer(path: Path) -> FileFooter:
+    """The footer of a `batch_NNNNN.parquet` (no data pages read); never raises for a bad file."""
+    m = BATCH_RE.match(path.name)
+    assert m is not None, path
+    row_group = int(m[1])
+    try:
+        f = pq.ParquetFile(path)
+        try:
+            meta = f.metadata.metadata or {}
+            schema = f.schema_arrow
+        finally:
+            f.close()
+    except (OSError, pa.ArrowException) as exc:
+        return FileFooter(
+            path, row_group, error=f"unreadable parquet ({type(exc).__name__}: {exc})"
+        )
+    kv = {
+        k[len(META_PREFIX) :].decode(errors="replace"): v.decode(errors="replace")
+        for k, v in meta.items()
+        if k.startswith(META_PREFIX)
+    }
+    missing = [k for k in FOOTER_KEYS if k not in kv]
+    if missing:
+        return FileFooter(path, row_group, schema=schema, error=f"footer lacks {missing}")
+    return FileFooter(path, row_group, kv=kv, schema=schema)

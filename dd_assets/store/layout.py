@@ -1,0 +1,94 @@
+"""Where a stage's data lives and how it is cut into row groups: the one home for folder and file
+names, partition keys and row ranges.
+
+    <root>/<workflow>/<stage>/<fp12>/stage.json
+                                     parquet-files/batch_00000.parquet
+                                     final/data.parquet, final/final.json
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dd_assets.config.workflow import num_row_groups, row_range
+from dd_assets.errors import StoreError
+
+DEFAULT_ROOT = "./dd-data"
+ROOT_ENV = "DD_ASSETS_ROOT"
+
+STAGE_JSON = "stage.json"
+FILES_DIR = "parquet-files"
+FINAL_DIR = "final"
+FINAL_DATA = "data.parquet"  # final/<FINAL_DATA>: a stage's finalize output
+FINAL_META = "final.json"  # final/<FINAL_META>: rows in/out per step, final fingerprint
+LOCK_SUFFIX = ".lock"
+REPLACED_MARK = ".replaced-"
+BATCH_RE = re.compile(r"^batch_(\d{5,})\.parquet$")
+
+
+def default_root() -> str:
+    """Absolute, so run workers started from another working directory write to the same place."""
+    return str(Path(os.environ.get(ROOT_ENV, DEFAULT_ROOT)).resolve())
+
+
+def batch_name(row_group: int) -> str:
+    return f"batch_{row_group:05d}.parquet"
+
+
+def partition_key(row_group: int) -> str:
+    return f"{row_group:05d}"
+
+
+def row_group_of(key: str) -> int:
+    if not key.isdigit():
+        raise StoreError(f"partition key {key!r} is not a row-group id like '00042'")
+    return int(key)
+
+
+def keys_head(row_groups: list[int], n: int = 5) -> str:
+    """The first n partition keys of a list, for messages: `00003, 00007 ...`."""
+    head = ", ".join(partition_key(rg) for rg in row_groups[:n])
+    return head + (" ..." if len(row_groups) > n else "")
+
+
+def key_ranges(row_groups: Iterable[int], n: int) -> str:
+    """Row groups as runs of keys, the first n runs: `00003-00009, 00012 …`."""
+    items = sorted(row_groups)
+    ranges: list[str] = []
+    i = 0
+    while i < len(items):
+        j = i
+        while j + 1 < len(items) and items[j + 1] == items[j] + 1:
+            j += 1
+        a, b = partition_key(items[i]), partition_key(items[j])
+        ranges.append(a if i == j else f"{a}-{b}")
+        i = j + 1
+    return ", ".join(ranges[:n]) + (" …" if len(ranges) > n else "")
+
+
+@dataclass(frozen=True)
+class StageRef:
+    """Which dataset a stage writes: its identity (fingerprint) and how it is cut into row groups."""
+
+    workflow: str
+    stage: str
+    fingerprint: str
+    buffer_size: int
+    num_records: int
+    identity: dict[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)
+
+    @property
+    def fp12(self) -> str:
+        return self.fingerprint[:12]
+
+    @property
+    def num_row_groups(self) -> int:
+        return num_row_groups(self.num_records, self.buffer_size)
+
+    def row_range(self, row_group: int) -> tuple[int, int]:
+        return row_range(self.num_records, self.buffer_size, row_group)

@@ -1,0 +1,528 @@
+"""The partition store: row groups of each stage as parquet files, one per Dagster partition.
+
+The filesystem is the truth for progress. A row group is done when its file exists under the
+stage's fingerprint folder and its footer names that fingerprint, that row group and the row
+range the current num_records gives it (`footer.is_done`); nothing else (no event log, no
+counter) is trusted. Layout and names: `store.layout`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+
+from dd_assets.config.fingerprint import describe_change
+from dd_assets.config.run import ResumeMode
+from dd_assets.errors import StoreError
+from dd_assets.store.atomic import (
+    atomic_path,
+    atomic_write_json,
+    file_lock,
+    fsync_dir,
+    is_temp_name,
+    sweep_temp_files,
+)
+from dd_assets.store.footer import META_PREFIX, FileFooter, RowGroupInfo, is_done, read_footer
+from dd_assets.store.layout import (
+    BATCH_RE,
+    FILES_DIR,
+    FINAL_DATA,
+    FINAL_DIR,
+    FINAL_META,
+    LOCK_SUFFIX,
+    REPLACED_MARK,
+    STAGE_JSON,
+    StageRef,
+    batch_name,
+    partition_key,
+)
+
+STORE_SCHEME = 1
+
+
+class CorruptStageError(StoreError):
+    """stage.json or a row-group file cannot be trusted; nothing was changed."""
+
+
+class ConfigChangedError(StoreError):
+    """--resume always, but the data on disk is of another fingerprint."""
+
+
+class MissingRowGroupsError(StoreError):
+    """Row groups a reader asked for are not on disk (yet): materialize them first."""
+
+
+class StageSealedError(StoreError):
+    """The stage is finalized; no row group may be written until it is unsealed."""
+
+
+class FinalMissingError(StoreError):
+    """A stage's final output does not exist, or was made by another config."""
+
+
+class EmptyFinalError(StoreError):
+    """Finalize kept no rows and the stage does not allow that."""
+
+
+@dataclass(frozen=True)
+class FingerprintFolder:
+    """One `<fp12>` folder of a stage on disk (not those moved aside by `never`)."""
+
+    fp12: str
+    path: Path
+    state: dict[str, Any]
+    row_groups: int
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.state.get("identity") or {}
+
+    @property
+    def updated_at(self) -> str:
+        return str(self.state.get("updated_at", ""))
+
+
+@dataclass(frozen=True)
+class FinalOutput:
+    """A stage's finalize output: the parquet file and what finalize recorded about it."""
+
+    path: Path
+    info: dict[str, Any]
+
+    @property
+    def rows(self) -> int:
+        return int(self.info.get("rows_out", 0))
+
+
+def _now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class PartitionStore:
+    def __init__(self, root: str | os.PathLike[str]):
+        self.root = Path(root)
+        # Footer reads keyed by (path, inode, mtime, size): status polls and asset checks list
+        # thousands of files, and a replaced file (os.replace of a new temp) always has a new inode,
+        # even when written within the same mtime tick with the same size.
+        self._footers: dict[tuple[str, int, int, int], RowGroupInfo] = {}
+
+    # ---- paths -------------------------------------------------------------------------------
+
+    def stage_base(self, workflow: str, stage: str) -> Path:
+        return self.root / workflow / stage
+
+    def stage_dir(self, ref: StageRef) -> Path:
+        return self.stage_base(ref.workflow, ref.stage) / ref.fp12
+
+    def files_dir(self, ref: StageRef) -> Path:
+        return self.stage_dir(ref) / FILES_DIR
+
+    def batch_path(self, ref: StageRef, row_group: int) -> Path:
+        return self.files_dir(ref) / batch_name(row_group)
+
+    def final_dir(self, ref: StageRef) -> Path:
+        return self.stage_dir(ref) / FINAL_DIR
+
+    def _lock(self, ref: StageRef) -> contextlib.AbstractContextManager[None]:
+        # Beside the fingerprint folder, not inside it: `never` moves that folder aside, and a
+        # lock file moving with it would let waiters on the old inode and newcomers on a new one
+        # hold "the" lock at the same time.
+        return file_lock(self.stage_base(ref.workflow, ref.stage) / f".{ref.fp12}{LOCK_SUFFIX}")
+
+    # ---- stage.json --------------------------------------------------------------------------
+
+    def state(self, ref: StageRef) -> dict[str, Any]:
+        """stage.json of the stage ({} when there is none yet)."""
+        return self._read_state(self.stage_dir(ref) / STAGE_JSON, ref)
+
+    @staticmethod
+    def _read_state(path: Path, ref: StageRef | None = None) -> dict[str, Any]:
+        try:
+            text = path.read_text()
+        except FileNotFoundError:
+            return {}
+        try:
+            state = json.loads(text)
+            if not isinstance(state, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            raise CorruptStageError(
+                f"{path} is not valid stage metadata ({exc}); nothing was changed. Move the folder"
+                f" {path.parent} aside to keep its row groups for inspection, or run with"
+                " `--resume never`, which moves it aside and regenerates the stage"
+            ) from exc
+        if ref is not None:
+            problems = []
+            if state.get("fingerprint") not in (None, ref.fingerprint):
+                problems.append(f"fingerprint {state.get('fingerprint')!r} != {ref.fingerprint!r}")
+            if state.get("buffer_size") not in (None, ref.buffer_size):
+                problems.append(
+                    f"buffer_size {state.get('buffer_size')} on disk != {ref.buffer_size} in the config"
+                )
+            if problems:
+                raise CorruptStageError(
+                    f"{path} does not match the stage it sits under ({'; '.join(problems)}); nothing"
+                    " was changed. Restore the config that wrote it, or run with `--resume never`"
+                    " to move this folder aside and regenerate"
+                )
+        return state
+
+    def _write_state(self, ref: StageRef, **changes: Any) -> dict[str, Any]:
+        path = self.stage_dir(ref) / STAGE_JSON
+        state = self._read_state(path, ref)
+        now = _now()
+        if not state:
+            state = {
+                "store_scheme": STORE_SCHEME,
+                "workflow": ref.workflow,
+                "stage": ref.stage,
+                "fingerprint": ref.fingerprint,
+                "buffer_size": ref.buffer_size,
+                "original_num_records": ref.num_records,
+                "identity": ref.identity,
+                "created_at": now,
+                "finalize_state": None,
+            }
+        state.update(changes)
+        state["num_records"] = ref.num_records
+        state["updated_at"] = now
+        if ref.identity:
+            state["identity"] = ref.identity
+        atomic_write_json(path, state)
+        return state
+
+    # ---- prepare (resume modes) --------------------------------------------------------------
+
+    def prepare(
+        self, ref: StageRef, mode: ResumeMode | str, token: str | None = None
+    ) -> dict[str, Any]:
+        """Make the stage folder ready for writing row groups under `mode`, or explain why not.
+
+        `token` identifies one logical materialization (a CLI call or a backfill), which Dagster
+        may split over many runs: under `never`, only the first of them moves old data aside."""
+        mode = ResumeMode(mode)
+        folder = self.stage_dir(ref)
+        # The fingerprint folder itself is created only once the checks pass: a refused run
+        # must not leave an empty folder that `status` would list as a stage with 0 row groups.
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with self._lock(ref):
+            self.sweep(ref)
+            if mode == ResumeMode.NEVER:
+                # `never` is the way out of a corrupt or mismatched stage.json (the errors say so):
+                # the folder is moved aside whole, nothing is deleted. Without a token every call
+                # is its own materialization and starts fresh.
+                try:
+                    state, corrupt = self._read_state(folder / STAGE_JSON, ref), False
+                except CorruptStageError:
+                    state, corrupt = {}, True
+                fresh = token is None or state.get("fresh_start_token") != token
+                if corrupt or (fresh and self._has_data(ref)):
+                    self._move_aside(ref)
+                folder.mkdir(exist_ok=True)
+                return self._write_state(ref, fresh_start_token=token)
+            state = self._read_state(folder / STAGE_JSON, ref)
+            if mode == ResumeMode.ALWAYS and not self._has_data(ref):
+                self._refuse_changed_config(ref)
+            self._refuse_shrink(ref, state)
+            folder.mkdir(exist_ok=True)
+            return self._write_state(ref)
+
+    def _has_data(self, ref: StageRef) -> bool:
+        files = self.files_dir(ref)
+        has_files = files.is_dir() and any(BATCH_RE.match(e.name) for e in os.scandir(files))
+        return has_files or self.final_dir(ref).exists()
+
+    def _move_aside(self, ref: StageRef) -> Path:
+        folder = self.stage_dir(ref)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+        target = folder.with_name(f"{folder.name}{REPLACED_MARK}{stamp}")
+        os.replace(folder, target)
+        fsync_dir(folder.parent)
+        return target
+
+    def _refuse_changed_config(self, ref: StageRef) -> None:
+        newest = self.newest_other_fingerprint(ref)
+        if newest is None:
+            return
+        shown = describe_change(newest.identity, ref.identity) if ref.identity else "unknown"
+        raise ConfigChangedError(
+            f"stage {ref.stage!r}: --resume always found no data for the current fingerprint"
+            f" {ref.fp12} but {newest.row_groups} row group(s) under fingerprint {newest.fp12}"
+            f" ({newest.path}); the config changed"
+            f" since that run (changed: {shown}). Restore the old config to resume it, or use"
+            " --resume if_possible (start the new fingerprint, keep the old data) or --resume never"
+        )
+
+    def _refuse_shrink(self, ref: StageRef, state: dict[str, Any]) -> None:
+        """Rows on disk beyond the new num_records would silently vanish from the dataset."""
+        beyond: list[RowGroupInfo] = []
+        for info in self._scan(ref).values():
+            if info.row_end > ref.num_records:
+                beyond.append(info)
+        if beyond:
+            rows = max(i.row_end for i in beyond)
+            ids = ", ".join(
+                partition_key(i.row_group) for i in sorted(beyond, key=lambda i: i.row_group)[:5]
+            )
+            raise StoreError(
+                f"stage {ref.stage!r}: num_records is {ref.num_records} but {self.files_dir(ref)}"
+                f" already holds records up to row {rows} (row groups {ids}"
+                f"{' ...' if len(beyond) > 5 else ''}); nothing was deleted. Set num_records to at"
+                f" least {rows}, or export the first {ref.num_records} rows, or run with --resume"
+                " never to move this data aside and regenerate"
+            )
+
+    # ---- row groups --------------------------------------------------------------------------
+
+    def _footer(self, path: Path, ref: StageRef) -> RowGroupInfo:
+        st = path.stat()
+        key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+        cached = self._footers.get(key)
+        if cached is not None:
+            return cached
+        f = read_footer(path)
+        try:
+            if f.error:
+                raise ValueError(f.error)
+            kv = f.kv or {}
+            info = RowGroupInfo(
+                row_group=int(kv["row_group"]),
+                path=path,
+                rows=int(kv["rows"]),
+                row_start=int(kv["row_start"]),
+                row_end=int(kv["row_end"]),
+                fingerprint=kv["fingerprint"],
+                stats=json.loads(kv.get("stats", "{}")),
+            )
+        except (KeyError, ValueError) as exc:
+            raise CorruptStageError(
+                f"{path} is not a readable dd-assets row group ({exc}); nothing was deleted. Move"
+                " the file out of the folder and the row group will be regenerated on the next run"
+            ) from exc
+        if f.mismatch(ref):
+            raise CorruptStageError(
+                f"{path} belongs elsewhere: its footer says fingerprint {info.fingerprint[:12]},"
+                f" row group {info.row_group}, but it sits in {ref.fp12}/row group {f.row_group};"
+                " nothing was deleted. Move the file out of the folder and rerun"
+            )
+        self._footers[key] = info
+        return info
+
+    def batch_paths(self, ref: StageRef) -> list[Path]:
+        """Committed row-group files in the stage's folder (temp files left by a crash are not)."""
+        folder = self.files_dir(ref)
+        if not folder.is_dir():
+            return []
+        return sorted(
+            Path(e.path)
+            for e in os.scandir(folder)
+            if BATCH_RE.match(e.name) and not is_temp_name(e.name)
+        )
+
+    def footers(self, ref: StageRef) -> list[FileFooter]:
+        """Every row-group file's footer, problems included rather than raised (for the checks)."""
+        return [read_footer(p) for p in self.batch_paths(ref)]
+
+    def _scan(self, ref: StageRef) -> dict[int, RowGroupInfo]:
+        out = {}
+        for path in self.batch_paths(ref):
+            info = self._footer(path, ref)
+            out[info.row_group] = info
+        return out
+
+    def completed(self, ref: StageRef) -> dict[int, RowGroupInfo]:
+        """Row groups on disk whose footer matches the current row ranges, by id.
+
+        A file whose range differs (the last, short row group before num_records grew) is not
+        complete: it is regenerated, with the same sampler values and cached LLM answers."""
+        return {
+            rg: info
+            for rg, info in self._scan(ref).items()
+            if is_done(ref, rg, (info.row_start, info.row_end))
+        }
+
+    def refuse_if_sealed(self, ref: StageRef) -> None:
+        """Raise StageSealedError while the stage is finalized: checked before generating, so a
+        refused extension costs no LLM call, and again before every write."""
+        self._refuse_if_sealed(ref)
+
+    def _refuse_if_sealed(self, ref: StageRef) -> None:
+        state = self.state(ref)
+        if state.get("finalize_state") in ("started", "complete"):
+            raise StageSealedError(
+                f"stage {ref.stage!r} is finalized (finalize_state {state['finalize_state']!r}"
+                f" since {state.get('finalized_at')}); its row groups are sealed and nothing was"
+                f" written. Run `dd-assets unseal CONFIG {ref.stage}` to invalidate the final output"
+                " and allow new row groups, or materialize with --resume never to start fresh"
+            )
+
+    def write_row_group(
+        self, ref: StageRef, row_group: int, table: pa.Table, stats: dict[str, Any] | None = None
+    ) -> RowGroupInfo:
+        """Checkpoint one row group: atomically, with its identity in the footer."""
+        if not 0 <= row_group < ref.num_row_groups:
+            raise StoreError(
+                f"stage {ref.stage!r} has row groups 00000-{ref.num_row_groups - 1:05d}; got {row_group}"
+            )
+        self._refuse_if_sealed(ref)  # early, before the file is written
+        start, end = ref.row_range(row_group)
+        kv = {
+            "fingerprint": ref.fingerprint,
+            "row_group": str(row_group),
+            "row_start": str(start),
+            "row_end": str(end),
+            "rows": str(table.num_rows),
+            "stats": json.dumps(stats or {}, sort_keys=True, default=str),
+            "written_at": _now(),
+        }
+        meta = dict(table.schema.metadata or {})
+        meta.update({META_PREFIX + k.encode(): v.encode() for k, v in kv.items()})
+        table = table.replace_schema_metadata(meta)
+        path = self.batch_path(ref, row_group)
+        with atomic_path(path, commit=lambda: self._unsealed(ref)) as tmp:
+            pq.write_table(table, tmp)
+        return self._footer(path, ref)
+
+    @contextlib.contextmanager
+    def _unsealed(self, ref: StageRef) -> Iterator[None]:
+        """Hold the stage lock while a row group is committed, refusing if the stage got sealed
+        meanwhile: a finalize that began while the file was being written must not miss it."""
+        with self._lock(ref):
+            self._refuse_if_sealed(ref)
+            if not (self.stage_dir(ref) / STAGE_JSON).exists():
+                self._write_state(ref)
+            yield
+
+    def read_row_group(self, ref: StageRef, row_group: int) -> pa.Table:
+        info = self.completed(ref).get(row_group)
+        if info is None:
+            raise StoreError(
+                f"stage {ref.stage!r} (fingerprint {ref.fp12}) has no row group"
+                f" {partition_key(row_group)} in {self.files_dir(ref)}; materialize that"
+                " partition first"
+            )
+        return pq.read_table(info.path)
+
+    def dataset(self, ref: StageRef, row_groups: list[int] | None = None) -> pads.Dataset:
+        """A lazy dataset over the given (default: all completed) row groups, in row order."""
+        done = self.completed(ref)
+        wanted = sorted(done) if row_groups is None else row_groups
+        missing = [rg for rg in wanted if rg not in done]
+        if missing:
+            raise MissingRowGroupsError(
+                f"stage {ref.stage!r} (fingerprint {ref.fp12}) lacks row group(s)"
+                f" {[partition_key(rg) for rg in missing[:10]]} in {self.files_dir(ref)};"
+                " materialize them first (backfill the missing partitions)"
+            )
+        return pads.dataset([str(done[rg].path) for rg in wanted], format="parquet")
+
+    def missing(self, ref: StageRef) -> list[int]:
+        """Row groups of the stage not on disk for its fingerprint."""
+        done = self.completed(ref)
+        return [rg for rg in range(ref.num_row_groups) if rg not in done]
+
+    def iter_batches(self, ref: StageRef, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
+        """All completed rows in row order, one record batch at a time (for streaming export)."""
+        for _, info in sorted(self.completed(ref).items()):
+            yield from pq.ParquetFile(info.path).iter_batches(batch_size=batch_size)
+
+    # ---- fingerprints on disk ----------------------------------------------------------------
+
+    def fingerprints(self, workflow: str, stage: str) -> list[FingerprintFolder]:
+        """Every fingerprint folder of a stage (not those moved aside by `never`), for status and
+        for telling a user what changed."""
+        base = self.stage_base(workflow, stage)
+        if not base.is_dir():
+            return []
+        out: list[FingerprintFolder] = []
+        for entry in sorted(os.scandir(base), key=lambda e: e.name):
+            if not entry.is_dir() or REPLACED_MARK in entry.name:
+                continue
+            try:
+                state = self._read_state(Path(entry.path) / STAGE_JSON)
+            except CorruptStageError:
+                state = {}
+            files = Path(entry.path) / FILES_DIR
+            n = sum(1 for e in os.scandir(files) if BATCH_RE.match(e.name)) if files.is_dir() else 0
+            out.append(FingerprintFolder(entry.name, Path(entry.path), state, n))
+        return out
+
+    def newest_other_fingerprint(self, ref: StageRef) -> FingerprintFolder | None:
+        """The most recently written other fingerprint folder of the stage that holds row
+        groups: what the data on disk was made by before the config changed."""
+        with_data = [
+            f
+            for f in self.fingerprints(ref.workflow, ref.stage)
+            if f.fp12 != ref.fp12 and f.row_groups
+        ]
+        return max(with_data, key=lambda f: f.updated_at) if with_data else None
+
+    # ---- finalize ----------------------------------------------------------------------------
+
+    def final_paths(self, ref: StageRef) -> tuple[Path, Path]:
+        """(final/data.parquet, final/final.json) of a stage."""
+        folder = self.final_dir(ref)
+        return folder / FINAL_DATA, folder / FINAL_META
+
+    def final_output(self, ref: StageRef, final_fingerprint: str) -> FinalOutput:
+        """The stage's final output, checked to be complete and made by the current finalize
+        config (`final_fingerprint`); a stale or half-made one is never handed out."""
+        data, meta = self.final_paths(ref)
+        state = self.state(ref) if self.stage_dir(ref).exists() else {}
+        try:
+            info = json.loads(meta.read_text())
+        except (OSError, ValueError):
+            info = {}
+        if (
+            state.get("finalize_state") != "complete"
+            or not data.exists()
+            or not isinstance(info, dict)
+            or info.get("final_fingerprint") != final_fingerprint
+        ):
+            raise FinalMissingError(
+                f"stage {ref.stage!r} has no complete final output for its current config under"
+                f" {self.final_dir(ref)}; materialize the asset {ref.workflow}/{ref.stage}/final"
+                " first"
+            )
+        return FinalOutput(data, info)
+
+    def begin_finalize(self, ref: StageRef) -> None:
+        with self._lock(ref):
+            self._write_state(ref, finalize_state="started", finalized_at=_now())
+
+    def complete_finalize(self, ref: StageRef) -> None:
+        with self._lock(ref):
+            self._write_state(ref, finalize_state="complete", finalized_at=_now())
+
+    def unseal(self, ref: StageRef) -> Path | None:
+        """Invalidate the final output (moved aside, not deleted) so row groups may be written again."""
+        with self._lock(ref):
+            final = self.final_dir(ref)
+            moved = None
+            if final.exists():
+                moved = final.with_name(
+                    f"{FINAL_DIR}.invalidated-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
+                )
+                os.replace(final, moved)
+                fsync_dir(final.parent)
+            self._write_state(ref, finalize_state=None, finalized_at=None)
+            return moved
+
+    # ---- housekeeping ------------------------------------------------------------------------
+
+    def sweep(self, ref: StageRef) -> list[Path]:
+        """Remove temp files of dead writers: what a crash mid-write leaves behind."""
+        removed: list[Path] = []
+        for folder in (self.stage_dir(ref), self.files_dir(ref), self.final_dir(ref)):
+            removed += sweep_temp_files(folder)
+        return removed

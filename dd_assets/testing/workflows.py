@@ -1,0 +1,221 @@
+"""Shared by the integration tests: small workflow configs on disk, an isolated Dagster home and
+data root, and snapshots of what the store holds."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+PEOPLE_COLUMNS: list[dict[str, Any]] = [
+    {
+        "name": "person_id",
+        "column_type": "sampler",
+        "sampler_type": "uuid",
+        "params": {"prefix": "P-", "short_form": True},
+    },
+    {
+        "name": "city",
+        "column_type": "sampler",
+        "sampler_type": "category",
+        "params": {"values": ["Lyon", "Oslo", "Lima"]},
+    },
+    {
+        "name": "customer",
+        "column_type": "sampler",
+        "sampler_type": "person",
+        "params": {"locale": "en_US"},
+    },
+    {
+        "name": "score",
+        "column_type": "sampler",
+        "sampler_type": "uniform",
+        "params": {"low": 1, "high": 10},
+        "convert_to": "int",
+    },
+    {
+        "name": "line",
+        "column_type": "expression",
+        "expr": "{{ customer.first_name }} from {{ city }} scored {{ score }}",
+    },
+]
+
+
+def people_config(
+    *,
+    name: str = "wf",
+    num_records: int = 1000,
+    buffer_size: int = 100,
+    partitions_per_run: int = 4,
+    downstream: bool = False,
+    score_high: int = 10,
+) -> dict[str, Any]:
+    columns = [dict(c) for c in PEOPLE_COLUMNS]
+    columns[3] = {**columns[3], "params": {"low": 1, "high": score_high}}
+    stages: list[dict[str, Any]] = [
+        {
+            "name": "people",
+            "num_records": num_records,
+            "buffer_size": buffer_size,
+            "columns": columns,
+        }
+    ]
+    if downstream:
+        stages.append(
+            {
+                "name": "notes",
+                "num_records": num_records,
+                "buffer_size": buffer_size,
+                "seed": {"stage": "people", "mode": "row_group"},
+                "columns": [
+                    {
+                        "name": "note",
+                        "column_type": "expression",
+                        "expr": "note for {{ person_id }}",
+                    }
+                ],
+            }
+        )
+    return {
+        "name": name,
+        "run": {"partitions_per_run": partitions_per_run, "row_groups_in_flight": 2},
+        "stages": stages,
+    }
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def isolated_env(tmp_path: Path, config: Path | None = None) -> dict[str, str]:
+    """Environment for a subprocess (or monkeypatched in-process) run with its own instance/store."""
+    home = tmp_path / "dagster_home"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    env = dict(os.environ)
+    env.update(
+        DAGSTER_HOME=str(home),
+        DD_ASSETS_ROOT=str(tmp_path / "dd-data"),
+        PYTHONUNBUFFERED="1",
+    )
+    if config is not None:
+        env["DD_ASSETS_CONFIG"] = str(config)
+    return env
+
+
+def batch_files(root: Path) -> dict[str, Path]:
+    """Every committed row-group file under a data root (current fingerprints, not moved-aside)."""
+    out = {}
+    for p in sorted(root.rglob("batch_*.parquet")):
+        if ".replaced-" in str(p) or ".dd-tmp." in p.name:
+            continue
+        out[str(p.relative_to(root))] = p
+    return out
+
+
+def snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """(inode, mtime_ns) per row-group file: a regenerated file gets a new inode via os.replace."""
+    return {k: (p.stat().st_ino, p.stat().st_mtime_ns) for k, p in batch_files(root).items()}
+
+
+def temp_files(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if ".dd-tmp." in p.name]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def running_ui(workflow: Path, env: dict[str, str], cwd: Path) -> Iterator[tuple[int, Path]]:
+    """`dd-assets ui` (= `dagster dev`: webserver and daemon) on a free port, as a user starts it;
+    yields (port, log file) once the webserver answers, and stops the whole process group."""
+    port = free_port()
+    log_path = cwd / "ui.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(
+            [str(BIN / "dd-assets"), "ui", str(workflow), "--port", str(port)],
+            env=env,
+            cwd=cwd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/server_info", timeout=2)
+                    break
+                except OSError:
+                    assert proc.poll() is None, log_path.read_text()
+                    assert time.monotonic() < deadline, "webserver did not start in 90 s"
+                    time.sleep(0.5)
+            yield port, log_path
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # the group may be gone already
+                os.killpg(proc.pid, signal.SIGTERM)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+
+
+def run_materialize(
+    cfg: Path, env: dict[str, str], timeout: float = 180
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "dd-assets"), "materialize", str(cfg), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def kill_after(cfg: Path, env: dict[str, str], root: Path, files: int) -> None:
+    """Start `dd-assets materialize` and SIGKILL it once `files` row groups are on disk. Its
+    stderr is kept (next to the config): a run that dies early must say why."""
+    errlog = cfg.with_suffix(".killed.stderr")
+    with open(errlog, "wb") as err:
+        proc = subprocess.Popen(
+            [str(BIN / "dd-assets"), "materialize", str(cfg), "--no-progress"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while len(batch_files(root)) < files:
+            assert proc.poll() is None, (
+                f"materialize ended before the kill point:\n{errlog.read_text()[-4000:]}"
+            )
+            assert time.monotonic() < deadline, "no progress within 120 s"
+            time.sleep(0.005)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+
+
+def stage_table(root: Path, stage: str = "people") -> pa.Table:
+    files = {k: p for k, p in batch_files(root).items() if f"/{stage}/" in k}
+    return pa.concat_tables(pq.read_table(files[k]) for k in sorted(files))

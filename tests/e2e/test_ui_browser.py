@@ -1,0 +1,221 @@
+"""The Dagster UI as a person sees it: a workflow materialized by `dd-assets materialize`, served
+by `dd-assets ui` (webserver + daemon), driven in a real headless Chromium. The asset page must
+show the stage description, every row group as a materialized partition, a partition's
+materialization metadata (rows, preview of the rows actually on disk), and on its Checks tab the
+passing results that `dd-assets check` recorded.
+
+Screenshots go to $DD_ASSETS_ARTIFACTS/ui/ (default: test-artifacts/ui/ in the repo). Needs
+Debian's chromium (`apt-get install -y --no-install-recommends chromium chromium-driver`) and the
+`playwright` package from the dev extra; without them the test fails and says how to install."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from dd_assets.config import load_workflow
+from dd_assets.runners.checks import checks_for
+from dd_assets.runners.plan import plan_workflow
+from dd_assets.testing.workflows import (
+    BIN,
+    REPO,
+    batch_files,
+    isolated_env,
+    people_config,
+    running_ui,
+    write_config,
+)
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+WORKFLOW = "uiwf"
+STAGE = "people"
+DESCRIPTION = "People sampled for the browser test."
+ROW_GROUPS = 3
+ROWS_PER_GROUP = 100
+TIMEOUT_MS = 30_000
+
+# Flags that work here as root, headless, on a closed network: no sandbox (root), no GPU, and no
+# background traffic (component updates, sync, QUIC probes) that would only time out.
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+INSTALL_HINT = (
+    "install Debian's chromium with `apt-get install -y --no-install-recommends chromium"
+    " chromium-driver` (as .ci/run does), or point $DD_ASSETS_CHROMIUM at a Chromium binary"
+)
+
+
+@pytest.fixture
+def chromium() -> str:
+    """Checked before the slow setup: a missing browser fails at once, saying how to install."""
+    _playwright()
+    path = os.environ.get("DD_ASSETS_CHROMIUM") or shutil.which("chromium")
+    if not path or not os.access(path, os.X_OK):
+        pytest.fail(f"no Chromium found for the browser UI test: {INSTALL_HINT}", pytrace=False)
+    return path
+
+
+def _playwright() -> Any:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail(
+            "the browser UI test needs the `playwright` package: `.venv/bin/pip install -e"
+            " '.[dev]'` (it drives the system Chromium; no `playwright install` needed)",
+            pytrace=False,
+        )
+    return sync_playwright
+
+
+def artifacts_dir() -> Path:
+    root = os.environ.get("DD_ASSETS_ARTIFACTS")
+    out = (Path(root) if root else REPO / "test-artifacts") / "ui"
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+class UI:
+    def __init__(self, url: str, log: Path, data_root: Path, workflow: Path):
+        self.url = url
+        self.log = log
+        self.data_root = data_root
+        self.workflow = workflow
+
+    def log_tail(self, n: int = 3000) -> str:
+        return self.log.read_text(errors="replace")[-n:]
+
+
+@pytest.fixture
+def ui(tmp_path: Path) -> Iterator[UI]:
+    config = people_config(
+        name=WORKFLOW, num_records=ROW_GROUPS * ROWS_PER_GROUP, buffer_size=ROWS_PER_GROUP
+    )
+    config["stages"][0]["description"] = DESCRIPTION
+    workflow = write_config(tmp_path / "wf.yaml", config)
+    env = isolated_env(tmp_path, workflow)
+    done = subprocess.run(
+        [str(BIN / "dd-assets"), "materialize", str(workflow), "--no-progress"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    # Asset check results recorded in the instance, for the asset's Checks tab.
+    checked = subprocess.run(
+        [str(BIN / "dd-assets"), "check", str(workflow)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    with running_ui(workflow, env, tmp_path) as (port, log_path):
+        yield UI(f"http://127.0.0.1:{port}", log_path, Path(env["DD_ASSETS_ROOT"]), workflow)
+
+
+def _screenshot(page: Any, name: str) -> Path:
+    path = artifacts_dir() / name
+    page.screenshot(path=str(path), full_page=True)
+    assert path.is_file() and path.stat().st_size > 20_000, f"{path}: screenshot too small"
+    return path
+
+
+def test_asset_page_shows_partitions_metadata_and_checks(
+    chromium: str, tmp_path: Path, ui: UI
+) -> None:
+    sync_playwright = _playwright()
+    # What the preview must show: the first row of row group 00001 as it is on disk.
+    files = batch_files(ui.data_root)
+    assert len(files) == ROW_GROUPS, files
+    batch1 = next(p for k, p in files.items() if k.endswith("batch_00001.parquet"))
+    first_line = pq.read_table(batch1, columns=["line"]).column("line")[0].as_py()
+    plan = plan_workflow(load_workflow(ui.workflow))[STAGE]
+    check_names = sorted(c.name for c in checks_for(plan))
+    assert "row_groups_complete" in check_names, check_names
+
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),  # a fresh profile every run
+            executable_path=chromium,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000},
+        )
+        # The "Join the Dagster community" dialog on localhost would cover the page.
+        context.add_init_script("localStorage.setItem('communityNux', JSON.stringify('1'))")
+        context.set_default_timeout(TIMEOUT_MS)
+        page = context.pages[0] if context.pages else context.new_page()
+        try:
+            page.goto(f"{ui.url}/assets/{WORKFLOW}/{STAGE}")
+            # Overview: the description from the config, the stage's shape, the latest partition.
+            page.get_by_text(DESCRIPTION).wait_for()
+            page.get_by_text(f"{ROW_GROUPS * ROWS_PER_GROUP} records in row groups of").wait_for()
+            page.get_by_text("Latest materialization").first.wait_for()
+            _screenshot(page, "asset-overview.png")
+
+            # Partitions tab: every row group materialized, none missing.
+            page.get_by_role("tab", name="Partitions").click()
+            page.get_by_text(f"Materialized ({ROW_GROUPS})").wait_for()
+            page.get_by_text("Missing (0)").wait_for()
+            page.get_by_text("Failed (0)").wait_for()
+            for rg in range(ROW_GROUPS):
+                page.get_by_text(f"{rg:05d}", exact=True).first.wait_for()
+
+            # One partition's materialization: its metadata, with rows and the preview.
+            page.get_by_text("00001", exact=True).first.click()
+            page.wait_for_url(re.compile(r"[?&]partition=00001\b"))
+            metadata = page.locator("table").filter(has_text="planned_rows")
+            metadata.locator("tr").filter(has_text="preview").get_by_text(first_line).wait_for()
+            table_rows = metadata.locator("tr").evaluate_all(
+                "trs => trs.map(tr => Array.from(tr.cells, c => c.innerText.trim()))"
+            )
+            md = {cells[0]: cells[1] for cells in table_rows if len(cells) >= 2}
+            assert md["rows"] == str(ROWS_PER_GROUP), md
+            assert md["planned_rows"] == str(ROWS_PER_GROUP), md
+            assert md["dropped_rows"] == "0", md
+            assert md["reused"] == "false", md
+            assert md["path"].replace("\n", "").endswith("batch_00001.parquet"), md
+            # The preview is markdown rendered as a table: header and rows of this row group.
+            assert "person_id" in md["preview"] and first_line in md["preview"], md
+            _screenshot(page, "asset-partition-00001.png")
+
+            # Checks tab: every check `dd-assets check` ran is listed with its passing result.
+            page.get_by_role("tab", name="Checks").click()
+            page.get_by_text(f"Checks ({len(check_names)})", exact=True).wait_for()
+            for name in check_names:
+                page.get_by_text(name, exact=True).first.wait_for()
+            succeeded = page.get_by_text("Succeeded", exact=True)
+            succeeded.nth(len(check_names) - 1).wait_for()
+            assert succeeded.count() == len(check_names)
+            page.get_by_text("row_groups_complete", exact=True).first.click()
+            page.get_by_text("Latest execution").wait_for()
+            page.get_by_text("Passed", exact=True).first.wait_for()
+            _screenshot(page, "asset-checks.png")
+        except Exception as exc:
+            page.screenshot(path=str(artifacts_dir() / "failure.png"), full_page=True)
+            raise AssertionError(
+                f"UI check failed at {page.url}: {exc}\nscreenshot: {artifacts_dir()}/failure.png"
+                f"\ndagster log tail:\n{ui.log_tail()}"
+            ) from exc
+        finally:
+            context.close()

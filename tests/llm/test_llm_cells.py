@@ -368,7 +368,10 @@ def test_waiting_calls_are_served_by_priority_and_cancelling_leaks_no_slot(mock:
             await asyncio.gather(*first, *waiting.values(), return_exceptions=True)
             assert waiting[3].cancelled() and waiting[8].cancelled()
             order = [b["messages"][0]["content"] for b in mock.bodies]
-            assert order == ["P: 100", "P: 101", "P: 1", "P: 5", "P: 7", "P: 9"]
+            # Two slots: calls are let in two at a time, lowest priority first; which of a pair
+            # reaches the server first is up to the sockets.
+            pairs = [set(order[i : i + 2]) for i in range(0, len(order), 2)]
+            assert pairs == [{"P: 100", "P: 101"}, {"P: 1", "P: 5"}, {"P: 7", "P: 9"}]
             # all slots came back: two calls still run side by side
             mock.reset()
             await asyncio.gather(ask(client, 0), ask(client, 0))

@@ -18,6 +18,8 @@ from dd_assets.config.run import EarlyStopSettings, ResumeMode, RunSettings
 from dd_assets.config.workflow import (
     FileSeed,
     JoinSeed,
+    SeedRows,
+    SeedShard,
     StageConfig,
     StageSeed,
     WorkflowConfig,
@@ -44,6 +46,8 @@ __all__ = [
     "ResumeMode",
     "RunSettings",
     "SamplerColumnConfig",
+    "SeedRows",
+    "SeedShard",
     "Score",
     "StageConfig",
     "StageSeed",

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dd_assets.config.base import added_field
 from dd_assets.config.samplers import SamplerParams, inject_sampler_type
 from dd_assets.config.templates import referenced_names
 
@@ -57,6 +58,39 @@ class _Column(BaseModel):
     def is_llm(self) -> bool:
         return False
 
+    @property
+    def output_names(self) -> list[str]:
+        """The column's own name, then any side columns it makes (an LLM column's trace)."""
+        return [self.name]
+
+
+class SamplerConstraint(BaseModel):
+    """The sampled value must satisfy `value <operator> rhs`, rhs a number or another sampler
+    column of the row; a value that does not is drawn again (rejection sampling, per row)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    operator: Literal["lt", "le", "gt", "ge"]
+    value: float | None = None
+    column: str | None = None
+
+    @model_validator(mode="after")
+    def _one_rhs(self) -> SamplerConstraint:
+        if (self.value is None) == (self.column is None):
+            raise ValueError("a constraint compares with a number (value) or a column, one of them")
+        return self
+
+
+NUMERIC_SAMPLERS = frozenset(
+    {"uniform", "gaussian", "poisson", "bernoulli", "binomial", "scipy", "bernoulli_mixture"}
+)
+DATETIME_SAMPLERS = frozenset({"datetime", "timedelta"})
+
+
+def condition_names(condition: str) -> set[str]:
+    """Columns a conditional_params key reads: a Jinja expression without braces."""
+    return template_names("{{ " + condition + " }}", f"condition {condition!r}")
+
 
 class SamplerColumnConfig(_Column):
     column_type: Literal["sampler"] = "sampler"
@@ -66,8 +100,25 @@ class SamplerColumnConfig(_Column):
         default=None,
         description="'int' | 'float' | 'str' for numbers; a strftime format for datetimes",
     )
+    conditional_params: dict[str, SamplerParams] = added_field(
+        {},
+        description="Jinja condition (no braces) -> params for the rows where it is true;"
+        " rows matching none use `params`; of several true ones, the one sorting last wins",
+    )
+    constraints: list[SamplerConstraint] = added_field([])
+    # How convert_to: int makes an integer: dd-assets draws uniform integers evenly over
+    # [low, high] and floors other samplers; DataDesigner rounds the continuous value half to
+    # even (so a uniform's end values come up half as often).
+    int_rounding: Literal["default", "half_even"] = added_field("default")
 
     _inject = model_validator(mode="before")(inject_sampler_type)
+
+    @field_validator("conditional_params")
+    @classmethod
+    def _sorted(cls, v: dict[str, Any]) -> dict[str, Any]:
+        # The fingerprint sorts keys, so the data must not depend on their written order:
+        # conditions are checked in sorted order (as DataDesigner's YAML export writes them).
+        return dict(sorted(v.items()))
 
     @model_validator(mode="after")
     def _consistent(self) -> SamplerColumnConfig:
@@ -76,21 +127,44 @@ class SamplerColumnConfig(_Column):
                 f"params.sampler_type {self.params.sampler_type!r} differs from sampler_type"
                 f" {self.sampler_type!r}; remove it from params"
             )
-        numeric = {"uniform", "gaussian", "poisson", "bernoulli"}
+        for cond, params in self.conditional_params.items():
+            if params.sampler_type != self.sampler_type:
+                raise ValueError(
+                    f"conditional_params[{cond!r}] is a {params.sampler_type} sampler; it must be"
+                    f" {self.sampler_type} like the column"
+                )
+            condition_names(cond)
         if self.convert_to is not None:
-            if self.sampler_type in numeric and self.convert_to not in ("int", "float", "str"):
+            if self.sampler_type in NUMERIC_SAMPLERS and self.convert_to not in (
+                "int",
+                "float",
+                "str",
+            ):
                 raise ValueError(
                     f"convert_to for a {self.sampler_type} sampler must be int, float or str"
                 )
-            if self.sampler_type not in numeric | {"datetime"}:
+            if self.sampler_type not in NUMERIC_SAMPLERS | DATETIME_SAMPLERS:
                 raise ValueError(f"convert_to is not supported for a {self.sampler_type} sampler")
+        if self.constraints and self.sampler_type not in NUMERIC_SAMPLERS:
+            raise ValueError(
+                f"constraints apply to numeric samplers, not to a {self.sampler_type} sampler"
+            )
+        if self.constraints and self.convert_to == "str":
+            raise ValueError("constraints compare numbers; they cannot apply with convert_to: str")
         return self
 
     @property
     def required_columns(self) -> set[str]:
-        if self.params.sampler_type == "subcategory":
-            return {self.params.category}
-        return set()
+        out: set[str] = set()
+        for p in (self.params, *self.conditional_params.values()):
+            if p.sampler_type == "subcategory":
+                out.add(p.category)
+            elif p.sampler_type == "timedelta":
+                out.add(p.reference_column_name)
+        for cond in self.conditional_params:
+            out |= condition_names(cond)
+        out |= {c.column for c in self.constraints if c.column is not None}
+        return out
 
 
 class ExpressionColumnConfig(_Column):
@@ -113,10 +187,19 @@ class ExpressionColumnConfig(_Column):
         return template_names(self.expr, "expr")
 
 
+TRACE_SUFFIX = "__trace"
+
+
 class _LLMColumn(_Column):
     prompt: str
     model_alias: str
     system_prompt: str | None = None
+    # DataDesigner's with_trace: the conversation kept in a side column `<name>__trace`.
+    with_trace: Literal["none", "last_message", "all_messages"] = added_field("none")
+
+    @property
+    def output_names(self) -> list[str]:
+        return [self.name] + ([self.name + TRACE_SUFFIX] if self.with_trace != "none" else [])
 
     @field_validator("prompt", "system_prompt")
     @classmethod

@@ -72,6 +72,10 @@ def stage_payload(
             "strategy": stage.seed.strategy,
             "sha256": seed_file_digest,
         }
+        # Only when set, so file seeds without a selection keep their fingerprints.
+        for part in ("rows", "shard"):
+            if getattr(stage.seed, part) is not None:
+                seed[part] = getattr(stage.seed, part).model_dump(mode="json")
     return {
         "scheme": SCHEME_VERSION,
         "columns": _dump(stage.columns),

@@ -13,6 +13,7 @@ import yaml
 from pydantic import ValidationError
 
 from dd_assets.config.columns import SamplerColumnConfig
+from dd_assets.config.datadesigner import expand_workflow
 from dd_assets.config.errors import ConfigIssue, WorkflowConfigError, format_loc
 from dd_assets.config.models import ModelConfig
 from dd_assets.config.workflow import (
@@ -75,7 +76,7 @@ def _clean_loc(
 _UNION_TAGS = {
     "sampler", "expression", "llm-text", "llm-code", "llm-structured", "llm-judge",
     "category", "subcategory", "uniform", "gaussian", "bernoulli", "poisson", "uuid", "datetime",
-    "person_from_faker", "drop_columns", "rename", "filter", "dedupe", "schema_transform",
+    "person_from_faker", "binomial", "scipy", "bernoulli_mixture", "timedelta", "drop_columns", "rename", "filter", "dedupe", "schema_transform",
     "StageSeed", "JoinSeed", "FileSeed",
 }  # fmt: skip
 
@@ -274,8 +275,9 @@ def _expand_env(data: dict[str, Any]) -> list[ConfigIssue]:
 
 
 def parse_workflow(
-    data: Any, *, source: str | None = None, lines: dict | None = None
+    data: Any, *, source: str | None = None, lines: dict | None = None, base: Path | None = None
 ) -> WorkflowConfig:
+    """`base`: the folder relative paths in the config (DataDesigner configs) are relative to."""
     lines = lines or {}
     if not isinstance(data, dict):
         raise WorkflowConfigError(
@@ -287,6 +289,9 @@ def parse_workflow(
             source,
         )
     data = copy.deepcopy(data)
+    _, dd_issues = expand_workflow(data, base or Path.cwd())
+    if dd_issues:
+        raise WorkflowConfigError(_with_lines(dd_issues, lines), source)
     env_issues = _with_lines(_expand_env(data), lines)
     if env_issues:
         raise WorkflowConfigError(env_issues, source)
@@ -313,7 +318,9 @@ def load_workflow(path: str | Path) -> WorkflowConfig:
         raise WorkflowConfigError(
             [ConfigIssue("", f"config file not found: {path}")], str(path)
         ) from None
-    return _resolve_seed_paths(loads_workflow(text, source=str(path)), path.parent)
+    return _resolve_seed_paths(
+        loads_workflow(text, source=str(path), base=path.parent), path.parent
+    )
 
 
 CONFIG_SUFFIXES = (".yaml", ".yml")
@@ -354,7 +361,9 @@ def _resolve_seed_paths(workflow: WorkflowConfig, base: Path) -> WorkflowConfig:
     return workflow.model_copy(update={"stages": stages})
 
 
-def loads_workflow(text: str, *, source: str | None = None) -> WorkflowConfig:
+def loads_workflow(
+    text: str, *, source: str | None = None, base: Path | None = None
+) -> WorkflowConfig:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
@@ -365,4 +374,4 @@ def loads_workflow(text: str, *, source: str | None = None) -> WorkflowConfig:
             [ConfigIssue("", f"not valid YAML: {exc}", line)], source
         ) from None
     lines = _line_map(node) if node is not None else {}
-    return parse_workflow(data, source=source, lines=lines)
+    return parse_workflow(data, source=source, lines=lines, base=base)

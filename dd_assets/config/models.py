@@ -4,18 +4,73 @@ named here at call time, so the config (and anything derived from it) never hold
 from __future__ import annotations
 
 import re
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # ASCII only: str.isalnum() accepts any script
 
 
-class InferenceParams(BaseModel):
+class _UniformParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    temperature: float | None = Field(default=None, ge=0, le=2)
-    top_p: float | None = Field(default=None, gt=0, le=1)
+    low: float
+    high: float
+
+    @model_validator(mode="after")
+    def _order(self) -> _UniformParams:
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+
+class _ManualParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    values: list[float] = Field(min_length=1)
+    weights: list[float] | None = None
+
+    @model_validator(mode="after")
+    def _weights(self) -> _ManualParams:
+        if self.weights is not None and (
+            len(self.weights) != len(self.values)
+            or any(w < 0 for w in self.weights)
+            or sum(self.weights) <= 0
+        ):
+            raise ValueError("weights must be one non-negative weight per value, summing to > 0")
+        return self
+
+
+class UniformDistribution(BaseModel):
+    """A sampling parameter drawn per LLM cell (DataDesigner's inference distributions)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    distribution_type: Literal["uniform"] = "uniform"
+    params: _UniformParams
+
+
+class ManualDistribution(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    distribution_type: Literal["manual"] = "manual"
+    params: _ManualParams
+
+
+Distribution = Annotated[
+    UniformDistribution | ManualDistribution, Field(discriminator="distribution_type")
+]
+
+
+class InferenceParams(BaseModel):
+    """Sampling parameters. temperature and top_p may be a distribution: each LLM cell then
+    draws its own value, a function of (column, row) so a rerun asks exactly the same."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    temperature: Annotated[float, Field(ge=0, le=2)] | Distribution | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | Distribution | None = None
     max_tokens: int | None = Field(default=None, ge=1)
 
 
@@ -32,6 +87,9 @@ class ModelConfig(BaseModel):
     max_parallel_requests: int = Field(default=4, ge=1, le=4096)
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=5, ge=0, le=50)
+    extra_body: dict[str, Any] | None = Field(
+        default=None, description="merged into every request body (DataDesigner's extra_body)"
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -65,8 +123,56 @@ class ModelConfig(BaseModel):
         host = parts.hostname or ""
         if parts.port:
             host += f":{parts.port}"
-        return {
+        out: dict[str, object] = {
             "base_url": urlunsplit((parts.scheme, host, parts.path, "", "")),
             "model": self.model,
             "inference": self.inference.model_dump(mode="json"),
         }
+        if self.extra_body is not None:  # only when set: models without it keep their identity
+            out["extra_body"] = self.extra_body
+        return out
+
+
+class ProviderConfig(BaseModel):
+    """An OpenAI-compatible endpoint that DataDesigner model configs name by `provider`
+    (DataDesigner's ModelProvider). The key comes only from the environment variable named
+    by `api_key`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+    endpoint: str
+    provider_type: Literal["openai"] = "openai"
+    api_key: str | None = Field(default=None, description="environment variable holding the key")
+    extra_body: dict[str, Any] | None = None
+    extra_headers: dict[str, str] | None = None
+
+    @field_validator("api_key")
+    @classmethod
+    def _env_name(cls, v: str | None) -> str | None:
+        if v is not None and not _ENV_NAME.match(v):
+            # Never echoed: it is most likely the key itself.
+            raise ValueError(
+                "api_key must be the NAME of an environment variable holding the key (e.g."
+                " NVIDIA_API_KEY); a literal key does not belong in a config file (value not"
+                " shown)"
+            )
+        return v
+
+    @field_validator("extra_headers")
+    @classmethod
+    def _no_headers(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v:
+            # Headers usually carry credentials; nothing here may reach disk or a fingerprint.
+            raise ValueError(
+                "extra_headers are not supported (they may carry credentials, which dd-assets"
+                " reads only from environment variables)"
+            )
+        return v
+
+
+# DataDesigner's built-in providers, so configs naming them run without a providers: section.
+BUILTIN_PROVIDERS = {
+    "nvidia": ProviderConfig(endpoint="https://integrate.api.nvidia.com/v1", api_key="NVIDIA_API_KEY"),
+    "openai": ProviderConfig(endpoint="https://api.openai.com/v1", api_key="OPENAI_API_KEY"),
+    "openrouter": ProviderConfig(endpoint="https://openrouter.ai/api/v1", api_key="OPENROUTER_API_KEY"),
+}

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import math
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from dd_assets.config.base import added_field
 
 
 class _Params(BaseModel):
@@ -93,6 +96,91 @@ class UUIDSamplerParams(_Params):
     prefix: str | None = None
     short_form: bool = False
     uppercase: bool = False
+    # DataDesigner writes 32 hex digits without hyphens, and 8 of them in short form; these
+    # two options say so explicitly (the import sets them), the defaults keep dd-assets' format.
+    format: Literal["hyphenated", "hex"] = added_field(
+        "hyphenated", description="full form: canonical 8-4-4-4-12, or 32 hex digits"
+    )
+    short_length: int = added_field(16, ge=1, le=32, description="hex digits in short form")
+
+
+class BinomialSamplerParams(_Params):
+    sampler_type: Literal["binomial"] = "binomial"
+    n: int = Field(ge=0, le=10**9)
+    p: float = Field(ge=0, le=1)
+
+
+def _scipy_distribution(name: str, params: dict[str, Any]) -> None:
+    """Refuse a name scipy.stats does not have, or parameters it does not take, at config time
+    (DataDesigner only finds out when generating)."""
+    from scipy import stats  # imported only by configs that use it: it takes a while
+
+    dist = getattr(stats, name, None)
+    if not isinstance(dist, stats.rv_continuous | stats.rv_discrete):
+        raise ValueError(
+            f"dist_name {name!r} is not a univariate scipy.stats distribution (e.g. expon, beta,"
+            " gamma, lognorm, poisson)"
+        )
+    try:
+        median = float(dist(**params).ppf(0.5))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"dist_params {params} do not fit scipy.stats.{name}: {exc}") from None
+    if math.isnan(median):  # scipy's answer to parameters out of the distribution's domain
+        raise ValueError(f"dist_params {params} are not valid for scipy.stats.{name}")
+
+
+def is_discrete(dist_name: str) -> bool:
+    """Whether a scipy.stats distribution gives integers (its column is then int64)."""
+    from scipy import stats
+
+    return isinstance(getattr(stats, dist_name, None), stats.rv_discrete)
+
+
+class ScipySamplerParams(_Params):
+    """Any univariate scipy.stats distribution, drawn by its inverse CDF of the row's uniform
+    number, so a row's value stays a function of (column, row) alone."""
+
+    sampler_type: Literal["scipy"] = "scipy"
+    dist_name: str
+    dist_params: dict[str, float] = Field(default_factory=dict)
+    decimal_places: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _known(self) -> ScipySamplerParams:
+        _scipy_distribution(self.dist_name, self.dist_params)
+        return self
+
+
+class BernoulliMixtureSamplerParams(_Params):
+    """0 with probability 1 - p, else a draw from a scipy.stats distribution."""
+
+    sampler_type: Literal["bernoulli_mixture"] = "bernoulli_mixture"
+    p: float = Field(ge=0, le=1)
+    dist_name: str
+    dist_params: dict[str, float] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _known(self) -> BernoulliMixtureSamplerParams:
+        _scipy_distribution(self.dist_name, self.dist_params)
+        return self
+
+
+class TimedeltaSamplerParams(_Params):
+    """A datetime: the reference column's plus a whole number of `unit`s in [dt_min, dt_max)."""
+
+    sampler_type: Literal["timedelta"] = "timedelta"
+    dt_min: int
+    dt_max: int
+    reference_column_name: str
+    unit: Literal["D", "h", "m", "s"] = "D"
+
+    @model_validator(mode="after")
+    def _order(self) -> TimedeltaSamplerParams:
+        if self.dt_max <= self.dt_min:
+            raise ValueError(
+                f"dt_max ({self.dt_max}) must be > dt_min ({self.dt_min}); dt_max is excluded"
+            )
+        return self
 
 
 class DatetimeSamplerParams(_Params):
@@ -116,7 +204,10 @@ class PersonFromFakerSamplerParams(_Params):
     locale: str = "en_US"
     sex: Literal["Male", "Female"] | None = None
     age_range: tuple[int, int] = (18, 114)
-    city: str | None = None
+    city: str | list[str] | None = Field(default=None, description="one city, or one per row of a list")
+    # DataDesigner's person records have other fields (street_number, postcode, marital_status,
+    # ...); `datadesigner` gives those names, the default keeps dd-assets' record.
+    fields: Literal["dd-assets", "datadesigner"] = added_field("dd-assets")
 
     @model_validator(mode="after")
     def _ages(self) -> PersonFromFakerSamplerParams:
@@ -137,7 +228,11 @@ SamplerParams = Annotated[
     | PoissonSamplerParams
     | UUIDSamplerParams
     | DatetimeSamplerParams
-    | PersonFromFakerSamplerParams,
+    | PersonFromFakerSamplerParams
+    | BinomialSamplerParams
+    | ScipySamplerParams
+    | BernoulliMixtureSamplerParams
+    | TimedeltaSamplerParams,
     Field(discriminator="sampler_type"),
 ]
 
@@ -152,6 +247,10 @@ SAMPLER_TYPES = (
     "uuid",
     "datetime",
     "person_from_faker",
+    "binomial",
+    "scipy",
+    "bernoulli_mixture",
+    "timedelta",
 )
 
 
@@ -168,4 +267,12 @@ def inject_sampler_type(data: Any) -> Any:
             params = {}
         if isinstance(params, dict):
             data["params"] = {**params, "sampler_type": params.get("sampler_type", st)}
+        conds = data.get("conditional_params")
+        if isinstance(conds, dict):
+            data["conditional_params"] = {
+                k: {**v, "sampler_type": SAMPLER_ALIASES.get(v.get("sampler_type", st), v.get("sampler_type", st))}
+                if isinstance(v, dict)
+                else v
+                for k, v in conds.items()
+            }
     return data

@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from dd_assets.config.base import added_field
 from dd_assets.config.columns import (
     ColumnConfig,
     SamplerColumnConfig,
@@ -24,7 +25,7 @@ from dd_assets.config.columns import (
     normalise_column_type,
 )
 from dd_assets.config.errors import ConfigIssue, WorkflowConfigError
-from dd_assets.config.models import ModelConfig
+from dd_assets.config.models import ModelConfig, ProviderConfig
 from dd_assets.config.processors import (
     DropColumnsProcessorConfig,
     FinalizeProcessor,
@@ -101,11 +102,50 @@ class JoinSeed(BaseModel):
         return tuple(self.stages)
 
 
+class SeedRows(BaseModel):
+    """A slice of a seed file: rows `first`..`last`, both included (DataDesigner's IndexRange)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    first: int = Field(ge=0)
+    last: int = Field(ge=0)
+
+    @model_validator(mode="after")
+    def _order(self) -> SeedRows:
+        if self.last < self.first:
+            raise ValueError(f"last ({self.last}) must be >= first ({self.first})")
+        return self
+
+
+class SeedShard(BaseModel):
+    """Shard `index` of `count` equal blocks of a seed file, the last one taking the remainder
+    (DataDesigner's PartitionBlock): machines can each take one shard of one file."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    index: int = Field(ge=0)
+    count: int = Field(ge=1)
+
+    @model_validator(mode="after")
+    def _in_range(self) -> SeedShard:
+        if self.index >= self.count:
+            raise ValueError(f"index ({self.index}) must be < count ({self.count}); it is 0-based")
+        return self
+
+
 class FileSeed(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     path: str
     strategy: Literal["ordered", "shuffle"] = "ordered"
+    rows: SeedRows | None = added_field(None, description="only these rows of the file")
+    shard: SeedShard | None = added_field(None, description="only this shard of the file")
+
+    @model_validator(mode="after")
+    def _one_selection(self) -> FileSeed:
+        if self.rows is not None and self.shard is not None:
+            raise ValueError("give rows or shard, not both: they both select part of the file")
+        return self
 
     @field_validator("path")
     @classmethod
@@ -186,6 +226,9 @@ class WorkflowConfig(BaseModel):
     name: str
     description: str | None = None
     models: dict[str, ModelConfig] = Field(default_factory=dict)
+    # DataDesigner's model providers, which its model_configs name (see config/datadesigner.py);
+    # resolved into `models` when the config loads, so nothing downstream reads them.
+    providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     stages: list[StageConfig] = Field(min_length=1)
     run: RunSettings = RunSettings()
 
@@ -259,7 +302,7 @@ def column_order(stage: StageConfig, available: set[str] | None = None) -> list[
 def output_columns(stage: StageConfig, seed_columns: list[str]) -> list[str]:
     """Column names a stage's row groups hold once post_batch processors ran."""
     cols = [c for c in seed_columns if c not in {col.name for col in stage.columns}]
-    cols += [c.name for c in stage.columns if not c.drop]
+    cols += [n for c in stage.columns if not c.drop for n in c.output_names]
     for proc in stage.post_batch:
         if isinstance(proc, DropColumnsProcessorConfig):
             cols = [
@@ -309,9 +352,10 @@ def column_origins(workflow: WorkflowConfig, stage: StageConfig) -> dict[str, st
                 return None
             origins = {**up_origins, **origins}  # the first stage's first, as the join does
     for c in stage.columns:
-        origins.pop(c.name, None)
-        if not c.drop:
-            origins[c.name] = stage.name
+        for n in c.output_names:
+            origins.pop(n, None)
+            if not c.drop:
+                origins[n] = stage.name
     for proc in stage.post_batch:
         if isinstance(proc, DropColumnsProcessorConfig):
             origins = {
@@ -351,7 +395,7 @@ def _stage_issues(
                 )
             )
         seen.setdefault(col.name, j)
-    known = set(seen) | set(seed_cols or [])
+    known = set(seen) | set(seed_cols or []) | {n for c in stage.columns for n in c.output_names}
     by_name = {c.name: c for c in stage.columns}
     for j, col in enumerate(stage.columns):
         path = f"{base}.columns[{j}]"
@@ -383,12 +427,25 @@ def _stage_issues(
                     )
                 )
             elif isinstance(parent, SamplerColumnConfig):
-                missing = [str(v) for v in parent.params.values if str(v) not in col.params.values]  # type: ignore[union-attr]
+                every = [parent.params, *parent.conditional_params.values()]
+                values = dict.fromkeys(str(v) for p in every for v in p.values)  # type: ignore[union-attr]
+                missing = [v for v in values if v not in col.params.values]  # type: ignore[union-attr]
                 if missing:
                     issues.append(
                         ConfigIssue(
                             f"{path}.params.values",
                             f"no subcategory values for parent value(s) {missing} of {parent.name!r}",
+                        )
+                    )
+        if isinstance(col, SamplerColumnConfig):
+            for ref in sorted(col.required_columns & set(by_name)):
+                if by_name[ref].is_llm:
+                    issues.append(
+                        ConfigIssue(
+                            path,
+                            f"sampler column {col.name!r} reads LLM column {ref!r}; a sampler's"
+                            " conditions, constraints and references read samplers,"
+                            " expressions and seed columns only",
                         )
                     )
         if col.is_llm and col.model_alias not in workflow.models:  # type: ignore[union-attr]
@@ -415,7 +472,7 @@ def _stage_issues(
 def _processor_issues(base: str, stage: StageConfig, seed_cols: list[str]) -> list[ConfigIssue]:
     issues: list[ConfigIssue] = []
     cols = [c for c in seed_cols if c not in {col.name for col in stage.columns}]
-    cols += [c.name for c in stage.columns if not c.drop]
+    cols += [n for c in stage.columns if not c.drop for n in c.output_names]
     for k, proc in enumerate(stage.post_batch):
         path = f"{base}.post_batch[{k}]"
         if isinstance(proc, DropColumnsProcessorConfig):

@@ -44,9 +44,9 @@ def cast(text: str, dtype: str) -> Any:
         raise CellError(f"cannot convert {text[:60]!r} to {dtype}") from None
 
 
-def render(source: str, row: dict[str, Any]) -> str:
+def render(source: str, row: dict[str, Any], json_values: bool = False) -> str:
     try:
-        return compile_template(source).render(row)
+        return compile_template(source, json_values).render(row)
     except (
         Exception
     ) as exc:  # template runtime errors are data errors: drop the row, keep the reason

@@ -17,6 +17,7 @@ from dd_assets.config.processors import (
     DropColumnsProcessorConfig,
     FilterProcessorConfig,
     SchemaTransformProcessorConfig,
+    template_shape,
 )
 from dd_assets.config.workflow import StageConfig
 from dd_assets.engine.expressions import CellError, render
@@ -45,6 +46,30 @@ class StepCounts:
 
 def _label(i: int, proc: Any) -> str:
     return proc.name or f"{i}:{proc.processor_type}"
+
+
+def _render(template: Any, row: dict[str, Any], as_json: bool) -> Any:
+    """A schema_transform template, nested dicts and lists included: strings render, literals
+    stay as they are."""
+    if isinstance(template, str):
+        return render(template, row, as_json)
+    if isinstance(template, dict):
+        return {k: _render(v, row, as_json) for k, v in template.items()}
+    if isinstance(template, list):
+        return [_render(v, row, as_json) for v in template]
+    return template
+
+
+_SHAPE_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
+
+
+def arrow_type(shape: Any) -> pa.DataType:
+    """The column type of a schema_transform output (see config.processors.template_shape)."""
+    if isinstance(shape, dict):
+        return pa.struct([(k, arrow_type(v)) for k, v in shape.items()])
+    if isinstance(shape, list):
+        return pa.list_(arrow_type(shape[0]))
+    return _SHAPE_TYPES[shape]
 
 
 class Finalizer:
@@ -103,16 +128,22 @@ class Finalizer:
                 seen.add(key)
             return table.filter(pa.array(keep, pa.bool_()))
         if isinstance(proc, SchemaTransformProcessorConfig):
-            out: dict[str, list[str | None]] = {k: [] for k in proc.template}
+            out: dict[str, list[Any]] = {k: [] for k in proc.template}
+            as_json = proc.values == "json"
             for row in table.to_pylist():
                 try:
-                    rendered = {k: render(v, row) for k, v in proc.template.items()}
+                    rendered = {k: _render(v, row, as_json) for k, v in proc.template.items()}
                 except CellError as exc:
                     self._error(c, str(exc))
                     continue
                 for k, v in rendered.items():
                     out[k].append(v)
-            return pa.table({k: pa.array(v, pa.string()) for k, v in out.items()})
+            return pa.table(
+                {
+                    k: pa.array(v, arrow_type(template_shape(proc.template[k])))
+                    for k, v in out.items()
+                }
+            )
         raise TypeError(f"unknown finalize processor {proc!r}")
 
     @staticmethod

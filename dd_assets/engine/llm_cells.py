@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
+import numpy as np
 import pyarrow as pa
 
 from dd_assets.config.columns import (
@@ -19,12 +20,57 @@ from dd_assets.config.columns import (
     LLMJudgeColumnConfig,
     LLMStructuredColumnConfig,
 )
+from dd_assets.config.fingerprint import sha256_hex
+from dd_assets.config.models import ManualDistribution, ModelConfig, UniformDistribution
+from dd_assets.engine import rng
 from dd_assets.engine.expressions import render
 from dd_assets.engine.schema import column_type
 
 
 class AnswerError(Exception):
     """The model answered, but not in a usable form; worth re-asking with the error shown."""
+
+
+def sampled_inference(model: ModelConfig, column: str, row_index: int) -> dict[str, float]:
+    """This cell's draw of each sampling parameter given as a distribution: a function of
+    (model identity, column, row), so a rerun sends exactly the same request."""
+    out: dict[str, float] = {}
+    for k, name in enumerate(("temperature", "top_p")):
+        dist = getattr(model.inference, name)
+        if not isinstance(dist, UniformDistribution | ManualDistribution):
+            continue
+        key = int(sha256_hex({"model": model.identity(), "column": column, "param": name})[:16], 16)
+        u = float(rng.uniform(key, np.asarray([row_index], dtype=np.uint64), k)[0])
+        if isinstance(dist, UniformDistribution):
+            out[name] = dist.params.low + u * (dist.params.high - dist.params.low)
+        else:
+            w = np.asarray(dist.params.weights or [1.0] * len(dist.params.values), dtype=float)
+            i = int(np.searchsorted(np.cumsum(w) / w.sum(), u, side="right"))
+            out[name] = dist.params.values[min(i, len(w) - 1)]
+    return out
+
+
+@dataclass(frozen=True)
+class TracedAnswer:
+    """An LLM cell's value plus its conversation, for a column with `with_trace`."""
+
+    value: Any
+    trace: list[dict[str, Any]]
+
+
+def trace(col: ColumnConfig, messages: list[dict[str, str]], answer: str) -> TracedAnswer | None:
+    """The trace DataDesigner keeps: the last assistant message, or the whole conversation
+    (system, user, assistant and correction turns), each message's content as text parts."""
+    mode = getattr(col, "with_trace", "none")
+    if mode == "none":
+        return None
+    turns = [*messages, {"role": "assistant", "content": answer}]
+    if mode == "last_message":
+        turns = turns[-1:]
+    return TracedAnswer(
+        None,
+        [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in turns],
+    )
 
 
 @dataclass(frozen=True)

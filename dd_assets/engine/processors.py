@@ -11,7 +11,7 @@ from dd_assets.config.workflow import StageConfig
 
 
 def apply_post_batch(stage: StageConfig, table: pa.Table) -> pa.Table:
-    dropped = {c.name for c in stage.columns if c.drop}
+    dropped = {n for c in stage.columns if c.drop for n in c.output_names}
     table = table.select([n for n in table.column_names if n not in dropped])
     for proc in stage.post_batch:
         if isinstance(proc, DropColumnsProcessorConfig):

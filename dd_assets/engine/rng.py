@@ -35,3 +35,11 @@ def uniform(key: int, rows: np.ndarray, stream: int = 0) -> np.ndarray:
 
 def row_range(start: int, end: int) -> np.ndarray:
     return np.arange(start, end, dtype=np.uint64)
+
+
+def subkey(key: int, n: int) -> int:
+    """The key of the n-th redraw of a column (rejection sampling): independent bits, still a
+    function of (column key, n) only. n = 0 is the key itself."""
+    if n == 0:
+        return key
+    return int(bits(key, np.asarray([n], dtype=np.uint64), stream=0x5EED)[0])

@@ -17,12 +17,18 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from dd_assets.config.columns import ColumnConfig, ExpressionColumnConfig, SamplerColumnConfig
+from dd_assets.config.columns import (
+    TRACE_SUFFIX,
+    ColumnConfig,
+    ExpressionColumnConfig,
+    SamplerColumnConfig,
+)
 from dd_assets.config.fingerprint import column_key, workflow_fingerprints
 from dd_assets.config.workflow import StageConfig, WorkflowConfig, column_order
 from dd_assets.engine import expressions, rng, samplers
+from dd_assets.engine.llm_cells import TracedAnswer
 from dd_assets.engine.processors import apply_post_batch
-from dd_assets.engine.schema import column_type
+from dd_assets.engine.schema import TRACE_TYPE, column_type
 from dd_assets.errors import GenerationError
 
 MAX_DROP_SAMPLES = 20
@@ -67,6 +73,13 @@ def compile_stage(
         col = by_name[name]
         if col.is_llm or col.required_columns & set(cell):
             cell.append(name)
+    late = [n for n in cell if isinstance(by_name[n], SamplerColumnConfig)]
+    if late:
+        raise GenerationError(
+            f"sampler column {late[0]!r} of stage {stage_name!r} reads a column made from LLM"
+            " output (a condition, constraint or reference); samplers can read samplers,"
+            " expressions over them and seed columns only"
+        )
     batch = [n for n in order if n not in cell]
     keys = {
         c.name: column_key(workflow, stage, c.name)
@@ -188,7 +201,11 @@ async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) 
                 row[name] = expressions.cast(expressions.render(col.expr, row), col.dtype)
             else:
                 assert cells is not None
-                row[name] = await cells(col, rows.start + i, row)
+                value = await cells(col, rows.start + i, row)
+                if isinstance(value, TracedAnswer):
+                    row[name + TRACE_SUFFIX] = value.trace
+                    value = value.value
+                row[name] = value
 
         for name in cs.cell_columns:
             tasks[name] = asyncio.ensure_future(run_cell(name))
@@ -239,12 +256,13 @@ def _to_table(cs: CompiledStage, rows: _Rows, seed: pa.Table | None) -> pa.Table
                 arrays[f.name] = pa.array([r[f.name] for r in live], type=f.type)
                 fields.append(pa.field(f.name, f.type))
     for c in cs.stage.columns:
-        t = column_type(c)
-        try:
-            arrays[c.name] = pa.array([r[c.name] for r in live], type=t)
-        except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-            raise GenerationError(f"column {c.name!r} values do not fit type {t}: {exc}") from None
-        fields.append(pa.field(c.name, t))
+        for name in c.output_names:
+            t = column_type(c) if name == c.name else TRACE_TYPE
+            try:
+                arrays[name] = pa.array([r.get(name) for r in live], type=t)
+            except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
+                raise GenerationError(f"column {name!r} values do not fit type {t}: {exc}") from None
+            fields.append(pa.field(name, t))
     return pa.Table.from_arrays([arrays[f.name] for f in fields], schema=pa.schema(fields))
 
 

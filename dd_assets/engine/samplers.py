@@ -13,9 +13,13 @@ from typing import Any
 import numpy as np
 from faker import Faker
 
-from dd_assets.config.columns import SamplerColumnConfig
+from dd_assets.config.columns import DATETIME_SAMPLERS, SamplerColumnConfig, condition_names
 from dd_assets.config.samplers import (
+    BernoulliMixtureSamplerParams,
     BernoulliSamplerParams,
+    BinomialSamplerParams,
+    ScipySamplerParams,
+    TimedeltaSamplerParams,
     CategorySamplerParams,
     DatetimeSamplerParams,
     GaussianSamplerParams,
@@ -24,8 +28,10 @@ from dd_assets.config.samplers import (
     SubcategorySamplerParams,
     UniformSamplerParams,
     UUIDSamplerParams,
+    is_discrete,
 )
 from dd_assets.engine import rng
+from dd_assets.engine.expressions import CellError, render
 
 # Fixed, not "today": a person's birth date must not depend on when the row was generated.
 PERSON_REFERENCE_DATE = dt.date(2026, 1, 1)
@@ -62,6 +68,7 @@ def subcategory(
 
 
 def uniform(p: UniformSamplerParams, key: int, rows: np.ndarray, as_int: bool) -> np.ndarray:
+    """`as_int`: integers evenly over [low, high] (dd-assets' convert_to: int)."""
     u = rng.uniform(key, rows)
     if as_int:
         lo, hi = math.ceil(p.low), math.floor(p.high)
@@ -113,7 +120,10 @@ def uuids(p: UUIDSamplerParams, key: int, rows: np.ndarray) -> list[str]:
         n = (n & ~(0xF << 76)) | (4 << 76)
         n = (n & ~(0xC << 60)) | (0x8 << 60)
         u = uuid.UUID(int=n)
-        s = u.hex[:16] if p.short_form else str(u)
+        if p.short_form:
+            s = u.hex[: p.short_length]
+        else:
+            s = u.hex if p.format == "hex" else str(u)
         out.append(prefix + (s.upper() if p.uppercase else s))
     return out
 
@@ -153,8 +163,11 @@ def persons(p: PersonFromFakerSamplerParams, key: int, rows: np.ndarray) -> list
     u_day = rng.uniform(key, rows, 3).tolist()
     ids = rng.bits(key, rows, 4).tolist()
     lo, hi = p.age_range
+    if p.fields == "datadesigner":
+        return _dd_persons(p, key, rows, fake, seeds, u_sex, u_age, u_day, ids)
     out = []
-    for seed, us, ua, ud, idb in zip(seeds, u_sex, u_age, u_day, ids, strict=True):
+    cities = _cities(p, key, rows)
+    for seed, us, ua, ud, idb, city in zip(seeds, u_sex, u_age, u_day, ids, cities, strict=True):
         fake.seed_instance(seed)
         sex = p.sex or ("Female" if us < 0.5 else "Male")
         age = lo + int(ua * (hi - lo + 1))
@@ -173,7 +186,7 @@ def persons(p: PersonFromFakerSamplerParams, key: int, rows: np.ndarray) -> list
                 "email_address": f"{first}.{last}@{fake.free_email_domain()}".lower(),
                 "phone_number": fake.phone_number(),
                 "street_address": fake.street_address(),
-                "city": p.city or fake.city(),
+                "city": city or fake.city(),
                 "state": state() if state else None,
                 "zipcode": fake.postcode(),
                 "country": fake.current_country() if p.locale == "en_US" else fake.country(),
@@ -184,31 +197,156 @@ def persons(p: PersonFromFakerSamplerParams, key: int, rows: np.ndarray) -> list
     return out
 
 
-def _convert(values: Any, convert_to: str | None, sampler_type: str) -> Any:
+def _cities(p: PersonFromFakerSamplerParams, key: int, rows: np.ndarray) -> list[str | None]:
+    if isinstance(p.city, list):
+        u = rng.uniform(key, rows, 5).tolist()
+        return [p.city[int(x * len(p.city))] for x in u]
+    return [p.city] * len(rows)
+
+
+# DataDesigner's person_from_faker record: its field names and order, and its category labels.
+DD_MARITAL = ("married_present", "divorced", "never_married", "separated", "widowed")
+DD_EDUCATION = (
+    "secondary_education", "some_college", "bachelors", "associates", "graduate", "doctorate",
+)  # fmt: skip
+DD_COLLEGE = frozenset({"bachelors", "graduate", "doctorate"})
+DD_BACHELORS = ("stem", "business", "education", "arts_humanities", "stem_related")
+
+
+def _dd_persons(
+    p: PersonFromFakerSamplerParams,
+    key: int,
+    rows: np.ndarray,
+    fake: Faker,
+    seeds: list[int],
+    u_sex: list[float],
+    u_age: list[float],
+    u_day: list[float],
+    ids: list[int],
+) -> list[dict[str, Any]]:
+    lo, hi = p.age_range
+    u_cat = [rng.uniform(key, rows, s).tolist() for s in (6, 7, 8)]
+    out = []
+    for i, city in enumerate(_cities(p, key, rows)):
+        fake.seed_instance(seeds[i])
+        sex = p.sex or ("Female" if u_sex[i] < 0.5 else "Male")
+        age = lo + int(u_age[i] * (hi - lo + 1))
+        birth = PERSON_REFERENCE_DATE - dt.timedelta(days=int(age * 365.25 + u_day[i] * 365))
+        state = getattr(fake, "state", None)
+        education = DD_EDUCATION[int(u_cat[1][i] * len(DD_EDUCATION))]
+        out.append(
+            {
+                "uuid": str(uuid.UUID(int=(seeds[i] << 64) | ids[i], version=4)),
+                "locale": p.locale,
+                "first_name": fake.first_name_female() if sex == "Female" else fake.first_name_male(),
+                "last_name": fake.last_name(),
+                "middle_name": None,
+                "sex": sex,
+                "street_number": str(fake.building_number()),
+                "street_name": fake.street_name(),
+                "city": city or fake.city(),
+                "state": state() if state else None,
+                "postcode": str(fake.postcode()),
+                "age": age,
+                "birth_date": birth.isoformat(),
+                "country": fake.country(),
+                "marital_status": DD_MARITAL[int(u_cat[0][i] * len(DD_MARITAL))],
+                "education_level": education,
+                "unit": "",
+                "occupation": fake.job(),
+                "phone_number": fake.phone_number() if age >= 18 else None,
+                "bachelors_field": DD_BACHELORS[int(u_cat[2][i] * len(DD_BACHELORS))]
+                if education in DD_COLLEGE
+                else "no_degree",
+            }
+        )
+    return out
+
+
+def _ppf(dist_name: str, dist_params: dict[str, float], u: np.ndarray) -> np.ndarray:
+    """Inverse CDF of a scipy.stats distribution: one uniform number per row in, one value out."""
+    from scipy import stats
+
+    dist = getattr(stats, dist_name)(**dist_params)
+    # u is in [0, 1); ppf(0) is the lower end of the support, which may be -inf.
+    values = dist.ppf(np.maximum(u, 2.0**-53))
+    if is_discrete(dist_name):
+        return values.astype(np.int64)
+    return values
+
+
+def binomial(p: BinomialSamplerParams, key: int, rows: np.ndarray) -> np.ndarray:
+    return _ppf("binom", {"n": p.n, "p": p.p}, rng.uniform(key, rows))
+
+
+def scipy_values(p: ScipySamplerParams, key: int, rows: np.ndarray) -> np.ndarray:
+    v = _ppf(p.dist_name, p.dist_params, rng.uniform(key, rows))
+    return np.round(v, p.decimal_places) if p.decimal_places is not None else v
+
+
+def bernoulli_mixture(p: BernoulliMixtureSamplerParams, key: int, rows: np.ndarray) -> np.ndarray:
+    hit = rng.uniform(key, rows, 0) < p.p
+    v = _ppf(p.dist_name, p.dist_params, rng.uniform(key, rows, 1))
+    return np.where(hit, v, 0).astype(v.dtype)
+
+
+_TD_UNITS = {"D": "D", "h": "h", "m": "m", "s": "s"}
+
+
+def _as_datetime64(value: Any, column: str) -> np.datetime64:
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            raise ValueError(
+                f"reference column {column!r} holds {value!r}, which is not an ISO date or time;"
+                " give the reference datetime column an ISO convert_to (or none)"
+            ) from None
+    if isinstance(value, dt.datetime):
+        value = _naive_utc(value)
+    if not isinstance(value, dt.date | np.datetime64):
+        raise ValueError(f"reference column {column!r} holds {value!r}, not a datetime")
+    return np.datetime64(value, "s")
+
+
+def timedeltas(p: TimedeltaSamplerParams, key: int, rows: np.ndarray, ref: list[Any]) -> np.ndarray:
+    span = p.dt_max - p.dt_min
+    offs = p.dt_min + np.floor(rng.uniform(key, rows) * span).astype(np.int64)
+    base = np.array([_as_datetime64(v, p.reference_column_name) for v in ref], dtype="datetime64[s]")
+    return (base + offs.astype(f"timedelta64[{_TD_UNITS[p.unit]}]")).astype("datetime64[s]")
+
+
+def _convert(
+    values: Any, convert_to: str | None, sampler_type: str, rounding: str = "default"
+) -> Any:
     if convert_to is None:
         return values
-    if sampler_type == "datetime":
+    if sampler_type in DATETIME_SAMPLERS:
         return [v.strftime(convert_to) for v in values.astype(object)]
     arr = np.asarray(values)
     if convert_to == "int":
-        return np.floor(arr).astype(np.int64)
+        return (np.round(arr) if rounding == "half_even" else np.floor(arr)).astype(np.int64)
     if convert_to == "float":
         return arr.astype(np.float64)
     return [str(v) for v in arr.tolist()]
 
 
-def sample_column(
-    col: SamplerColumnConfig, key: int, rows: np.ndarray, lookup: Callable[[str], list[Any]]
+def _sample(
+    col: SamplerColumnConfig,
+    p: Any,
+    key: int,
+    rows: np.ndarray,
+    lookup: Callable[[str], list[Any]],
 ) -> Any:
-    """Values for a sampler column; `lookup` gives already generated columns (subcategory parents)."""
-    p = col.params
+    """Values of one params set for `rows` (`lookup` gives other columns for the same rows)."""
     if isinstance(p, CategorySamplerParams):
         values: Any = category(p, key, rows)
     elif isinstance(p, SubcategorySamplerParams):
         values = subcategory(p, key, rows, lookup(p.category))
     elif isinstance(p, UniformSamplerParams):
-        values = uniform(p, key, rows, as_int=col.convert_to == "int")
-        if col.convert_to == "int":
+        even_ints = col.convert_to == "int" and col.int_rounding == "default"
+        values = uniform(p, key, rows, as_int=even_ints)
+        if even_ints:
             return values
     elif isinstance(p, GaussianSamplerParams):
         values = gaussian(p, key, rows)
@@ -222,6 +360,135 @@ def sample_column(
         values = datetimes(p, key, rows)
     elif isinstance(p, PersonFromFakerSamplerParams):
         values = persons(p, key, rows)
+    elif isinstance(p, BinomialSamplerParams):
+        values = binomial(p, key, rows)
+    elif isinstance(p, ScipySamplerParams):
+        values = scipy_values(p, key, rows)
+    elif isinstance(p, BernoulliMixtureSamplerParams):
+        values = bernoulli_mixture(p, key, rows)
+    elif isinstance(p, TimedeltaSamplerParams):
+        values = timedeltas(p, key, rows, lookup(p.reference_column_name))
     else:  # pragma: no cover - the config union is closed
         raise TypeError(f"unsupported sampler {type(p).__name__}")
-    return _convert(values, col.convert_to, p.sampler_type)
+    return _convert(values, col.convert_to, p.sampler_type, col.int_rounding)
+
+
+def sample_column(
+    col: SamplerColumnConfig, key: int, rows: np.ndarray, lookup: Callable[[str], list[Any]]
+) -> Any:
+    """Values for a sampler column; `lookup` gives already generated columns of the row group
+    (subcategory parents, timedelta references, conditions, constraint columns)."""
+    if not col.conditional_params and not col.constraints:
+        return _sample(col, col.params, key, rows, lookup)
+    choice = _conditions(col, rows, lookup)
+    values = _sample_by_condition(col, choice, key, rows, lookup)
+    if col.constraints:
+        values = _rejection(col, choice, key, rows, lookup, values)
+    return values
+
+
+MAX_REDRAWS = 1000
+
+
+def _conditions(
+    col: SamplerColumnConfig, rows: np.ndarray, lookup: Callable[[str], list[Any]]
+) -> np.ndarray:
+    """Per row, which params apply: -1 for `params`, k for the k-th condition; the last true
+    condition wins, as in DataDesigner."""
+    choice = np.full(len(rows), -1, dtype=np.int64)
+    for k, cond in enumerate(col.conditional_params):  # in sorted order: see the config field
+        names = sorted(condition_names(cond))
+        columns = {n: lookup(n) for n in names}
+        source = "{{ " + cond + " }}"
+        for i in range(len(rows)):
+            ctx = {n: _condition_value(columns[n][i]) for n in names}
+            try:
+                hit = render(source, ctx).strip() == "True"
+            except CellError as exc:
+                raise ValueError(f"condition {cond!r} fails on row {int(rows[i])}: {exc}") from None
+            if hit:
+                choice[i] = k
+    return choice
+
+
+def _condition_value(v: Any) -> Any:
+    # DataDesigner's conditions see datetimes as ISO text.
+    return v.isoformat() if isinstance(v, dt.datetime | dt.date) else v
+
+
+def _sample_by_condition(
+    col: SamplerColumnConfig,
+    choice: np.ndarray,
+    key: int,
+    rows: np.ndarray,
+    lookup: Callable[[str], list[Any]],
+) -> list[Any]:
+    params = [col.params, *col.conditional_params.values()]
+    out: list[Any] = [None] * len(rows)
+    for k in np.unique(choice).tolist():
+        pos = np.flatnonzero(choice == k)
+        sub = _sub_lookup(lookup, pos)
+        vals = _sample(col, params[k + 1], key, rows[pos], sub)
+        vals = vals.tolist() if isinstance(vals, np.ndarray) else vals
+        for i, v in zip(pos.tolist(), vals, strict=True):
+            out[i] = v
+    return out
+
+
+def _sub_lookup(lookup: Callable[[str], list[Any]], pos: np.ndarray) -> Callable[[str], list[Any]]:
+    def sub(name: str) -> list[Any]:
+        values = lookup(name)
+        return [values[i] for i in pos.tolist()]
+
+    return sub
+
+
+_OPS = {"lt": np.less, "le": np.less_equal, "gt": np.greater, "ge": np.greater_equal}
+
+
+def _failing(
+    col: SamplerColumnConfig, values: list[Any], pos: np.ndarray, lookup: Callable[[str], list[Any]]
+) -> np.ndarray:
+    """Positions (into pos) whose values break a constraint."""
+    v = np.asarray([values[i] for i in pos.tolist()], dtype=float)
+    bad = np.zeros(len(pos), dtype=bool)
+    for c in col.constraints:
+        if c.column is not None:
+            other = lookup(c.column)
+            rhs = np.asarray([other[i] for i in pos.tolist()], dtype=float)
+        else:
+            rhs = np.full(len(pos), c.value, dtype=float)
+        bad |= ~_OPS[c.operator](v, rhs)
+    return bad
+
+
+def _rejection(
+    col: SamplerColumnConfig,
+    choice: np.ndarray,
+    key: int,
+    rows: np.ndarray,
+    lookup: Callable[[str], list[Any]],
+    values: list[Any],
+) -> list[Any]:
+    """Redraw, row by row, the values that break a constraint: the n-th redraw of a row uses
+    the n-th subkey, so a row's value depends on its own draws only (never on its row group)."""
+    pos = np.arange(len(rows))
+    for attempt in range(1, MAX_REDRAWS + 1):
+        pos = pos[_failing(col, values, pos, lookup)]
+        if not len(pos):
+            return values
+        redrawn = _sample_by_condition(
+            col, choice[pos], rng.subkey(key, attempt), rows[pos], _sub_lookup(lookup, pos)
+        )
+        for i, v in zip(pos.tolist(), redrawn, strict=True):
+            values[i] = v
+    pos = pos[_failing(col, values, pos, lookup)]
+    if len(pos):
+        rules = ", ".join(
+            f"{c.operator} {c.value if c.column is None else c.column}" for c in col.constraints
+        )
+        raise ValueError(
+            f"constraints ({rules}) rejected {MAX_REDRAWS + 1} draws in a row for row"
+            f" {int(rows[pos[0]])}; check that the sampler can produce values that satisfy them"
+        )
+    return values

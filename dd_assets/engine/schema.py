@@ -9,12 +9,14 @@ from typing import Any
 import pyarrow as pa
 
 from dd_assets.config.columns import (
+    DATETIME_SAMPLERS,
     ColumnConfig,
     ExpressionColumnConfig,
     LLMJudgeColumnConfig,
     LLMStructuredColumnConfig,
     SamplerColumnConfig,
 )
+from dd_assets.config.samplers import is_discrete
 from dd_assets.config.workflow import WorkflowConfig
 from dd_assets.engine.processors import apply_post_batch
 
@@ -26,6 +28,25 @@ PERSON_FIELDS = (
     "street_address", "city", "state", "zipcode", "country", "occupation", "locale",
 )  # fmt: skip
 PERSON_TYPE = pa.struct([(f, pa.int64() if f == "age" else pa.string()) for f in PERSON_FIELDS])
+DD_PERSON_FIELDS = (
+    "uuid", "locale", "first_name", "last_name", "middle_name", "sex", "street_number",
+    "street_name", "city", "state", "postcode", "age", "birth_date", "country", "marital_status",
+    "education_level", "unit", "occupation", "phone_number", "bachelors_field",
+)  # fmt: skip
+DD_PERSON_TYPE = pa.struct(
+    [(f, pa.int64() if f == "age" else pa.string()) for f in DD_PERSON_FIELDS]
+)
+
+
+# An LLM column's `with_trace` side column: DataDesigner's message shape.
+TRACE_TYPE = pa.list_(
+    pa.struct(
+        [
+            ("role", pa.string()),
+            ("content", pa.list_(pa.struct([("type", pa.string()), ("text", pa.string())]))),
+        ]
+    )
+)
 
 
 def _values_type(values: list[Any]) -> pa.DataType:
@@ -35,24 +56,27 @@ def _values_type(values: list[Any]) -> pa.DataType:
 
 def _sampler_type(col: SamplerColumnConfig) -> pa.DataType:
     st = col.sampler_type
-    if col.convert_to == "str" or (st == "datetime" and col.convert_to):
+    if col.convert_to == "str" or (st in DATETIME_SAMPLERS and col.convert_to):
         return pa.string()
     if col.convert_to == "int":
         return pa.int64()
     if col.convert_to == "float":
         return pa.float64()
+    every = [col.params, *col.conditional_params.values()]
     if st == "category":
-        return _values_type(list(col.params.values))  # type: ignore[union-attr]
+        return _values_type([v for p in every for v in p.values])  # type: ignore[union-attr]
     if st == "subcategory":
-        return _values_type([v for vs in col.params.values.values() for v in vs])  # type: ignore[union-attr]
+        return _values_type([v for p in every for vs in p.values.values() for v in vs])  # type: ignore[union-attr]
     if st in ("uniform", "gaussian"):
         return pa.float64()
-    if st in ("bernoulli", "poisson"):
+    if st in ("bernoulli", "poisson", "binomial"):
         return pa.int64()
-    if st == "datetime":
+    if st in ("scipy", "bernoulli_mixture"):
+        return pa.int64() if is_discrete(col.params.dist_name) else pa.float64()  # type: ignore[union-attr]
+    if st in DATETIME_SAMPLERS:
         return pa.timestamp("s")
     if st == "person_from_faker":
-        return PERSON_TYPE
+        return DD_PERSON_TYPE if col.params.fields == "datadesigner" else PERSON_TYPE  # type: ignore[union-attr]
     return pa.string()
 
 
@@ -110,7 +134,9 @@ def stage_schema(
     if seed_schema is None and ups:
         seed_schema = joined_schema([stage_schema(workflow, up.name) for up in ups])
     fields: list[pa.Field] = [f for f in seed_schema or [] if f.name not in own]
-    fields += [pa.field(c.name, column_type(c)) for c in stage.columns]
+    for c in stage.columns:
+        fields.append(pa.field(c.name, column_type(c)))
+        fields += [pa.field(n, TRACE_TYPE) for n in c.output_names[1:]]
     return apply_post_batch(stage, pa.schema(fields).empty_table()).schema
 
 

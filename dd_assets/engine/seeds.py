@@ -16,6 +16,9 @@ from functools import lru_cache
 import numpy as np
 import pyarrow as pa
 
+from dd_assets.config.workflow import SeedRows, SeedShard
+from dd_assets.errors import GenerationError
+
 
 @dataclass
 class SeedSource:
@@ -29,6 +32,43 @@ class SeedSource:
     @property
     def columns(self) -> list[str]:
         return list(self.schema.names)
+
+
+def selection_bounds(
+    rows: SeedRows | None, shard: SeedShard | None, n: int, name: str
+) -> tuple[int, int]:
+    """[start, stop) of the seed rows a file seed's `rows` / `shard` selects out of n, with
+    DataDesigner's rules: an index range includes both ends; shard i of k is the i-th block of
+    n // k rows, the last one running to the end."""
+    if rows is not None:
+        if rows.last >= n:
+            raise GenerationError(
+                f"seed {name} has {n} rows (0..{n - 1}); seed.rows.last ({rows.last}) is past the"
+                " end"
+            )
+        return rows.first, rows.last + 1
+    if shard is not None:
+        if shard.count > n:
+            raise GenerationError(
+                f"seed {name} has {n} rows, fewer than seed.shard.count ({shard.count}) shards"
+            )
+        size = n // shard.count
+        start = shard.index * size
+        return start, n if shard.index == shard.count - 1 else start + size
+    return 0, n
+
+
+def select_rows(source: SeedSource, start: int, stop: int) -> SeedSource:
+    """The rows [start, stop) of a source, as a source of its own (indices shifted)."""
+    if (start, stop) == (0, source.num_rows):
+        return source
+    base = source.take
+    return SeedSource(
+        f"{source.name} (rows {start}..{stop - 1})",
+        stop - start,
+        lambda idx: base(np.asarray(idx, dtype=np.int64) + start),
+        source.schema,
+    )
 
 
 def seed_key(*parts: str) -> int:

@@ -15,7 +15,15 @@ from typing import Any, NoReturn
 from dd_assets.config import EarlyStopSettings, WorkflowConfig
 from dd_assets.config.columns import ColumnConfig, LLMJudgeColumnConfig, LLMStructuredColumnConfig
 from dd_assets.engine import CellFailed
-from dd_assets.engine.llm_cells import AnswerError, build_request, correction_message, parse_answer
+from dd_assets.engine.llm_cells import (
+    AnswerError,
+    TracedAnswer,
+    build_request,
+    correction_message,
+    parse_answer,
+    sampled_inference,
+    trace,
+)
 from dd_assets.errors import EXIT_PARTIAL, LLMError
 from dd_assets.llm.cache import RequestCache, request_hash
 from dd_assets.llm.client import LLMClient, LLMRetryableExhausted, UsageStats
@@ -136,7 +144,8 @@ class LLMCellRunner:
                     ]
                 continue
             self._window.record(True)
-            return value
+            traced = trace(col, messages, content)
+            return value if traced is None else TracedAnswer(value, traced.trace)
         self._fail(f"unusable answer after {asks} attempt(s): {error}")
 
     def _fail(self, reason: str) -> NoReturn:
@@ -170,6 +179,7 @@ class LLMCellRunner:
                 response_format=response_format,
                 usage=usage,
                 priority=row_index,
+                sampled=sampled_inference(model, col.name, row_index) or None,
             )
         except LLMRetryableExhausted as exc:
             self._fail(f"{exc.status or 'transport'} {exc.reason} after {exc.attempts} attempt(s)")

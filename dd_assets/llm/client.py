@@ -422,6 +422,7 @@ class LLMClient:
         response_format: dict[str, Any] | None = None,
         usage: UsageStats | None = None,
         priority: Any = 0,
+        sampled: dict[str, float] | None = None,
     ) -> ChatResult:
         """One chat completion with retries; see the module docstring for the outcome contract.
 
@@ -439,7 +440,7 @@ class LLMClient:
         safe_url = _safe_url(url)
         # Encoded once, not per attempt; compact like httpx's own `json=` encoding.
         body = json.dumps(
-            self._payload(model, messages, response_format),
+            self._payload(model, messages, response_format, sampled),
             ensure_ascii=False,
             separators=(",", ":"),
             allow_nan=False,
@@ -522,12 +523,19 @@ class LLMClient:
 
     @staticmethod
     def _payload(
-        model: ModelConfig, messages: list[dict[str, Any]], response_format: dict[str, Any] | None
+        model: ModelConfig,
+        messages: list[dict[str, Any]],
+        response_format: dict[str, Any] | None,
+        sampled: dict[str, float] | None = None,
     ) -> dict[str, Any]:
+        """`sampled`: this cell's draws of parameters the config gives as distributions."""
         payload: dict[str, Any] = {"model": model.model, "messages": messages}
-        payload.update(model.inference.model_dump(exclude_none=True))
+        params = model.inference.model_dump(exclude_none=True)
+        payload.update({k: v for k, v in params.items() if not isinstance(v, dict)})
+        payload.update(sampled or {})
         if response_format is not None:
             payload["response_format"] = response_format
+        payload.update(model.extra_body or {})
         return payload
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:

@@ -10,7 +10,13 @@ import pyarrow as pa
 
 from dd_assets.config import FileSeed, JoinSeed, StageSeed
 from dd_assets.engine import join_row_group
-from dd_assets.engine.seeds import SeedSource, sampled_rows, seed_key
+from dd_assets.engine.seeds import (
+    SeedSource,
+    sampled_rows,
+    seed_key,
+    select_rows,
+    selection_bounds,
+)
 from dd_assets.errors import GenerationError, RunError
 from dd_assets.runners.finalize import read_final
 from dd_assets.runners.plan import StagePlan
@@ -102,6 +108,7 @@ def file_seed(
     seed = plan.compiled.stage.seed
     assert isinstance(seed, FileSeed)
     source = file_source(seed.path)
+    source = select_rows(source, *selection_bounds(seed.rows, seed.shard, source.num_rows, source.name))
     return _sampled(plan, source, plan.fingerprint.payload["seed"]["sha256"], row_range)
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import dagster as dg
@@ -197,3 +198,84 @@ def test_sampled_stage_through_the_cli_and_dagster(tmp_path: Path, data_root: Pa
     files = list((data_root / "wf" / "picked").rglob("batch_*.parquet"))
     assert len(files) == 9
     assert sum(pq.read_metadata(f).num_rows for f in files) == 450
+
+
+# ---- seed selection: a slice or a shard of the file (DataDesigner's selection_strategy) ------
+
+
+@pytest.mark.parametrize(
+    ("selection", "expected"),
+    [
+        ({"rows": {"first": 2, "last": 4}}, [2, 3, 4]),
+        ({"shard": {"index": 0, "count": 3}}, [0, 1]),
+        ({"shard": {"index": 1, "count": 3}}, [2, 3]),
+        ({"shard": {"index": 2, "count": 3}}, [4, 5, 6]),  # the last shard takes the remainder
+    ],
+)
+def test_file_seed_selection_cycles_through_the_selected_rows(
+    tmp_path: Path, selection: dict, expected: list[int]
+) -> None:
+    _write_seed(tmp_path / "seed.parquet")
+    config = _file_config("seed.parquet", n=8, buffer=3)
+    config["stages"][0]["seed"].update(selection)
+    cfg = write_config(tmp_path / "wf.yaml", config)
+    table = _run_all(cfg, tmp_path / "dd-data", "prompts")
+    want = [f"topic-{expected[i % len(expected)]}" for i in range(8)]
+    assert table.column("topic").to_pylist() == want
+    # Shuffled: permutations of the selection only.
+    config["stages"][0]["seed"]["strategy"] = "shuffle"
+    cfg = write_config(tmp_path / "wf2.yaml", config)
+    topics = _run_all(cfg, tmp_path / "dd-data2", "prompts").column("topic").to_pylist()
+    assert set(topics) == {f"topic-{i}" for i in expected}
+
+
+def test_file_seed_selection_is_in_the_fingerprint_only_when_set(tmp_path: Path) -> None:
+    _write_seed(tmp_path / "seed.parquet")
+
+    def fp(**selection: object) -> dict:
+        config = _file_config("seed.parquet")
+        config["stages"][0]["seed"].update(selection)
+        cfg = write_config(tmp_path / "wf.yaml", config)
+        return plan_workflow(load_workflow(cfg))["prompts"].fingerprint.payload["seed"]
+
+    plain = fp()
+    assert set(plain) == {"format", "strategy", "sha256"}  # as before selection existed
+    assert fp(rows={"first": 0, "last": 3})["rows"] == {"first": 0, "last": 3}
+    assert fp(shard={"index": 1, "count": 2})["shard"] == {"index": 1, "count": 2}
+    assert fp(shard={"index": 0, "count": 2}) != fp(shard={"index": 1, "count": 2})
+
+
+@pytest.mark.parametrize(
+    ("selection", "message"),
+    [
+        ({"rows": {"first": 3, "last": 1}}, "last (1) must be >= first (3)"),
+        ({"shard": {"index": 3, "count": 3}}, "index (3) must be < count (3)"),
+        ({"rows": {"first": 0, "last": 1}, "shard": {"index": 0, "count": 2}}, "not both"),
+    ],
+)
+def test_bad_seed_selection_is_a_config_error(selection: dict, message: str) -> None:
+    from dd_assets.config import WorkflowConfigError, parse_workflow
+
+    config = _file_config("seed.parquet")
+    config["stages"][0]["seed"].update(selection)
+    with pytest.raises(WorkflowConfigError, match=re.escape(message)):
+        parse_workflow(config)
+
+
+@pytest.mark.parametrize(
+    ("selection", "message"),
+    [
+        ({"rows": {"first": 2, "last": 7}}, "has 7 rows (0..6); seed.rows.last (7) is past the end"),
+        ({"shard": {"index": 0, "count": 8}}, "has 7 rows, fewer than seed.shard.count (8)"),
+    ],
+)
+def test_selection_past_the_file_names_the_file(
+    tmp_path: Path, selection: dict, message: str
+) -> None:
+    _write_seed(tmp_path / "seed.parquet")
+    config = _file_config("seed.parquet")
+    config["stages"][0]["seed"].update(selection)
+    cfg = write_config(tmp_path / "wf.yaml", config)
+    with pytest.raises(GenerationError, match=re.escape(message)) as exc:
+        preview_stage(plan_workflow(load_workflow(cfg))["prompts"], n=3)
+    assert "seed.parquet" in str(exc.value)

@@ -1,0 +1,592 @@
+"""DataDesigner configs (what its `write_config()` writes, YAML or JSON) turned into native
+stage and model configs, so everything downstream (engine, fingerprints) sees one model.
+
+A stage written `data_designer: <file or mapping>` is expanded here before validation. Keys
+DataDesigner always writes are accepted when they hold their defaults and dropped; a feature
+dd-assets does not have is one error naming it and the column, never "unknown key". Each step
+also leaves a `Note` (mapped / same / lost), which `dd-assets import` prints.
+
+Canonical input: mapping keys are sorted first (DataDesigner's YAML export sorts them, its JSON
+export does not), so the same config as YAML or JSON maps to the same stage, and defaults that
+are dropped never reach a fingerprint."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dd_assets.config.errors import ConfigIssue
+from dd_assets.config.models import BUILTIN_PROVIDERS, ProviderConfig
+from dd_assets.config.processors import SchemaTransformProcessorConfig
+
+ISO_SECONDS = "%Y-%m-%dT%H:%M:%S"  # DataDesigner's datetime text when convert_to is unset
+STAGE_KEYS = {"name", "description", "num_records", "buffer_size", "seed", "allow_empty", "finalize"}
+_REQUIRED = object()
+
+
+@dataclass(frozen=True)
+class Note:
+    """One line of the import report: where, what became of it, and how."""
+
+    where: str
+    status: str  # "same" | "mapped" | "lost"
+    detail: str
+
+
+class DataDesignerError(Exception):
+    """Issues found while mapping (gathered, then raised as a WorkflowConfigError)."""
+
+    def __init__(self, issues: list[ConfigIssue]):
+        super().__init__("; ".join(i.message for i in issues))
+        self.issues = issues
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _canonical(value[k]) for k in sorted(value, key=str)}
+    if isinstance(value, list):
+        return [_canonical(v) for v in value]
+    return value
+
+
+def read_datadesigner(path: Path) -> dict[str, Any]:
+    """The `data_designer` mapping of a file `write_config()` wrote (YAML or JSON)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DataDesignerError(
+            [ConfigIssue("data_designer", f"DataDesigner config not found: {path}")]
+        ) from None
+    try:
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise DataDesignerError(
+            [ConfigIssue("data_designer", f"{path} is not valid YAML/JSON: {exc}")]
+        ) from None
+    return unwrap(data, str(path))
+
+
+def unwrap(data: Any, where: str) -> dict[str, Any]:
+    """`{data_designer: {...}, library_version}` or the bare inner mapping."""
+    if isinstance(data, dict) and isinstance(data.get("data_designer"), dict):
+        extra = set(data) - {"data_designer", "library_version"}
+        if extra:
+            raise DataDesignerError(
+                [ConfigIssue("data_designer", f"{where}: unexpected top-level key(s) {sorted(extra)}")]
+            )
+        data = data["data_designer"]
+    if not isinstance(data, dict) or "columns" not in data:
+        raise DataDesignerError(
+            [
+                ConfigIssue(
+                    "data_designer",
+                    f"{where} is not a DataDesigner config: expected the mapping write_config()"
+                    " writes, with data_designer.columns",
+                )
+            ]
+        )
+    return data
+
+
+class _Mapper:
+    def __init__(self, prefix: str, providers: dict[str, ProviderConfig], base: Path):
+        self.prefix = prefix
+        self.providers = {**BUILTIN_PROVIDERS, **providers}
+        self.declared = set(providers)
+        self.base = base
+        self.issues: list[ConfigIssue] = []
+        self.notes: list[Note] = []
+
+    # -- helpers
+
+    def issue(self, where: str, message: str) -> None:
+        self.issues.append(ConfigIssue(f"{self.prefix}.{where}" if where else self.prefix, message))
+
+    def note(self, where: str, status: str, detail: str) -> None:
+        self.notes.append(Note(where, status, detail))
+
+    def unsupported(self, where: str, feature: str, column: str | None = None) -> None:
+        on = f" on column {column!r}" if column else ""
+        self.issue(where, f"{feature}{on} {'is' if not feature.endswith('s') else 'are'} not supported yet")
+
+    def take(
+        self, data: dict[str, Any], where: str, spec: dict[str, Any], column: str | None = None
+    ) -> dict[str, Any]:
+        """The keys of `spec` that hold something other than their default (those missing and
+        _REQUIRED are errors); unknown keys are errors naming them."""
+        out: dict[str, Any] = {}
+        for key in data:
+            if key not in spec:
+                self.issue(
+                    f"{where}.{key}",
+                    f"unknown DataDesigner key {key!r}"
+                    + (f" on column {column!r}" if column else "")
+                    + f"; expected one of {', '.join(sorted(spec))}",
+                )
+        for key, default in spec.items():
+            if key not in data:
+                if default is _REQUIRED:
+                    self.issue(f"{where}.{key}", "required field is missing")
+                continue
+            if default is _REQUIRED or data[key] != default:
+                out[key] = data[key]
+        return out
+
+    # -- the whole config
+
+    def stage(self, dd: dict[str, Any]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        dd = _canonical(dd)
+        top = self.take(
+            dd,
+            "",
+            {
+                "columns": _REQUIRED,
+                "model_configs": [],
+                "tool_configs": [],
+                "seed_config": None,
+                "constraints": None,
+                "profilers": None,
+                "processors": None,
+            },
+        )
+        for key in ("tool_configs", "profilers"):
+            if top.get(key):
+                self.unsupported(key, {"tool_configs": "tool_configs (MCP tools)", "profilers": "profilers"}[key])
+        columns: list[dict[str, Any]] = []
+        raw_columns = top.get("columns") if isinstance(top.get("columns"), list) else []
+        for j, raw in enumerate(raw_columns):
+            col = self.column(raw, f"columns[{j}]")
+            if col is not None:
+                columns.append(col)
+        self.constraints(top.get("constraints") or [], columns)
+        stage: dict[str, Any] = {"columns": columns}
+        if top.get("seed_config"):
+            stage["seed"] = self.seed(top["seed_config"])
+        post, final = self.processors(top.get("processors") or [], columns)
+        if post:
+            stage["post_batch"] = post
+        if final:
+            stage["finalize"] = final
+        used = {c["model_alias"] for c in columns if "model_alias" in c}
+        models = self.models(top.get("model_configs") or [], used)
+        return stage, models
+
+    # -- columns
+
+    _COMMON = {"name": _REQUIRED, "column_type": _REQUIRED, "drop": False, "skip": None, "propagate_skip": True}
+    _LLM = {
+        "prompt": _REQUIRED,
+        "model_alias": _REQUIRED,
+        "system_prompt": None,
+        "multi_modal_context": None,
+        "tool_alias": None,
+        "with_trace": "none",
+        "extract_reasoning_content": False,
+    }
+    _BY_TYPE: dict[str, dict[str, Any]] = {
+        "sampler": {"sampler_type": _REQUIRED, "params": _REQUIRED, "conditional_params": {}, "convert_to": None},
+        "expression": {"expr": _REQUIRED, "dtype": "str"},
+        "llm-text": _LLM,
+        "llm-code": {**_LLM, "code_lang": _REQUIRED},
+        "llm-structured": {**_LLM, "output_format": _REQUIRED},
+        "llm-judge": {**_LLM, "scores": _REQUIRED},
+    }
+    _NOT_YET = {
+        "embedding": "embedding columns",
+        "image": "image columns",
+        "validation": "validation columns",
+        "custom": "custom (Python function) columns",
+    }
+
+    def column(self, raw: Any, where: str) -> dict[str, Any] | None:
+        if not isinstance(raw, dict):
+            self.issue(where, "a column must be a mapping")
+            return None
+        name = raw.get("name", f"#{where}")
+        ctype = raw.get("column_type")
+        if ctype in self._NOT_YET:
+            self.issue(where, f"{self._NOT_YET[ctype]} are not supported yet (column {name!r})")
+            return None
+        if ctype not in self._BY_TYPE:
+            self.issue(
+                f"{where}.column_type",
+                f"unknown DataDesigner column_type {ctype!r} on column {name!r}; expected one of"
+                f" {', '.join([*self._BY_TYPE, *self._NOT_YET])}",
+            )
+            return None
+        got = self.take(raw, where, {**self._COMMON, **self._BY_TYPE[ctype]}, name)
+        if "skip" in got:
+            self.unsupported(f"{where}.skip", "skip", name)
+        if "propagate_skip" in got:
+            self.note(f"column {name}", "lost", "propagate_skip: false has no effect (dd-assets skips no cell)")
+        for key, feature in (
+            ("multi_modal_context", "multi_modal_context (image context)"),
+            ("tool_alias", "tool_alias (tool calls)"),
+            ("extract_reasoning_content", "extract_reasoning_content"),
+        ):
+            if key in got:
+                self.unsupported(f"{where}.{key}", feature, name)
+        out = {
+            k: v
+            for k, v in got.items()
+            if k not in ("skip", "propagate_skip", "multi_modal_context", "tool_alias", "extract_reasoning_content")
+        }
+        if ctype == "sampler":
+            return self.sampler(out, where, name)
+        if ctype == "expression":
+            self.note(
+                f"column {name}",
+                "mapped",
+                "expression: cells are not JSON-decoded before rendering, and bool casts accept"
+                " yes/no (DataDesigner reads 'yes' as false)",
+            )
+        elif "with_trace" in out:
+            self.note(f"column {name}", "same", f"with_trace: {out['with_trace']} -> side column {name}__trace")
+        return out
+
+    def sampler(self, col: dict[str, Any], where: str, name: str) -> dict[str, Any] | None:
+        st = col.get("sampler_type")
+        params = dict(col.get("params") or {})
+        conds = {k: dict(v) for k, v in (col.get("conditional_params") or {}).items() if isinstance(v, dict)}
+        for p in (params, *conds.values()):
+            p.pop("sampler_type", None)
+        if st == "person":
+            for p in (params, *conds.values()):
+                if p.pop("select_field_values", None) is not None:
+                    self.unsupported(f"{where}.params.select_field_values", "person select_field_values", name)
+                if p.pop("with_synthetic_personas", False):
+                    self.unsupported(f"{where}.params.with_synthetic_personas", "synthetic personas", name)
+            st = "person_from_faker"
+            self.note(
+                f"column {name}",
+                "lost",
+                "person (Nemotron-Personas dataset) -> person_from_faker: Faker-made people with"
+                " DataDesigner's Faker field names; the dataset's fields (email_address,"
+                " national_id, personas) are not there",
+            )
+        col["sampler_type"] = st
+        notes = []
+        for p in (params, *conds.values()):
+            if st == "uuid":
+                p.update(format="hex", short_length=8)
+                notes.append("uuid as 32 hex digits, 8 in short form")
+            elif st == "person_from_faker":
+                p["fields"] = "datadesigner"
+                notes.append("person record with DataDesigner's field names")
+        if st in ("datetime", "timedelta") and col.get("convert_to") is None:
+            col["convert_to"] = ISO_SECONDS
+            notes.append(f"datetime as ISO text ({ISO_SECONDS})")
+        if col.get("convert_to") == "int":
+            col["int_rounding"] = "half_even"
+            notes.append("convert_to: int rounds half to even like DataDesigner")
+        col["params"] = params
+        if conds:
+            col["conditional_params"] = conds
+            notes.append(f"{len(conds)} conditional_params (the one sorting last wins)")
+        for n in dict.fromkeys(notes):
+            self.note(f"column {name}", "mapped", n)
+        return col
+
+    def constraints(self, raw: list[Any], columns: list[dict[str, Any]]) -> None:
+        by_name = {c["name"]: c for c in columns}
+        for k, c in enumerate(raw):
+            where = f"constraints[{k}]"
+            if not isinstance(c, dict):
+                self.issue(where, "a constraint must be a mapping")
+                continue
+            got = self.take(
+                c, where, {"target_column": _REQUIRED, "operator": _REQUIRED, "rhs": _REQUIRED, "constraint_type": _REQUIRED}
+            )
+            target, kind = got.get("target_column"), got.get("constraint_type")
+            col = by_name.get(target)
+            if col is None or col.get("column_type") != "sampler":
+                self.issue(f"{where}.target_column", f"constraints apply to sampler columns; {target!r} is not one")
+                continue
+            if kind == "scalar_inequality":
+                rule = {"operator": got.get("operator"), "value": got.get("rhs")}
+            elif kind == "column_inequality":
+                rule = {"operator": got.get("operator"), "column": got.get("rhs")}
+            else:
+                self.issue(f"{where}.constraint_type", f"unknown constraint_type {kind!r}")
+                continue
+            col.setdefault("constraints", []).append(rule)
+            self.note(
+                f"column {target}",
+                "mapped",
+                f"{kind} {rule['operator']} {got.get('rhs')}: rejection sampling, per row",
+            )
+
+    # -- seed
+
+    def seed(self, raw: dict[str, Any]) -> dict[str, Any]:
+        got = self.take(
+            raw, "seed_config", {"source": _REQUIRED, "sampling_strategy": "ordered", "selection_strategy": None}
+        )
+        source = got.get("source") or {}
+        seed: dict[str, Any] = {}
+        seed_type = source.get("seed_type", "local")
+        if seed_type != "local":
+            self.unsupported("seed_config.source.seed_type", f"{seed_type} seed sources")
+            return {"path": "unsupported.parquet"}
+        extra = set(source) - {"path", "seed_type"}
+        if extra:
+            self.issue("seed_config.source", f"unknown DataDesigner key(s) {sorted(extra)} of a local seed")
+        path = Path(str(source.get("path", "")))
+        seed["path"] = str(path if path.is_absolute() else (self.base / path).resolve())
+        if "sampling_strategy" in got:
+            seed["strategy"] = got["sampling_strategy"]
+            self.note(
+                "seed_config",
+                "mapped",
+                "shuffle is a fixed permutation per pass over the seed (DataDesigner reshuffles"
+                " on every run)",
+            )
+        sel = got.get("selection_strategy")
+        if isinstance(sel, dict):
+            if "start" in sel or "end" in sel:
+                seed["rows"] = {"first": sel.get("start"), "last": sel.get("end")}
+                self.note("seed_config", "mapped", f"IndexRange -> seed.rows {seed['rows']}")
+            elif sel.get("num_partitions", 1) != 1 or sel.get("index", 0) != 0:
+                seed["shard"] = {"index": sel.get("index", 0), "count": sel.get("num_partitions", 1)}
+                self.note("seed_config", "mapped", f"PartitionBlock -> seed.shard {seed['shard']}")
+        self.note("seed_config", "mapped", "relative seed paths are relative to the DataDesigner config file")
+        return seed
+
+    # -- processors
+
+    def processors(
+        self, raw: list[Any], columns: list[dict[str, Any]]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """DataDesigner runs processors on the main dataset; a schema_transform writes a side
+        output and passes the main dataset on. Here the main dataset is the row groups and the
+        schema_transform becomes the stage's final output (finalize)."""
+        procs: list[tuple[int, dict[str, Any]]] = []
+        for k, p in enumerate(raw):
+            where = f"processors[{k}]"
+            kind = p.get("processor_type") if isinstance(p, dict) else None
+            if kind == "drop_columns":
+                procs.append((k, self.take(p, where, {"processor_type": _REQUIRED, "name": _REQUIRED, "column_names": _REQUIRED})))
+            elif kind == "schema_transform":
+                procs.append((k, self.take(p, where, {"processor_type": _REQUIRED, "name": _REQUIRED, "template": _REQUIRED})))
+            else:
+                self.unsupported(where, f"{kind} processors")
+        transforms = [k for k, (_, p) in enumerate(procs) if p.get("processor_type") == "schema_transform"]
+        if len(transforms) > 1:
+            self.unsupported("processors", "several schema_transform processors in one config")
+            return [], []
+        if not transforms:
+            return [p for _, p in procs], []
+        at = transforms[0]
+        k, st = procs[at]
+        reads: set[str] = set()
+        try:
+            reads = SchemaTransformProcessorConfig(template=st.get("template") or {"_": ""}).required_columns
+        except ValueError:
+            pass  # the native validation reports the template
+        for c in columns:
+            if c.get("drop") and c["name"] in reads:
+                c["drop"] = False
+                self.note(
+                    f"column {c['name']}",
+                    "mapped",
+                    f"drop: true, but schema_transform {st.get('name')!r} reads it: kept in the row"
+                    " groups (DataDesigner drops it after processors ran)",
+                )
+        final = [{**p, "values": "json"} if i == at else p for i, (_, p) in enumerate(procs[: at + 1])]
+        post: list[dict[str, Any]] = []
+        for _, p in procs[at + 1 :]:
+            hit = sorted(r for r in reads if any(fnmatch.fnmatchcase(r, g) for g in p.get("column_names", [])))
+            if hit:
+                self.note(
+                    f"processor {p.get('name')}",
+                    "lost",
+                    f"drop_columns after schema_transform {st.get('name')!r} would drop {hit}, which"
+                    " the transform reads; not applied (the row groups keep those columns)",
+                )
+            else:
+                post.append(p)
+        self.note(
+            f"processor {st.get('name')}",
+            "mapped",
+            "schema_transform -> finalize: the stage's final output (DataDesigner writes it"
+            " beside the main dataset); values print as JSON (true, null)",
+        )
+        return post, final
+
+    # -- models
+
+    _MODEL = {"alias": _REQUIRED, "model": _REQUIRED, "provider": None, "inference_parameters": None, "skip_health_check": False}
+    _CHAT = {
+        "generation_type": "chat-completion",
+        "max_parallel_requests": 4,
+        "timeout": None,
+        "extra_body": None,
+        "temperature": None,
+        "top_p": None,
+        "max_tokens": None,
+    }
+
+    def models(self, raw: list[Any], used: set[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for k, m in enumerate(raw):
+            where = f"model_configs[{k}]"
+            if not isinstance(m, dict):
+                self.issue(where, "a model config must be a mapping")
+                continue
+            alias = m.get("alias")
+            if alias not in used:
+                self.note(f"model {alias}", "lost", "not used by any column: left out")
+                continue
+            got = self.take(m, where, self._MODEL)
+            inf = dict(got.get("inference_parameters") or {})
+            gen = inf.get("generation_type", "chat-completion")
+            if gen != "chat-completion":
+                self.unsupported(f"{where}.inference_parameters", f"{gen} models")
+                continue
+            params = self.take(inf, f"{where}.inference_parameters", self._CHAT)
+            provider_name = got.get("provider")
+            provider = self.providers.get(provider_name) if provider_name else None
+            if provider is None:
+                self.issue(
+                    f"{where}.provider",
+                    f"model {alias!r} names provider {provider_name!r}, which is not defined; add"
+                    f" it under providers: (known: {', '.join(sorted(self.providers))})",
+                )
+                continue
+            if provider_name not in self.declared:
+                self.note(f"model {alias}", "mapped", f"provider {provider_name!r}: DataDesigner's built-in endpoint {provider.endpoint}")
+            model: dict[str, Any] = {"base_url": provider.endpoint, "model": got.get("model")}
+            if provider.api_key:
+                model["api_key_env"] = provider.api_key
+            inference = {k2: params[k2] for k2 in ("temperature", "top_p", "max_tokens") if k2 in params}
+            if inference:
+                model["inference"] = inference
+            if "max_parallel_requests" in params:
+                model["max_parallel_requests"] = params["max_parallel_requests"]
+            if "timeout" in params:
+                model["timeout_s"] = params["timeout"]
+            body = {**(provider.extra_body or {}), **(params.get("extra_body") or {})}
+            if body:
+                model["extra_body"] = body
+            if "skip_health_check" in got:
+                self.note(f"model {alias}", "same", "skip_health_check: dd-assets makes no health-check call")
+            out[alias] = model
+        for alias in sorted(used - set(out) - {m.get("alias") for m in raw if isinstance(m, dict)}):
+            self.issue("model_configs", f"model alias {alias!r} is used by a column but not in model_configs")
+        return out
+
+
+def expand_stage(
+    raw_stage: dict[str, Any],
+    prefix: str,
+    providers: dict[str, ProviderConfig],
+    base: Path,
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[Note]]:
+    """A stage written with `data_designer:` as a native stage mapping, plus the models its
+    columns use and the report notes. Raises DataDesignerError with every issue found."""
+    spec = raw_stage["data_designer"]
+    issues: list[ConfigIssue] = []
+    extra = set(raw_stage) - STAGE_KEYS - {"data_designer"}
+    for key in sorted(extra):
+        issues.append(
+            ConfigIssue(
+                f"{prefix}.{key}",
+                f"{key} comes from the DataDesigner config in a data_designer: stage; next to it"
+                f" give only {', '.join(sorted(STAGE_KEYS))}",
+            )
+        )
+    if isinstance(spec, str):
+        path = Path(spec)
+        path = path if path.is_absolute() else base / path
+        dd = read_datadesigner(path)
+        dd_base = path.parent
+    else:
+        dd = unwrap(spec, f"{prefix}.data_designer")
+        dd_base = base
+    mapper = _Mapper(f"{prefix}.data_designer", providers, dd_base)
+    stage, models = mapper.stage(dd)
+    issues += mapper.issues
+    if "seed" in stage and "seed" in raw_stage:
+        issues.append(
+            ConfigIssue(f"{prefix}.seed", "the DataDesigner config has a seed_config; give one seed, not two")
+        )
+    if issues:
+        raise DataDesignerError(issues)
+    native = {k: v for k, v in raw_stage.items() if k != "data_designer"}
+    native.update({k: v for k, v in stage.items() if k != "finalize"})
+    if "finalize" in stage:
+        native["finalize"] = stage["finalize"] + list(raw_stage.get("finalize") or [])
+    return native, models, mapper.notes
+
+
+def providers_of(data: dict[str, Any]) -> tuple[dict[str, ProviderConfig], list[ConfigIssue]]:
+    """The workflow's `providers:`, as a mapping name -> provider or as DataDesigner's list of
+    `{name, endpoint, ...}` (its model_providers.yaml); normalised in `data` to the mapping."""
+    from pydantic import ValidationError
+
+    raw = data.get("providers")
+    if raw is None:
+        return {}, []
+    if isinstance(raw, list):
+        named = {p.get("name"): {k: v for k, v in p.items() if k != "name"} for p in raw if isinstance(p, dict)}
+        if len(named) != len(raw) or None in named:
+            return {}, [ConfigIssue("providers", "each provider in the list needs a distinct name")]
+        raw = data["providers"] = named
+    if not isinstance(raw, dict):
+        return {}, [ConfigIssue("providers", "providers must map a name to {endpoint, api_key}")]
+    out: dict[str, ProviderConfig] = {}
+    issues: list[ConfigIssue] = []
+    for name, spec in raw.items():
+        try:
+            out[name] = ProviderConfig.model_validate(spec)
+        except ValidationError as exc:
+            for err in exc.errors():
+                loc = ".".join(str(p) for p in err["loc"])
+                msg = err["msg"].removeprefix("Value error, ")
+                if err["type"] == "extra_forbidden":
+                    msg = "unknown key"
+                issues.append(ConfigIssue(f"providers.{name}" + (f".{loc}" if loc else ""), msg))
+    return out, issues
+
+
+def expand_workflow(data: dict[str, Any], base: Path) -> tuple[list[Note], list[ConfigIssue]]:
+    """Expand, in place, every `data_designer:` stage of a workflow mapping into a native stage
+    and its models into `models:`. Returns the report notes and every issue found."""
+    providers, issues = providers_of(data)
+    notes: list[Note] = []
+    stages = data.get("stages")
+    if not isinstance(stages, list) or not any(
+        isinstance(s, dict) and "data_designer" in s for s in stages
+    ):
+        return notes, issues
+    if issues:
+        return notes, issues
+    models = data.setdefault("models", {})
+    if not isinstance(models, dict):
+        return notes, issues
+    for i, raw in enumerate(stages):
+        if not (isinstance(raw, dict) and "data_designer" in raw):
+            continue
+        try:
+            native, stage_models, stage_notes = expand_stage(raw, f"stages[{i}]", providers, base)
+        except DataDesignerError as exc:
+            issues += exc.issues
+            continue
+        for alias, model in stage_models.items():
+            if alias in models and models[alias] != model:
+                issues.append(
+                    ConfigIssue(
+                        f"stages[{i}].data_designer.model_configs",
+                        f"model alias {alias!r} is also defined, differently, under models: or by"
+                        " another stage; rename one of them",
+                    )
+                )
+            models[alias] = model
+        stages[i] = native
+        notes += stage_notes
+    return notes, issues

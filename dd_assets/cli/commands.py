@@ -55,6 +55,45 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    import yaml
+
+    from dd_assets.config.datadesigner import import_datadesigner, parse_provider_option
+    from dd_assets.store.atomic import atomic_write_bytes
+
+    providers = {}
+    for option in args.provider:
+        try:
+            name, spec = parse_provider_option(option)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        providers[name] = spec
+    output = Path(args.output)
+    workflow, notes = import_datadesigner(
+        Path(args.dd_config),
+        output,
+        providers=providers,
+        name=args.name,
+        num_records=args.num_records,
+        buffer_size=args.buffer_size,
+    )
+    text = yaml.safe_dump(workflow, sort_keys=False, allow_unicode=True, width=100)
+    atomic_write_bytes(output, text.encode("utf-8"))
+    table = Table("where", "status", "what", title=f"{args.dd_config} -> {args.output}")
+    for note in notes:
+        color = {"lost": "yellow", "mapped": "cyan"}.get(note.status, "green")
+        table.add_row(escape(note.where), f"[{color}]{note.status}[/{color}]", escape(note.detail))
+    if notes:
+        console.print(table)
+    lost = sum(n.status == "lost" for n in notes)
+    console.print(
+        f"[green]wrote[/green] {escape(str(output))}: workflow {workflow['name']!r},"
+        f" {len(workflow['stages'][0].get('columns', []))} column(s); {lost} thing(s) lost"
+        " (listed above); everything else maps as said"
+    )
+    return 0
+
+
 def cmd_preview(args: argparse.Namespace) -> int:
     from dd_assets.runners.preview import preview_stage
 

@@ -62,6 +62,25 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--output", "-o", required=True, help="file to write (atomically)")
     ex.set_defaults(func=commands.cmd_export)
 
+    im = sub.add_parser(
+        "import",
+        help="write a native workflow equivalent to a DataDesigner config (write_config output)",
+    )
+    im.add_argument("dd_config", help="DataDesigner config, YAML or JSON")
+    im.add_argument(
+        "--provider",
+        action="append",
+        default=[],
+        metavar="NAME=BASE_URL[,api_key_env=VAR]",
+        help="endpoint of a provider the model configs name (repeatable; built in: nvidia,"
+        " openai, openrouter)",
+    )
+    im.add_argument("--output", "-o", required=True, help="workflow YAML to write (atomically)")
+    im.add_argument("--name", help="workflow and stage name (default: from the file name)")
+    im.add_argument("--num-records", type=int, default=100)
+    im.add_argument("--buffer-size", type=int, default=100)
+    im.set_defaults(func=commands.cmd_import)
+
     ui = sub.add_parser("ui", help="start the Dagster UI (and its daemon) on 127.0.0.1")
     ui.add_argument(
         "config", nargs="?", help="workflow config or folder of them (default: $DD_ASSETS_CONFIG)"

@@ -12,6 +12,7 @@ are dropped never reach a fingerprint."""
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 from dataclasses import dataclass
@@ -25,7 +26,15 @@ from dd_assets.config.models import BUILTIN_PROVIDERS, ProviderConfig
 from dd_assets.config.processors import SchemaTransformProcessorConfig
 
 ISO_SECONDS = "%Y-%m-%dT%H:%M:%S"  # DataDesigner's datetime text when convert_to is unset
-STAGE_KEYS = {"name", "description", "num_records", "buffer_size", "seed", "allow_empty", "finalize"}
+STAGE_KEYS = {
+    "name",
+    "description",
+    "num_records",
+    "buffer_size",
+    "seed",
+    "allow_empty",
+    "finalize",
+}
 _REQUIRED = object()
 
 
@@ -77,7 +86,11 @@ def unwrap(data: Any, where: str) -> dict[str, Any]:
         extra = set(data) - {"data_designer", "library_version"}
         if extra:
             raise DataDesignerError(
-                [ConfigIssue("data_designer", f"{where}: unexpected top-level key(s) {sorted(extra)}")]
+                [
+                    ConfigIssue(
+                        "data_designer", f"{where}: unexpected top-level key(s) {sorted(extra)}"
+                    )
+                ]
             )
         data = data["data_designer"]
     if not isinstance(data, dict) or "columns" not in data:
@@ -110,9 +123,11 @@ class _Mapper:
     def note(self, where: str, status: str, detail: str) -> None:
         self.notes.append(Note(where, status, detail))
 
-    def unsupported(self, where: str, feature: str, column: str | None = None) -> None:
+    def unsupported(
+        self, where: str, feature: str, column: str | None = None, verb: str = "is"
+    ) -> None:
         on = f" on column {column!r}" if column else ""
-        self.issue(where, f"{feature}{on} {'is' if not feature.endswith('s') else 'are'} not supported yet")
+        self.issue(where, f"{feature}{on} {verb} not supported yet")
 
     def take(
         self, data: dict[str, Any], where: str, spec: dict[str, Any], column: str | None = None
@@ -156,7 +171,10 @@ class _Mapper:
         )
         for key in ("tool_configs", "profilers"):
             if top.get(key):
-                self.unsupported(key, {"tool_configs": "tool_configs (MCP tools)", "profilers": "profilers"}[key])
+                feature = {"tool_configs": "tool_configs (MCP tools)", "profilers": "profilers"}[
+                    key
+                ]
+                self.unsupported(key, feature, verb="are")
         columns: list[dict[str, Any]] = []
         raw_columns = top.get("columns") if isinstance(top.get("columns"), list) else []
         for j, raw in enumerate(raw_columns):
@@ -178,7 +196,13 @@ class _Mapper:
 
     # -- columns
 
-    _COMMON = {"name": _REQUIRED, "column_type": _REQUIRED, "drop": False, "skip": None, "propagate_skip": True}
+    _COMMON = {
+        "name": _REQUIRED,
+        "column_type": _REQUIRED,
+        "drop": False,
+        "skip": None,
+        "propagate_skip": True,
+    }
     _LLM = {
         "prompt": _REQUIRED,
         "model_alias": _REQUIRED,
@@ -189,7 +213,12 @@ class _Mapper:
         "extract_reasoning_content": False,
     }
     _BY_TYPE: dict[str, dict[str, Any]] = {
-        "sampler": {"sampler_type": _REQUIRED, "params": _REQUIRED, "conditional_params": {}, "convert_to": None},
+        "sampler": {
+            "sampler_type": _REQUIRED,
+            "params": _REQUIRED,
+            "conditional_params": {},
+            "convert_to": None,
+        },
         "expression": {"expr": _REQUIRED, "dtype": "str"},
         "llm-text": _LLM,
         "llm-code": {**_LLM, "code_lang": _REQUIRED},
@@ -223,7 +252,11 @@ class _Mapper:
         if "skip" in got:
             self.unsupported(f"{where}.skip", "skip", name)
         if "propagate_skip" in got:
-            self.note(f"column {name}", "lost", "propagate_skip: false has no effect (dd-assets skips no cell)")
+            self.note(
+                f"column {name}",
+                "lost",
+                "propagate_skip: false has no effect (dd-assets skips no cell)",
+            )
         for key, feature in (
             ("multi_modal_context", "multi_modal_context (image context)"),
             ("tool_alias", "tool_alias (tool calls)"),
@@ -234,33 +267,52 @@ class _Mapper:
         out = {
             k: v
             for k, v in got.items()
-            if k not in ("skip", "propagate_skip", "multi_modal_context", "tool_alias", "extract_reasoning_content")
+            if k
+            not in (
+                "skip",
+                "propagate_skip",
+                "multi_modal_context",
+                "tool_alias",
+                "extract_reasoning_content",
+            )
         }
         if ctype == "sampler":
             return self.sampler(out, where, name)
-        if ctype == "expression":
+        if ctype == "expression" and not any(n.where == "expressions" for n in self.notes):
+            self.note(
+                "expressions",
+                "mapped",
+                "rendered as written: cells are not JSON-decoded first, and a bool cast reads"
+                " yes/no as true/false (DataDesigner reads 'yes' as false)",
+            )
+        if "with_trace" in out:
             self.note(
                 f"column {name}",
-                "mapped",
-                "expression: cells are not JSON-decoded before rendering, and bool casts accept"
-                " yes/no (DataDesigner reads 'yes' as false)",
+                "same",
+                f"with_trace: {out['with_trace']} -> side column {name}__trace",
             )
-        elif "with_trace" in out:
-            self.note(f"column {name}", "same", f"with_trace: {out['with_trace']} -> side column {name}__trace")
         return out
 
     def sampler(self, col: dict[str, Any], where: str, name: str) -> dict[str, Any] | None:
         st = col.get("sampler_type")
         params = dict(col.get("params") or {})
-        conds = {k: dict(v) for k, v in (col.get("conditional_params") or {}).items() if isinstance(v, dict)}
+        conds = {
+            k: dict(v)
+            for k, v in (col.get("conditional_params") or {}).items()
+            if isinstance(v, dict)
+        }
         for p in (params, *conds.values()):
             p.pop("sampler_type", None)
         if st == "person":
             for p in (params, *conds.values()):
                 if p.pop("select_field_values", None) is not None:
-                    self.unsupported(f"{where}.params.select_field_values", "person select_field_values", name)
+                    self.unsupported(
+                        f"{where}.params.select_field_values", "person select_field_values", name
+                    )
                 if p.pop("with_synthetic_personas", False):
-                    self.unsupported(f"{where}.params.with_synthetic_personas", "synthetic personas", name)
+                    self.unsupported(
+                        f"{where}.params.with_synthetic_personas", "synthetic personas", name, "are"
+                    )
             st = "person_from_faker"
             self.note(
                 f"column {name}",
@@ -278,6 +330,11 @@ class _Mapper:
             elif st == "person_from_faker":
                 p["fields"] = "datadesigner"
                 notes.append("person record with DataDesigner's field names")
+            elif st == "datetime":
+                p["draw"] = "seconds"
+                notes.append(
+                    "datetime drawn as DataDesigner does: seconds in [start, end), floored to the unit"
+                )
         if st in ("datetime", "timedelta") and col.get("convert_to") is None:
             col["convert_to"] = ISO_SECONDS
             notes.append(f"datetime as ISO text ({ISO_SECONDS})")
@@ -300,12 +357,22 @@ class _Mapper:
                 self.issue(where, "a constraint must be a mapping")
                 continue
             got = self.take(
-                c, where, {"target_column": _REQUIRED, "operator": _REQUIRED, "rhs": _REQUIRED, "constraint_type": _REQUIRED}
+                c,
+                where,
+                {
+                    "target_column": _REQUIRED,
+                    "operator": _REQUIRED,
+                    "rhs": _REQUIRED,
+                    "constraint_type": _REQUIRED,
+                },
             )
             target, kind = got.get("target_column"), got.get("constraint_type")
             col = by_name.get(target)
             if col is None or col.get("column_type") != "sampler":
-                self.issue(f"{where}.target_column", f"constraints apply to sampler columns; {target!r} is not one")
+                self.issue(
+                    f"{where}.target_column",
+                    f"constraints apply to sampler columns; {target!r} is not one",
+                )
                 continue
             if kind == "scalar_inequality":
                 rule = {"operator": got.get("operator"), "value": got.get("rhs")}
@@ -325,17 +392,23 @@ class _Mapper:
 
     def seed(self, raw: dict[str, Any]) -> dict[str, Any]:
         got = self.take(
-            raw, "seed_config", {"source": _REQUIRED, "sampling_strategy": "ordered", "selection_strategy": None}
+            raw,
+            "seed_config",
+            {"source": _REQUIRED, "sampling_strategy": "ordered", "selection_strategy": None},
         )
         source = got.get("source") or {}
         seed: dict[str, Any] = {}
         seed_type = source.get("seed_type", "local")
         if seed_type != "local":
-            self.unsupported("seed_config.source.seed_type", f"{seed_type} seed sources")
+            self.unsupported(
+                "seed_config.source.seed_type", f"{seed_type} seed sources", verb="are"
+            )
             return {"path": "unsupported.parquet"}
         extra = set(source) - {"path", "seed_type"}
         if extra:
-            self.issue("seed_config.source", f"unknown DataDesigner key(s) {sorted(extra)} of a local seed")
+            self.issue(
+                "seed_config.source", f"unknown DataDesigner key(s) {sorted(extra)} of a local seed"
+            )
         path = Path(str(source.get("path", "")))
         seed["path"] = str(path if path.is_absolute() else (self.base / path).resolve())
         if "sampling_strategy" in got:
@@ -352,9 +425,16 @@ class _Mapper:
                 seed["rows"] = {"first": sel.get("start"), "last": sel.get("end")}
                 self.note("seed_config", "mapped", f"IndexRange -> seed.rows {seed['rows']}")
             elif sel.get("num_partitions", 1) != 1 or sel.get("index", 0) != 0:
-                seed["shard"] = {"index": sel.get("index", 0), "count": sel.get("num_partitions", 1)}
+                seed["shard"] = {
+                    "index": sel.get("index", 0),
+                    "count": sel.get("num_partitions", 1),
+                }
                 self.note("seed_config", "mapped", f"PartitionBlock -> seed.shard {seed['shard']}")
-        self.note("seed_config", "mapped", "relative seed paths are relative to the DataDesigner config file")
+        self.note(
+            "seed_config",
+            "mapped",
+            "relative seed paths are relative to the DataDesigner config file",
+        )
         return seed
 
     # -- processors
@@ -370,24 +450,48 @@ class _Mapper:
             where = f"processors[{k}]"
             kind = p.get("processor_type") if isinstance(p, dict) else None
             if kind == "drop_columns":
-                procs.append((k, self.take(p, where, {"processor_type": _REQUIRED, "name": _REQUIRED, "column_names": _REQUIRED})))
+                procs.append(
+                    (
+                        k,
+                        self.take(
+                            p,
+                            where,
+                            {
+                                "processor_type": _REQUIRED,
+                                "name": _REQUIRED,
+                                "column_names": _REQUIRED,
+                            },
+                        ),
+                    )
+                )
             elif kind == "schema_transform":
-                procs.append((k, self.take(p, where, {"processor_type": _REQUIRED, "name": _REQUIRED, "template": _REQUIRED})))
+                procs.append(
+                    (
+                        k,
+                        self.take(
+                            p,
+                            where,
+                            {"processor_type": _REQUIRED, "name": _REQUIRED, "template": _REQUIRED},
+                        ),
+                    )
+                )
             else:
-                self.unsupported(where, f"{kind} processors")
-        transforms = [k for k, (_, p) in enumerate(procs) if p.get("processor_type") == "schema_transform"]
+                self.unsupported(where, f"{kind} processors", verb="are")
+        transforms = [
+            k for k, (_, p) in enumerate(procs) if p.get("processor_type") == "schema_transform"
+        ]
         if len(transforms) > 1:
-            self.unsupported("processors", "several schema_transform processors in one config")
+            self.unsupported("processors", "more than one schema_transform processor in a config")
             return [], []
         if not transforms:
             return [p for _, p in procs], []
         at = transforms[0]
         k, st = procs[at]
         reads: set[str] = set()
-        try:
-            reads = SchemaTransformProcessorConfig(template=st.get("template") or {"_": ""}).required_columns
-        except ValueError:
-            pass  # the native validation reports the template
+        with contextlib.suppress(ValueError):  # the native validation reports the template
+            reads = SchemaTransformProcessorConfig(
+                template=st.get("template") or {"_": ""}
+            ).required_columns
         for c in columns:
             if c.get("drop") and c["name"] in reads:
                 c["drop"] = False
@@ -397,10 +501,16 @@ class _Mapper:
                     f"drop: true, but schema_transform {st.get('name')!r} reads it: kept in the row"
                     " groups (DataDesigner drops it after processors ran)",
                 )
-        final = [{**p, "values": "json"} if i == at else p for i, (_, p) in enumerate(procs[: at + 1])]
+        final = [
+            {**p, "values": "json"} if i == at else p for i, (_, p) in enumerate(procs[: at + 1])
+        ]
         post: list[dict[str, Any]] = []
         for _, p in procs[at + 1 :]:
-            hit = sorted(r for r in reads if any(fnmatch.fnmatchcase(r, g) for g in p.get("column_names", [])))
+            hit = sorted(
+                r
+                for r in reads
+                if any(fnmatch.fnmatchcase(r, g) for g in p.get("column_names", []))
+            )
             if hit:
                 self.note(
                     f"processor {p.get('name')}",
@@ -420,7 +530,13 @@ class _Mapper:
 
     # -- models
 
-    _MODEL = {"alias": _REQUIRED, "model": _REQUIRED, "provider": None, "inference_parameters": None, "skip_health_check": False}
+    _MODEL = {
+        "alias": _REQUIRED,
+        "model": _REQUIRED,
+        "provider": None,
+        "inference_parameters": None,
+        "skip_health_check": False,
+    }
     _CHAT = {
         "generation_type": "chat-completion",
         "max_parallel_requests": 4,
@@ -446,7 +562,7 @@ class _Mapper:
             inf = dict(got.get("inference_parameters") or {})
             gen = inf.get("generation_type", "chat-completion")
             if gen != "chat-completion":
-                self.unsupported(f"{where}.inference_parameters", f"{gen} models")
+                self.unsupported(f"{where}.inference_parameters", f"{gen} models", verb="are")
                 continue
             params = self.take(inf, f"{where}.inference_parameters", self._CHAT)
             provider_name = got.get("provider")
@@ -459,11 +575,17 @@ class _Mapper:
                 )
                 continue
             if provider_name not in self.declared:
-                self.note(f"model {alias}", "mapped", f"provider {provider_name!r}: DataDesigner's built-in endpoint {provider.endpoint}")
+                self.note(
+                    f"model {alias}",
+                    "mapped",
+                    f"provider {provider_name!r}: DataDesigner's built-in endpoint {provider.endpoint}",
+                )
             model: dict[str, Any] = {"base_url": provider.endpoint, "model": got.get("model")}
             if provider.api_key:
                 model["api_key_env"] = provider.api_key
-            inference = {k2: params[k2] for k2 in ("temperature", "top_p", "max_tokens") if k2 in params}
+            inference = {
+                k2: params[k2] for k2 in ("temperature", "top_p", "max_tokens") if k2 in params
+            }
             if inference:
                 model["inference"] = inference
             if "max_parallel_requests" in params:
@@ -474,10 +596,17 @@ class _Mapper:
             if body:
                 model["extra_body"] = body
             if "skip_health_check" in got:
-                self.note(f"model {alias}", "same", "skip_health_check: dd-assets makes no health-check call")
+                self.note(
+                    f"model {alias}",
+                    "same",
+                    "skip_health_check: dd-assets makes no health-check call",
+                )
             out[alias] = model
         for alias in sorted(used - set(out) - {m.get("alias") for m in raw if isinstance(m, dict)}):
-            self.issue("model_configs", f"model alias {alias!r} is used by a column but not in model_configs")
+            self.issue(
+                "model_configs",
+                f"model alias {alias!r} is used by a column but not in model_configs",
+            )
         return out
 
 
@@ -513,7 +642,10 @@ def expand_stage(
     issues += mapper.issues
     if "seed" in stage and "seed" in raw_stage:
         issues.append(
-            ConfigIssue(f"{prefix}.seed", "the DataDesigner config has a seed_config; give one seed, not two")
+            ConfigIssue(
+                f"{prefix}.seed",
+                "the DataDesigner config has a seed_config; give one seed, not two",
+            )
         )
     if issues:
         raise DataDesignerError(issues)
@@ -533,7 +665,11 @@ def providers_of(data: dict[str, Any]) -> tuple[dict[str, ProviderConfig], list[
     if raw is None:
         return {}, []
     if isinstance(raw, list):
-        named = {p.get("name"): {k: v for k, v in p.items() if k != "name"} for p in raw if isinstance(p, dict)}
+        named = {
+            p.get("name"): {k: v for k, v in p.items() if k != "name"}
+            for p in raw
+            if isinstance(p, dict)
+        }
         if len(named) != len(raw) or None in named:
             return {}, [ConfigIssue("providers", "each provider in the list needs a distinct name")]
         raw = data["providers"] = named
@@ -590,3 +726,70 @@ def expand_workflow(data: dict[str, Any], base: Path) -> tuple[list[Note], list[
         stages[i] = native
         notes += stage_notes
     return notes, issues
+
+
+def import_datadesigner(
+    dd_path: Path,
+    output: Path,
+    *,
+    providers: dict[str, dict[str, Any]] | None = None,
+    name: str | None = None,
+    num_records: int = 100,
+    buffer_size: int = 100,
+) -> tuple[dict[str, Any], list[Note]]:
+    """A native workflow mapping equivalent to a one-stage workflow referencing `dd_path` with
+    `data_designer:` (same names, so the same fingerprint and the same rows), and the report.
+    Seed paths are written relative to the folder of `output`."""
+    from dd_assets.config.columns import check_identifier
+    from dd_assets.config.errors import WorkflowConfigError
+    from dd_assets.config.loader import parse_workflow
+
+    stem = name or "".join(c if c.isalnum() else "_" for c in dd_path.stem)
+    try:
+        check_identifier(stem, "workflow name")
+    except ValueError as exc:
+        raise WorkflowConfigError([ConfigIssue("--name", str(exc))], str(dd_path)) from None
+    workflow: dict[str, Any] = {"name": stem}
+    if providers:
+        workflow["providers"] = providers
+    workflow["stages"] = [
+        {
+            "name": stem,
+            "num_records": num_records,
+            "buffer_size": buffer_size,
+            "data_designer": str(dd_path.resolve()),
+        }
+    ]
+    notes, issues = expand_workflow(workflow, dd_path.parent)
+    if issues:
+        raise WorkflowConfigError(issues, str(dd_path))
+    workflow.pop("providers", None)  # resolved into models
+    if not workflow.get("models"):
+        workflow.pop("models", None)
+    seed = workflow["stages"][0].get("seed")
+    if seed is not None:
+        seed["path"] = _relative(Path(seed["path"]), output.resolve().parent)
+    # Reorder for reading: name, models, stages.
+    workflow = {k: workflow[k] for k in ("name", "models", "stages") if k in workflow}
+    parse_workflow(workflow, source=str(output), base=output.resolve().parent)
+    return workflow, notes
+
+
+def _relative(path: Path, folder: Path) -> str:
+    """Relative when the seed sits under the workflow's folder (the pair can move together)."""
+    return str(path.relative_to(folder)) if path.is_relative_to(folder) else str(path)
+
+
+def parse_provider_option(text: str) -> tuple[str, dict[str, Any]]:
+    """`NAME=BASE_URL[,api_key_env=VAR]` (the CLI's --provider) as a providers: entry."""
+    name, sep, rest = text.partition("=")
+    parts = rest.split(",")
+    if not sep or not name or not parts[0]:
+        raise ValueError(f"--provider {text!r}: expected NAME=BASE_URL[,api_key_env=VAR]")
+    spec: dict[str, Any] = {"endpoint": parts[0]}
+    for extra in parts[1:]:
+        key, _, value = extra.partition("=")
+        if key != "api_key_env" or not value:
+            raise ValueError(f"--provider {name}: unknown option {key!r}; only api_key_env=VAR")
+        spec["api_key"] = value
+    return name, spec

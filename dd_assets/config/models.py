@@ -172,7 +172,11 @@ class ProviderConfig(BaseModel):
 
 # DataDesigner's built-in providers, so configs naming them run without a providers: section.
 BUILTIN_PROVIDERS = {
-    "nvidia": ProviderConfig(endpoint="https://integrate.api.nvidia.com/v1", api_key="NVIDIA_API_KEY"),
+    "nvidia": ProviderConfig(
+        endpoint="https://integrate.api.nvidia.com/v1", api_key="NVIDIA_API_KEY"
+    ),
     "openai": ProviderConfig(endpoint="https://api.openai.com/v1", api_key="OPENAI_API_KEY"),
-    "openrouter": ProviderConfig(endpoint="https://openrouter.ai/api/v1", api_key="OPENROUTER_API_KEY"),
+    "openrouter": ProviderConfig(
+        endpoint="https://openrouter.ai/api/v1", api_key="OPENROUTER_API_KEY"
+    ),
 }

@@ -188,6 +188,10 @@ class DatetimeSamplerParams(_Params):
     start: dt.datetime
     end: dt.datetime
     unit: Literal["Y", "M", "D", "h", "m", "s"] = "D"
+    # `units`: whole units evenly in [start, end], both included (dd-assets). `seconds`:
+    # DataDesigner's draw, whole seconds in [start, end) floored to the unit (so with Y or M a
+    # value can fall before start).
+    draw: Literal["units", "seconds"] = added_field("units")
 
     @model_validator(mode="after")
     def _order(self) -> DatetimeSamplerParams:
@@ -204,7 +208,9 @@ class PersonFromFakerSamplerParams(_Params):
     locale: str = "en_US"
     sex: Literal["Male", "Female"] | None = None
     age_range: tuple[int, int] = (18, 114)
-    city: str | list[str] | None = Field(default=None, description="one city, or one per row of a list")
+    city: str | list[str] | None = Field(
+        default=None, description="one city, or one per row of a list"
+    )
     # DataDesigner's person records have other fields (street_number, postcode, marital_status,
     # ...); `datadesigner` gives those names, the default keeps dd-assets' record.
     fields: Literal["dd-assets", "datadesigner"] = added_field("dd-assets")
@@ -270,7 +276,12 @@ def inject_sampler_type(data: Any) -> Any:
         conds = data.get("conditional_params")
         if isinstance(conds, dict):
             data["conditional_params"] = {
-                k: {**v, "sampler_type": SAMPLER_ALIASES.get(v.get("sampler_type", st), v.get("sampler_type", st))}
+                k: {
+                    **v,
+                    "sampler_type": SAMPLER_ALIASES.get(
+                        v.get("sampler_type", st), v.get("sampler_type", st)
+                    ),
+                }
                 if isinstance(v, dict)
                 else v
                 for k, v in conds.items()

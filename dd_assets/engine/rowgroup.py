@@ -261,7 +261,9 @@ def _to_table(cs: CompiledStage, rows: _Rows, seed: pa.Table | None) -> pa.Table
             try:
                 arrays[name] = pa.array([r.get(name) for r in live], type=t)
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-                raise GenerationError(f"column {name!r} values do not fit type {t}: {exc}") from None
+                raise GenerationError(
+                    f"column {name!r} values do not fit type {t}: {exc}"
+                ) from None
             fields.append(pa.field(name, t))
     return pa.Table.from_arrays([arrays[f.name] for f in fields], schema=pa.schema(fields))
 

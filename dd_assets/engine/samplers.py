@@ -18,14 +18,14 @@ from dd_assets.config.samplers import (
     BernoulliMixtureSamplerParams,
     BernoulliSamplerParams,
     BinomialSamplerParams,
-    ScipySamplerParams,
-    TimedeltaSamplerParams,
     CategorySamplerParams,
     DatetimeSamplerParams,
     GaussianSamplerParams,
     PersonFromFakerSamplerParams,
     PoissonSamplerParams,
+    ScipySamplerParams,
     SubcategorySamplerParams,
+    TimedeltaSamplerParams,
     UniformSamplerParams,
     UUIDSamplerParams,
     is_discrete,
@@ -120,10 +120,8 @@ def uuids(p: UUIDSamplerParams, key: int, rows: np.ndarray) -> list[str]:
         n = (n & ~(0xF << 76)) | (4 << 76)
         n = (n & ~(0xC << 60)) | (0x8 << 60)
         u = uuid.UUID(int=n)
-        if p.short_form:
-            s = u.hex[: p.short_length]
-        else:
-            s = u.hex if p.format == "hex" else str(u)
+        full = u.hex if p.format == "hex" else str(u)
+        s = u.hex[: p.short_length] if p.short_form else full
         out.append(prefix + (s.upper() if p.uppercase else s))
     return out
 
@@ -138,6 +136,12 @@ def _naive_utc(t: dt.datetime) -> dt.datetime:
 
 def datetimes(p: DatetimeSamplerParams, key: int, rows: np.ndarray) -> np.ndarray:
     unit = _DT_UNITS[p.unit]
+    if p.draw == "seconds":
+        lo = np.datetime64(_naive_utc(p.start), "s")
+        span = int((np.datetime64(_naive_utc(p.end), "s") - lo).astype(np.int64))
+        offs = np.floor(rng.uniform(key, rows) * max(span, 1)).astype(np.int64)
+        drawn = lo + offs.astype("timedelta64[s]")
+        return drawn.astype(f"datetime64[{unit}]").astype("datetime64[s]")
     start_us = np.datetime64(_naive_utc(p.start), "us")
     start = start_us.astype(f"datetime64[{unit}]")  # truncates: round up to stay >= start
     if start < start_us:
@@ -238,7 +242,9 @@ def _dd_persons(
             {
                 "uuid": str(uuid.UUID(int=(seeds[i] << 64) | ids[i], version=4)),
                 "locale": p.locale,
-                "first_name": fake.first_name_female() if sex == "Female" else fake.first_name_male(),
+                "first_name": fake.first_name_female()
+                if sex == "Female"
+                else fake.first_name_male(),
                 "last_name": fake.last_name(),
                 "middle_name": None,
                 "sex": sex,
@@ -312,7 +318,9 @@ def _as_datetime64(value: Any, column: str) -> np.datetime64:
 def timedeltas(p: TimedeltaSamplerParams, key: int, rows: np.ndarray, ref: list[Any]) -> np.ndarray:
     span = p.dt_max - p.dt_min
     offs = p.dt_min + np.floor(rng.uniform(key, rows) * span).astype(np.int64)
-    base = np.array([_as_datetime64(v, p.reference_column_name) for v in ref], dtype="datetime64[s]")
+    base = np.array(
+        [_as_datetime64(v, p.reference_column_name) for v in ref], dtype="datetime64[s]"
+    )
     return (base + offs.astype(f"timedelta64[{_TD_UNITS[p.unit]}]")).astype("datetime64[s]")
 
 

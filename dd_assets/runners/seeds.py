@@ -108,7 +108,9 @@ def file_seed(
     seed = plan.compiled.stage.seed
     assert isinstance(seed, FileSeed)
     source = file_source(seed.path)
-    source = select_rows(source, *selection_bounds(seed.rows, seed.shard, source.num_rows, source.name))
+    source = select_rows(
+        source, *selection_bounds(seed.rows, seed.shard, source.num_rows, source.name)
+    )
     return _sampled(plan, source, plan.fingerprint.payload["seed"]["sha256"], row_range)
 
 

@@ -265,7 +265,10 @@ def test_bad_seed_selection_is_a_config_error(selection: dict, message: str) -> 
 @pytest.mark.parametrize(
     ("selection", "message"),
     [
-        ({"rows": {"first": 2, "last": 7}}, "has 7 rows (0..6); seed.rows.last (7) is past the end"),
+        (
+            {"rows": {"first": 2, "last": 7}},
+            "has 7 rows (0..6); seed.rows.last (7) is past the end",
+        ),
         ({"shard": {"index": 0, "count": 8}}, "has 7 rows, fewer than seed.shard.count (8)"),
     ],
 )

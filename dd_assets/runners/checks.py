@@ -7,8 +7,8 @@ stage with a foreign or unreadable file (CorruptStageError), while a check must 
 by name and go on checking the others.
 
 Blocking checks (severity ERROR, `dd-assets check` exits 1 when one fails) say the dataset is
-incomplete or not what the config describes: `row_groups_complete`, `schema_matches_config`,
-`footer_fingerprint_matches`, `uuid_columns_unique`. Warnings (severity WARN, exit 0) describe
+incomplete or not what the config describes: `row_groups_complete`, `row_groups_current`,
+`schema_matches_config`, `footer_fingerprint_matches`, `uuid_columns_unique`. Warnings (severity WARN, exit 0) describe
 the quality of a dataset that is otherwise whole: `rows_within_drop_budget`, `llm_failure_rate`.
 """
 
@@ -28,6 +28,8 @@ from dd_assets.config.columns import SamplerColumnConfig
 from dd_assets.config.processors import DropColumnsProcessorConfig, RenameColumnsProcessorConfig
 from dd_assets.config.workflow import FileSeed, StageConfig, StageSeed
 from dd_assets.engine.schema import joined_schema, stage_schema
+from dd_assets.errors import StoreError
+from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
 from dd_assets.store.footer import FileFooter, is_done
 from dd_assets.store.layout import key_ranges, partition_key
@@ -416,6 +418,40 @@ def check_uuid_columns_unique(sf: StageFiles) -> CheckOutcome:
     return CheckOutcome("uuid_columns_unique", not dup, True, text, numbers)
 
 
+def check_row_groups_current(sf: StageFiles) -> CheckOutcome:
+    """Row groups built from upstream data that was regenerated since mix two generations."""
+    lineage = Lineage(sf.store)
+    try:
+        stale = {
+            rg: reason
+            for rg, f in sorted(sf.complete.items())
+            if (reason := lineage.stale_reason(sf.plan, f)) is not None
+        }
+    except StoreError as exc:  # an upstream folder the store refuses: say so, do not guess
+        return CheckOutcome(
+            "row_groups_current", False, True, f"cannot compare with the upstream data: {exc}"
+        )
+    numbers: dict[str, Any] = {
+        "row_groups_checked": len(sf.complete),
+        "stale": len(stale),
+        "stale_head": [partition_key(rg) for rg in list(stale)[:HEAD]],
+        "upstreams": [up.name for up in sf.plan.upstreams],
+    }
+    if not stale:
+        text = (
+            f"{len(sf.complete)} row group(s) match the upstream data they were built from"
+            if sf.plan.upstreams
+            else "no upstream stage: nothing to compare"
+        )
+    else:
+        reasons = "; ".join(sorted(set(stale.values())))
+        text = (
+            f"{len(stale)} row group(s) ({_keys(stale)}) {reasons}; materialize"
+            f" {sf.plan.name!r} to regenerate exactly those"
+        )
+    return CheckOutcome("row_groups_current", not stale, True, text, numbers)
+
+
 CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec(
         "row_groups_complete",
@@ -424,6 +460,14 @@ CHECKS: tuple[CheckSpec, ...] = (
         " fingerprint with the row range the config gives it.",
         lambda plan: True,
         check_row_groups_complete,
+    ),
+    CheckSpec(
+        "row_groups_current",
+        True,
+        "Every row group was built from the upstream data now on disk (not from data regenerated"
+        " since): the stage does not mix two generations.",
+        lambda plan: bool(plan.upstreams),
+        check_row_groups_current,
     ),
     CheckSpec(
         "rows_within_drop_budget",

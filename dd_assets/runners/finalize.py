@@ -8,6 +8,7 @@ the final output aside and reopens the stage."""
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from dd_assets.engine.finalize import Finalizer
 from dd_assets.errors import StoreError
 from dd_assets.runners.plan import StagePlan
 from dd_assets.store.atomic import atomic_path, atomic_write_json
+from dd_assets.store.footer import content_hash
 from dd_assets.store.layout import keys_head
 from dd_assets.store.partition_store import EmptyFinalError, FinalOutput, PartitionStore
 
@@ -49,12 +51,15 @@ def finalize_stage(plan: StagePlan, store: PartitionStore) -> FinalizeResult:
     schema = store.dataset(ref).schema.remove_metadata()
     with atomic_path(data) as tmp:
         writer: pq.ParquetWriter | None = None
+        # The final output's data version: its batches' content hashes, in order.
+        version = hashlib.sha256()
         for batch in store.iter_batches(ref):
             out = fin.process(batch)
             if writer is None:
                 writer = pq.ParquetWriter(str(tmp), out.schema.remove_metadata())
             if out.num_rows:
                 writer.write_table(out.replace_schema_metadata(None))
+                version.update(content_hash(out).encode())
         if writer is None:  # no row groups hold rows: derive the output schema from an empty batch
             empty = fin.process(pa.Table.from_batches([], schema=schema))
             writer = pq.ParquetWriter(str(tmp), empty.schema.remove_metadata())
@@ -74,6 +79,7 @@ def finalize_stage(plan: StagePlan, store: PartitionStore) -> FinalizeResult:
             "stage": stage.name,
             "fingerprint": ref.fingerprint,
             "final_fingerprint": plan.fingerprint.final_hex,
+            "data_version": version.hexdigest()[:32],
             **summary,
         },
     )

@@ -1,8 +1,9 @@
 """Materialize row groups of stages into the store: the part of an asset run that needs no
 Dagster, so the CLI, the assets and the tests share it.
 
-A row group already on disk for the current fingerprint is reused, never regenerated; each
-generated row group is written the moment it completes, even when a run covers many."""
+A row group already on disk for the current fingerprint is reused, never regenerated, unless
+it is stale (built from upstream data regenerated since); each generated row group is written the
+moment it completes, even when a run covers many."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from dd_assets.engine import CellRunner, agenerate_row_group
 from dd_assets.llm.cache import cache_path
 from dd_assets.llm.cells import LLMCellRunner
 from dd_assets.llm.client import LLMClient
+from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.seeds import SeedProvider, no_seed, seed_provider
 from dd_assets.store.footer import RowGroupInfo
@@ -33,7 +35,7 @@ class RowGroupOutcome:
 
 async def amaterialize(
     plan: StagePlan,
-    store: PartitionStore,
+    lineage: Lineage,
     row_groups: Iterable[int],
     *,
     seeds: SeedProvider = no_seed,
@@ -44,36 +46,44 @@ async def amaterialize(
 ) -> list[RowGroupOutcome]:
     """Produce the given row groups, at most `in_flight` at a time, checkpointing each.
 
-    `wait_for(rg)` is awaited before row group rg takes a slot: a pipelined downstream stage
-    waits there for its upstream row group to land, without holding a slot meanwhile."""
-    ref = plan.ref
-    done = store.completed(ref)
+    A row group on disk is reused unless it is stale (built from upstream data regenerated
+    since, runners/lineage.py). `wait_for(rg)` is awaited before row group rg is looked at: a
+    pipelined downstream stage waits there for its upstream row group to land (without holding
+    a slot), and only then can tell whether its own row group on disk still matches it."""
+    store = lineage.store
     outcomes: dict[int, RowGroupOutcome] = {}
-    todo: list[int] = []
-    for rg in row_groups:
-        if rg in done:
-            outcomes[rg] = RowGroupOutcome(rg, done[rg], reused=True, stats=done[rg].stats)
-            if on_done:
-                on_done(outcomes[rg])
-        else:
-            todo.append(rg)
-
     sem = asyncio.Semaphore(max(1, in_flight))
+
+    def reuse(rg: int) -> bool:
+        info = lineage.completed(plan).get(rg)
+        if info is None or lineage.stale_reason(plan, info) is not None:
+            return False
+        outcomes[rg] = RowGroupOutcome(rg, info, reused=True, stats=info.stats)
+        if on_done:
+            on_done(outcomes[rg])
+        return True
 
     async def one(rg: int) -> None:
         if wait_for is not None:
             await wait_for(rg)
+            if reuse(rg):
+                return
         async with sem:
             seed = await asyncio.to_thread(seeds, rg)
-            res = await agenerate_row_group(plan.compiled, rg, seed=seed, cells=cells)
+            res = await agenerate_row_group(plan.compiled, rg, seed=seed.table, cells=cells)
             stats = res.stats()
             if hasattr(cells, "row_group_stats"):
                 stats["llm"] = cells.row_group_stats(rg)
-            info = await asyncio.to_thread(store.write_row_group, ref, rg, res.table, stats)
+            info = await asyncio.to_thread(
+                store.write_row_group, plan.ref, rg, res.table, stats, seed.inputs
+            )
+            lineage.landed(plan, info)
             outcomes[rg] = RowGroupOutcome(rg, info, reused=False, stats=stats)
             if on_done:
                 on_done(outcomes[rg])
 
+    # Without an upstream in this run, what is on disk is final: decide at once, no task each.
+    todo = [rg for rg in row_groups if wait_for is not None or not reuse(rg)]
     tasks = [asyncio.ensure_future(one(rg)) for rg in todo]
     try:
         await asyncio.gather(*tasks)
@@ -124,8 +134,11 @@ def materialize_wave(
     names = {p.name for p in plans}
     for p in plans:
         store.prepare(p.ref, resume, token=token)
-        done = store.completed(p.ref)
-        if any(rg not in done for rg in row_groups):
+    lineage = Lineage(store)
+    for p in plans:
+        done = lineage.completed(p)
+        stale = lineage.stale(p)
+        if any(rg not in done or rg in stale for rg in row_groups):
             store.refuse_if_sealed(p.ref)
 
     async def run() -> dict[str, list[RowGroupOutcome]]:
@@ -171,10 +184,10 @@ def materialize_wave(
                 coros.append(
                     amaterialize(
                         p,
-                        store,
+                        lineage,
                         row_groups,
                         # Built lazily per row group: a row_group seed reads only what landed.
-                        seeds=seed_provider(store, p),
+                        seeds=seed_provider(lineage, p),
                         cells=cells,
                         in_flight=in_flight,
                         on_done=landing(p),

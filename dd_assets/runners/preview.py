@@ -25,7 +25,7 @@ def preview_stage(plan: StagePlan, n: int = 10) -> RowGroupResult:
     n = max(1, min(n, cs.stage.num_records))
     seed = None
     if isinstance(seed_spec, FileSeed):
-        seed = file_seed(plan, lambda _: (0, n))(0)
+        seed = file_seed(plan, lambda _: (0, n))(0).table
     if not cs.needs_cells:
         return asyncio.run(agenerate_rows(cs, 0, n, seed=seed))
 

@@ -5,6 +5,7 @@ or its final output (`mode: sample`)."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -19,20 +20,31 @@ from dd_assets.engine.seeds import (
 )
 from dd_assets.errors import GenerationError, RunError
 from dd_assets.runners.finalize import read_final
+from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
 from dd_assets.store.layout import StageRef, keys_head, partition_key
 from dd_assets.store.partition_store import FinalMissingError, PartitionStore
 from dd_assets.store.seed_files import file_source
 
-SeedProvider = Callable[[int], pa.Table | None]
+
+@dataclass(frozen=True)
+class SeedRows:
+    """A row group's seed rows (None: the stage has no seed) and the data versions they were
+    read from, which the row group records as its inputs (runners/lineage.py)."""
+
+    table: pa.Table | None
+    inputs: dict[str, str] = field(default_factory=dict)
+
+
+SeedProvider = Callable[[int], SeedRows]
 
 
 class StageSkipped(RunError):
     """The stage's seed finalized to zero rows, as it was allowed to: skip, do not fail."""
 
 
-def no_seed(_: int) -> None:
-    return None
+def no_seed(_: int) -> SeedRows:
+    return SeedRows(None)
 
 
 def stage_source(store: PartitionStore, ref: StageRef) -> SeedSource:
@@ -58,32 +70,36 @@ def final_source(store: PartitionStore, plan: StagePlan) -> SeedSource:
     return file_source(read_final(store, plan).path)
 
 
-def row_group_seed(store: PartitionStore, plan: StagePlan) -> SeedProvider:
+def row_group_seed(lineage: Lineage, plan: StagePlan) -> SeedProvider:
     """Row group i of a `mode: row_group` or join stage reads only row group i of its upstreams."""
     assert plan.pairs_row_groups
     seed = plan.compiled.stage.seed
 
-    def read(up: StagePlan, rg: int) -> pa.Table:
-        if rg not in store.completed(up.ref):
+    def read(up: StagePlan, rg: int, inputs: dict[str, str]) -> pa.Table:
+        info = lineage.completed(up).get(rg)
+        if info is None:
             raise GenerationError(
                 f"row group {partition_key(rg)} of stage {plan.name!r} is seeded by the same"
                 f" row group of {up.name!r}, which is not on disk; materialize {up.name!r} first"
                 " (or both together)"
             )
-        return store.read_row_group(up.ref, rg)
+        inputs[up.name] = info.data_version
+        return lineage.store.read(info)
 
-    def provide(rg: int) -> pa.Table:
+    def provide(rg: int) -> SeedRows:
+        inputs: dict[str, str] = {}
         if not isinstance(seed, JoinSeed):
-            return read(plan.upstreams[0], rg)
-        parts = [(up.name, read(up, rg)) for up in plan.upstreams]
+            return SeedRows(read(plan.upstreams[0], rg, inputs), inputs)
+        parts = [(up.name, read(up, rg, inputs)) for up in plan.upstreams]
         where = f"stage {plan.name!r}, row group {partition_key(rg)}"
-        return join_row_group(parts, seed.keys, where)
+        return SeedRows(join_row_group(parts, seed.keys, where), inputs)
 
     return provide
 
 
-def seed_provider(store: PartitionStore, plan: StagePlan) -> SeedProvider:
+def seed_provider(lineage: Lineage, plan: StagePlan) -> SeedProvider:
     """The seed rows of each row group, whatever kind of seed the stage has."""
+    store = lineage.store
     seed = plan.compiled.stage.seed
     if seed is None:
         return no_seed
@@ -91,13 +107,16 @@ def seed_provider(store: PartitionStore, plan: StagePlan) -> SeedProvider:
     if skipped:
         raise StageSkipped(f"stage {plan.name!r} is skipped: {skipped}")
     if plan.pairs_row_groups:
-        return row_group_seed(store, plan)
+        return row_group_seed(lineage, plan)
     if isinstance(seed, FileSeed):
         return file_seed(plan)
     up = plan.upstreams[0]
     if up.finalizes:
-        return _sampled(plan, final_source(store, up), up.fingerprint.final_hex or "")
-    return _sampled(plan, stage_source(store, up.ref), up.ref.fingerprint)
+        source, origin = final_source(store, up), up.fingerprint.final_hex or ""
+    else:
+        source, origin = stage_source(store, up.ref), up.ref.fingerprint
+    inputs = lineage.inputs(plan, 0) or {}
+    return _sampled(plan, source, origin, inputs=inputs)
 
 
 def file_seed(
@@ -119,6 +138,7 @@ def _sampled(
     source: SeedSource,
     origin: str,
     row_range: Callable[[int], tuple[int, int]] | None = None,
+    inputs: dict[str, str] | None = None,
 ) -> SeedProvider:
     seed = plan.compiled.stage.seed
     assert isinstance(seed, StageSeed | FileSeed)
@@ -126,7 +146,8 @@ def _sampled(
     # Keyed by what the seed is, not by the stage's columns: editing a column must not reshuffle
     # which seed row each row gets (that would change every prompt and miss the LLM cache).
     key = seed_key(plan.workflow.name, plan.name, seed.strategy, origin)
-    return sampled_rows(source, key, seed.strategy, row_range or plan.ref.row_range)
+    rows = sampled_rows(source, key, seed.strategy, row_range or plan.ref.row_range)
+    return lambda rg: SeedRows(rows(rg), inputs or {})
 
 
 def skip_reason(store: PartitionStore, plan: StagePlan) -> str | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dd_assets.config.fingerprint import stale_reason
+from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import WorkflowPlan
 from dd_assets.store.layout import key_ranges
 from dd_assets.store.partition_store import PartitionStore
@@ -23,6 +24,8 @@ class StageStatus:
     stale_reason: str | None
     finalize_state: str | None
     other_fingerprints: list[str] = field(default_factory=list)
+    # Row groups on disk built from upstream data regenerated since: row group -> reason.
+    stale_row_groups: dict[int, str] = field(default_factory=dict)
 
     @property
     def missing_text(self) -> str:
@@ -32,10 +35,15 @@ class StageStatus:
 
 
 def workflow_status(plan: WorkflowPlan, store: PartitionStore) -> list[StageStatus]:
+    """Per stage: what is done, missing, stale and why. Stale is either half of the same
+    question, "does what is on disk still follow from the config and the upstream data?": the
+    config changed (another fingerprint has the data), or row groups were built from upstream
+    data regenerated since (runners/lineage.py)."""
+    lineage = Lineage(store)
     out = []
     for name, sp in plan.stages.items():
         ref = sp.ref
-        done = store.completed(ref) if store.stage_dir(ref).exists() else {}
+        done = lineage.completed(sp)
         total = ref.num_row_groups
         state = store.state(ref)
         others = [f.fp12 for f in store.fingerprints(ref.workflow, ref.stage) if f.fp12 != ref.fp12]
@@ -47,6 +55,14 @@ def workflow_status(plan: WorkflowPlan, store: PartitionStore) -> list[StageStat
                 ups = [up.name for up in sp.upstreams]
                 why = stale_reason(newest.identity, ref.identity, ups)
                 reason = f"{why} since {newest.fp12}"
+        stale_rgs = lineage.stale(sp)
+        if stale_rgs:
+            stale = True
+            why = sorted(set(stale_rgs.values()))
+            reason = (
+                f"{len(stale_rgs)} row group(s) ({key_ranges(stale_rgs, 4)}) {'; '.join(why)};"
+                " materialize the stage to regenerate exactly those"
+            )
         out.append(
             StageStatus(
                 stage=name,
@@ -59,6 +75,7 @@ def workflow_status(plan: WorkflowPlan, store: PartitionStore) -> list[StageStat
                 stale_reason=reason,
                 finalize_state=state.get("finalize_state"),
                 other_fingerprints=others,
+                stale_row_groups=stale_rgs,
             )
         )
     return out

@@ -3,6 +3,7 @@ without touching data pages. `is_done` is the one definition of "this row group 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -16,6 +17,32 @@ from dd_assets.store.layout import BATCH_RE, StageRef
 
 META_PREFIX = b"dd_assets."
 FOOTER_KEYS = ("fingerprint", "row_group", "row_start", "row_end", "rows")
+DATA_VERSION_LEN = 32
+
+
+def content_hash(table: pa.Table) -> str:
+    """The data version of a row group: a hash of its content (the Arrow IPC stream of the
+    table without schema metadata), so a row group regenerated with the same rows keeps its
+    version and one regenerated with other rows gets a new one. Sliced or chunked columns are
+    copied compact first: the same rows must hash the same however they were assembled."""
+    table = table.replace_schema_metadata(None)
+    compact = all(
+        col.num_chunks <= 1 and all(chunk.offset == 0 for chunk in col.chunks)
+        for col in table.columns
+    )
+    if not compact:
+        table = table.take(pa.array(range(table.num_rows), pa.int64())).combine_chunks()
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return hashlib.sha256(sink.getvalue()).hexdigest()[:DATA_VERSION_LEN]
+
+
+def legacy_data_version(fingerprint: str, row_group: int, rows: int) -> str:
+    """For files written before data versions were recorded: stable, so old data never turns
+    stale by itself (the same formula the Dagster assets used then)."""
+    raw = f"{fingerprint}:{row_group}:{rows}"
+    return hashlib.sha256(raw.encode()).hexdigest()[:DATA_VERSION_LEN]
 
 
 @dataclass(frozen=True)
@@ -29,6 +56,9 @@ class RowGroupInfo:
     row_end: int
     fingerprint: str
     stats: dict[str, Any] = field(default_factory=dict, compare=False)
+    data_version: str = ""  # content hash (footer.content_hash)
+    # {upstream stage: data version it was built from}; None when not recorded (older files)
+    inputs: dict[str, str] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -57,6 +87,15 @@ class FileFooter:
     @property
     def rows(self) -> int:
         return int((self.kv or {}).get("rows", 0))
+
+    @property
+    def inputs(self) -> dict[str, str] | None:
+        """What the row group was built from (RowGroupInfo.inputs); None when not recorded."""
+        try:
+            inputs = json.loads((self.kv or {})["inputs"])
+        except (KeyError, ValueError):
+            return None
+        return inputs if isinstance(inputs, dict) else None
 
     def range(self) -> tuple[int, int] | None:
         try:

@@ -32,7 +32,15 @@ from dd_assets.store.atomic import (
     is_temp_name,
     sweep_temp_files,
 )
-from dd_assets.store.footer import META_PREFIX, FileFooter, RowGroupInfo, is_done, read_footer
+from dd_assets.store.footer import (
+    META_PREFIX,
+    FileFooter,
+    RowGroupInfo,
+    content_hash,
+    is_done,
+    legacy_data_version,
+    read_footer,
+)
 from dd_assets.store.layout import (
     BATCH_RE,
     FILES_DIR,
@@ -295,6 +303,7 @@ class PartitionStore:
             if f.error:
                 raise ValueError(f.error)
             kv = f.kv or {}
+            inputs = json.loads(kv["inputs"]) if "inputs" in kv else None
             info = RowGroupInfo(
                 row_group=int(kv["row_group"]),
                 path=path,
@@ -303,6 +312,9 @@ class PartitionStore:
                 row_end=int(kv["row_end"]),
                 fingerprint=kv["fingerprint"],
                 stats=json.loads(kv.get("stats", "{}")),
+                data_version=kv.get("data_version")
+                or legacy_data_version(kv["fingerprint"], int(kv["row_group"]), int(kv["rows"])),
+                inputs=inputs if isinstance(inputs, dict) else None,
             )
         except (KeyError, ValueError) as exc:
             raise CorruptStageError(
@@ -367,9 +379,15 @@ class PartitionStore:
             )
 
     def write_row_group(
-        self, ref: StageRef, row_group: int, table: pa.Table, stats: dict[str, Any] | None = None
+        self,
+        ref: StageRef,
+        row_group: int,
+        table: pa.Table,
+        stats: dict[str, Any] | None = None,
+        inputs: dict[str, str] | None = None,
     ) -> RowGroupInfo:
-        """Checkpoint one row group: atomically, with its identity in the footer."""
+        """Checkpoint one row group: atomically, with its identity in the footer: fingerprint,
+        range, its content's data version and the data versions of what it was built from."""
         if not 0 <= row_group < ref.num_row_groups:
             raise StoreError(
                 f"stage {ref.stage!r} has row groups 00000-{ref.num_row_groups - 1:05d}; got {row_group}"
@@ -384,8 +402,13 @@ class PartitionStore:
             "rows": str(table.num_rows),
             "stats": json.dumps(stats or {}, sort_keys=True, default=str),
             "written_at": _now(),
+            "data_version": content_hash(table),
+            "inputs": json.dumps(inputs or {}, sort_keys=True),
         }
-        meta = dict(table.schema.metadata or {})
+        # A seed read from another stage's file may carry that file's footer keys: never inherit.
+        meta = {
+            k: v for k, v in (table.schema.metadata or {}).items() if not k.startswith(META_PREFIX)
+        }
         meta.update({META_PREFIX + k.encode(): v.encode() for k, v in kv.items()})
         table = table.replace_schema_metadata(meta)
         path = self.batch_path(ref, row_group)
@@ -411,6 +434,10 @@ class PartitionStore:
                 f" {partition_key(row_group)} in {self.files_dir(ref)}; materialize that"
                 " partition first"
             )
+        return self.read(info)
+
+    def read(self, info: RowGroupInfo) -> pa.Table:
+        """The rows of a row group the caller already located (no folder scan)."""
         return pq.read_table(info.path)
 
     def dataset(self, ref: StageRef, row_groups: list[int] | None = None) -> pads.Dataset:

@@ -114,14 +114,14 @@ def test_all_checks_pass_after_a_full_materialize(
 
     rc, out = _check(cfg, capsys)
     assert rc == 0, out
-    assert "FAIL" not in out and "ok: 9 check(s), 0 warning(s)" in out
+    assert "FAIL" not in out and "ok: 10 check(s), 0 warning(s)" in out
 
     # Every check of both stages is recorded in the instance, with its numbers as metadata.
     for key, names in (
         (PEOPLE, {"row_groups_complete", "rows_within_drop_budget", "schema_matches_config",
                   "footer_fingerprint_matches", "uuid_columns_unique"}),
-        (NOTES, {"row_groups_complete", "rows_within_drop_budget", "schema_matches_config",
-                 "footer_fingerprint_matches"}),
+        (NOTES, {"row_groups_complete", "row_groups_current", "rows_within_drop_budget",
+                 "schema_matches_config", "footer_fingerprint_matches"}),
     ):  # fmt: skip
         for name in names:
             ev = _latest(key, name)
@@ -148,7 +148,7 @@ def test_all_checks_pass_after_a_full_materialize(
     from dd_assets.dagster.build import build_definitions
 
     defs = build_definitions([plan_workflow(load_workflow(cfg))], root=str(tmp_path / "dd-data"))
-    assert len(defs.resolve_asset_graph().asset_check_keys) == 9
+    assert len(defs.resolve_asset_graph().asset_check_keys) == 10
     job = defs.resolve_job_def("wf__checks_job")
     assert job.execute_in_process(instance=instance).success
 
@@ -368,6 +368,7 @@ def test_stage_without_llm_or_uuid_columns_gets_only_the_general_checks(tmp_path
     plans = plan_workflow(wf)
     assert [c.name for c in checks_for(plans["notes"])] == [
         "row_groups_complete",
+        "row_groups_current",  # notes has an upstream stage
         "rows_within_drop_budget",
         "schema_matches_config",
         "footer_fingerprint_matches",

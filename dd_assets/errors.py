@@ -20,6 +20,7 @@ Each layer has one base class here; the concrete errors live beside the code tha
     │   ├── LLMFatalError              the provider refused in a way no retry fixes
     │   ├── LLMRetryableExhausted      transient faults outlasted the retries
     │   ├── RequestCacheError          the request cache file cannot be used
+    │   ├── RequestSlotsError          the shared request slots (lock files, PostgreSQL) fail
     │   └── EarlyStopError             exit_code 3: too many cells failed; partial result
     └── RunError                       runners/dagster: what a run was asked to do
         └── UnknownStageError          a stage name the workflow does not have

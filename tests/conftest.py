@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from dd_assets.testing.postgres import PgServer, PostgresUnavailable, running_postgres
 from dd_assets.testing.workflows import isolated_env
 
 
@@ -18,3 +21,16 @@ def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         monkeypatch.setenv(k, e[k])
     monkeypatch.chdir(tmp_path)
     return Path(e["DD_ASSETS_ROOT"])
+
+
+@pytest.fixture
+def postgres(tmp_path: Path) -> Iterator[PgServer]:
+    """A PostgreSQL server of this test's own (dd_assets/testing/postgres.py); fails saying how
+    to install it when the binaries are missing, unless DD_ASSETS_SKIP_POSTGRES=1."""
+    try:
+        with running_postgres(tmp_path) as server:
+            yield server
+    except PostgresUnavailable as exc:
+        if os.environ.get("DD_ASSETS_SKIP_POSTGRES") == "1":
+            pytest.skip("DD_ASSETS_SKIP_POSTGRES=1: PostgreSQL test skipped on request")
+        pytest.fail(str(exc), pytrace=False)

@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 
 from dd_assets.config import ResumeMode, RunSettings
 from dd_assets.dagster.io_manager import ref_metadata
+from dd_assets.dagster.llm_backends import request_slots
 from dd_assets.dagster.names import (
     asset_key,
     final_key,
@@ -173,15 +174,18 @@ def wave_asset(plans: list[StagePlan], settings: RunSettings) -> dg.AssetsDefini
             runnable.append(p)
         if not runnable:
             return
-        outcomes = materialize_wave(
-            runnable,
-            store,
-            row_groups,
-            resume=ResumeMode(config.resume),
-            token=token,
-            in_flight=settings.row_groups_in_flight,
-            on_done=on_done,
-        )
+        calls_llm = any(p.compiled.needs_cells for p in runnable)
+        with request_slots(context.instance, calls_llm) as slots:
+            outcomes = materialize_wave(
+                runnable,
+                store,
+                row_groups,
+                resume=ResumeMode(config.resume),
+                token=token,
+                in_flight=settings.row_groups_in_flight,
+                on_done=on_done,
+                slots=slots,
+            )
         seconds = round(time.perf_counter() - t0, 3)
         for p in runnable:
             done = outcomes[p.name]

@@ -32,6 +32,7 @@ import httpx
 
 from dd_assets.config.models import ModelConfig
 from dd_assets.errors import LLMError
+from dd_assets.llm.slots import RequestSlots, endpoint_key
 
 __all__ = [
     "BACKOFF_BASE_S",
@@ -325,6 +326,30 @@ class _PrioritySemaphore:
             fut.set_result(None)
 
 
+class _SharedGate:
+    """The alias's own semaphore, then one of its endpoint's shared slots (`llm/slots.py`):
+    `max_parallel_requests` then holds across every process using the same slots, not only in
+    this one. Same interface as `_PrioritySemaphore`, so the request path does not change."""
+
+    def __init__(self, own: _PrioritySemaphore, slots: RequestSlots, key: str, limit: int) -> None:
+        self._own = own
+        self._slots = slots
+        self._key = key
+        self._limit = limit
+
+    async def acquire(self, priority: Any = 0) -> None:
+        await self._own.acquire(priority)
+        try:
+            await self._slots.acquire(self._key, self._limit, priority)
+        except BaseException:
+            self._own.release()
+            raise
+
+    def release(self) -> None:
+        self._slots.release(self._key, self._limit)
+        self._own.release()
+
+
 @dataclass
 class _Failure:
     """One failed attempt, classified."""
@@ -343,6 +368,7 @@ class LLMClient:
 
     Use as `async with LLMClient(models) as client: await client.chat(alias, messages)`.
     `sleep` and `rng` are injectable so tests can observe backoff waits without waiting.
+    `slots` (owned by the caller) makes `max_parallel_requests` hold across processes too.
 
     Usage stats: the client keeps a running `UsageStats` per alias (`usage(alias)`,
     `usage_total()`), for whole-run totals; a caller that needs per-partition numbers passes its
@@ -355,13 +381,15 @@ class LLMClient:
         *,
         sleep: SleepFn = asyncio.sleep,
         rng: random.Random | None = None,
+        slots: RequestSlots | None = None,
     ) -> None:
         self._models: dict[str, ModelConfig] = dict(models)
+        self._slots = slots
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
         self._http: httpx.AsyncClient | None = None
         self._transport: _ShardedTransport | None = None
-        self._semaphores: dict[str, _PrioritySemaphore] = {}
+        self._semaphores: dict[str, _PrioritySemaphore | _SharedGate] = {}
         self._usage: dict[str, UsageStats] = {alias: UsageStats() for alias in self._models}
 
     def __repr__(self) -> str:
@@ -394,9 +422,14 @@ class LLMClient:
             follow_redirects=False,
             trust_env=False,
         )
-        self._semaphores = {
-            alias: _PrioritySemaphore(m.max_parallel_requests) for alias, m in self._models.items()
-        }
+        self._semaphores = {}
+        for alias, m in self._models.items():
+            own = _PrioritySemaphore(m.max_parallel_requests)
+            self._semaphores[alias] = (
+                own
+                if self._slots is None
+                else _SharedGate(own, self._slots, endpoint_key(m), m.max_parallel_requests)
+            )
 
     async def aclose(self) -> None:
         if self._http is not None:

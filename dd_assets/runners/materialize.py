@@ -18,6 +18,7 @@ from dd_assets.engine import CellRunner, agenerate_row_group
 from dd_assets.llm.cache import cache_path
 from dd_assets.llm.cells import LLMCellRunner
 from dd_assets.llm.client import LLMClient
+from dd_assets.llm.slots import RequestSlots
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.seeds import SeedProvider, no_seed, seed_provider
@@ -104,6 +105,7 @@ def materialize(
     token: str | None = None,
     in_flight: int = 1,
     on_done: Callable[[RowGroupOutcome], None] | None = None,
+    slots: RequestSlots | None = None,
 ) -> list[RowGroupOutcome]:
     """One stage on its own: a wave of one (its seed, if any, must already be on disk)."""
     return materialize_wave(
@@ -114,6 +116,7 @@ def materialize(
         token=token,
         in_flight=in_flight,
         on_done=(lambda _stage, o: on_done(o)) if on_done else None,
+        slots=slots,
     )[plan.name]
 
 
@@ -126,10 +129,12 @@ def materialize_wave(
     token: str | None = None,
     in_flight: int = 1,
     on_done: Callable[[str, RowGroupOutcome], None] | None = None,
+    slots: RequestSlots | None = None,
 ) -> dict[str, list[RowGroupOutcome]]:
     """Stages chained row group by row group, run as one pipeline: row group i of a downstream
     stage starts the moment row group i of its upstream lands, not when the upstream stage is
-    done. One LLM client serves all of them, so `max_parallel_requests` holds across stages."""
+    done. One LLM client serves all of them, so `max_parallel_requests` holds across stages;
+    with `slots` (the caller's) it also holds across every process sharing them."""
     row_groups = list(row_groups)
     names = {p.name for p in plans}
     for p in plans:
@@ -164,7 +169,7 @@ def materialize_wave(
             return wait
 
         async with contextlib.AsyncExitStack() as stack:
-            client = LLMClient(plans[0].workflow.models)
+            client = LLMClient(plans[0].workflow.models, slots=slots)
             if any(p.compiled.needs_cells for p in plans):
                 await client.open()
                 stack.push_async_callback(client.aclose)

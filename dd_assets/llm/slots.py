@@ -1,0 +1,364 @@
+"""Request slots: `max_parallel_requests` of a model endpoint held across processes and machines.
+
+The client's per-alias semaphore bounds one process. When a backfill runs N Dagster runs at once
+(N processes, maybe N machines), the endpoint would see N times the limit; Dagster's concurrency
+pools cannot help, since they count steps, not HTTP requests (research notes, dagster-instance.md
+section 5). So each request also holds one of K = `max_parallel_requests` slots of its endpoint,
+shared by every process that uses the same backend:
+
+- `FileSlots(folder)`: K lock files `<folder>/<endpoint>.<i>.lock`, taken with a non-blocking
+  `flock`; for processes on one machine (the folder is local, e.g. DAGSTER_HOME).
+- `PostgresSlots(dsn)`: K session advisory locks `(endpoint class id, i)` in a PostgreSQL
+  database (the Dagster instance's, in a deployment); for processes on any number of machines.
+
+Both are safe against SIGKILL: the kernel (closed descriptors) or the server (ended session)
+drops a dead holder's locks, so no slot leaks and no sweeper is needed. Both kinds of lock are
+re-entrant for their holder (same open file description, same session), so each process keeps
+the set of slots it holds and never probes those.
+
+A slot is held only for one HTTP exchange, never during a retry's backoff. Waiting is local
+first: in a process, waiters for an endpoint queue by priority (the client passes the row index)
+and a single poller probes the shared slots for them, a few milliseconds apart, at once when this
+process frees one. Slots are interchangeable, so `release` frees any one the process holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import heapq
+import itertools
+import json
+import logging
+import os
+import random
+import threading
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from dd_assets.config.models import ModelConfig
+from dd_assets.errors import LLMError
+
+__all__ = [
+    "FileSlots",
+    "PostgresSlots",
+    "RequestSlots",
+    "RequestSlotsError",
+    "endpoint_key",
+]
+
+log = logging.getLogger(__name__)
+
+POLL_MIN_S = 0.001
+POLL_MAX_S = 0.01
+
+
+class RequestSlotsError(LLMError):
+    """The shared request slots cannot be used (folder not writable, database unreachable)."""
+
+
+def endpoint_key(model: ModelConfig) -> str:
+    """Which slots a model's requests take: its endpoint (host, port and path of base_url, never
+    credentials) and model name. Aliases of one endpoint and model share its slots; each still
+    takes only slots below its own limit, so the endpoint never sees more than the largest."""
+    identity = model.identity()
+    doc = json.dumps({"base_url": identity["base_url"], "model": model.model}, sort_keys=True)
+    return hashlib.sha256(doc.encode()).hexdigest()[:16]
+
+
+class RequestSlots:
+    """Shared slots per endpoint key. Subclasses give `_try` (take a free slot below `limit`, not
+    one this process holds; None when all are taken) and `_free`; `_blocking` says whether those
+    wait on a network round trip (then they run in a worker thread, off the event loop)."""
+
+    _blocking = False
+
+    def __init__(self) -> None:
+        self._mutex = threading.Lock()
+        self._held: dict[tuple[str, int], set[int]] = {}
+        self._rng = random.Random()
+        self._queues: dict[tuple[str, int], list[tuple[Any, int, asyncio.Future[None]]]] = {}
+        self._pollers: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._wake: dict[tuple[str, int], asyncio.Event] = {}
+        self._seq = itertools.count()
+
+    # -- the interface the client uses
+
+    async def acquire(self, key: str, limit: int, priority: Any = 0) -> None:
+        """Hold one of the `limit` slots of `key` (wait for one, lowest priority first)."""
+        q = (key, limit)
+        if not self._live(q) and await self._call(self._take, q):
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._queues.setdefault(q, []), (priority, next(self._seq), fut))
+        if q not in self._pollers:
+            self._pollers[q] = asyncio.ensure_future(self._poll(q))
+        try:
+            await fut
+        except asyncio.CancelledError:
+            if fut.done() and not fut.cancelled():  # granted, then cancelled: give it back
+                self.release(key, limit)
+            raise
+
+    def release(self, key: str, limit: int) -> None:
+        """Free one slot of `key` this process holds (any one: they are interchangeable)."""
+        q = (key, limit)
+        with self._mutex:
+            held = self._held.get(q)
+            if not held:
+                raise RuntimeError(f"release of request slot {key}/{limit} that is not held")
+            slot = held.pop()
+        if self._blocking:
+            # Not awaited: the next probe may find the slot still locked for a moment, which is
+            # harmless; a lock held twice by this session (re-entrant) is still released once.
+            asyncio.get_running_loop().run_in_executor(None, self._free_quietly, key, slot)
+        else:
+            self._free_quietly(key, slot)
+        wake = self._wake.get(q)
+        if wake is not None:
+            wake.set()
+
+    def held(self) -> int:
+        """Slots this process holds now (0 when idle, else one leaked)."""
+        with self._mutex:
+            return sum(len(v) for v in self._held.values())
+
+    def close(self) -> None:
+        """Drop every lock and connection (locks held then are freed with them)."""
+
+    def __enter__(self) -> RequestSlots:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- waiting
+
+    def _live(self, q: tuple[str, int]) -> bool:
+        waiters = self._queues.get(q)
+        while waiters and waiters[0][2].done():  # cancelled waiters
+            heapq.heappop(waiters)
+        return bool(waiters)
+
+    async def _call(self, fn: Any, *args: Any) -> Any:
+        if self._blocking:
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
+    def _take(self, q: tuple[str, int]) -> bool:
+        key, limit = q
+        with self._mutex:
+            mine = self._held.setdefault(q, set())
+            # From a random slot on, so that processes do not all contend for slot 0.
+            slot = self._try(key, limit, int(self._rng.random() * limit), mine)
+            if slot is None:
+                return False
+            mine.add(slot)
+            return True
+
+    async def _poll(self, q: tuple[str, int]) -> None:
+        """Probe for the waiters of one (key, limit) until none is left."""
+        wake = self._wake.setdefault(q, asyncio.Event())
+        delay = POLL_MIN_S
+        try:
+            while self._live(q):
+                wake.clear()
+                if await self._call(self._take, q):
+                    delay = POLL_MIN_S
+                    if not self._live(q):  # the waiter left while we probed
+                        self.release(*q)
+                        break
+                    _, _, fut = heapq.heappop(self._queues[q])
+                    fut.set_result(None)
+                    continue
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wake.wait(), delay)
+                delay = min(POLL_MAX_S, delay * 2)
+        except BaseException as exc:  # the backend failed: every waiter gets the error
+            for _, _, fut in self._queues.pop(q, []):
+                if fut.done():
+                    continue
+                if isinstance(exc, Exception):
+                    fut.set_exception(exc)
+                else:
+                    fut.cancel()
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            self._pollers.pop(q, None)
+
+    # -- backend
+
+    def _try(
+        self, key: str, limit: int, start: int, mine: set[int]
+    ) -> int | None:  # pragma: no cover - abstract
+        """Lock the first free slot of start, start + 1, ... (mod limit) not in `mine`."""
+        raise NotImplementedError
+
+    def _free(self, key: str, slot: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _free_quietly(self, key: str, slot: int) -> None:
+        try:
+            with self._mutex:
+                self._free(key, slot)
+        except Exception as exc:  # the lock goes with its connection anyway
+            log.warning("could not release request slot %s/%d: %s", key, slot, exc)
+
+
+class FileSlots(RequestSlots):
+    """Slots as lock files in one local folder; each slot's file stays open for the process's
+    life (one `flock` syscall per probe, no open/close per request)."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        super().__init__()
+        self.folder = Path(folder)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RequestSlotsError(
+                f"cannot create the request-slot folder {self.folder}: {exc}; set"
+                " DD_ASSETS_LLM_SLOTS to a writable folder (docs/scaling.md)"
+            ) from exc
+        self._fds: dict[tuple[str, int], int] = {}
+        self._pid = os.getpid()
+
+    def __repr__(self) -> str:
+        return f"FileSlots({str(self.folder)!r})"
+
+    def _fd(self, key: str, slot: int) -> int:
+        if self._pid != os.getpid():  # a forked child shares our descriptions: open its own
+            self._fds, self._held, self._pid = {}, {}, os.getpid()
+        fd = self._fds.get((key, slot))
+        if fd is None:
+            path = self.folder / f"{key}.{slot}.lock"
+            try:
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            except OSError as exc:
+                raise RequestSlotsError(f"cannot open request-slot file {path}: {exc}") from exc
+            self._fds[(key, slot)] = fd
+        return fd
+
+    def _try(self, key: str, limit: int, start: int, mine: set[int]) -> int | None:
+        for j in range(limit):
+            slot = start + j
+            if slot >= limit:
+                slot -= limit
+            if slot in mine:
+                continue
+            try:
+                fcntl.flock(self._fd(key, slot), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue
+            return slot
+        return None
+
+    def _free(self, key: str, slot: int) -> None:
+        fcntl.flock(self._fds[(key, slot)], fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        with self._mutex:
+            fds, self._fds = self._fds, {}
+            self._held = {}
+        for fd in fds.values():
+            os.close(fd)
+
+
+class PostgresSlots(RequestSlots):
+    """Slots as session advisory locks `(class id of the endpoint, slot)` on one autocommit
+    connection per process. A probe is one round trip for a random slot, and when that one is
+    taken, one more that takes the first free slot of the rest."""
+
+    _blocking = True
+
+    def __init__(self, dsn: str) -> None:
+        super().__init__()
+        self._dsn = _libpq_url(dsn)
+        self._conn = self._connect()
+
+    def __repr__(self) -> str:
+        return f"PostgresSlots({_safe(self._dsn)!r})"
+
+    def _connect(self) -> Any:
+        try:
+            import psycopg2
+        except ImportError as exc:
+            raise RequestSlotsError(
+                "request slots in PostgreSQL need psycopg2: pip install 'dd-assets[postgres]'"
+            ) from exc
+        try:
+            conn = psycopg2.connect(self._dsn, connect_timeout=10)
+        except psycopg2.Error as exc:
+            raise RequestSlotsError(
+                f"cannot connect to PostgreSQL at {_safe(self._dsn)} for request slots:"
+                f" {str(exc).strip()}"
+            ) from None
+        conn.autocommit = True
+        return conn
+
+    @staticmethod
+    def class_id(key: str) -> int:
+        """A signed 32-bit id per endpoint key (advisory locks take two int4s)."""
+        return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big", signed=True)
+
+    def _try(self, key: str, limit: int, start: int, mine: set[int]) -> int | None:
+        import psycopg2
+
+        order = [(start + j) % limit for j in range(limit)]
+        order = [slot for slot in order if slot not in mine]
+        if not order:
+            return None
+        try:
+            with self._conn.cursor() as cur:
+                # The random first slot alone (one short statement), which is free whenever the
+                # endpoint is not busy; then a scan of the rest: a function scan filtered row by
+                # row under LIMIT 1, so locks are tried in order and none after the first
+                # granted (an ORDER BY would sort, trying them all first).
+                cur.execute("SELECT pg_try_advisory_lock(%s, %s)", (self.class_id(key), order[0]))
+                if cur.fetchone()[0]:
+                    return order[0]
+                if len(order) == 1:
+                    return None
+                cur.execute(
+                    "SELECT s FROM unnest(%s::int[]) AS s WHERE pg_try_advisory_lock(%s, s) LIMIT 1",
+                    (order[1:], self.class_id(key)),
+                )
+                row = cur.fetchone()
+        except psycopg2.Error as exc:
+            raise RequestSlotsError(
+                f"request slots in PostgreSQL at {_safe(self._dsn)} failed: {str(exc).strip()}"
+            ) from None
+        return None if row is None else int(row[0])
+
+    def _free(self, key: str, slot: int) -> None:
+        with self._conn.cursor() as cur:
+            cur.execute("SELECT pg_advisory_unlock(%s, %s)", (self.class_id(key), slot))
+
+    def close(self) -> None:
+        with self._mutex:
+            conn, self._conn = self._conn, None
+            self._held = {}
+        if conn is not None:
+            conn.close()
+
+
+def _libpq_url(dsn: str) -> str:
+    """A SQLAlchemy URL (`postgresql+psycopg2://`, as Dagster's instance has it) as libpq's."""
+    scheme, sep, rest = dsn.partition("://")
+    if sep and scheme.startswith("postgresql+"):
+        return "postgresql://" + rest
+    return dsn
+
+
+def _safe(dsn: str) -> str:
+    """Where the database is, for messages: no user, no password, no parameters."""
+    if "://" not in dsn:
+        return "(connection string)"
+    parts = urlsplit(dsn)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))

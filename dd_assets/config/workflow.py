@@ -24,6 +24,7 @@ from dd_assets.config.columns import (
     check_identifier,
     normalise_column_type,
 )
+from dd_assets.config.drift import DriftSettings, drift_issues
 from dd_assets.config.errors import ConfigIssue, WorkflowConfigError
 from dd_assets.config.models import ModelConfig, ProviderConfig
 from dd_assets.config.processors import (
@@ -186,6 +187,8 @@ class StageConfig(BaseModel):
     post_batch: list[PostBatchProcessor] = Field(default_factory=list)
     finalize: list[FinalizeProcessor] = Field(default_factory=list)
     allow_empty: bool = False
+    # Thresholds of the profile_drift check; not in the fingerprint (config/drift.py).
+    drift: DriftSettings = DriftSettings()
 
     _check_name = field_validator("name")(lambda v: check_identifier(v, "stage name"))
 
@@ -311,6 +314,24 @@ def output_columns(stage: StageConfig, seed_columns: list[str]) -> list[str]:
         elif isinstance(proc, RenameColumnsProcessorConfig):
             cols = [proc.mapping.get(c, c) for c in cols]
     return cols
+
+
+def column_output_name(stage: StageConfig, column: str) -> str | None:
+    """The name a stage column has in the files once `drop` and post_batch processors ran
+    (None: it is not in them)."""
+    col = next(c for c in stage.columns if c.name == column)
+    if col.drop:
+        return None
+    name: str | None = column
+    for proc in stage.post_batch:
+        if name is None:
+            break
+        if isinstance(proc, DropColumnsProcessorConfig):
+            if any(fnmatch.fnmatchcase(name, p) for p in proc.column_names):
+                name = None
+        elif isinstance(proc, RenameColumnsProcessorConfig):
+            name = proc.mapping.get(name, name)
+    return name
 
 
 def seed_columns_of(workflow: WorkflowConfig, stage: StageConfig) -> list[str] | None:
@@ -466,6 +487,7 @@ def _stage_issues(
         )
     if seed_cols is not None:
         issues += _processor_issues(base, stage, seed_cols)
+    issues += drift_issues(base, stage.drift, stage.columns)
     return issues
 
 

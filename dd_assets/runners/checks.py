@@ -9,12 +9,12 @@ by name and go on checking the others.
 Blocking checks (severity ERROR, `dd-assets check` exits 1 when one fails) say the dataset is
 incomplete or not what the config describes: `row_groups_complete`, `row_groups_current`,
 `schema_matches_config`, `footer_fingerprint_matches`, `uuid_columns_unique`. Warnings (severity WARN, exit 0) describe
-the quality of a dataset that is otherwise whole: `rows_within_drop_budget`, `llm_failure_rate`.
+the quality of a dataset that is otherwise whole: `rows_within_drop_budget`, `llm_failure_rate`,
+`profile_drift`.
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -25,12 +25,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dd_assets.config.columns import SamplerColumnConfig
-from dd_assets.config.processors import DropColumnsProcessorConfig, RenameColumnsProcessorConfig
-from dd_assets.config.workflow import FileSeed, StageConfig, StageSeed
+from dd_assets.config.drift import category_columns
+from dd_assets.config.workflow import FileSeed, StageConfig, StageSeed, column_output_name
 from dd_assets.engine.schema import joined_schema, stage_schema
 from dd_assets.errors import StoreError
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
+from dd_assets.runners.profile import stage_profile
 from dd_assets.store.footer import FileFooter, is_done
 from dd_assets.store.layout import key_ranges, partition_key
 from dd_assets.store.partition_store import PartitionStore
@@ -100,29 +101,12 @@ def llm_columns(stage: StageConfig) -> list[str]:
     return [c.name for c in stage.columns if c.is_llm]
 
 
-def output_name(stage: StageConfig, column: str) -> str | None:
-    """The name a stage column has in the files once `drop` and post_batch processors ran."""
-    col = next(c for c in stage.columns if c.name == column)
-    if col.drop:
-        return None
-    name: str | None = column
-    for proc in stage.post_batch:
-        if name is None:
-            break
-        if isinstance(proc, DropColumnsProcessorConfig):
-            if any(fnmatch.fnmatchcase(name, p) for p in proc.column_names):
-                name = None
-        elif isinstance(proc, RenameColumnsProcessorConfig):
-            name = proc.mapping.get(name, name)
-    return name
-
-
 def uuid_columns(stage: StageConfig) -> list[str]:
     """Output names of the stage's own uuid sampler columns (dropped ones are not checked)."""
     out = []
     for c in stage.columns:
         if isinstance(c, SamplerColumnConfig) and c.sampler_type == "uuid":
-            name = output_name(stage, c.name)
+            name = column_output_name(stage, c.name)
             if name is not None:
                 out.append(name)
     return out
@@ -452,6 +436,37 @@ def check_row_groups_current(sf: StageFiles) -> CheckOutcome:
     return CheckOutcome("row_groups_current", not stale, True, text, numbers)
 
 
+def check_profile_drift(sf: StageFiles) -> CheckOutcome:
+    """The profile's drift findings (runners/profile/stage.py, thresholds under the stage's
+    `drift:`): category shares far from their weights, judge means under their minimum."""
+    try:
+        prof = stage_profile(sf.plan, sf.store)
+    except StoreError as exc:
+        return CheckOutcome("profile_drift", False, False, f"cannot profile the stage: {exc}")
+    numbers: dict[str, Any] = {
+        "records": prof.num_records,
+        "source": prof.source,
+        "checked": prof.drift_checked,
+        "findings": len(prof.drift),
+        "first_findings": [f.message for f in prof.drift[:HEAD]],
+    }
+    if prof.drift:
+        text = f"{len(prof.drift)} drift finding(s): " + "; ".join(
+            f.message for f in prof.drift[:3]
+        )
+        text += " …" if len(prof.drift) > 3 else ""
+    elif prof.drift_checked:
+        text = f"within the configured thresholds: {', '.join(prof.drift_checked)}"
+    else:
+        text = "no rows to check yet"
+    return CheckOutcome("profile_drift", not prof.drift, False, text, numbers)
+
+
+def drift_applies(plan: StagePlan) -> bool:
+    stage = plan.compiled.stage
+    return bool(category_columns(stage.columns) or stage.drift.judge_min_mean)
+
+
 CHECKS: tuple[CheckSpec, ...] = (
     CheckSpec(
         "row_groups_complete",
@@ -507,6 +522,15 @@ CHECKS: tuple[CheckSpec, ...] = (
         "uuid sampler columns hold no duplicate value across the whole stage.",
         lambda plan: bool(uuid_columns(plan.compiled.stage)),
         check_uuid_columns_unique,
+    ),
+    CheckSpec(
+        "profile_drift",
+        False,
+        "The stage's profile stays near its config: each category sampler's shares within"
+        " drift.share_tolerance (plus sampling noise) of its weights, each judge score's mean at"
+        " or above drift.judge_min_mean.",
+        drift_applies,
+        check_profile_drift,
     ),
 )
 

@@ -21,6 +21,7 @@ from dd_assets.llm.client import LLMClient
 from dd_assets.llm.slots import RequestSlots
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
+from dd_assets.runners.profile import record_row_group
 from dd_assets.runners.seeds import SeedProvider, no_seed, seed_provider
 from dd_assets.store.footer import RowGroupInfo
 from dd_assets.store.partition_store import PartitionStore
@@ -78,6 +79,9 @@ async def amaterialize(
             info = await asyncio.to_thread(
                 store.write_row_group, plan.ref, rg, res.table, stats, seed.inputs
             )
+            # Its profile partial, from the rows still in memory (a cache: recomputed from
+            # the file if a crash comes first).
+            await asyncio.to_thread(record_row_group, store, plan.ref, info, res.table)
             lineage.landed(plan, info)
             outcomes[rg] = RowGroupOutcome(rg, info, reused=False, stats=stats)
             if on_done:

@@ -4,6 +4,11 @@ names, partition keys and row ranges.
     <root>/<workflow>/<stage>/<fp12>/stage.json
                                      parquet-files/batch_00000.parquet
                                      final/data.parquet, final/final.json
+                                     profile/rg_00000.<data version>.json, final.<...>.json
+
+`profile/` holds a cache: each row group's profile partial (runners/profile), named by the data
+version it describes, so a file for other rows is never read; deleting the folder costs one read
+of the data.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ FILES_DIR = "parquet-files"
 FINAL_DIR = "final"
 FINAL_DATA = "data.parquet"  # final/<FINAL_DATA>: a stage's finalize output
 FINAL_META = "final.json"  # final/<FINAL_META>: rows in/out per step, final fingerprint
+PROFILE_DIR = "profile"
 LOCK_SUFFIX = ".lock"
 REPLACED_MARK = ".replaced-"
 BATCH_RE = re.compile(r"^batch_(\d{5,})\.parquet$")
@@ -38,6 +44,11 @@ def default_root() -> str:
 
 def batch_name(row_group: int) -> str:
     return f"batch_{row_group:05d}.parquet"
+
+
+def profile_name(row_group: int | None, data_version: str) -> str:
+    """The profile partial of a row group's content (None: of the final output)."""
+    return f"{'final' if row_group is None else f'rg_{row_group:05d}'}.{data_version}.json"
 
 
 def partition_key(row_group: int) -> str:

@@ -48,6 +48,7 @@ from dd_assets.store.layout import (
     FINAL_DIR,
     FINAL_META,
     LOCK_SUFFIX,
+    PROFILE_DIR,
     REPLACED_MARK,
     STAGE_JSON,
     StageRef,
@@ -140,6 +141,9 @@ class PartitionStore:
 
     def final_dir(self, ref: StageRef) -> Path:
         return self.stage_dir(ref) / FINAL_DIR
+
+    def profile_dir(self, ref: StageRef) -> Path:
+        return self.stage_dir(ref) / PROFILE_DIR
 
     def _lock(self, ref: StageRef) -> contextlib.AbstractContextManager[None]:
         # Beside the fingerprint folder, not inside it: `never` moves that folder aside, and a
@@ -550,6 +554,11 @@ class PartitionStore:
     def sweep(self, ref: StageRef) -> list[Path]:
         """Remove temp files of dead writers: what a crash mid-write leaves behind."""
         removed: list[Path] = []
-        for folder in (self.stage_dir(ref), self.files_dir(ref), self.final_dir(ref)):
+        for folder in (
+            self.stage_dir(ref),
+            self.files_dir(ref),
+            self.final_dir(ref),
+            self.profile_dir(ref),
+        ):
             removed += sweep_temp_files(folder)
         return removed

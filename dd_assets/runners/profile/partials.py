@@ -1,0 +1,120 @@
+"""Where profile partials come from: a cache file per row group (`profile/` beside the row
+groups, named by the row group's data version), written when the row group lands and recomputed
+from the parquet file whenever it is missing, unreadable, of another data version or of an older
+profile scheme. A partial is a function of the row group's content, so whichever run wrote it
+(or whether a kill -9 came between the row group and its partial) the stage profile is the same.
+
+The stage's partial is the merge, in row-group order, of its completed row groups' partials:
+one small file read per row group, never the rows themselves (except to fill the cache)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dd_assets.runners.profile.partial import TablePartial
+from dd_assets.store.atomic import atomic_write_bytes, is_temp_name
+from dd_assets.store.footer import RowGroupInfo
+from dd_assets.store.layout import StageRef, profile_name
+from dd_assets.store.partition_store import FinalOutput, PartitionStore
+
+PROFILE_SCHEME = 1  # bump when a partial's content changes meaning: old files are recomputed
+BATCH_ROWS = 65_536  # rows read at a time when a partial is computed from a file
+
+
+def _read(path: Path, data_version: str) -> TablePartial | None:
+    try:
+        d = json.loads(path.read_text())
+        if d.get("scheme") != PROFILE_SCHEME or d.get("data_version") != data_version:
+            return None
+        return TablePartial.from_json(d["partial"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a cache: anything unreadable is recomputed
+
+
+def _write(path: Path, data_version: str, partial: TablePartial) -> None:
+    payload = {"scheme": PROFILE_SCHEME, "data_version": data_version, "partial": partial.to_json()}
+    # Compact and in column order (sort_keys would reorder the columns).
+    atomic_write_bytes(path, json.dumps(payload, separators=(",", ":")).encode())
+    # Partials of earlier contents of this row group (same prefix, other data version).
+    prefix = path.name.split(".", 1)[0] + "."
+    for entry in os.scandir(path.parent):
+        if (
+            entry.name.startswith(prefix)
+            and entry.name != path.name
+            and not is_temp_name(entry.name)
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(entry.path)
+
+
+def of_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> TablePartial:
+    """One partial over batches in order (an empty table's partial has the schema's columns)."""
+    total: TablePartial | None = None
+    for batch in batches:
+        part = TablePartial.of(batch)
+        total = part if total is None else total.merge(part)
+    return total if total is not None else TablePartial.of(schema.empty_table())
+
+
+def _of_file(path: Path) -> TablePartial:
+    f = pq.ParquetFile(path)
+    try:
+        return of_batches(f.iter_batches(batch_size=BATCH_ROWS), f.schema_arrow)
+    finally:
+        f.close()
+
+
+def record_row_group(
+    store: PartitionStore, ref: StageRef, info: RowGroupInfo, table: pa.Table
+) -> TablePartial:
+    """Profile a row group that just landed, from the rows still in memory."""
+    partial = of_batches(table.to_batches(max_chunksize=BATCH_ROWS), table.schema)
+    _write(
+        store.profile_dir(ref) / profile_name(info.row_group, info.data_version),
+        info.data_version,
+        partial,
+    )
+    return partial
+
+
+def row_group_partial(store: PartitionStore, ref: StageRef, info: RowGroupInfo) -> TablePartial:
+    path = store.profile_dir(ref) / profile_name(info.row_group, info.data_version)
+    partial = _read(path, info.data_version)
+    if partial is None:
+        partial = _of_file(info.path)
+        _write(path, info.data_version, partial)
+    return partial
+
+
+def stage_partials(
+    store: PartitionStore, ref: StageRef, infos: dict[int, RowGroupInfo]
+) -> Iterator[tuple[int, TablePartial]]:
+    """(row group, partial) in row-group order, one at a time (bounded memory)."""
+    for rg in sorted(infos):
+        yield rg, row_group_partial(store, ref, infos[rg])
+
+
+def merged(partials: Iterable[TablePartial]) -> TablePartial | None:
+    total: TablePartial | None = None
+    for p in partials:
+        total = p if total is None else total.merge(p)
+    return total
+
+
+def final_partial(store: PartitionStore, ref: StageRef, final: FinalOutput) -> TablePartial:
+    """The final output's partial, cached under its data version (final.json)."""
+    version = str(final.info.get("data_version") or "")
+    path = store.profile_dir(ref) / profile_name(None, version or "unversioned")
+    partial = _read(path, version) if version else None
+    if partial is None:
+        partial = _of_file(final.path)
+        if version:
+            _write(path, version, partial)
+    return partial

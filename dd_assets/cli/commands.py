@@ -253,6 +253,38 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    import json
+
+    from dd_assets.runners.profile import stage_profile
+    from dd_assets.runners.report import report_html, text_sections
+    from dd_assets.store.atomic import atomic_write_bytes
+
+    plan = _plan(args.config)
+    store = _store()
+    profiles = [stage_profile(p, store) for p in plan.select(args.stage)]
+    if args.format == "text":
+        for p in profiles:
+            for title, rows in text_sections(p):
+                print_table(rows, title)
+        return 0
+    if args.format == "json":
+        text = json.dumps([p.to_dict() for p in profiles], indent=2, default=str) + "\n"
+    else:
+        text = report_html(profiles)
+    output = args.output or ("report.html" if args.format == "html" else None)
+    if output is None:
+        sys.stdout.write(text)
+        return 0
+    atomic_write_bytes(output, text.encode())
+    findings = sum(len(p.drift) for p in profiles)
+    console.print(
+        f"wrote the profile of {len(profiles)} stage(s) of {plan.name} to {escape(str(output))}"
+        + (f" ([yellow]{findings} drift finding(s)[/yellow])" if findings else "")
+    )
+    return 0
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
     from dd_assets.dagster.build import CONFIG_ENV
     from dd_assets.dagster.instance import ensure_dagster_home

@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--output", "-o", required=True, help="file to write (atomically)")
     ex.set_defaults(func=commands.cmd_export)
 
+    rp = sub.add_parser(
+        "report", help="profile stages: one self-contained HTML file with charts, or tables"
+    )
+    rp.add_argument("config")
+    rp.add_argument("--stage", action="append", help="only this stage (repeatable; default: all)")
+    rp.add_argument("--format", choices=["html", "text", "json"], default="html")
+    rp.add_argument("--output", "-o", help="file to write (atomically); html default: report.html")
+    rp.set_defaults(func=commands.cmd_report)
+
     im = sub.add_parser(
         "import",
         help="write a native workflow equivalent to a DataDesigner config (write_config output)",

@@ -251,6 +251,7 @@ def _drift(tmp_path: Path, finalize: list[dict[str, Any]], **drift: Any):
     return plan, store
 
 
+@pytest.mark.slow
 def test_drift_fires_on_a_skewed_sampler_and_not_on_a_fair_one(tmp_path: Path) -> None:
     # fair: a filter that ignores the topic keeps its shares
     plan, store = _drift(tmp_path / "fair", [{"processor_type": "filter", "expr": "{{ x > 8 }}"}])

@@ -174,7 +174,8 @@ def column_statistics(
     column_type, c = _column_type(name, configs)
     n = p.n
     valid = n - p.nulls - p.nonfinite
-    num_unique = p.distinct.count() if p.distinct is not None else None
+    # an estimate never exceeds the values there are
+    num_unique = min(p.distinct.count(), valid) if p.distinct is not None else None
     stats: dict[str, Any] = {
         "column_name": name,
         "column_type": column_type,

@@ -24,6 +24,7 @@ from dd_assets.dagster.names import (
     output_name,
     partition_keys,
 )
+from dd_assets.dagster.profile import profile_metadata_values
 from dd_assets.dagster.resources import IO_MANAGER_KEY, StoreResource
 from dd_assets.runners.finalize import finalize_stage
 from dd_assets.runners.materialize import RowGroupOutcome, materialize_wave
@@ -204,8 +205,13 @@ def wave_asset(plans: list[StagePlan], settings: RunSettings) -> dg.AssetsDefini
         # Logged after the Outputs so that each partition's latest materialization carries its
         # own numbers rather than the run's totals.
         for p in runnable:
+            last = outcomes[p.name][-1].row_group if outcomes[p.name] else None
             for o in outcomes[p.name]:
                 md = partition_metadata(p, o)
+                if o.row_group == last:
+                    # The whole stage's profile as it stands after this run, on its newest event
+                    # (what the asset page shows); once per run, not per row group.
+                    md.update(profile_metadata_values(p, store, final=False))
                 if not o.reused:
                     md["preview"] = dg.MetadataValue.md(
                         _preview_md(store.read_row_group(p.ref, o.row_group))
@@ -250,6 +256,7 @@ def final_asset(plan: StagePlan) -> dg.AssetsDefinition:
             "seconds": round(time.perf_counter() - t0, 3),
             "path": dg.MetadataValue.path(str(res.path)),
         }
+        md.update(profile_metadata_values(plan, store, final=True))
         if res.rows_out:
             md["preview"] = dg.MetadataValue.md(
                 _preview_md(pq.ParquetFile(res.path).read_row_group(0))

@@ -219,3 +219,137 @@ def test_asset_page_shows_partitions_metadata_and_checks(
             ) from exc
         finally:
             context.close()
+
+
+# ---- the profile: `dd-assets report`'s file and the stage asset's page ---------------------------
+# The report file opened from disk must draw every column's chart with no console error and
+# fetch nothing; the asset page must show the stage profile on the newest materialization.
+
+PROFILE_CONFIG = {
+    "name": "shop",
+    "stages": [
+        {
+            "name": "orders",
+            "num_records": 3000,
+            "buffer_size": 1000,
+            "drift": {"share_tolerance": 0.05},
+            "columns": [
+                {
+                    "name": "topic",
+                    "column_type": "sampler",
+                    "sampler_type": "category",
+                    "params": {"values": ["math", "art", "law"], "weights": [0.5, 0.3, 0.2]},
+                },
+                {
+                    "name": "amount",
+                    "column_type": "sampler",
+                    "sampler_type": "gaussian",
+                    "params": {"mean": 50, "stddev": 12},
+                },
+                {
+                    "name": "items",
+                    "column_type": "sampler",
+                    "sampler_type": "poisson",
+                    "params": {"mean": 3},
+                },
+                {
+                    "name": "placed",
+                    "column_type": "sampler",
+                    "sampler_type": "datetime",
+                    "params": {"start": "2024-01-01", "end": "2024-02-01"},
+                },
+                {
+                    "name": "note",
+                    "column_type": "expression",
+                    "expr": "{{ items }} {{ topic }} book(s), {{ amount | round(2) }} EUR",
+                },
+            ],
+        }
+    ],
+}
+PROFILE_COLUMNS = ["topic", "amount", "items", "placed", "note"]
+
+
+def _browser(pw: Any, executable: str, tmp_path: Path) -> Any:
+    context = pw.chromium.launch_persistent_context(
+        str(tmp_path / "chromium-profile"),
+        executable_path=executable,
+        headless=True,
+        args=CHROMIUM_ARGS,
+        viewport={"width": 1400, "height": 1000},
+    )
+    context.add_init_script("localStorage.setItem('communityNux', JSON.stringify('1'))")
+    context.set_default_timeout(TIMEOUT_MS)
+    return context
+
+
+def _dd_assets(args: list[str], env: dict[str, str], cwd: Path) -> None:
+    done = subprocess.run(
+        [str(BIN / "dd-assets"), *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_report_file_and_asset_page_show_the_profile(chromium: str, tmp_path: Path) -> None:
+    sync_playwright = _playwright()
+    workflow = write_config(tmp_path / "wf.yaml", PROFILE_CONFIG)
+    env = isolated_env(tmp_path, workflow)
+    _dd_assets(["materialize", str(workflow), "--no-progress"], env, tmp_path)
+    report = tmp_path / "report.html"
+    _dd_assets(["report", str(workflow), "-o", str(report)], env, tmp_path)
+
+    with sync_playwright() as pw:
+        context = _browser(pw, chromium, tmp_path)
+        page = context.pages[0] if context.pages else context.new_page()
+        errors: list[str] = []
+        requests: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("request", lambda r: requests.append(r.url))
+        try:
+            page.goto(report.as_uri())
+            page.get_by_text("Stage orders").wait_for()
+            for col in PROFILE_COLUMNS:
+                chart = page.locator(f".col[data-column='{col}'] svg.pygal-chart")
+                assert chart.count() == 1, col
+                box = chart.bounding_box()
+                assert box and box["width"] > 200 and box["height"] > 100, (col, box)
+                # drawn: bars (rect/path elements of the plot), not an empty frame
+                assert chart.locator(".plot .rect, .plot .histbar rect, .plot rect").count() >= 3, (
+                    col
+                )
+            page.get_by_text("no drift (topic (shares ±0.05))").wait_for()
+            _screenshot(page, "report.png")
+            assert errors == [], errors
+            assert all(u.startswith("file:") or u.startswith("data:") for u in requests), requests
+
+            # The Dagster UI: the newest materialization carries the stage's profile.
+            with running_ui(workflow, env, tmp_path) as (port, _log):
+                page.goto(f"http://127.0.0.1:{port}/assets/shop/orders")
+                page.get_by_text("Latest materialization").first.wait_for()
+                metadata = page.locator("table").filter(has_text="profile/percent_complete")
+                metadata.first.wait_for()
+                rows = metadata.first.locator("tr").evaluate_all(
+                    "trs => trs.map(tr => Array.from(tr.cells, c => c.innerText.trim()))"
+                )
+                md = {cells[0]: cells[-1] for cells in rows if len(cells) >= 2}
+                assert md["profile/records"] == "3000", md
+                assert md["profile/percent_complete"] == "100", md
+                assert md["profile/drift_findings"] == "0", md
+                # the column table renders inline, one row per column
+                columns = page.locator("table").filter(has_text="sampler/category").last
+                for col in PROFILE_COLUMNS:
+                    columns.get_by_text(col, exact=True).first.wait_for()
+                _screenshot(page, "ui-asset-profile.png")
+                page.get_by_text(re.compile(r"Show Markdown")).first.click()
+                dialog = page.get_by_role("dialog")
+                dialog.get_by_text("Profile of orders").wait_for()
+                dialog.get_by_text("math 5").first.wait_for()
+                _screenshot(page, "ui-profile-markdown.png")
+        finally:
+            context.close()

@@ -114,7 +114,9 @@ def test_all_checks_pass_after_a_full_materialize(
 
     rc, out = _check(cfg, capsys)
     assert rc == 0, out
-    assert "FAIL" not in out and "ok: 10 check(s), 0 warning(s)" in out
+    # 6 per stage (5 + profile_drift for the category column) minus row_groups_current upstream
+    assert "FAIL" not in out and "ok: 11 check(s), 0 warning(s)" in out
+    assert "profile_drift" in out
 
     # Every check of both stages is recorded in the instance, with its numbers as metadata.
     for key, names in (

@@ -114,7 +114,7 @@ def test_all_checks_pass_after_a_full_materialize(
 
     rc, out = _check(cfg, capsys)
     assert rc == 0, out
-    # 6 per stage (5 + profile_drift for the category column) minus row_groups_current upstream
+    # the ten of before, plus profile_drift (the stage has a category sampler column)
     assert "FAIL" not in out and "ok: 11 check(s), 0 warning(s)" in out
     assert "profile_drift" in out
 

@@ -23,12 +23,12 @@ def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return Path(e["DD_ASSETS_ROOT"])
 
 
-@pytest.fixture
-def postgres(tmp_path: Path) -> Iterator[PgServer]:
-    """A PostgreSQL server of this test's own (dd_assets/testing/postgres.py); fails saying how
-    to install it when the binaries are missing, unless DD_ASSETS_SKIP_POSTGRES=1."""
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
+    """A PostgreSQL server for the tests of one module (dd_assets/testing/postgres.py); fails
+    saying how to install it when the binaries are missing, unless DD_ASSETS_SKIP_POSTGRES=1."""
     try:
-        with running_postgres(tmp_path) as server:
+        with running_postgres(tmp_path_factory.mktemp("pg")) as server:
             yield server
     except PostgresUnavailable as exc:
         if os.environ.get("DD_ASSETS_SKIP_POSTGRES") == "1":

@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 
 from dd_assets.config import ResumeMode, RunSettings
 from dd_assets.dagster.io_manager import ref_metadata
-from dd_assets.dagster.llm_backends import request_slots
+from dd_assets.dagster.llm_backends import request_cache_url, request_slots
 from dd_assets.dagster.names import (
     asset_key,
     final_key,
@@ -186,6 +186,7 @@ def wave_asset(plans: list[StagePlan], settings: RunSettings) -> dg.AssetsDefini
                 in_flight=settings.row_groups_in_flight,
                 on_done=on_done,
                 slots=slots,
+                cache_url=request_cache_url(context.instance) if calls_llm else None,
             )
         seconds = round(time.perf_counter() - t0, 3)
         for p in runnable:

@@ -18,6 +18,7 @@ from dd_assets.llm.client import (
     UsageStats,
     parse_retry_after,
 )
+from dd_assets.llm.pg_cache import PostgresRequestCache
 
 __all__ = [
     "CacheEntry",
@@ -26,6 +27,7 @@ __all__ = [
     "LLMConfigError",
     "LLMFatalError",
     "LLMRetryableExhausted",
+    "PostgresRequestCache",
     "RequestCache",
     "RequestCacheError",
     "UsageStats",

@@ -24,7 +24,14 @@ from typing import Any
 
 from dd_assets.errors import LLMError
 
-__all__ = ["CacheEntry", "RequestCache", "RequestCacheError", "cache_path", "request_hash"]
+__all__ = [
+    "CacheEntry",
+    "RequestCache",
+    "RequestCacheBase",
+    "RequestCacheError",
+    "cache_path",
+    "request_hash",
+]
 
 SCHEMA_VERSION = 1
 HASH_SCHEME = 1
@@ -98,11 +105,72 @@ def request_hash(
     return hashlib.sha256(_canonical(doc).encode("utf-8")).hexdigest()
 
 
-class RequestCache:
-    """One SQLite connection shared by threads under a lock (`check_same_thread=False`).
+class RequestCacheBase:
+    """What every cache backend offers (SQLite here, PostgreSQL in `llm/pg_cache.py`): sync
+    methods safe from any thread, each `put` committed before it returns, and async twins that
+    run them in a worker thread so the event loop never waits on disk or network."""
 
-    Synchronous methods are safe from any thread; `aget`/`aput`/`aput_many` run them in a worker
-    thread so the event loop never blocks on disk. Every `put` commits before returning."""
+    def get(self, stage: str, column: str, row: int, request_hash: str) -> dict[str, Any] | None:
+        raise NotImplementedError
+
+    def put_many(self, entries: Iterable[CacheEntry]) -> int:
+        """Several entries in one transaction (one commit); returns how many were written."""
+        raise NotImplementedError
+
+    def count(self, stage: str | None = None) -> int:
+        """Entries in the cache, optionally of one stage."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def put(
+        self, stage: str, column: str, row: int, request_hash: str, response: Mapping[str, Any]
+    ) -> None:
+        """Insert or replace, committed before returning."""
+        self.put_many([CacheEntry(stage, column, row, request_hash, response)])
+
+    def __enter__(self) -> RequestCacheBase:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    async def aget(
+        self, stage: str, column: str, row: int, request_hash: str
+    ) -> dict[str, Any] | None:
+        return await asyncio.to_thread(self.get, stage, column, row, request_hash)
+
+    async def aput(
+        self, stage: str, column: str, row: int, request_hash: str, response: Mapping[str, Any]
+    ) -> None:
+        await asyncio.to_thread(self.put, stage, column, row, request_hash, response)
+
+    async def aput_many(self, entries: Iterable[CacheEntry]) -> int:
+        return await asyncio.to_thread(self.put_many, list(entries))
+
+
+def encode_entries(entries: Iterable[CacheEntry]) -> list[tuple[str, str, int, str, str, float]]:
+    """Rows to store, (stage, column, row, request_hash, canonical JSON response, time); refuses
+    anything shaped like a credential before it reaches any backend."""
+    now = time.time()
+    rows = []
+    for e in entries:
+        _check_no_secrets(e.response, "a cached response")
+        rows.append((e.stage, e.column, int(e.row), e.request_hash, _canonical(e.response), now))
+    return rows
+
+
+def decode_response(text: str, where: str) -> dict[str, Any] | None:
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise RequestCacheError(f"request cache {where}: unreadable entry: {exc}") from exc
+    return value if isinstance(value, dict) else None
+
+
+class RequestCache(RequestCacheBase):
+    """One SQLite connection shared by threads under a lock (`check_same_thread=False`)."""
 
     def __init__(self, path: str | Path, *, busy_timeout_s: float = 30.0) -> None:
         self.path = Path(path)
@@ -167,9 +235,6 @@ class RequestCache:
     def __enter__(self) -> RequestCache:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
     def _db(self) -> sqlite3.Connection:
         if self._conn is None:
             raise RequestCacheError(f"request cache {self.path} is closed")
@@ -190,30 +255,12 @@ class RequestCache:
             )
         if found is None:
             return None
-        try:
-            value = json.loads(found[0])
-        except ValueError as exc:
-            raise RequestCacheError(
-                f"request cache {self.path}: unreadable entry for stage {stage!r}, column"
-                f" {column!r}, row {row}: {exc}"
-            ) from exc
-        return value if isinstance(value, dict) else None
-
-    def put(
-        self, stage: str, column: str, row: int, request_hash: str, response: Mapping[str, Any]
-    ) -> None:
-        """Insert or replace, committed before returning."""
-        self.put_many([CacheEntry(stage, column, row, request_hash, response)])
+        return decode_response(
+            found[0], f"{self.path} (stage {stage!r}, column {column!r}, row {row})"
+        )
 
     def put_many(self, entries: Iterable[CacheEntry]) -> int:
-        """Several entries in one transaction (one commit); returns how many were written."""
-        rows = []
-        now = time.time()
-        for e in entries:
-            _check_no_secrets(e.response, "a cached response")
-            rows.append(
-                (e.stage, e.column, int(e.row), e.request_hash, _canonical(e.response), now)
-            )
+        rows = encode_entries(entries)
         if not rows:
             return 0
         with self._lock:
@@ -231,7 +278,6 @@ class RequestCache:
         return len(rows)
 
     def count(self, stage: str | None = None) -> int:
-        """Entries in the cache, optionally of one stage."""
         with self._lock:
             if stage is None:
                 return int(self._db().execute(f"SELECT COUNT(*) FROM {_TABLE}").fetchone()[0])
@@ -246,18 +292,3 @@ class RequestCache:
             if self._conn is not None:
                 conn, self._conn = self._conn, None
                 conn.close()
-
-    # -- asyncio API
-
-    async def aget(
-        self, stage: str, column: str, row: int, request_hash: str
-    ) -> dict[str, Any] | None:
-        return await asyncio.to_thread(self.get, stage, column, row, request_hash)
-
-    async def aput(
-        self, stage: str, column: str, row: int, request_hash: str, response: Mapping[str, Any]
-    ) -> None:
-        await asyncio.to_thread(self.put, stage, column, row, request_hash, response)
-
-    async def aput_many(self, entries: Iterable[CacheEntry]) -> int:
-        return await asyncio.to_thread(self.put_many, list(entries))

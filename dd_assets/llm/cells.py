@@ -25,7 +25,7 @@ from dd_assets.engine.llm_cells import (
     trace,
 )
 from dd_assets.errors import EXIT_PARTIAL, LLMError
-from dd_assets.llm.cache import RequestCache, request_hash
+from dd_assets.llm.cache import RequestCache, RequestCacheBase, request_hash
 from dd_assets.llm.client import LLMClient, LLMRetryableExhausted, UsageStats
 
 
@@ -78,6 +78,7 @@ class LLMCellRunner:
         read_cache: bool = True,
         early_stop: EarlyStopSettings | None = None,
         client: LLMClient | None = None,
+        cache: RequestCacheBase | None = None,
     ) -> None:
         self.workflow = workflow
         self.stage = workflow.stage(stage)
@@ -88,21 +89,24 @@ class LLMCellRunner:
         # max_parallel_requests holds across them); its owner opens and closes it.
         self._owns_client = client is None
         self._client = client or LLMClient(workflow.models)
-        self._cache: RequestCache | None = None
+        # A cache passed in (e.g. the shared PostgreSQL one) is its owner's to close; otherwise
+        # the SQLite file at cache_path is opened here.
+        self._given_cache = cache
+        self._cache: RequestCacheBase | None = cache
         self._usage: dict[int, UsageStats] = {}
         self._parse_retries: dict[int, int] = {}
 
     async def __aenter__(self) -> LLMCellRunner:
         if self._owns_client:
             await self._client.open()
-        if self.cache_path is not None:
+        if self._given_cache is None and self.cache_path is not None:
             self._cache = RequestCache(self.cache_path)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         if self._owns_client:
             await self._client.aclose()
-        if self._cache is not None:
+        if self._cache is not None and self._given_cache is None:
             self._cache.close()
 
     def usage(self, row_group: int) -> UsageStats:

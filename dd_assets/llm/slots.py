@@ -37,10 +37,10 @@ import random
 import threading
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from dd_assets.config.models import ModelConfig
 from dd_assets.errors import LLMError
+from dd_assets.llm.postgres import connect, libpq_url, safe_url, scrub
 
 __all__ = [
     "FileSlots",
@@ -276,28 +276,11 @@ class PostgresSlots(RequestSlots):
 
     def __init__(self, dsn: str) -> None:
         super().__init__()
-        self._dsn = _libpq_url(dsn)
-        self._conn = self._connect()
+        self._dsn = libpq_url(dsn)
+        self._conn = connect(self._dsn, "request slots", RequestSlotsError)
 
     def __repr__(self) -> str:
-        return f"PostgresSlots({_safe(self._dsn)!r})"
-
-    def _connect(self) -> Any:
-        try:
-            import psycopg2
-        except ImportError as exc:
-            raise RequestSlotsError(
-                "request slots in PostgreSQL need psycopg2: pip install 'dd-assets[postgres]'"
-            ) from exc
-        try:
-            conn = psycopg2.connect(self._dsn, connect_timeout=10)
-        except psycopg2.Error as exc:
-            raise RequestSlotsError(
-                f"cannot connect to PostgreSQL at {_safe(self._dsn)} for request slots:"
-                f" {str(exc).strip()}"
-            ) from None
-        conn.autocommit = True
-        return conn
+        return f"PostgresSlots({safe_url(self._dsn)!r})"
 
     @staticmethod
     def class_id(key: str) -> int:
@@ -329,7 +312,8 @@ class PostgresSlots(RequestSlots):
                 row = cur.fetchone()
         except psycopg2.Error as exc:
             raise RequestSlotsError(
-                f"request slots in PostgreSQL at {_safe(self._dsn)} failed: {str(exc).strip()}"
+                f"request slots in PostgreSQL at {safe_url(self._dsn)} failed:"
+                f" {scrub(str(exc).strip(), self._dsn)}"
             ) from None
         return None if row is None else int(row[0])
 
@@ -343,22 +327,3 @@ class PostgresSlots(RequestSlots):
             self._held = {}
         if conn is not None:
             conn.close()
-
-
-def _libpq_url(dsn: str) -> str:
-    """A SQLAlchemy URL (`postgresql+psycopg2://`, as Dagster's instance has it) as libpq's."""
-    scheme, sep, rest = dsn.partition("://")
-    if sep and scheme.startswith("postgresql+"):
-        return "postgresql://" + rest
-    return dsn
-
-
-def _safe(dsn: str) -> str:
-    """Where the database is, for messages: no user, no password, no parameters."""
-    if "://" not in dsn:
-        return "(connection string)"
-    parts = urlsplit(dsn)
-    host = parts.hostname or ""
-    if parts.port:
-        host += f":{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))

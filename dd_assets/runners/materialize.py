@@ -18,6 +18,7 @@ from dd_assets.engine import CellRunner, agenerate_row_group
 from dd_assets.llm.cache import cache_path
 from dd_assets.llm.cells import LLMCellRunner
 from dd_assets.llm.client import LLMClient
+from dd_assets.llm.pg_cache import PostgresRequestCache
 from dd_assets.llm.slots import RequestSlots
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
@@ -110,6 +111,7 @@ def materialize(
     in_flight: int = 1,
     on_done: Callable[[RowGroupOutcome], None] | None = None,
     slots: RequestSlots | None = None,
+    cache_url: str | None = None,
 ) -> list[RowGroupOutcome]:
     """One stage on its own: a wave of one (its seed, if any, must already be on disk)."""
     return materialize_wave(
@@ -121,6 +123,7 @@ def materialize(
         in_flight=in_flight,
         on_done=(lambda _stage, o: on_done(o)) if on_done else None,
         slots=slots,
+        cache_url=cache_url,
     )[plan.name]
 
 
@@ -134,11 +137,13 @@ def materialize_wave(
     in_flight: int = 1,
     on_done: Callable[[str, RowGroupOutcome], None] | None = None,
     slots: RequestSlots | None = None,
+    cache_url: str | None = None,
 ) -> dict[str, list[RowGroupOutcome]]:
     """Stages chained row group by row group, run as one pipeline: row group i of a downstream
     stage starts the moment row group i of its upstream lands, not when the upstream stage is
     done. One LLM client serves all of them, so `max_parallel_requests` holds across stages;
-    with `slots` (the caller's) it also holds across every process sharing them."""
+    with `slots` (the caller's) it also holds across every process sharing them. LLM answers
+    are cached in the workflow's SQLite file, or with `cache_url` in that PostgreSQL database."""
     row_groups = list(row_groups)
     names = {p.name for p in plans}
     for p in plans:
@@ -174,9 +179,14 @@ def materialize_wave(
 
         async with contextlib.AsyncExitStack() as stack:
             client = LLMClient(plans[0].workflow.models, slots=slots)
+            shared_cache = None
             if any(p.compiled.needs_cells for p in plans):
                 await client.open()
                 stack.push_async_callback(client.aclose)
+                if cache_url is not None:
+                    shared_cache = stack.enter_context(
+                        PostgresRequestCache(cache_url, workflow=plans[0].workflow.name)
+                    )
             coros = []
             for p in plans:
                 cells = None
@@ -188,6 +198,7 @@ def materialize_wave(
                             cache_path=cache_path(store.root, p.workflow.name),
                             read_cache=resume != ResumeMode.NEVER,
                             client=client,
+                            cache=shared_cache,
                         )
                     )
                 coros.append(

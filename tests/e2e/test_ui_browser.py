@@ -346,10 +346,5 @@ def test_report_file_and_asset_page_show_the_profile(chromium: str, tmp_path: Pa
                 for col in PROFILE_COLUMNS:
                     columns.get_by_text(col, exact=True).first.wait_for()
                 _screenshot(page, "ui-asset-profile.png")
-                page.get_by_text(re.compile(r"Show Markdown")).first.click()
-                dialog = page.get_by_role("dialog")
-                dialog.get_by_text("Profile of orders").wait_for()
-                dialog.get_by_text("math 5").first.wait_for()
-                _screenshot(page, "ui-profile-markdown.png")
         finally:
             context.close()

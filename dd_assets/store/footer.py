@@ -23,15 +23,12 @@ DATA_VERSION_LEN = 32
 def content_hash(table: pa.Table) -> str:
     """The data version of a row group: a hash of its content (the Arrow IPC stream of the
     table without schema metadata), so a row group regenerated with the same rows keeps its
-    version and one regenerated with other rows gets a new one. Sliced or chunked columns are
-    copied compact first: the same rows must hash the same however they were assembled."""
+    version and one regenerated with other rows gets a new one. The table is copied compact
+    first: the same rows must hash the same however they were assembled (a slice, even one at
+    offset 0, still carries its parent's whole buffers, and the IPC stream writes some of them
+    whole). A copy of a table that is compact already streams to the same bytes."""
     table = table.replace_schema_metadata(None)
-    compact = all(
-        col.num_chunks <= 1 and all(chunk.offset == 0 for chunk in col.chunks)
-        for col in table.columns
-    )
-    if not compact:
-        table = table.take(pa.array(range(table.num_rows), pa.int64())).combine_chunks()
+    table = table.take(pa.array(range(table.num_rows), pa.int64())).combine_chunks()
     sink = pa.BufferOutputStream()
     with pa.ipc.new_stream(sink, table.schema) as writer:
         writer.write_table(table)
@@ -59,6 +56,8 @@ class RowGroupInfo:
     data_version: str = ""  # content hash (footer.content_hash)
     # {upstream stage: data version it was built from}; None when not recorded (older files)
     inputs: dict[str, str] | None = field(default=None, compare=False)
+    # the side table of its dropped columns (run.keep_dropped_columns), a file name; None: none
+    dropped_columns: str | None = field(default=None, compare=False)
 
 
 @dataclass

@@ -23,7 +23,9 @@ Each layer has one base class here; the concrete errors live beside the code tha
     │   ├── RequestSlotsError          the shared request slots (lock files, PostgreSQL) fail
     │   └── EarlyStopError             exit_code 3: too many cells failed; partial result
     └── RunError                       runners/dagster: what a run was asked to do
-        └── UnknownStageError          a stage name the workflow does not have
+        ├── UnknownStageError          a stage name the workflow does not have
+        ├── ApprovalError              a file cannot be approved as a stage's output
+        └── TargetNotReachedError      target_records rows do not pass finalize (yet)
 """
 
 from __future__ import annotations

@@ -136,14 +136,18 @@ def cmd_materialize(args: argparse.Namespace) -> int:
 
     plan = _plan(args.config)
     plan.select(args.stage)  # unknown stages fail before the instance is touched
+    stages, resume, store = args.stage, args.resume, _store()
+    if args.rerun_from:
+        stages = _rerun(args, plan, store)
+        resume = "never"
     bars = None if args.no_progress else ProgressBars()
     with bars or _Nothing():
         report = materialize_workflow(
             plan,
-            _store(),
+            store,
             get_instance(),
-            stages=args.stage,
-            resume=args.resume,
+            stages=stages,
+            resume=resume,
             partitions=lambda total: parse_partitions(args.partitions, total),
             progress=bars,
         )
@@ -152,6 +156,31 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     if report.error is not None:
         raise report.error
     return 0
+
+
+def _rerun(args: argparse.Namespace, plan: WorkflowPlan, store: PartitionStore) -> list[str]:
+    from dd_assets.runners.rerun import rerun_stages
+
+    flag = f"--rerun-from {args.rerun_from}"
+    if args.resume == "always":
+        raise ConfigError(
+            f"{flag} regenerates stages and --resume always only ever reuses what is on disk;"
+            " drop --resume always (a rerun moves the old data aside, never deletes it)"
+        )
+    if args.stage or args.partitions:
+        raise ConfigError(
+            f"{flag} regenerates whole stages: {args.rerun_from!r} and every stage below it;"
+            " drop --stage/--partitions (to regenerate some stages only, use --resume never"
+            " --stage S)"
+        )
+    stages = rerun_stages(plan, store, args.rerun_from)
+    console.print(
+        f"rerun from {args.rerun_from!r}: regenerating {', '.join(stages)} with fresh LLM calls;"
+        " their current data is moved aside (<fp12>.replaced-<time>, never deleted) and"
+        " finalized stages among them are unsealed by it",
+        highlight=False,
+    )
+    return stages
 
 
 class _Nothing:
@@ -185,6 +214,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     for r in rows:
         if r.stale:
             console.print(f"{r.stage}: stale: {r.stale_reason}", highlight=False, soft_wrap=True)
+        for note in r.notes:
+            console.print(f"{r.stage}: {note}", highlight=False, soft_wrap=True, markup=False)
     return 0
 
 
@@ -244,12 +275,57 @@ def cmd_unseal(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dd_assets.runners.export import export_stage
+    from dd_assets.runners.export import export_dropped_columns, export_stage
 
     plan = _plan(args.config)
     stage = args.stage or plan.workflow.stages[-1].name
-    out = export_stage(plan[stage], _store(), args.format, args.output)
-    console.print(f"wrote {out.rows} rows of {plan.name}/{stage} to {out.path}")
+    export = export_dropped_columns if args.dropped_columns else export_stage
+    out = export(plan[stage], _store(), args.format, args.output)
+    console.print(
+        f"wrote {out.rows} {out.what} of {plan.name}/{stage} to {out.path}", highlight=False
+    )
+    return 0
+
+
+def cmd_approve(args: argparse.Namespace) -> int:
+    from dd_assets.runners.approve import approve, clear, readers
+
+    plan = _plan(args.config)
+    plan[args.stage]  # an unknown stage is an error before anything else
+    store = _store()
+    below = readers(plan, args.stage)
+    if args.clear == bool(args.file):
+        raise ConfigError(
+            "give the file to approve (`dd-assets approve CONFIG STAGE FILE`) or --clear, not"
+            " both or neither"
+        )
+    if args.clear:
+        moved = clear(plan, args.stage, store)
+        if moved is None:
+            console.print(f"stage {args.stage!r} has no approved output; nothing to do")
+            return 0
+        console.print(
+            f"approval of {args.stage!r} cleared (moved to {moved}); it hands down its generated"
+            f" output again to {below.text()}: materialize to regenerate what was built from"
+            " the approved rows",
+            highlight=False,
+        )
+        return 0
+    approval = approve(plan, args.stage, store, args.file)
+    what = "final output" if approval.replaces == "final" else "generated rows"
+    console.print(
+        f"approved: {approval.rows} rows are the output of {args.stage!r} (instead of its"
+        f" {what}), stored as {approval.path}; read by {below.text()}. Materialize to"
+        " regenerate what was built from other data",
+        highlight=False,
+    )
+    if below.unaffected:
+        console.print(
+            f"note: {', '.join(below.unaffected)} read(s) the generated row groups of"
+            f" {args.stage!r} (mode: row_group), not its final output, so the approval does not"
+            " reach them",
+            highlight=False,
+        )
     return 0
 
 

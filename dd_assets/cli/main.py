@@ -35,6 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--resume", choices=["if_possible", "always", "never"], default="if_possible")
     m.add_argument("--partitions", help="row groups, e.g. 0-9 or 3,7 (default: all)")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    m.add_argument(
+        "--rerun-from",
+        metavar="STAGE",
+        help="regenerate STAGE and every stage below it (fresh LLM calls; old data moved aside)",
+    )
     m.set_defaults(func=commands.cmd_materialize)
 
     st = sub.add_parser("status", help="per stage: fingerprint, row groups done/missing, stale")
@@ -60,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--stage", help="stage name (default: the last stage)")
     ex.add_argument("--format", choices=["jsonl", "csv", "parquet"], default="jsonl")
     ex.add_argument("--output", "-o", required=True, help="file to write (atomically)")
+    ex.add_argument(
+        "--dropped-columns",
+        action="store_true",
+        help="export the columns the stage dropped (run.keep_dropped_columns) instead",
+    )
     ex.set_defaults(func=commands.cmd_export)
 
     rp = sub.add_parser(
@@ -70,6 +80,15 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--format", choices=["html", "text", "json"], default="html")
     rp.add_argument("--output", "-o", help="file to write (atomically); html default: report.html")
     rp.set_defaults(func=commands.cmd_report)
+
+    ap = sub.add_parser(
+        "approve", help="make a reviewed file the output a stage hands downstream (review gate)"
+    )
+    ap.add_argument("config")
+    ap.add_argument("stage")
+    ap.add_argument("file", nargs="?", help="parquet, csv or jsonl with the stage's columns")
+    ap.add_argument("--clear", action="store_true", help="revert to the generated output")
+    ap.set_defaults(func=commands.cmd_approve)
 
     im = sub.add_parser(
         "import",

@@ -108,7 +108,11 @@ def workflow_fingerprints(
         hex_ = sha256_hex(payload)
         final_hex = None
         if stage.finalize:
-            final_hex = sha256_hex({"stage": hex_, "finalize": _dump(stage.finalize)})
+            final: dict[str, Any] = {"stage": hex_, "finalize": _dump(stage.finalize)}
+            # Only when set (an added field): other stages keep their final fingerprints.
+            if stage.target_records is not None:
+                final["target_records"] = stage.target_records
+            final_hex = sha256_hex(final)
         fp = StageFingerprint(stage.name, hex_, payload, final_hex)
         out[stage.name] = fp
         return fp

@@ -38,3 +38,8 @@ class RunSettings(BaseModel):
     max_drop_rate: float = Field(
         default=0.1, ge=0, le=1, description="asset check: dropped rows per row group allowed"
     )
+    keep_dropped_columns: bool = Field(
+        default=False,
+        description="write `drop: true` and post_batch-dropped columns to a side table per row"
+        " group (DataDesigner's preserve_dropped_columns); `dd-assets export --dropped-columns`",
+    )

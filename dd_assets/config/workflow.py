@@ -189,6 +189,11 @@ class StageConfig(BaseModel):
     allow_empty: bool = False
     # Thresholds of the profile_drift check; not in the fingerprint (config/drift.py).
     drift: DriftSettings = DriftSettings()
+    # Exactly this many rows in the final output: row groups are generated in order until that
+    # many pass the finalize steps; num_records is then the candidate budget (docs/workflows.md).
+    target_records: int | None = added_field(
+        None, ge=1, description="final output of exactly this many rows; num_records is the budget"
+    )
 
     _check_name = field_validator("name")(lambda v: check_identifier(v, "stage name"))
 
@@ -481,6 +486,24 @@ def _stage_issues(
         column_order(stage)
     except ValueError as exc:
         issues.append(ConfigIssue(f"{base}.columns", str(exc)))
+    if stage.target_records is not None:
+        if not stage.finalize:
+            issues.append(
+                ConfigIssue(
+                    f"{base}.target_records",
+                    "target_records counts the rows that pass the finalize steps, and the stage"
+                    " has none; add a finalize filter or dedupe, or set num_records instead",
+                )
+            )
+        if stage.target_records > stage.num_records:
+            issues.append(
+                ConfigIssue(
+                    f"{base}.target_records",
+                    f"target_records ({stage.target_records}) is more than num_records"
+                    f" ({stage.num_records}), the budget of candidate rows it is taken from;"
+                    " raise num_records",
+                )
+            )
     if not stage.columns and stage.seed is None:
         issues.append(
             ConfigIssue(f"{base}.columns", "a stage without a seed needs at least one column")
@@ -560,6 +583,16 @@ def semantic_issues(workflow: WorkflowConfig) -> list[ConfigIssue]:
                 issues.append(ConfigIssue(where, f"stage {up!r} cannot seed itself"))
             elif seed.mode == "row_group":  # type: ignore[union-attr]
                 upstream = workflow.stages[index[up]]
+                if upstream.target_records is not None:
+                    issues.append(
+                        ConfigIssue(
+                            where,
+                            f"stage {up!r} has target_records, so its row groups after the"
+                            " target are never generated and there is no row group i to pair"
+                            f" with; seed {stage.name!r} with mode: sample (it then reads"
+                            f" {up!r}'s final output of exactly {upstream.target_records} rows)",
+                        )
+                    )
                 for attr in ("buffer_size", "num_records"):
                     if getattr(upstream, attr) != getattr(stage, attr):
                         issues.append(

@@ -26,6 +26,7 @@ from dd_assets.dagster.names import (
 )
 from dd_assets.dagster.profile import profile_metadata_values
 from dd_assets.dagster.resources import IO_MANAGER_KEY, StoreResource
+from dd_assets.runners.approve import approval_metadata
 from dd_assets.runners.finalize import finalize_stage
 from dd_assets.runners.materialize import RowGroupOutcome, materialize_wave
 from dd_assets.runners.plan import StagePlan
@@ -201,6 +202,8 @@ def wave_asset(plans: list[StagePlan], settings: RunSettings) -> dg.AssetsDefini
                     "reused": len(done) - len(generated),
                     "rows": sum(o.info.rows for o in done),
                     "seconds": seconds,
+                    # Review gate: what the stage hands downstream instead (runners/approve.py).
+                    **approval_metadata(p, store),
                 },
             )
         # Logged after the Outputs so that each partition's latest materialization carries its
@@ -258,6 +261,7 @@ def final_asset(plan: StagePlan) -> dg.AssetsDefinition:
             "path": dg.MetadataValue.path(str(res.path)),
         }
         md.update(profile_metadata_values(plan, store, final=True))
+        md.update(approval_metadata(plan, store))
         if res.rows_out:
             md["preview"] = dg.MetadataValue.md(
                 _preview_md(pq.ParquetFile(res.path).read_row_group(0))

@@ -16,7 +16,7 @@ from dd_assets.dagster.build import build_definitions
 from dd_assets.dagster.names import asset_key, final_key, final_op_name, op_name
 from dd_assets.dagster.runs import CliJob
 from dd_assets.errors import DdAssetsError
-from dd_assets.runners.finalize import read_final
+from dd_assets.runners.finalize import TargetProgress, read_final, target_progress
 from dd_assets.runners.plan import StagePlan, WorkflowPlan
 from dd_assets.runners.seeds import skip_reason
 from dd_assets.store.layout import batch_name, partition_key
@@ -70,27 +70,50 @@ def materialize_workflow(
     wanted = {p.name for p in plan.select(stages)}
     token = uuid.uuid4().hex
     report = MaterializeReport()
+    jobs: dict[tuple[str, ...], CliJob] = {}
+
+    def job_for(plans: list[StagePlan]) -> CliJob:
+        key = tuple(p.name for p in plans)
+        if key not in jobs:
+            jobs[key] = CliJob.build(
+                defs,
+                op_name(plans),
+                # Assets only: the checks look at the whole stage (`dd-assets check`).
+                dg.AssetSelection.assets(*(asset_key(p) for p in plans)).without_checks(),
+                instance,
+            )
+        return jobs[key]
+
+    # target_records stages: row groups in order, stopping once the target passes finalize.
+    targets: dict[str, TargetProgress] = {}
+
+    def reached(p: StagePlan, first: bool) -> bool:
+        if p.compiled.stage.target_records is None:
+            return False
+        if first and resume == "never":
+            return False  # what is on disk is about to be moved aside
+        if p.name not in targets:
+            targets[p.name] = target_progress(p, store)
+        return targets[p.name].advance(store).reached
+
     for wave in plan.waves:
         wave_plans = [plan[s] for s in wave if s in wanted]
         if not wave_plans:
             continue
         total = wave_plans[0].ref.num_row_groups
         row_groups = partitions(total) if partitions else list(range(total))
-        job = CliJob.build(
-            defs,
-            op_name(wave_plans),
-            # Assets only: the checks look at the whole stage and are run by `dd-assets check`.
-            dg.AssetSelection.assets(*(asset_key(p) for p in wave_plans)).without_checks(),
-            instance,
-        )
         ops = {op_name([plan[s] for s in wave]): {"config": {"resume": resume}}}
         names = {batch_name(rg) for rg in row_groups}
         goal = len(row_groups) * len(wave_plans)
         label = ", ".join(p.name for p in wave_plans)
         try:
             with _Watcher(progress, label, store, wave_plans, names, goal):
-                for chunk in _chunks(row_groups, plan.workflow.run.partitions_per_run):
-                    result = job.run(
+                chunks = _chunks(row_groups, plan.workflow.run.partitions_per_run)
+                for i, chunk in enumerate(chunks):
+                    running = [p for p in wave_plans if not reached(p, first=i == 0)]
+                    if not running:
+                        break
+                    result = job_for(running).run(
                         ops=ops,
                         tags={
                             "dagster/asset_partition_range_start": partition_key(chunk[0]),
@@ -114,7 +137,8 @@ def _stage_lines(
     p: StagePlan,
     token: str,
 ) -> list[str]:
-    """What a wave left for one stage, finalizing it when it is whole and has finalize steps."""
+    """What a wave left for one stage, finalizing it when it is whole (or has reached its
+    target_records, or spent its budget: finalize then says so) and has finalize steps."""
     skipped = skip_reason(store, p)
     if skipped:
         return [f"{p.name}: skipped: {skipped}"]
@@ -127,7 +151,15 @@ def _stage_lines(
     if not p.finalizes:
         return lines
     missing = p.ref.num_row_groups - len(done)
-    if missing:
+    if p.compiled.stage.target_records is not None:
+        target = target_progress(p, store)
+        if not (target.reached or target.exhausted):
+            return [
+                *lines,
+                f"{p.name}: not finalized: {target.passed} of target_records {target.target}"
+                f" rows pass so far; row group {partition_key(target.missing or 0)} is missing",
+            ]
+    elif missing:
         return [*lines, f"{p.name}: not finalized: {missing} row group(s) still missing"]
     job = CliJob.build(
         defs,
@@ -137,9 +169,16 @@ def _stage_lines(
     )
     job.run(tags={FRESH_START_TAG: token})
     final = read_final(store, p)
+    used = final.info.get("target", {}).get("row_groups_used")
+    reached = (
+        f" (target_records reached with row groups 00000-{used - 1:05d}; the"
+        f" {p.ref.num_row_groups - used} after them are not needed)"
+        if used is not None
+        else ""
+    )
     return [
         *lines,
-        f"{p.name}: final: {final.rows} of {final.info['rows_in']} rows in {final.path}",
+        f"{p.name}: final: {final.rows} of {final.info['rows_in']} rows in {final.path}{reached}",
     ]
 
 

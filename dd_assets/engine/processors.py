@@ -11,16 +11,27 @@ from dd_assets.config.workflow import StageConfig
 
 
 def apply_post_batch(stage: StageConfig, table: pa.Table) -> pa.Table:
-    dropped = {n for c in stage.columns if c.drop for n in c.output_names}
-    table = table.select([n for n in table.column_names if n not in dropped])
+    return split_post_batch(stage, table)[0]
+
+
+def split_post_batch(stage: StageConfig, table: pa.Table) -> tuple[pa.Table, pa.Table]:
+    """(the row group's table, the columns `drop: true` and drop_columns processors removed,
+    row for row: what `run.keep_dropped_columns` keeps in a side table). A column is kept under
+    the name it had when it was dropped."""
+    dropped_names = {n for c in stage.columns if c.drop for n in c.output_names}
+    dropped = [table.column(n) for n in table.column_names if n in dropped_names]
+    names = [n for n in table.column_names if n in dropped_names]
+    table = table.select([n for n in table.column_names if n not in dropped_names])
     for proc in stage.post_batch:
         if isinstance(proc, DropColumnsProcessorConfig):
-            keep = [
+            gone = [
                 n
                 for n in table.column_names
-                if not any(fnmatch.fnmatchcase(n, p) for p in proc.column_names)
+                if any(fnmatch.fnmatchcase(n, p) for p in proc.column_names)
             ]
-            table = table.select(keep)
+            dropped += [table.column(n) for n in gone]
+            names += gone
+            table = table.select([n for n in table.column_names if n not in gone])
         elif isinstance(proc, RenameColumnsProcessorConfig):
             table = table.rename_columns([proc.mapping.get(n, n) for n in table.column_names])
-    return table
+    return table, pa.Table.from_arrays(dropped, names=names) if names else pa.table({})

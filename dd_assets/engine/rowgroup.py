@@ -27,7 +27,7 @@ from dd_assets.config.fingerprint import column_key, workflow_fingerprints
 from dd_assets.config.workflow import StageConfig, WorkflowConfig, column_order
 from dd_assets.engine import expressions, rng, samplers
 from dd_assets.engine.llm_cells import TracedAnswer
-from dd_assets.engine.processors import apply_post_batch
+from dd_assets.engine.processors import split_post_batch
 from dd_assets.engine.schema import TRACE_TYPE, column_type
 from dd_assets.errors import GenerationError
 
@@ -100,6 +100,9 @@ class RowGroupResult:
     seconds: float
     dropped: Counter[str] = field(default_factory=Counter)  # reason -> rows
     drop_samples: list[dict[str, Any]] = field(default_factory=list)
+    # Columns `drop: true` and drop_columns processors removed, row for row with `table`
+    # (no columns when the stage drops none): the side table of run.keep_dropped_columns.
+    dropped_columns: pa.Table = field(default_factory=lambda: pa.table({}))
 
     @property
     def planned(self) -> int:
@@ -282,9 +285,16 @@ async def agenerate_rows(
     _batch_phase(cs, start, end, rows)
     if cs.cell_columns:
         await _cell_phase(cs, rows, cells)
-    table = apply_post_batch(cs.stage, _to_table(cs, rows, seed))
+    table, dropped_columns = split_post_batch(cs.stage, _to_table(cs, rows, seed))
     return RowGroupResult(
-        row_group, start, end, table, time.perf_counter() - t0, rows.dropped, rows.samples
+        row_group,
+        start,
+        end,
+        table,
+        time.perf_counter() - t0,
+        rows.dropped,
+        rows.samples,
+        dropped_columns,
     )
 
 

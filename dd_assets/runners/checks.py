@@ -29,6 +29,7 @@ from dd_assets.config.drift import category_columns
 from dd_assets.config.workflow import FileSeed, StageConfig, StageSeed, column_output_name
 from dd_assets.engine.schema import joined_schema, stage_schema
 from dd_assets.errors import StoreError
+from dd_assets.runners.finalize import needed_row_groups
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.profile import stage_profile
@@ -133,11 +134,12 @@ def schema_diff(expected: pa.Schema, actual: pa.Schema) -> list[tuple[str, str]]
 
 
 def check_row_groups_complete(sf: StageFiles) -> CheckOutcome:
-    total = sf.ref.num_row_groups
-    done = sf.complete
+    # A target_records stage needs only the row groups its final output took.
+    total = needed_row_groups(sf.plan, sf.store)
+    done = {rg: f for rg, f in sf.complete.items() if rg < total}
     missing = [rg for rg in range(total) if rg not in done]
     through = next((rg for rg in range(total) if rg not in done), total) - 1
-    not_counted = [f for f in sf.files if f.row_group not in done]
+    not_counted = [f for f in sf.files if f.row_group not in sf.complete]
     numbers: dict[str, Any] = {
         "done": len(done),
         "total": total,
@@ -149,6 +151,11 @@ def check_row_groups_complete(sf: StageFiles) -> CheckOutcome:
     }
     if not missing:
         text = f"all {total} row groups present ({numbers['records']} records)"
+        if total < sf.ref.num_row_groups:
+            text += (
+                f"; target_records reached with them, the other"
+                f" {sf.ref.num_row_groups - total} are not needed"
+            )
     else:
         text = f"{len(missing)} of {total} row groups missing: {_keys(missing)}"
     if not_counted:

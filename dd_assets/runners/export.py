@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 from dd_assets.errors import RunError
 from dd_assets.runners.finalize import read_final
 from dd_assets.runners.plan import StagePlan
+from dd_assets.store.approvals import read_approval
 from dd_assets.store.atomic import atomic_path
+from dd_assets.store.layout import key_ranges
 from dd_assets.store.partition_store import PartitionStore
 
 
@@ -22,6 +24,7 @@ from dd_assets.store.partition_store import PartitionStore
 class ExportResult:
     path: Path
     rows: int
+    what: str = "rows"  # what was exported, for the message: "approved rows", "dropped columns"
 
 
 def _flatten_for_csv(batch: pa.RecordBatch) -> pa.RecordBatch:
@@ -45,6 +48,14 @@ def export_stage(
     plan: StagePlan, store: PartitionStore, fmt: str, output: str | Path
 ) -> ExportResult:
     stage = plan.name
+    approval = read_approval(store, plan.ref)
+    if approval is not None:
+        # What the stage hands downstream (review gate), not what it generated.
+        res = _write(
+            pq.ParquetFile(approval.path).iter_batches(batch_size=65_536), fmt, output, 0, stage
+        )
+        res.what = "approved rows"
+        return res
     if plan.finalizes:
         # A stage with finalize processors is its final output; the raw row groups are an
         # intermediate. Refuse rather than silently export the unfiltered rows.
@@ -60,6 +71,48 @@ def export_stage(
         )
     missing = plan.ref.num_row_groups - len(done)
     return _write(store.iter_batches(plan.ref), fmt, output, missing, stage)
+
+
+def export_dropped_columns(
+    plan: StagePlan, store: PartitionStore, fmt: str, output: str | Path
+) -> ExportResult:
+    """The columns the stage dropped (run.keep_dropped_columns), row for row with its row
+    groups in row order: line i belongs to row i of `dd-assets export` of those row groups."""
+    if not plan.keeps_dropped_columns:
+        if plan.workflow.run.keep_dropped_columns:
+            raise RunError(
+                f"stage {plan.name!r} has no dropped columns to export: it drops no column"
+                " (`drop: true` on a column, or a post_batch drop_columns)"
+            )
+        raise RunError(
+            f"stage {plan.name!r} keeps no dropped columns: run.keep_dropped_columns is off. Set"
+            " `run: {keep_dropped_columns: true}` in the config and materialize again (its row"
+            " groups are rewritten with them; LLM answers come from the request cache)"
+        )
+    done = store.completed(plan.ref)
+    lacking = [rg for rg, info in sorted(done.items()) if info.dropped_columns is None]
+    if lacking:
+        raise RunError(
+            f"stage {plan.name!r}: row group(s) {key_ranges(lacking, 5)} were written before"
+            " run.keep_dropped_columns was on, so their dropped columns were not kept; run"
+            f" `dd-assets materialize CONFIG --stage {plan.name}` first (it rewrites them with"
+            " their dropped columns; LLM answers come from the request cache)"
+        )
+    if not done:
+        raise RunError(
+            f"stage {plan.name!r} has no row groups under fingerprint {plan.ref.fp12}; run"
+            f" `dd-assets materialize CONFIG --stage {plan.name}` first"
+        )
+
+    def batches() -> Iterator[pa.RecordBatch]:
+        for _, info in sorted(done.items()):
+            table = store.dropped_columns(plan.ref, info)
+            assert table is not None
+            yield from table.to_batches() or [pa.RecordBatch.from_pylist([], table.schema)]
+
+    res = _write(batches(), fmt, output, plan.ref.num_row_groups - len(done), plan.name)
+    res.what = "rows of dropped columns"
+    return res
 
 
 def _write(

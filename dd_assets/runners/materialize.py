@@ -59,7 +59,7 @@ async def amaterialize(
 
     def reuse(rg: int) -> bool:
         info = lineage.completed(plan).get(rg)
-        if info is None or lineage.stale_reason(plan, info) is not None:
+        if info is None or not lineage.reusable(plan, info):
             return False
         outcomes[rg] = RowGroupOutcome(rg, info, reused=True, stats=info.stats)
         if on_done:
@@ -78,7 +78,13 @@ async def amaterialize(
             if hasattr(cells, "row_group_stats"):
                 stats["llm"] = cells.row_group_stats(rg)
             info = await asyncio.to_thread(
-                store.write_row_group, plan.ref, rg, res.table, stats, seed.inputs
+                store.write_row_group,
+                plan.ref,
+                rg,
+                res.table,
+                stats,
+                seed.inputs,
+                res.dropped_columns if plan.keeps_dropped_columns else None,
             )
             # Its profile partial, from the rows still in memory (a cache: recomputed from
             # the file if a crash comes first).
@@ -151,8 +157,7 @@ def materialize_wave(
     lineage = Lineage(store)
     for p in plans:
         done = lineage.completed(p)
-        stale = lineage.stale(p)
-        if any(rg not in done or rg in stale for rg in row_groups):
+        if any(rg not in done or not lineage.reusable(p, done[rg]) for rg in row_groups):
             store.refuse_if_sealed(p.ref)
 
     async def run() -> dict[str, list[RowGroupOutcome]]:

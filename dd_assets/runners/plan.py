@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from dd_assets.config import FileSeed, WorkflowConfig, pairs_row_groups, seed_upstreams
 from dd_assets.config.fingerprint import StageFingerprint, workflow_fingerprints
+from dd_assets.config.processors import DropColumnsProcessorConfig
 from dd_assets.engine import CompiledStage, compile_stage
 from dd_assets.errors import unknown_stages
 from dd_assets.store.layout import StageRef
@@ -36,6 +37,16 @@ class StagePlan:
     @property
     def finalizes(self) -> bool:
         return bool(self.compiled.stage.finalize)
+
+    @property
+    def keeps_dropped_columns(self) -> bool:
+        """run.keep_dropped_columns is on and the stage drops columns (`drop: true` or a
+        post_batch drop_columns): each row group then has a side table of them."""
+        stage = self.compiled.stage
+        drops = any(c.drop for c in stage.columns) or any(
+            isinstance(p, DropColumnsProcessorConfig) for p in stage.post_batch
+        )
+        return self.workflow.run.keep_dropped_columns and drops
 
 
 @dataclass(frozen=True)
@@ -73,6 +84,17 @@ class WorkflowPlan(Mapping[str, StagePlan]):
 
     def wave_of(self, stage: str) -> tuple[str, ...]:
         return next(w for w in self.waves if stage in w)
+
+    def descendants(self, stage: str) -> list[str]:
+        """Every stage below `stage` (seeded from it, directly or not), in config order."""
+        self[stage]  # unknown names are an error
+        below = {stage}
+        grew = True
+        while grew:  # config order need not put upstreams first
+            more = {n for n, p in self.stages.items() if any(u.name in below for u in p.upstreams)}
+            grew = not more <= below
+            below |= more
+        return [n for n in self.stages if n in below and n != stage]
 
 
 def waves(workflow: WorkflowConfig) -> tuple[tuple[str, ...], ...]:

@@ -22,6 +22,7 @@ from dd_assets.errors import GenerationError, RunError
 from dd_assets.runners.finalize import read_final
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
+from dd_assets.store.approvals import read_approval
 from dd_assets.store.layout import StageRef, keys_head, partition_key
 from dd_assets.store.partition_store import FinalMissingError, PartitionStore
 from dd_assets.store.seed_files import file_source
@@ -75,7 +76,13 @@ def row_group_seed(lineage: Lineage, plan: StagePlan) -> SeedProvider:
     assert plan.pairs_row_groups
     seed = plan.compiled.stage.seed
 
+    lineage.refuse_mixed_join(plan)
+
     def read(up: StagePlan, rg: int, inputs: dict[str, str]) -> pa.Table:
+        approval = lineage.row_group_approval(up)
+        if approval is not None:  # the approved rows of that row group (runners/approve.py)
+            inputs[up.name] = lineage.handed_down(up, rg) or ""
+            return approval.row_group(rg)
         info = lineage.completed(up).get(rg)
         if info is None:
             raise GenerationError(
@@ -111,7 +118,17 @@ def seed_provider(lineage: Lineage, plan: StagePlan) -> SeedProvider:
     if isinstance(seed, FileSeed):
         return file_seed(plan)
     up = plan.upstreams[0]
-    if up.finalizes:
+    approval = lineage.approval(up)
+    if approval is not None:
+        rows = approval.read()
+        source = SeedSource(
+            f"the approved output of stage {up.name!r}",
+            rows.num_rows,
+            lambda idx: rows.take(pa.array(idx)),
+            rows.schema,
+        )
+        origin = up.fingerprint.final_hex or up.ref.fingerprint
+    elif up.finalizes:
         source, origin = final_source(store, up), up.fingerprint.final_hex or ""
     else:
         source, origin = stage_source(store, up.ref), up.ref.fingerprint
@@ -156,7 +173,7 @@ def skip_reason(store: PartitionStore, plan: StagePlan) -> str | None:
     for up in plan.upstreams:
         if skip_reason(store, up) is not None:
             return f"its seed stage {up.name!r} is skipped"
-        if not plan.pairs_row_groups and up.finalizes:
+        if not plan.pairs_row_groups and up.finalizes and read_approval(store, up.ref) is None:
             try:
                 final = read_final(store, up)
             except FinalMissingError:

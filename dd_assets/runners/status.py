@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dd_assets.config.fingerprint import stale_reason
+from dd_assets.runners.finalize import target_used
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import WorkflowPlan
 from dd_assets.store.layout import key_ranges
@@ -26,6 +27,8 @@ class StageStatus:
     other_fingerprints: list[str] = field(default_factory=list)
     # Row groups on disk built from upstream data regenerated since: row group -> reason.
     stale_row_groups: dict[int, str] = field(default_factory=dict)
+    # Sentences about the stage below the table: its approved output, its target_records.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def missing_text(self) -> str:
@@ -63,19 +66,41 @@ def workflow_status(plan: WorkflowPlan, store: PartitionStore) -> list[StageStat
                 f"{len(stale_rgs)} row group(s) ({key_ranges(stale_rgs, 4)}) {'; '.join(why)};"
                 " materialize the stage to regenerate exactly those"
             )
+        notes = []
+        approval = lineage.approval(sp)
+        if approval is not None:
+            what = "final output" if approval.replaces == "final" else "generated rows"
+            notes.append(
+                f"approved: {approval.rows} rows from {approval.info.get('source')} at"
+                f" {approval.info.get('approved_at')} (version {approval.data_version[:12]}) are"
+                f" what it hands downstream instead of its {what}; `dd-assets approve CONFIG"
+                f" {name} --clear` reverts"
+            )
+        used = target_used(sp, store)
+        needed = total if used is None else used
+        target = sp.compiled.stage.target_records
+        if target is not None:
+            notes.append(
+                f"target_records {target}: not finalized yet; row groups are generated in order"
+                f" until {target} rows pass finalize (at most {total} row groups)"
+                if used is None
+                else f"target_records {target}: reached with row groups 00000-{used - 1:05d};"
+                f" the {total - used} after them are not needed"
+            )
         out.append(
             StageStatus(
                 stage=name,
                 fingerprint=ref.fp12,
                 total=total,
                 done=len(done),
-                missing=[rg for rg in range(total) if rg not in done],
+                missing=[rg for rg in range(needed) if rg not in done],
                 records=sum(i.rows for i in done.values()),
                 stale=stale,
                 stale_reason=reason,
                 finalize_state=state.get("finalize_state"),
                 other_fingerprints=others,
                 stale_row_groups=stale_rgs,
+                notes=notes,
             )
         )
     return out

@@ -3,12 +3,19 @@ names, partition keys and row ranges.
 
     <root>/<workflow>/<stage>/<fp12>/stage.json
                                      parquet-files/batch_00000.parquet
+                                     dropped-columns/dropped_00000.<id>.parquet
                                      final/data.parquet, final/final.json
                                      profile/rg_00000.<data version>.json, final.<...>.json
+                              <fp12>.approved/approval.json, approved-<version16>.parquet
 
 `profile/` holds a cache: each row group's profile partial (runners/profile), named by the data
 version it describes, so a file for other rows is never read; deleting the folder costs one read
 of the data.
+
+Side tables (dropped columns) live outside `parquet-files/`, so that whatever reads that folder
+as the dataset (pyarrow, pandas, DuckDB globbing `*.parquet`) never mixes them into the rows.
+An approval sits beside its fingerprint folder, not in it: `--resume never` moves the folder
+aside to regenerate the stage's own row groups, and the approval is not theirs to move.
 """
 
 from __future__ import annotations
@@ -32,6 +39,9 @@ FINAL_DIR = "final"
 FINAL_DATA = "data.parquet"  # final/<FINAL_DATA>: a stage's finalize output
 FINAL_META = "final.json"  # final/<FINAL_META>: rows in/out per step, final fingerprint
 PROFILE_DIR = "profile"
+DROPPED_COLUMNS_DIR = "dropped-columns"
+APPROVED_SUFFIX = ".approved"  # <fp12>.approved/: a stage's approved output (review gate)
+APPROVAL_META = "approval.json"
 LOCK_SUFFIX = ".lock"
 REPLACED_MARK = ".replaced-"
 BATCH_RE = re.compile(r"^batch_(\d{5,})\.parquet$")
@@ -49,6 +59,17 @@ def batch_name(row_group: int) -> str:
 def profile_name(row_group: int | None, data_version: str) -> str:
     """The profile partial of a row group's content (None: of the final output)."""
     return f"{'final' if row_group is None else f'rg_{row_group:05d}'}.{data_version}.json"
+
+
+def side_name(kind: str, row_group: int, write_id: str) -> str:
+    """A side table of one write of a row group (`dropped_00003.<id>.parquet`). Named per write
+    and named in that row group's footer, so a regenerated row group never shows another
+    write's side table (a crash between the two commits leaves a file no footer names)."""
+    return f"{side_prefix(kind, row_group)}{write_id}.parquet"
+
+
+def side_prefix(kind: str, row_group: int) -> str:
+    return f"{kind}_{row_group:05d}."
 
 
 def partition_key(row_group: int) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -42,7 +43,9 @@ from dd_assets.store.footer import (
     read_footer,
 )
 from dd_assets.store.layout import (
+    APPROVED_SUFFIX,
     BATCH_RE,
+    DROPPED_COLUMNS_DIR,
     FILES_DIR,
     FINAL_DATA,
     FINAL_DIR,
@@ -54,6 +57,8 @@ from dd_assets.store.layout import (
     StageRef,
     batch_name,
     partition_key,
+    side_name,
+    side_prefix,
 )
 
 STORE_SCHEME = 1
@@ -144,6 +149,9 @@ class PartitionStore:
 
     def profile_dir(self, ref: StageRef) -> Path:
         return self.stage_dir(ref) / PROFILE_DIR
+
+    def dropped_columns_dir(self, ref: StageRef) -> Path:
+        return self.stage_dir(ref) / DROPPED_COLUMNS_DIR
 
     def _lock(self, ref: StageRef) -> contextlib.AbstractContextManager[None]:
         # Beside the fingerprint folder, not inside it: `never` moves that folder aside, and a
@@ -319,6 +327,7 @@ class PartitionStore:
                 data_version=kv.get("data_version")
                 or legacy_data_version(kv["fingerprint"], int(kv["row_group"]), int(kv["rows"])),
                 inputs=inputs if isinstance(inputs, dict) else None,
+                dropped_columns=kv.get("dropped_columns") or None,
             )
         except (KeyError, ValueError) as exc:
             raise CorruptStageError(
@@ -389,14 +398,23 @@ class PartitionStore:
         table: pa.Table,
         stats: dict[str, Any] | None = None,
         inputs: dict[str, str] | None = None,
+        dropped_columns: pa.Table | None = None,
     ) -> RowGroupInfo:
         """Checkpoint one row group: atomically, with its identity in the footer: fingerprint,
-        range, its content's data version and the data versions of what it was built from."""
+        range, its content's data version and the data versions of what it was built from.
+
+        `dropped_columns` (row for row with `table`) goes to a side table committed first and
+        named in the footer, so a committed row group always has it."""
         if not 0 <= row_group < ref.num_row_groups:
             raise StoreError(
                 f"stage {ref.stage!r} has row groups 00000-{ref.num_row_groups - 1:05d}; got {row_group}"
             )
         self._refuse_if_sealed(ref)  # early, before the file is written
+        side = None
+        if dropped_columns is not None:
+            side = side_name("dropped", row_group, uuid.uuid4().hex[:16])
+            with atomic_path(self.dropped_columns_dir(ref) / side) as tmp:
+                pq.write_table(dropped_columns.replace_schema_metadata(None), tmp)
         start, end = ref.row_range(row_group)
         kv = {
             "fingerprint": ref.fingerprint,
@@ -409,6 +427,8 @@ class PartitionStore:
             "data_version": content_hash(table),
             "inputs": json.dumps(inputs or {}, sort_keys=True),
         }
+        if side is not None:
+            kv["dropped_columns"] = side
         # A seed read from another stage's file may carry that file's footer keys: never inherit.
         meta = {
             k: v for k, v in (table.schema.metadata or {}).items() if not k.startswith(META_PREFIX)
@@ -418,7 +438,40 @@ class PartitionStore:
         path = self.batch_path(ref, row_group)
         with atomic_path(path, commit=lambda: self._unsealed(ref)) as tmp:
             pq.write_table(table, tmp)
+        self._remove_other_sides(self.dropped_columns_dir(ref), "dropped", row_group, keep=side)
         return self._footer(path, ref)
+
+    @staticmethod
+    def _remove_other_sides(folder: Path, kind: str, row_group: int, keep: str | None) -> None:
+        """Side tables of the row group that its (new) footer does not name: an earlier
+        write's, or one a crash left before its row group committed. Nothing reads them."""
+        if not folder.is_dir():
+            return
+        prefix = side_prefix(kind, row_group)
+        for entry in os.scandir(folder):
+            if (
+                entry.name.startswith(prefix)
+                and entry.name != keep
+                and not is_temp_name(entry.name)
+            ):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+    def dropped_columns(self, ref: StageRef, info: RowGroupInfo) -> pa.Table | None:
+        """The dropped columns of a committed row group, row for row (None: it was written
+        without them, before run.keep_dropped_columns was on)."""
+        if info.dropped_columns is None:
+            return None
+        path = self.dropped_columns_dir(ref) / info.dropped_columns
+        try:
+            return pq.read_table(path)
+        except (OSError, pa.ArrowException) as exc:
+            raise CorruptStageError(
+                f"{path}, the dropped columns of row group {partition_key(info.row_group)} of"
+                f" stage {ref.stage!r}, is missing or unreadable ({type(exc).__name__}); nothing"
+                f" was deleted. Move {info.path} out of the folder and rerun materialize to"
+                " regenerate the row group with its side table"
+            ) from exc
 
     @contextlib.contextmanager
     def _unsealed(self, ref: StageRef) -> Iterator[None]:
@@ -477,7 +530,7 @@ class PartitionStore:
             return []
         out: list[FingerprintFolder] = []
         for entry in sorted(os.scandir(base), key=lambda e: e.name):
-            if not entry.is_dir() or REPLACED_MARK in entry.name:
+            if not entry.is_dir() or REPLACED_MARK in entry.name or APPROVED_SUFFIX in entry.name:
                 continue
             try:
                 state = self._read_state(Path(entry.path) / STAGE_JSON)
@@ -557,6 +610,7 @@ class PartitionStore:
         for folder in (
             self.stage_dir(ref),
             self.files_dir(ref),
+            self.dropped_columns_dir(ref),
             self.final_dir(ref),
             self.profile_dir(ref),
         ):

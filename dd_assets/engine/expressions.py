@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from dd_assets.config.templates import compile_template
+from dd_assets.engine.template_columns import render_column
 
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f", "", "none"}
@@ -44,10 +47,57 @@ def cast(text: str, dtype: str) -> Any:
         raise CellError(f"cannot convert {text[:60]!r} to {dtype}") from None
 
 
+@lru_cache(maxsize=4096)
+def _renderer(source: str, json_values: bool) -> Callable[[dict[str, Any]], str]:
+    """`Template.render` without its per-call costs: Jinja builds each render's context from
+    `dict(template.globals, **row)`, where `template.globals` is a ChainMap over the environment's
+    globals (slow to iterate); the merged globals are the same for every row, so they are merged
+    once here. What the template's code sees (the context's parent, vars, eval context, blocks)
+    is what `render` gives it."""
+    template = compile_template(source, json_values)
+    env = template.environment
+    globals_ = dict(template.globals)
+    root, name, blocks, context_class, concat = (
+        template.root_render_func,
+        template.name,
+        template.blocks,
+        env.context_class,
+        env.concat,
+    )
+
+    def run(row: dict[str, Any]) -> str:
+        return concat(root(context_class(env, {**globals_, **row}, name, blocks)))  # type: ignore[no-any-return]
+
+    return run
+
+
 def render(source: str, row: dict[str, Any], json_values: bool = False) -> str:
     try:
-        return compile_template(source, json_values).render(row)
+        return _renderer(source, json_values)(row)
     except (
         Exception
     ) as exc:  # template runtime errors are data errors: drop the row, keep the reason
         raise CellError(f"{type(exc).__name__}: {exc}") from None
+
+
+def render_cells(
+    source: str, columns: Mapping[str, Sequence[Any]], n: int, dtype: str = "str"
+) -> list[Any]:
+    """A template over n rows given as columns, cast to dtype: what `cast(render(source, row),
+    dtype)` gives for each row, or the CellError it raises, in that row's place."""
+
+    def one_row(i: int) -> str:
+        return render(source, {k: v[i] for k, v in columns.items()})
+
+    texts = render_column(source, columns, n, one_row)
+    if dtype == "str":
+        return texts
+    out: list[Any] = []
+    for t in texts:
+        if isinstance(t, str):
+            try:
+                t = cast(t, dtype)
+            except CellError as exc:
+                t = exc
+        out.append(t)
+    return out

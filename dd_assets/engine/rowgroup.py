@@ -1,9 +1,10 @@
 """Generate the rows of one row group.
 
 Order of work inside a row group: seed rows, then sampler columns (vectorised), then expression
-columns that need no LLM output (rendered row by row, in dependency order), then the "cell" columns
-(LLM columns and whatever depends on them): one task per cell, so a row's next column starts as
-soon as that row's inputs exist, never waiting for a whole column to finish."""
+columns that need no LLM output (rendered a whole column at a time, in dependency order: see
+template_columns.py), then the "cell" columns (LLM columns and whatever depends on them): one
+task per cell, so a row's next column starts as soon as that row's inputs exist, never waiting
+for a whole column to finish."""
 
 from __future__ import annotations
 
@@ -120,14 +121,30 @@ class RowGroupResult:
 
 
 class _Rows:
-    """Row dicts plus which are still alive; a dropped row gets no further work."""
+    """The row group's values and which rows are still alive; a dropped row gets no further work.
 
-    def __init__(self, start: int, rows: list[dict[str, Any]]):
+    The batch phase works column by column (`columns`: name -> one value per row, None where
+    the row was dropped); the cell phase needs a dict per row, made from the columns the first
+    time `rows` is read. After that the dicts hold the values."""
+
+    def __init__(self, start: int, columns: dict[str, list[Any]], n: int):
         self.start = start
-        self.rows = rows
-        self.alive = [True] * len(rows)
+        self.n = n
+        self.columns = columns
+        self._rows: list[dict[str, Any]] | None = None
+        self.alive = [True] * n
         self.dropped: Counter[str] = Counter()
         self.samples: list[dict[str, Any]] = []
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        if self._rows is None:
+            names = list(self.columns)
+            values = [self.columns[k] for k in names]
+            self._rows = [dict(zip(names, row, strict=True)) for row in zip(*values, strict=True)]
+            if not names:
+                self._rows = [{} for _ in range(self.n)]
+        return self._rows
 
     def drop(self, i: int, column: str, reason: str) -> None:
         if not self.alive[i]:
@@ -138,41 +155,57 @@ class _Rows:
         if len(self.samples) < MAX_DROP_SAMPLES:
             self.samples.append({"row": self.start + i, "column": column, "reason": reason[:300]})
 
+    def live(self, name: str) -> list[Any]:
+        """The values of the rows still alive, in order."""
+        if self._rows is not None:
+            values = [r.get(name) for r in self._rows]
+        else:
+            values = self.columns.get(name) or [None] * self.n
+        if all(self.alive):
+            return values
+        return [v for v, a in zip(values, self.alive, strict=True) if a]
 
-def _seed_rows(seed: pa.Table | None, n: int) -> list[dict[str, Any]]:
+
+def _seed_columns(seed: pa.Table | None, n: int) -> dict[str, list[Any]]:
     if seed is None:
-        return [{} for _ in range(n)]
+        return {}
     if seed.num_rows != n:
         raise GenerationError(f"seed gave {seed.num_rows} rows for a range of {n}")
-    return seed.to_pylist()
+    return {name: seed.column(name).to_pylist() for name in seed.column_names}
 
 
 def _batch_phase(cs: CompiledStage, start: int, end: int, rows: _Rows) -> None:
+    """Sampler and expression columns, a whole column at a time, over the rows still alive."""
     by_name = {c.name: c for c in cs.stage.columns}
     idx = rng.row_range(start, end)
+    columns = rows.columns
     for name in cs.batch_columns:
         col = by_name[name]
+        if all(rows.alive):
+            pos: list[int] | None = None
+            inputs, n = columns, rows.n
+        else:
+            pos = [i for i, a in enumerate(rows.alive) if a]
+            inputs, n = {k: [v[i] for i in pos] for k, v in columns.items()}, len(pos)
         if isinstance(col, SamplerColumnConfig):
+            # A value is a function of (column, row) only, so drawing the live rows alone gives
+            # them the values a draw of every row would (a dropped row's inputs may be missing).
             try:
                 values = samplers.sample_column(
-                    col, cs.keys[name], idx, lambda c: [r[c] for r in rows.rows]
+                    col, cs.keys[name], idx if pos is None else idx[pos], inputs.__getitem__
                 )
             except ValueError as exc:
                 raise GenerationError(
                     f"sampler column {name!r} of stage {cs.stage.name!r}: {exc}"
                 ) from None
-            values = values.tolist() if isinstance(values, np.ndarray) else values
-            for r, v in zip(rows.rows, values, strict=True):
-                r[name] = v
+            values = values.tolist() if isinstance(values, np.ndarray) else list(values)
         elif isinstance(col, ExpressionColumnConfig):
+            values = expressions.render_cells(col.expr, inputs, n, col.dtype)
             failures = 0
-            for i, r in enumerate(rows.rows):
-                if not rows.alive[i]:
-                    continue
-                try:
-                    r[name] = expressions.cast(expressions.render(col.expr, r), col.dtype)
-                except expressions.CellError as exc:
-                    rows.drop(i, name, str(exc))
+            for i, v in enumerate(values):
+                if isinstance(v, expressions.CellError):
+                    rows.drop(i if pos is None else pos[i], name, str(v))
+                    values[i] = None
                     failures += 1
             if failures and not any(rows.alive):
                 raise GenerationError(
@@ -181,6 +214,12 @@ def _batch_phase(cs: CompiledStage, start: int, end: int, rows: _Rows) -> None:
                 )
         else:  # pragma: no cover - compile_stage puts LLM columns in cell_columns
             raise GenerationError(f"column {name!r} cannot be generated in batch")
+        if pos is not None:  # None in the rows dropped before this column
+            full: list[Any] = [None] * rows.n
+            for i, v in zip(pos, values, strict=True):
+                full[i] = v
+            values = full
+        columns[name] = values
 
 
 async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) -> None:
@@ -249,20 +288,19 @@ async def _cancel_all(tasks: Iterable[asyncio.Future[Any]]) -> None:
 
 
 def _to_table(cs: CompiledStage, rows: _Rows, seed: pa.Table | None) -> pa.Table:
-    live = [r for r, a in zip(rows.rows, rows.alive, strict=True) if a]
     by_name = {c.name: c for c in cs.stage.columns}
     arrays: dict[str, pa.Array] = {}
     fields: list[pa.Field] = []
     if seed is not None:
         for f in seed.schema:
             if f.name not in by_name:
-                arrays[f.name] = pa.array([r[f.name] for r in live], type=f.type)
+                arrays[f.name] = pa.array(rows.live(f.name), type=f.type)
                 fields.append(pa.field(f.name, f.type))
     for c in cs.stage.columns:
         for name in c.output_names:
             t = column_type(c) if name == c.name else TRACE_TYPE
             try:
-                arrays[name] = pa.array([r.get(name) for r in live], type=t)
+                arrays[name] = pa.array(rows.live(name), type=t)
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
                 raise GenerationError(
                     f"column {name!r} values do not fit type {t}: {exc}"
@@ -281,7 +319,7 @@ async def agenerate_rows(
     row_group: int | None = None,
 ) -> RowGroupResult:
     t0 = time.perf_counter()
-    rows = _Rows(start, _seed_rows(seed, end - start))
+    rows = _Rows(start, _seed_columns(seed, end - start), end - start)
     _batch_phase(cs, start, end, rows)
     if cs.cell_columns:
         await _cell_phase(cs, rows, cells)

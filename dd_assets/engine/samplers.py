@@ -31,7 +31,7 @@ from dd_assets.config.samplers import (
     is_discrete,
 )
 from dd_assets.engine import rng
-from dd_assets.engine.expressions import CellError, render
+from dd_assets.engine.expressions import CellError, render_cells
 
 # Fixed, not "today": a person's birth date must not depend on when the row was generated.
 PERSON_REFERENCE_DATE = dt.date(2026, 1, 1)
@@ -110,20 +110,25 @@ def poisson(p: PoissonSamplerParams, key: int, rows: np.ndarray) -> np.ndarray:
 
 
 def uuids(p: UUIDSamplerParams, key: int, rows: np.ndarray) -> list[str]:
-    hi = rng.bits(key, rows, 0).tolist()
-    lo = rng.bits(key, rows, 1).tolist()
-    out = []
+    hi = rng.bits(key, rows, 0)
+    lo = rng.bits(key, rows, 1)
+    # RFC 4122 version 4 / variant bits, so the values are well-formed UUIDs: bits 76..79 of
+    # the 128-bit number (12..15 of the high word) = 4, bits 62..63 (of the low word) = 0b10.
+    hi = (hi & ~np.uint64(0xF << 12)) | np.uint64(4 << 12)
+    lo = (lo & ~np.uint64(0xC << 60)) | np.uint64(0x8 << 60)
+    # uuid.UUID(int=n).hex for every row at once: the 16 big-endian bytes of each, as hex.
+    digits = np.stack([hi, lo], axis=1).astype(">u8").tobytes().hex()
+    hexes = [digits[i : i + 32] for i in range(0, len(digits), 32)]
+    if p.short_form:
+        values = [h[: p.short_length] for h in hexes]
+    elif p.format == "hex":
+        values = hexes
+    else:  # str(uuid.UUID(...)): 8-4-4-4-12
+        values = [f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}" for h in hexes]
+    if p.uppercase:
+        values = [v.upper() for v in values]
     prefix = p.prefix or ""
-    for h, low in zip(hi, lo, strict=True):
-        # RFC 4122 version 4 / variant bits, so the values are well-formed UUIDs.
-        n = (h << 64) | low
-        n = (n & ~(0xF << 76)) | (4 << 76)
-        n = (n & ~(0xC << 60)) | (0x8 << 60)
-        u = uuid.UUID(int=n)
-        full = u.hex if p.format == "hex" else str(u)
-        s = u.hex[: p.short_length] if p.short_form else full
-        out.append(prefix + (s.upper() if p.uppercase else s))
-    return out
+    return [prefix + v for v in values] if prefix else values
 
 
 _DT_UNITS = {"Y": "Y", "M": "M", "D": "D", "h": "h", "m": "m", "s": "s"}
@@ -406,15 +411,12 @@ def _conditions(
     choice = np.full(len(rows), -1, dtype=np.int64)
     for k, cond in enumerate(col.conditional_params):  # in sorted order: see the config field
         names = sorted(condition_names(cond))
-        columns = {n: lookup(n) for n in names}
-        source = "{{ " + cond + " }}"
-        for i in range(len(rows)):
-            ctx = {n: _condition_value(columns[n][i]) for n in names}
-            try:
-                hit = render(source, ctx).strip() == "True"
-            except CellError as exc:
-                raise ValueError(f"condition {cond!r} fails on row {int(rows[i])}: {exc}") from None
-            if hit:
+        columns = {n: [_condition_value(v) for v in lookup(n)] for n in names}
+        texts = render_cells("{{ " + cond + " }}", columns, len(rows))
+        for i, text in enumerate(texts):
+            if isinstance(text, CellError):
+                raise ValueError(f"condition {cond!r} fails on row {int(rows[i])}: {text}")
+            if text.strip() == "True":
                 choice[i] = k
     return choice
 

@@ -17,21 +17,32 @@ Each layer has one base class here; the concrete errors live beside the code tha
     │   └── SeedFileError              a seed file is missing or unreadable
     ├── LLMError                       llm: endpoint and cache
     │   ├── LLMConfigError             a call cannot be made as configured (alias, key)
-    │   ├── LLMFatalError              the provider refused in a way no retry fixes
+    │   ├── LLMFatalError              the endpoint refused in a way no retry fixes (stop)
+    │   ├── LLMRequestRejected         this one request was refused (its row is dropped)
     │   ├── LLMRetryableExhausted      transient faults outlasted the retries
     │   ├── RequestCacheError          the request cache file cannot be used
     │   ├── RequestSlotsError          the shared request slots (lock files, PostgreSQL) fail
-    │   └── EarlyStopError             exit_code 3: too many cells failed; partial result
+    │   ├── EarlyStopError             exit_code 3: too many cells dropped; partial result
+    │   └── UnfinishedCellsError       exit_code 4: cells a transient fault left unanswered;
+    │                                  their row groups were not saved (runners.materialize)
     └── RunError                       runners/dagster: what a run was asked to do
         ├── UnknownStageError          a stage name the workflow does not have
         ├── ApprovalError              a file cannot be approved as a stage's output
-        └── TargetNotReachedError      target_records rows do not pass finalize (yet)
+        ├── TargetNotReachedError      target_records rows do not pass finalize (yet)
+        └── DropBudgetError            exit_code 5: a stage dropped more rows than
+                                       run.max_drop_rate allows (runners.checks)
 """
 
 from __future__ import annotations
 
-# Exit code of a run that stopped early: some row groups are on disk, the dataset is not whole.
+# Exit codes beyond 1 (an error) and 2 (bad usage), one per way a run can end without its
+# dataset being whole and good, so CI can tell them apart (docs/ci.md):
+# the run stopped early: some row groups are on disk, the dataset is not whole.
 EXIT_PARTIAL = 3
+# transient faults left cells unanswered: those row groups are not saved; rerunning later completes them.
+EXIT_UNFINISHED = 4
+# every row group is there, but a stage dropped more rows than run.max_drop_rate allows.
+EXIT_DROP_BUDGET = 5
 
 
 class DdAssetsError(Exception):

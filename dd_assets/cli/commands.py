@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections import Counter
 from pathlib import Path
 
 from rich.markup import escape
@@ -105,9 +106,10 @@ def cmd_preview(args: argparse.Namespace) -> int:
         f"{plan.name} / {stage}: first {result.table.num_rows} rows",
         result.table.column_names,  # the header even when every row was dropped
     )
-    if result.dropped:
-        err_console.print(f"[yellow]{sum(result.dropped.values())} row(s) dropped:[/yellow]")
-        for reason, n in result.dropped.most_common():
+    if result.drops:
+        err_console.print(f"[yellow]{len(result.drops)} row(s) dropped:[/yellow]")
+        why = Counter(f"{d.label}: {d.message}" for d in result.drops)
+        for reason, n in why.most_common():
             err_console.print(f"  {n}x {reason}", markup=False, highlight=False)
     return 0
 
@@ -150,6 +152,7 @@ def cmd_materialize(args: argparse.Namespace) -> int:
             resume=resume,
             partitions=lambda total: parse_partitions(args.partitions, total),
             progress=bars,
+            retry_dropped=args.retry_dropped,
         )
     for line in report.lines:
         console.print(line, highlight=False)
@@ -197,7 +200,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     plan = _plan(args.config)
     rows = workflow_status(plan, _store())
     table = Table(title=f"{plan.name}: status")
-    for c in ("stage", "fingerprint", "row groups", "missing", "records", "stale", "finalize"):
+    columns = ("stage", "fingerprint", "row groups", "missing", "records", "dropped")
+    for c in (*columns, "stale", "finalize"):
         table.add_column(c, overflow="fold")
     for r in rows:
         table.add_row(
@@ -206,6 +210,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{r.done}/{r.total}",
             r.missing_text,
             str(r.records),
+            str(r.dropped),
             "yes" if r.stale else "no",
             r.finalize_state or "-",
         )
@@ -216,6 +221,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             console.print(f"{r.stage}: stale: {r.stale_reason}", highlight=False, soft_wrap=True)
         for note in r.notes:
             console.print(f"{r.stage}: {note}", highlight=False, soft_wrap=True, markup=False)
+        if r.dropped:
+            console.print(
+                f"{r.stage}: {r.drops_text}; list them with `dd-assets export {args.config}"
+                f" --stage {r.stage} --drops -o drops.jsonl`",
+                highlight=False,
+                soft_wrap=True,
+                markup=False,
+            )
     return 0
 
 
@@ -275,11 +288,19 @@ def cmd_unseal(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dd_assets.runners.export import export_dropped_columns, export_stage
+    from dd_assets.runners.export import export_dropped_columns, export_drops, export_stage
 
     plan = _plan(args.config)
     stage = args.stage or plan.workflow.stages[-1].name
-    export = export_dropped_columns if args.dropped_columns else export_stage
+    if args.drops and args.dropped_columns:
+        raise ConfigError("export either --drops (dropped rows) or --dropped-columns, not both")
+    export = (
+        export_drops
+        if args.drops
+        else export_dropped_columns
+        if args.dropped_columns
+        else export_stage
+    )
     out = export(plan[stage], _store(), args.format, args.output)
     console.print(
         f"wrote {out.rows} {out.what} of {plan.name}/{stage} to {out.path}", highlight=False

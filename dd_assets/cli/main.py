@@ -1,7 +1,8 @@
 """`dd-assets` command line: the parser and the one place errors become exit codes.
 
 Exit codes are meant for CI: 0 ok, 1 a problem with the workflow or its data (one `error:` line),
-2 bad usage, 3 a run that stopped early (what completed is saved)."""
+2 bad usage, 3 a run that stopped early (what completed is saved), 4 cells left unfinished by
+transient endpoint faults (rerun later), 5 a stage over its drop budget (docs/ci.md)."""
 
 from __future__ import annotations
 
@@ -36,6 +37,11 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--partitions", help="row groups, e.g. 0-9 or 3,7 (default: all)")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.add_argument(
+        "--retry-dropped",
+        action="store_true",
+        help="regenerate row groups that dropped rows, asking exactly those cells again",
+    )
+    m.add_argument(
         "--rerun-from",
         metavar="STAGE",
         help="regenerate STAGE and every stage below it (fresh LLM calls; old data moved aside)",
@@ -69,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--dropped-columns",
         action="store_true",
         help="export the columns the stage dropped (run.keep_dropped_columns) instead",
+    )
+    ex.add_argument(
+        "--drops",
+        action="store_true",
+        help="export the stage's dropped rows (row, column, reason, status, message) instead",
     )
     ex.set_defaults(func=commands.cmd_export)
 

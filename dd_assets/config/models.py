@@ -9,6 +9,10 @@ from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+# 2 MiB: far above any model's longest answer (128k output tokens are about 0.5 MB of text,
+# under 1 MB even with JSON escaping), far below what would blow up a row group.
+DEFAULT_MAX_RESPONSE_BYTES = 2 * 1024 * 1024
+
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # ASCII only: str.isalnum() accepts any script
 
 
@@ -85,8 +89,17 @@ class ModelConfig(BaseModel):
     )
     inference: InferenceParams = InferenceParams()
     max_parallel_requests: int = Field(default=4, ge=1, le=4096)
-    timeout_s: float = Field(default=60.0, gt=0)
-    max_retries: int = Field(default=5, ge=0, le=50)
+    timeout_s: float = Field(
+        default=60.0, gt=0, description="total deadline of one request, body included"
+    )
+    max_retries: int = Field(
+        default=5, ge=0, le=50, description="retries of transient faults other than 429"
+    )
+    max_response_bytes: int = Field(
+        default=DEFAULT_MAX_RESPONSE_BYTES,
+        ge=1024,
+        description="a longer response body is not read; its row is dropped as too_large",
+    )
     extra_body: dict[str, Any] | None = Field(
         default=None, description="merged into every request body (DataDesigner's extra_body)"
     )

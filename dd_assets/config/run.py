@@ -36,7 +36,11 @@ class RunSettings(BaseModel):
     row_groups_in_flight: int = Field(default=3, ge=1, le=64)
     early_stop: EarlyStopSettings = EarlyStopSettings()
     max_drop_rate: float = Field(
-        default=0.1, ge=0, le=1, description="asset check: dropped rows per row group allowed"
+        default=0.01,
+        ge=0,
+        le=1,
+        description="dropped rows / planned rows a stage may have: above it `materialize` exits 5"
+        " and the blocking check rows_within_drop_budget fails",
     )
     keep_dropped_columns: bool = Field(
         default=False,

@@ -41,6 +41,8 @@ class StageRunConfig(dg.Config):
     """Run config, settable in the launchpad: how this run treats data already on disk."""
 
     resume: Literal["if_possible", "always", "never"] = "if_possible"
+    # Regenerate the row groups that dropped rows, asking exactly those cells again.
+    retry_dropped: bool = False
 
 
 def _preview_md(table: pa.Table) -> str:
@@ -188,6 +190,7 @@ def wave_asset(plans: list[StagePlan], settings: RunSettings) -> dg.AssetsDefini
                 on_done=on_done,
                 slots=slots,
                 cache_url=request_cache_url(context.instance) if calls_llm else None,
+                retry_dropped=config.retry_dropped,
             )
         seconds = round(time.perf_counter() - t0, 3)
         for p in runnable:

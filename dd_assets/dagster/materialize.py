@@ -16,7 +16,9 @@ from dd_assets.dagster.build import build_definitions
 from dd_assets.dagster.names import asset_key, final_key, final_op_name, op_name
 from dd_assets.dagster.runs import CliJob
 from dd_assets.errors import DdAssetsError
+from dd_assets.runners.checks import drop_budget_error
 from dd_assets.runners.finalize import TargetProgress, read_final, target_progress
+from dd_assets.runners.materialize import UnfinishedCellsError
 from dd_assets.runners.plan import StagePlan, WorkflowPlan
 from dd_assets.runners.seeds import skip_reason
 from dd_assets.store.layout import batch_name, partition_key
@@ -64,8 +66,11 @@ def materialize_workflow(
     resume: str = "if_possible",
     partitions: Callable[[int], list[int]] | None = None,
     progress: ProgressFn | None = None,
+    retry_dropped: bool = False,
 ) -> MaterializeReport:
-    """Materialize the selected stages (default: all), stopping at the first failed run."""
+    """Materialize the selected stages (default: all), stopping at the first failed run, except
+    that a run with unfinished cells does not stop the other row groups of its wave (only the
+    waves after it). Ends with a DropBudgetError when a stage dropped more rows than allowed."""
     defs = build_definitions([plan], root=str(store.root))
     wanted = {p.name for p in plan.select(stages)}
     token = uuid.uuid4().hex
@@ -102,10 +107,15 @@ def materialize_workflow(
             continue
         total = wave_plans[0].ref.num_row_groups
         row_groups = partitions(total) if partitions else list(range(total))
-        ops = {op_name([plan[s] for s in wave]): {"config": {"resume": resume}}}
+        ops = {
+            op_name([plan[s] for s in wave]): {
+                "config": {"resume": resume, "retry_dropped": retry_dropped}
+            }
+        }
         names = {batch_name(rg) for rg in row_groups}
         goal = len(row_groups) * len(wave_plans)
         label = ", ".join(p.name for p in wave_plans)
+        unfinished: UnfinishedCellsError | None = None
         try:
             with _Watcher(progress, label, store, wave_plans, names, goal):
                 chunks = _chunks(row_groups, plan.workflow.run.partitions_per_run)
@@ -113,20 +123,30 @@ def materialize_workflow(
                     running = [p for p in wave_plans if not reached(p, first=i == 0)]
                     if not running:
                         break
-                    result = job_for(running).run(
-                        ops=ops,
-                        tags={
-                            "dagster/asset_partition_range_start": partition_key(chunk[0]),
-                            "dagster/asset_partition_range_end": partition_key(chunk[-1]),
-                            FRESH_START_TAG: token,
-                        },
-                    )
+                    try:
+                        result = job_for(running).run(
+                            ops=ops,
+                            tags={
+                                "dagster/asset_partition_range_start": partition_key(chunk[0]),
+                                "dagster/asset_partition_range_end": partition_key(chunk[-1]),
+                                FRESH_START_TAG: token,
+                            },
+                        )
+                    except UnfinishedCellsError as exc:
+                        # The other row groups go on, unless the endpoint is down.
+                        unfinished = exc if unfinished is None else unfinished.merge(exc)
+                        if exc.unfinished.stopped:
+                            break
+                        continue
                     report.runs.append(result.run_id)
             for p in wave_plans:
                 report.lines += _stage_lines(defs, instance, store, p, token)
+            if unfinished is not None:
+                raise unfinished
         except DdAssetsError as exc:
             report.error = exc
             return report
+    report.error = drop_budget_error(plan.select(stages), store)
     return report
 
 
@@ -144,9 +164,11 @@ def _stage_lines(
         return [f"{p.name}: skipped: {skipped}"]
     done = store.completed(p.ref)
     rows = sum(i.rows for i in done.values())
+    dropped = sum(int(i.stats.get("dropped_rows", 0) or 0) for i in done.values())
     lines = [
         f"{p.name}: {len(done)}/{p.ref.num_row_groups} row groups, {rows} records"
-        f" in {store.stage_dir(p.ref)}"
+        + (f" ({dropped} rows dropped)" if dropped else "")
+        + f" in {store.stage_dir(p.ref)}"
     ]
     if not p.finalizes:
         return lines

@@ -152,6 +152,36 @@ def _json_payload(text: str) -> Any:
     raise AnswerError(f"answer is not valid JSON: {text[:120]!r}")
 
 
+def glitch(col: ColumnConfig, content: str, finish_reason: str | None) -> str | None:
+    """Why an answer looks like a provider fault rather than the model's answer (None: it is an
+    answer). A structured answer whose JSON does not parse at all is what an overloaded gateway
+    or a cut stream returns; asking the same request again usually fixes it, so it is retried
+    like a 503. JSON that parses but breaks the schema is the model's doing: `parse_answer`
+    raises and the model is re-asked with the error shown. An answer cut off by max_tokens is
+    the model's too (the same request would be cut again)."""
+    if _schema_of(col) is None or finish_reason == "length" or not content.strip():
+        return None
+    try:
+        _json_payload(content)
+    except AnswerError as exc:
+        return str(exc)
+    return None
+
+
+def check_answer(content: str, finish_reason: str | None, refusal: str | None) -> None:
+    """Raise AnswerError for an answer that holds no value: a refusal, or nothing because of
+    the token limit or a content filter (the client passes empty content on only then)."""
+    if refusal:
+        raise AnswerError(f"the model refused: {refusal[:200]}")
+    if not content.strip():
+        why = (
+            "it hit inference.max_tokens before answering"
+            if finish_reason == "length"
+            else f"finish_reason {finish_reason}"
+        )
+        raise AnswerError(f"empty answer: {why}")
+
+
 def coerce(value: Any, t: pa.DataType) -> Any:
     """Fit a JSON value to the column's Arrow type (free-form parts become JSON text)."""
     if value is None:

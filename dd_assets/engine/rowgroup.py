@@ -32,19 +32,82 @@ from dd_assets.engine.processors import split_post_batch
 from dd_assets.engine.schema import TRACE_TYPE, column_type
 from dd_assets.errors import GenerationError
 
-MAX_DROP_SAMPLES = 20
+MESSAGE_EXCERPT = 500
+
+# Why a row was dropped: the same request would fail the same way again (docs/llm.md).
+DROP_KINDS = (
+    "rejected",  # the endpoint refused this request: HTTP 400, 413, 422
+    "too_large",  # the response body was over max_response_bytes
+    "unusable_answer",  # no usable value after max_parse_retries (schema, refusal, cut off)
+    "expression",  # a Jinja expression or prompt template failed on this row
+)
+
+# One row per dropped row: where, which column, why (the drops table beside each row group).
+DROPS_SCHEMA = pa.schema(
+    [
+        pa.field("row_group", pa.int64()),
+        pa.field("row", pa.int64()),
+        pa.field("column", pa.string()),
+        pa.field("reason", pa.string()),
+        pa.field("status", pa.int32()),
+        pa.field("message", pa.string()),
+    ]
+)
 
 
 class CellFailed(Exception):
-    """A cell failed for good (after retries); its row is dropped with this reason."""
+    """A cell can never get a value for this row (see DROP_KINDS); its row is dropped."""
+
+    def __init__(self, kind: str, message: str, status: int | None = None):
+        assert kind in DROP_KINDS, kind
+        super().__init__(f"{kind}: {message}")
+        self.kind = kind
+        self.message = message
+        self.status = status
+
+
+class CellUnfinished(Exception):
+    """A cell got no answer because transient faults outlasted the retries. Its row is not
+    dropped: the row group is incomplete and is not saved, and the next run asks again."""
 
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
 
 
-# (column, global row index, the row so far) -> cell value; raises CellFailed to drop the row.
+class RowGroupUnfinished(Exception):
+    """Raised instead of a result when cells of the row group are unfinished: a row group is
+    saved whole or not at all, so every reader (resume, status, checks, export, Dagster's
+    missing partitions) sees it as not done without knowing about this state."""
+
+    def __init__(self, row_group: int | None, cells: int, reason: str):
+        super().__init__(f"{cells} cell(s) unfinished; last: {reason}")
+        self.row_group = row_group
+        self.cells = cells
+        self.reason = reason
+
+
+# (column, global row index, the row so far) -> cell value; raises CellFailed to drop the row,
+# CellUnfinished to leave the cell (and so the row group) unfinished.
 CellRunner = Callable[[ColumnConfig, int, dict[str, Any]], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Drop:
+    """One dropped row and why: the provenance a user needs to find and fix it."""
+
+    row: int
+    column: str
+    kind: str
+    message: str
+    status: int | None = None
+
+    @property
+    def label(self) -> str:
+        """The key this drop is counted under in a row group's `drop_reasons`: few distinct
+        values (the message is in the drops table), prefixed by the column for the checks."""
+        status = f" (HTTP {self.status})" if self.kind == "rejected" and self.status else ""
+        return f"{self.column}: {self.kind}{status}"
 
 
 @dataclass(frozen=True)
@@ -99,8 +162,7 @@ class RowGroupResult:
     row_end: int
     table: pa.Table
     seconds: float
-    dropped: Counter[str] = field(default_factory=Counter)  # reason -> rows
-    drop_samples: list[dict[str, Any]] = field(default_factory=list)
+    drops: list[Drop] = field(default_factory=list)  # every dropped row, in row order
     # Columns `drop: true` and drop_columns processors removed, row for row with `table`
     # (no columns when the stage drops none): the side table of run.keep_dropped_columns.
     dropped_columns: pa.Table = field(default_factory=lambda: pa.table({}))
@@ -109,15 +171,38 @@ class RowGroupResult:
     def planned(self) -> int:
         return self.row_end - self.row_start
 
+    @property
+    def dropped(self) -> Counter[str]:
+        """Dropped rows per reason label (`column: kind`)."""
+        return Counter(d.label for d in self.drops)
+
     def stats(self) -> dict[str, Any]:
         return {
             "rows": self.table.num_rows,
             "planned_rows": self.planned,
-            "dropped_rows": sum(self.dropped.values()),
+            "dropped_rows": len(self.drops),
             "drop_reasons": dict(self.dropped),
-            "drop_samples": self.drop_samples,
             "seconds": round(self.seconds, 4),
         }
+
+    def drops_table(self) -> pa.Table:
+        """The drops as a table (DROPS_SCHEMA): row group, row index, column, reason, HTTP status,
+        message excerpt."""
+        rg = self.row_group if self.row_group is not None else -1
+        return pa.Table.from_pylist(
+            [
+                {
+                    "row_group": rg,
+                    "row": d.row,
+                    "column": d.column,
+                    "reason": d.kind,
+                    "status": d.status,
+                    "message": d.message,
+                }
+                for d in self.drops
+            ],
+            schema=DROPS_SCHEMA,
+        )
 
 
 class _Rows:
@@ -133,8 +218,9 @@ class _Rows:
         self.columns = columns
         self._rows: list[dict[str, Any]] | None = None
         self.alive = [True] * n
-        self.dropped: Counter[str] = Counter()
-        self.samples: list[dict[str, Any]] = []
+        self.drops: dict[int, Drop] = {}
+        self.unfinished = 0
+        self.unfinished_reason = ""
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -146,14 +232,19 @@ class _Rows:
                 self._rows = [{} for _ in range(self.n)]
         return self._rows
 
-    def drop(self, i: int, column: str, reason: str) -> None:
+    def drop(self, i: int, column: str, kind: str, message: str, status: int | None = None) -> None:
         if not self.alive[i]:
             return
         self.alive[i] = False
-        key = f"{column}: {reason}"[:300]
-        self.dropped[key] += 1
-        if len(self.samples) < MAX_DROP_SAMPLES:
-            self.samples.append({"row": self.start + i, "column": column, "reason": reason[:300]})
+        excerpt = " ".join(message.split())[:MESSAGE_EXCERPT]
+        self.drops[i] = Drop(self.start + i, column, kind, excerpt, status)
+
+    def unfinish(self, cells: list[CellUnfinished]) -> None:
+        self.unfinished += len(cells)
+        self.unfinished_reason = cells[-1].reason
+
+    def dropped_in_order(self) -> list[Drop]:
+        return [self.drops[i] for i in sorted(self.drops)]
 
     def live(self, name: str) -> list[Any]:
         """The values of the rows still alive, in order."""
@@ -204,13 +295,14 @@ def _batch_phase(cs: CompiledStage, start: int, end: int, rows: _Rows) -> None:
             failures = 0
             for i, v in enumerate(values):
                 if isinstance(v, expressions.CellError):
-                    rows.drop(i if pos is None else pos[i], name, str(v))
+                    rows.drop(i if pos is None else pos[i], name, "expression", str(v))
                     values[i] = None
                     failures += 1
             if failures and not any(rows.alive):
+                first = rows.dropped_in_order()[0].message
                 raise GenerationError(
                     f"expression column {name!r} of stage {cs.stage.name!r} failed on every row of"
-                    f" rows {start}..{end - 1}; first error: {rows.samples[0]['reason'] if rows.samples else ''}"
+                    f" rows {start}..{end - 1}; first error: {first}"
                 )
         else:  # pragma: no cover - compile_stage puts LLM columns in cell_columns
             raise GenerationError(f"column {name!r} cannot be generated in batch")
@@ -252,17 +344,34 @@ async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) 
         for name in cs.cell_columns:
             tasks[name] = asyncio.ensure_future(run_cell(name))
         pending = set(tasks.values())
+        unfinished: list[CellUnfinished] = []
         try:
             while pending:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_EXCEPTION)
-                failed = [t for t in done if not t.cancelled() and t.exception() is not None]
-                if failed:
-                    exc = failed[0].exception()
-                    name = next(n for n, t in tasks.items() if t is failed[0])
-                    if isinstance(exc, CellFailed | expressions.CellError):
-                        rows.drop(i, name, str(exc))
+                # In column order, so a dependency's failure is reported under its own column;
+                # every exception is retrieved, so none is logged as never retrieved.
+                errors = [
+                    (n, tasks[n].exception())
+                    for n in cs.cell_columns
+                    if tasks[n] in done and not tasks[n].cancelled()
+                ]
+                for name, exc in errors:
+                    if exc is None:
+                        continue
+                    if isinstance(exc, CellFailed):
+                        rows.drop(i, name, exc.kind, exc.message, exc.status)
                         return
-                    raise exc  # type: ignore[misc]
+                    if isinstance(exc, expressions.CellError):
+                        rows.drop(i, name, "expression", str(exc))
+                        return
+                    if isinstance(exc, CellUnfinished):
+                        # The row's other cells go on: their answers are cached for the next
+                        # run, and a later drop still makes the row dropped, not unfinished.
+                        unfinished.append(exc)
+                        continue
+                    raise exc
+            if unfinished:
+                rows.unfinish(unfinished)
         finally:
             # Also on cancellation: a cell task must never outlive its row (it would keep
             # calling the LLM client after the run closed it).
@@ -323,6 +432,8 @@ async def agenerate_rows(
     _batch_phase(cs, start, end, rows)
     if cs.cell_columns:
         await _cell_phase(cs, rows, cells)
+    if rows.unfinished:
+        raise RowGroupUnfinished(row_group, rows.unfinished, rows.unfinished_reason)
     table, dropped_columns = split_post_batch(cs.stage, _to_table(cs, rows, seed))
     return RowGroupResult(
         row_group,
@@ -330,8 +441,7 @@ async def agenerate_rows(
         end,
         table,
         time.perf_counter() - t0,
-        rows.dropped,
-        rows.samples,
+        rows.dropped_in_order(),
         dropped_columns,
     )
 

@@ -1,36 +1,62 @@
 """The LLM cell runner the engine calls for every LLM cell: request cache first, then HTTP.
 
-Outcomes: a value; `CellFailed` (the row is dropped and the reason recorded) when the endpoint
-stayed unhealthy through all retries or the answer stayed unusable through all re-asks;
-`LLMFatalError` (the run stops at once) for errors no retry can fix, such as 401 or 400;
-`EarlyStopError` once too many recent cells failed for good."""
+One outcome per class of failure (docs/llm.md):
+- a value;
+- `CellUnfinished`: transient faults (429 aside, which waits as long as the run lives)
+  outlasted the retries. The row is not dropped; its row group is not saved, and the next run
+  asks again (the answered cells of that row group come from the cache);
+- `CellFailed` (the row is dropped, with its reason): the endpoint refused this request (400,
+  413, 422), the response was over max_response_bytes, or the answer stayed unusable through
+  all re-asks;
+- `LLMFatalError` (the run stops at once): 401, 403, 404 and the like, or the first rows of a
+  column all refused the same way before any answer (the request is wrong, not the rows);
+- `EarlyStopError` once too many recent cells were dropped. Transient faults never count
+  toward it (DataDesigner #575): a flaky endpoint delays a dataset, it does not stop it.
+An endpoint that fails `early_stop.window` cells in a row after all retries is down
+(`Outage`): the run stops asking, and its remaining cells are unfinished without a request."""
 
 from __future__ import annotations
 
+import re
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from dd_assets.config import EarlyStopSettings, WorkflowConfig
 from dd_assets.config.columns import ColumnConfig, LLMJudgeColumnConfig, LLMStructuredColumnConfig
-from dd_assets.engine import CellFailed
+from dd_assets.engine import CellFailed, CellUnfinished
 from dd_assets.engine.llm_cells import (
     AnswerError,
     TracedAnswer,
     build_request,
+    check_answer,
     correction_message,
+    glitch,
     parse_answer,
     sampled_inference,
     trace,
 )
 from dd_assets.errors import EXIT_PARTIAL, LLMError
 from dd_assets.llm.cache import RequestCache, RequestCacheBase, request_hash
-from dd_assets.llm.client import LLMClient, LLMRetryableExhausted, UsageStats
+from dd_assets.llm.client import (
+    AcceptFn,
+    ChatResult,
+    LLMClient,
+    LLMFatalError,
+    LLMRequestRejected,
+    LLMRetryableExhausted,
+    UsageStats,
+)
+
+# A column whose first requests were all refused with the same message (digits aside: "your
+# prompt has 9120 tokens") before any was answered has a wrong request, not wrong rows.
+SAME_REJECTIONS_FATAL = 5
 
 
 class EarlyStopError(LLMError):
-    """Too many recent cells failed for good: stop rather than burn budget on a broken setup.
+    """Too many recent cells were dropped: stop rather than burn budget on a broken setup.
     Row groups completed before are saved: a partial result, exit code 3."""
 
     exit_code = EXIT_PARTIAL
@@ -38,6 +64,9 @@ class EarlyStopError(LLMError):
 
 @dataclass
 class _Window:
+    """Recent cell outcomes: answered (True) or dropped (False). Unfinished cells are not
+    outcomes: a transient fault says nothing about the prompts."""
+
     settings: EarlyStopSettings
     outcomes: deque[bool] = field(default_factory=deque)
     reasons: deque[str] = field(default_factory=deque)
@@ -58,12 +87,43 @@ class _Window:
             and failed / len(self.outcomes) >= self.settings.max_failure_rate
         ):
             self.tripped = (
-                f"early stop: {failed} of the last {len(self.outcomes)} LLM cells failed after all"
-                f" retries (threshold {self.settings.max_failure_rate:.0%}); recent reasons:"
+                f"early stop: {failed} of the last {len(self.outcomes)} LLM cells were dropped"
+                f" (threshold {self.settings.max_failure_rate:.0%}); recent reasons:"
                 f" {list(self.reasons)}. Row groups completed so far are saved; fix the endpoint"
                 " or prompts, then backfill the missing partitions (answers already received are"
                 " cached and will not be paid for again)"
             )
+
+
+@dataclass
+class Outage:
+    """Cells that ended unfinished in a row, run-wide (one per run, shared by its stages): at
+    `limit` with no answer in between, the endpoint is down and asking on only hammers it.
+    The run then stops: remaining cells are unfinished without a request, and no new row group
+    starts; the run exits 4 and a later run picks up from the cache."""
+
+    limit: int
+    streak: int = 0
+    tripped: str | None = None
+
+    def answered(self) -> None:
+        self.streak = 0
+
+    def unfinished(self) -> None:
+        self.streak += 1
+        if self.tripped is None and self.streak >= self.limit:
+            self.tripped = (
+                f"the endpoint failed {self.streak} cells in a row after all retries, so the run"
+                " stopped asking"
+            )
+
+
+@dataclass
+class _FirstRejections:
+    """A column's refused rows before its first answer, by normalized message."""
+
+    answered: bool = False
+    rows: dict[str, set[int]] = field(default_factory=dict)
 
 
 class LLMCellRunner:
@@ -79,12 +139,16 @@ class LLMCellRunner:
         early_stop: EarlyStopSettings | None = None,
         client: LLMClient | None = None,
         cache: RequestCacheBase | None = None,
+        outage: Outage | None = None,
     ) -> None:
         self.workflow = workflow
         self.stage = workflow.stage(stage)
         self.cache_path = cache_path
         self.read_cache = read_cache
-        self._window = _Window(early_stop or workflow.run.early_stop)
+        settings = early_stop or workflow.run.early_stop
+        self._window = _Window(settings)
+        # Shared by the stages of a run (an endpoint is down for all of them at once).
+        self.outage = outage or Outage(settings.window)
         # A client passed in is shared (e.g. by the stages of one pipelined run, so that
         # max_parallel_requests holds across them); its owner opens and closes it.
         self._owns_client = client is None
@@ -95,6 +159,8 @@ class LLMCellRunner:
         self._cache: RequestCacheBase | None = cache
         self._usage: dict[int, UsageStats] = {}
         self._parse_retries: dict[int, int] = {}
+        self._first: dict[str, _FirstRejections] = {}
+        self._fresh: set[tuple[int, str]] = set()
 
     async def __aenter__(self) -> LLMCellRunner:
         if self._owns_client:
@@ -117,9 +183,17 @@ class LLMCellRunner:
         md["llm_parse_retries"] = self._parse_retries.get(row_group, 0)
         return md
 
+    def ask_fresh(self, cells: Iterable[tuple[int, str]]) -> None:
+        """(row, column) cells to ask the endpoint again, not the cache: the cells of dropped
+        rows under `--retry-dropped` (an unusable answer is cached, so the cache would only
+        repeat it)."""
+        self._fresh.update(cells)
+
     async def __call__(self, col: ColumnConfig, row_index: int, row: dict[str, Any]) -> Any:
         if self._window.tripped:
             raise EarlyStopError(self._window.tripped)
+        if self.outage.tripped:
+            raise CellUnfinished(f"not asked: {self.outage.tripped}")
         rg = row_index // self.stage.buffer_size
         usage = self.usage(rg)
         req = build_request(col, row)
@@ -132,34 +206,54 @@ class LLMCellRunner:
         )
         error: AnswerError | None = None
         for ask in range(asks):
-            content = await self._answer(
-                col, row_index, model, messages, req.response_format, usage
-            )
+            result = await self._answer(col, row_index, model, messages, req.response_format, usage)
             try:
-                value = parse_answer(col, content)
+                check_answer(result.content, result.finish_reason, result.refusal)
+                value = parse_answer(col, result.content)
             except AnswerError as exc:
                 error = exc
                 if ask + 1 < asks:
                     self._parse_retries[rg] = self._parse_retries.get(rg, 0) + 1
                     messages = [
                         *messages,
-                        {"role": "assistant", "content": content},
+                        {"role": "assistant", "content": result.content},
                         correction_message(exc),
                     ]
                 continue
             self._window.record(True)
-            traced = trace(col, messages, content)
+            traced = trace(col, messages, result.content)
             return value if traced is None else TracedAnswer(value, traced.trace)
-        self._fail(f"unusable answer after {asks} attempt(s): {error}")
+        self._drop("unusable_answer", f"no usable answer after {asks} attempt(s): {error}")
 
-    def _fail(self, reason: str) -> NoReturn:
-        """Drop the cell's row, unless this failure trips the early stop: then the whole row
-        group fails, so it is not checkpointed with the rows the broken endpoint cost it (a
+    def _drop(self, kind: str, message: str, status: int | None = None) -> NoReturn:
+        """Drop the cell's row, unless this drop trips the early stop: then the whole row
+        group fails, so it is not checkpointed with the rows the broken setup cost it (a
         later backfill would reuse it as complete)."""
-        self._window.record(False, reason[:200])
+        self._window.record(False, f"{kind}: {message}"[:200])
         if self._window.tripped:
             raise EarlyStopError(self._window.tripped) from None
-        raise CellFailed(reason) from None
+        raise CellFailed(kind, message, status) from None
+
+    def _refused(self, col: ColumnConfig, row_index: int, exc: LLMRequestRejected) -> None:
+        """Stop at once when a column's first rows were all refused the same way: a parameter
+        the endpoint does not take would otherwise drop every row, one request at a time."""
+        first = self._first.setdefault(col.name, _FirstRejections())
+        if first.answered or exc.kind != "rejected" or (row_index, col.name) in self._fresh:
+            return
+        rows = first.rows.setdefault(f"{exc.status} {re.sub(r'[0-9]+', '#', exc.message)}", set())
+        rows.add(row_index)
+        if len(rows) >= SAME_REJECTIONS_FATAL:
+            raise LLMFatalError(
+                alias=exc.alias,
+                url=exc.url,
+                status=exc.status,
+                message=f"{exc.message} (the first {len(rows)} rows of column {col.name!r} were"
+                " all refused this way, none answered: the request is wrong, not the rows)",
+            )
+
+    @staticmethod
+    def _accept(col: ColumnConfig) -> AcceptFn:
+        return lambda r: glitch(col, r.content, r.finish_reason)
 
     async def _answer(
         self,
@@ -169,13 +263,17 @@ class LLMCellRunner:
         messages: list[dict[str, str]],
         response_format: dict[str, Any] | None,
         usage: UsageStats,
-    ) -> str:
+    ) -> ChatResult:
         key = request_hash(model.identity(), messages, response_format)
-        if self._cache is not None and self.read_cache:
-            hit = await self._cache.aget(self.stage.name, col.name, row_index, key)
-            if hit is not None and isinstance(hit.get("content"), str):
+        accept = self._accept(col)
+        fresh = (row_index, col.name) in self._fresh
+        if self._cache is not None and self.read_cache and not fresh:
+            hit = _cached(await self._cache.aget(self.stage.name, col.name, row_index, key))
+            # A glitch cached by an older version is asked again, never used.
+            if hit is not None and accept(hit) is None:
                 usage.cache_hits += 1
-                return hit["content"]
+                self._first.setdefault(col.name, _FirstRejections()).answered = True
+                return hit
         try:
             result = await self._client.chat(
                 col.model_alias,  # type: ignore[union-attr]
@@ -184,9 +282,26 @@ class LLMCellRunner:
                 usage=usage,
                 priority=row_index,
                 sampled=sampled_inference(model, col.name, row_index) or None,
+                accept=accept,
             )
         except LLMRetryableExhausted as exc:
-            self._fail(f"{exc.status or 'transport'} {exc.reason} after {exc.attempts} attempt(s)")
-        if self._cache is not None:
+            self.outage.unfinished()
+            raise CellUnfinished(str(exc)) from None
+        except LLMRequestRejected as exc:
+            self._refused(col, row_index, exc)
+            self._drop(exc.kind, exc.message, exc.status)
+        self.outage.answered()
+        self._first.setdefault(col.name, _FirstRejections()).answered = True
+        # Only answers with content: a refusal or an answer cut off before any text is asked
+        # again by --retry-dropped, and an empty answer must never be served as one.
+        if self._cache is not None and result.content.strip():
             await self._cache.aput(self.stage.name, col.name, row_index, key, result.to_dict())
-        return result.content
+        return result
+
+
+def _cached(hit: dict[str, Any] | None) -> ChatResult | None:
+    """A cache entry as a result, or None when it holds no answer (older versions cached
+    empty ones)."""
+    if hit is None or not isinstance(hit.get("content"), str) or not hit["content"].strip():
+        return None
+    return ChatResult.from_dict(hit)

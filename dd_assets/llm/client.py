@@ -2,9 +2,16 @@
 
 One `LLMClient` serves every model alias of a run so that the HTTP connection pool and the
 per-alias concurrency limits are shared by all row groups in flight. Retry policy lives here
-(and not in the engine) because only the transport knows whether a failure is worth repeating;
-the engine sees exactly three outcomes: a `ChatResult`, an `LLMFatalError` (drop the row: retrying
-cannot help) or an `LLMRetryableExhausted` (the provider stayed unhealthy for the whole budget).
+(and not in the engine) because only the transport knows whether a failure is worth repeating.
+Every failure falls in one of three classes (docs/llm.md), and the engine sees one outcome each:
+
+- transient (429, 408, 5xx, timeouts, connection errors, a body that is not the wire format,
+  empty content, an answer the caller's `accept` hook calls a glitch): retried with backoff,
+  Retry-After honoured; 429 for as long as the run lives, the others `max_retries` times, then
+  `LLMRetryableExhausted` (the cell is unfinished, never dropped);
+- row-deterministic (400, 413, 422, a body over `max_response_bytes`): `LLMRequestRejected`,
+  at once (this request, i.e. this row, cannot be answered; the others can);
+- endpoint-fatal (401, 403, 404, any other refusal, 429 `insufficient_quota`): `LLMFatalError`.
 
 Secrets: the API key is looked up in the environment on every call and lives only in the headers
 of the outgoing request. Nothing this module returns, raises or logs holds it, and provider error
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import http
 import itertools
 import json
 import logging
@@ -23,7 +31,7 @@ import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -38,10 +46,12 @@ __all__ = [
     "BACKOFF_BASE_S",
     "BACKOFF_CAP_S",
     "RETRY_AFTER_CAP_S",
+    "AcceptFn",
     "ChatResult",
     "LLMClient",
     "LLMConfigError",
     "LLMFatalError",
+    "LLMRequestRejected",
     "LLMRetryableExhausted",
     "UsageStats",
     "parse_retry_after",
@@ -53,9 +63,16 @@ BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
 RETRY_AFTER_CAP_S = 120.0
 ERROR_MESSAGE_MAX = 500
+# An error body is read only for its message; past this it is cut (a gateway's HTML page).
+ERROR_BODY_MAX = 64 * 1024
 
 # 408 is a timeout reported by an intermediary, so it behaves like our own timeouts.
-_RETRYABLE_STATUS = frozenset({408, 429})
+_TRANSIENT_STATUS = frozenset({408, 429})
+# The request itself (this row's prompt: too long, a value the API refuses) is wrong; the next
+# row's may be fine. Other 4xx (401, 403, 404, ...) say the endpoint or the key is wrong.
+_REJECTED_STATUS = frozenset({400, 413, 422})
+# A 429 that is not a rate limit but an empty account (OpenAI): waiting never ends it.
+_QUOTA_CODES = frozenset({"insufficient_quota"})
 
 SleepFn = Callable[[float], Awaitable[Any]]
 
@@ -84,6 +101,27 @@ class LLMFatalError(LLMError):
     def __reduce__(self) -> tuple[Any, ...]:
         # Keyword-only __init__ would otherwise break pickling across Dagster process boundaries.
         fields = ("alias", "url", "status", "message")
+        return (_rebuild, (type(self), {k: getattr(self, k) for k in fields}))
+
+
+class LLMRequestRejected(LLMError):
+    """This request cannot be answered, though the endpoint works: HTTP 400/413/422 (`kind`
+    "rejected"), or a response body over `max_response_bytes` ("too_large"). Its row is dropped;
+    retrying the same request would get the same answer."""
+
+    def __init__(
+        self, *, alias: str, url: str, status: int | None, kind: str, message: str
+    ) -> None:
+        self.alias = alias
+        self.url = url
+        self.status = status
+        self.kind = kind
+        self.message = message
+        status_txt = f"HTTP {status}" if status is not None else kind
+        super().__init__(f"model {alias!r}: {status_txt} from {url}: {message}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        fields = ("alias", "url", "status", "kind", "message")
         return (_rebuild, (type(self), {k: getattr(self, k) for k in fields}))
 
 
@@ -116,8 +154,10 @@ def _rebuild(cls: type[LLMError], state: dict[str, Any]) -> LLMError:
 
 @dataclass(frozen=True)
 class ChatResult:
-    """One successful completion. `latency_s` is of the attempt that succeeded, so it measures the
-    provider, not our backoff; `retries` says how much the call cost beyond one request."""
+    """One completion in the wire format. `latency_s` is of the attempt that succeeded, so it
+    measures the provider, not our backoff; `retries` says how much the call cost beyond one
+    request. `content` is empty only when the provider said why (`refusal`, or `finish_reason`
+    "length" / "content_filter"): the model's own answer, unusable, never a glitch."""
 
     content: str
     tokens_in: int
@@ -126,6 +166,7 @@ class ChatResult:
     retries: int
     finish_reason: str | None
     raw_model: str | None
+    refusal: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, e.g. for the request cache."""
@@ -142,7 +183,13 @@ class ChatResult:
             retries=int(data.get("retries", 0)),
             finish_reason=data.get("finish_reason"),
             raw_model=data.get("raw_model"),
+            refusal=data.get("refusal"),
         )
+
+
+# The caller's last word on an answer: None if it is an answer, else why it looks like a
+# provider glitch (e.g. JSON that does not parse at all), which is retried like a 503.
+AcceptFn = Callable[[ChatResult], str | None]
 
 
 @dataclass
@@ -239,24 +286,36 @@ def _truncate(text: str, limit: int = ERROR_MESSAGE_MAX) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
-def _provider_message(response: httpx.Response) -> str:
-    """The provider's own explanation: OpenAI-style `error.message`, else common variants, else
-    the raw text. Users fix configs from this, so it must survive to the exception."""
+def _json_body(raw: bytes) -> Any:
+    """The body as JSON, or None when it is not JSON."""
     try:
-        body = response.json()
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError):
-        body = None
+        return None
+
+
+def _provider_message(status: int, raw: bytes) -> tuple[str, str | None]:
+    """(message, error code): the provider's own explanation (OpenAI-style `error.message`, else
+    common variants, else the raw text). Users fix configs from this, so it must survive to the
+    exception."""
+    body = _json_body(raw)
     if isinstance(body, dict):
         err = body.get("error")
         if isinstance(err, dict) and isinstance(err.get("message"), str):
-            return err["message"]
+            code = err.get("code") if isinstance(err.get("code"), str) else err.get("type")
+            return err["message"], code if isinstance(code, str) else None
         if isinstance(err, str):
-            return err
+            return err, None
         for key in ("message", "detail"):
             if isinstance(body.get(key), str):
-                return body[key]
-    text = response.text.strip()
-    return text or (response.reason_phrase or "(empty body)")
+                return body[key], None
+    text = raw.decode("utf-8", errors="replace").strip()
+    if text:
+        return text, None
+    try:
+        return http.HTTPStatus(status).phrase, None
+    except ValueError:
+        return "(empty body)", None
 
 
 def parse_retry_after(headers: Mapping[str, str], now: float | None = None) -> float | None:
@@ -352,12 +411,17 @@ class _SharedGate:
 
 @dataclass
 class _Failure:
-    """One failed attempt, classified."""
+    """One failed attempt, classified: `kind` is "transient", "rejected", "too_large" or
+    "fatal" (see the module docstring)."""
 
-    retryable: bool
+    kind: str
     status: int | None
     reason: str
     retry_after: float | None = None
+
+    @property
+    def rate_limited(self) -> bool:
+        return self.kind == "transient" and self.status == 429
 
 
 # -------------------------------------------------------------------------------------- client
@@ -456,11 +520,13 @@ class LLMClient:
         usage: UsageStats | None = None,
         priority: Any = 0,
         sampled: dict[str, float] | None = None,
+        accept: AcceptFn | None = None,
     ) -> ChatResult:
         """One chat completion with retries; see the module docstring for the outcome contract.
 
         `priority` orders calls waiting for the alias's `max_parallel_requests` (lower first,
-        FIFO among equals); the engine passes the row index so earlier rows finish first."""
+        FIFO among equals); the engine passes the row index so earlier rows finish first.
+        `accept` sees each answer in the wire format and may call it a glitch (retried)."""
         model = self._models.get(alias)
         if model is None:
             raise LLMConfigError(
@@ -488,47 +554,57 @@ class LLMClient:
         for s in sinks:
             s.requests += 1
 
-        attempts_allowed = model.max_retries + 1
-        failure: _Failure | None = None
-        for attempt in range(1, attempts_allowed + 1):
+        attempt = transient = 0
+        while True:
+            attempt += 1
             outcome = await self._attempt(alias, model, url, body, headers, key, priority)
-            if isinstance(outcome, tuple):
-                data, latency = outcome
-                result = self._result(data, latency, retries=attempt - 1)
-                if isinstance(result, _Failure):
-                    result.reason = _scrub(result.reason, key)
-                if isinstance(result, ChatResult):
+            if isinstance(outcome, ChatResult):
+                result = replace(outcome, retries=attempt - 1)
+                glitch = accept(result) if accept is not None else None
+                if glitch is None:
                     for s in sinks:
                         s.tokens_in += result.tokens_in
                         s.tokens_out += result.tokens_out
                         s.latencies.append(result.latency_s)
                     return result
-                failure = result
+                failure = _Failure("transient", 200, _scrub(glitch, key))
             else:
                 failure = outcome
-            if not failure.retryable:
+            if failure.kind != "transient":
                 for s in sinks:
                     s.failures += 1
-                raise LLMFatalError(
-                    alias=alias, url=safe_url, status=failure.status, message=failure.reason
+                if failure.kind == "fatal":
+                    raise LLMFatalError(
+                        alias=alias, url=safe_url, status=failure.status, message=failure.reason
+                    )
+                raise LLMRequestRejected(
+                    alias=alias,
+                    url=safe_url,
+                    status=failure.status,
+                    kind=failure.kind,
+                    message=failure.reason,
                 )
-            if attempt == attempts_allowed:
-                break
+            # A rate limit is the provider pacing us, not failing: it never uses up the
+            # retries (DataDesigner #575), so a long 429 spell delays the run, never shrinks it.
+            if not failure.rate_limited:
+                transient += 1
+                if transient > model.max_retries:
+                    break
             for s in sinks:
                 s.retries += 1
             wait = self._backoff(attempt, failure.retry_after)
             # DEBUG: under a degraded provider this fires per call; the counters carry the signal.
             log.debug(
-                "LLM retry: model %r attempt %d/%d failed (%s); waiting %.2fs",
+                "LLM retry: model %r attempt %d (%d of %d retries used) failed (%s); waiting %.2fs",
                 alias,
                 attempt,
-                attempts_allowed,
+                transient,
+                model.max_retries,
                 failure.reason,
                 wait,
             )
             await self._sleep(wait)
 
-        assert failure is not None
         for s in sinks:
             s.failures += 1
         raise LLMRetryableExhausted(
@@ -536,7 +612,7 @@ class LLMClient:
             url=safe_url,
             status=failure.status,
             reason=failure.reason,
-            attempts=attempts_allowed,
+            attempts=attempt,
         )
 
     # -- internals
@@ -577,7 +653,7 @@ class LLMClient:
         them."""
         if retry_after is not None:
             return min(retry_after, RETRY_AFTER_CAP_S)
-        ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** (attempt - 1)))
+        ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** min(attempt - 1, 30)))
         return self._rng.uniform(0.0, ceiling)
 
     async def _attempt(
@@ -589,10 +665,14 @@ class LLMClient:
         headers: dict[str, str],
         key: str | None,
         priority: Any = 0,
-    ) -> tuple[Any, float] | _Failure:
-        """One HTTP exchange under the alias semaphore; returns (parsed body, latency) or a
-        classified failure. Never raises transport errors: they become `_Failure`s outside of
-        any `except` block, so no httpx exception (whose request holds the key) is chained."""
+    ) -> ChatResult | _Failure:
+        """One HTTP exchange under the alias semaphore, classified. Never raises transport
+        errors: they become `_Failure`s outside of any `except` block, so no httpx exception
+        (whose request holds the key) is chained.
+
+        `timeout_s` is a deadline on the whole exchange (connect, send, every byte of the body):
+        httpx's own timeouts bound each socket operation, so a server sending a byte a second
+        would never trip them. The wait for the semaphore is not charged to it."""
         assert self._http is not None
         failure: _Failure | None = None
         semaphore = self._semaphores[alias]
@@ -600,49 +680,92 @@ class LLMClient:
         try:
             start = time.perf_counter()
             try:
-                response = await self._http.post(
-                    url, content=body, headers=headers, timeout=httpx.Timeout(model.timeout_s)
-                )
-            except httpx.TimeoutException as exc:
+                async with asyncio.timeout(model.timeout_s):
+                    exchange = await self._exchange(url, body, headers, model)
+            except (TimeoutError, httpx.TimeoutException) as exc:
                 failure = _Failure(
-                    True, None, f"timeout after {model.timeout_s}s ({type(exc).__name__})"
+                    "transient",
+                    None,
+                    f"timeout: no complete answer within timeout_s={model.timeout_s:g}s"
+                    f" ({type(exc).__name__})",
                 )
-            except (httpx.NetworkError, httpx.RemoteProtocolError) as exc:
+            except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.DecodingError) as exc:
                 failure = _Failure(
-                    True, None, f"connection error: {type(exc).__name__}: {_scrub(str(exc), key)}"
+                    "transient",
+                    None,
+                    f"connection error: {type(exc).__name__}: {_scrub(str(exc), key)}",
                 )
             except httpx.HTTPError as exc:
-                failure = _Failure(False, None, f"{type(exc).__name__}: {_scrub(str(exc), key)}")
+                failure = _Failure("fatal", None, f"{type(exc).__name__}: {_scrub(str(exc), key)}")
             latency = time.perf_counter() - start
         finally:
             semaphore.release()
         if failure is not None:
             return failure
-
-        status = response.status_code
+        if isinstance(exchange, _Failure):
+            return exchange
+        status, retry_after, raw = exchange
         if 200 <= status <= 299:
-            try:
-                return response.json(), latency
-            except (ValueError, UnicodeDecodeError):
+            data = _json_body(raw)
+            if data is None:
+                text = raw[:120].decode("utf-8", errors="replace")
                 return _Failure(
-                    True,
-                    200,
-                    "malformed response: body is not JSON: " + _truncate(response.text, 120),
+                    "transient", status, "malformed response: body is not JSON: " + _truncate(text)
                 )
-        message = _truncate(_scrub(_provider_message(response), key))
-        if status in _RETRYABLE_STATUS or 500 <= status <= 599:
-            return _Failure(
-                True, status, f"HTTP {status}: {message}", parse_retry_after(response.headers)
+            return self._result(data, latency)
+        message, code = _provider_message(status, raw)
+        message = _truncate(_scrub(message, key))
+        if status == 429 and code in _QUOTA_CODES:
+            return _Failure("fatal", status, message)
+        if status in _TRANSIENT_STATUS or 500 <= status <= 599:
+            return _Failure("transient", status, f"HTTP {status}: {message}", retry_after)
+        if status in _REJECTED_STATUS:
+            return _Failure("rejected", status, message)
+        return _Failure("fatal", status, message)
+
+    async def _exchange(
+        self, url: str, body: bytes, headers: dict[str, str], model: ModelConfig
+    ) -> tuple[int, float | None, bytes] | _Failure:
+        """POST and read the body, streaming, so a body over `max_response_bytes` is refused
+        after at most that many bytes (on its Content-Length, before any): a runaway answer
+        costs neither memory nor a row group of gigabytes."""
+        assert self._http is not None
+        async with self._http.stream(
+            "POST", url, content=body, headers=headers, timeout=httpx.Timeout(model.timeout_s)
+        ) as response:
+            ok = response.is_success
+            cap = model.max_response_bytes if ok else ERROR_BODY_MAX
+            too_large = _Failure(
+                "too_large",
+                response.status_code,
+                f"response body over max_response_bytes={model.max_response_bytes} bytes; not"
+                " read further (raise max_response_bytes, or lower inference.max_tokens)",
             )
-        return _Failure(False, status, message)
+            declared = response.headers.get("content-length", "")
+            if ok and declared.isdigit() and int(declared) > cap:
+                return too_large
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > cap:
+                    if ok:
+                        return too_large
+                    chunks.append(chunk[: len(chunk) - (size - cap)])
+                    break
+                chunks.append(chunk)
+            retry_after = parse_retry_after(response.headers) if not ok else None
+            return response.status_code, retry_after, b"".join(chunks)
 
     @staticmethod
-    def _result(data: Any, latency: float, *, retries: int) -> ChatResult | _Failure:
+    def _result(data: Any, latency: float) -> ChatResult | _Failure:
         """Validate a 200 body. A body without usable content is a provider fault (gateways do
-        return these under load), so it is retried rather than handed to the engine as data."""
+        return these under load), so it is retried rather than handed to the engine as data;
+        empty content is handed on only when the provider says why (a refusal, a content
+        filter, the token limit): that is the model's answer, and asking again would not help."""
 
         def bad(why: str) -> _Failure:
-            return _Failure(True, 200, f"malformed response: {why}")
+            return _Failure("transient", 200, f"malformed response: {why}")
 
         if not isinstance(data, dict):
             return bad("body is not a JSON object")
@@ -653,25 +776,38 @@ class LLMClient:
             suffix = f" (provider error: {_truncate(str(detail), 200)})" if detail else ""
             return bad("no choices" + suffix)
         message = choices[0].get("message")
-        if not isinstance(message, dict) or not isinstance(message.get("content"), str):
-            return bad("no message content")
+        if not isinstance(message, dict):
+            return bad("no message")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str):
+            return bad("message content is not text")
+        finish = choices[0].get("finish_reason")
+        finish = finish if isinstance(finish, str) else None
+        refusal = message.get("refusal") if isinstance(message.get("refusal"), str) else None
+        if not (content or "").strip() and not refusal and finish not in _EMPTY_FOR_A_REASON:
+            return bad("empty answer" if content is not None else "null message content")
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
 
         def count(name: str) -> int:
             value = usage.get(name)
             return int(value) if isinstance(value, int | float) and value >= 0 else 0
 
-        finish = choices[0].get("finish_reason")
         raw_model = data.get("model")
         return ChatResult(
-            content=message["content"],
+            content=content or "",
             tokens_in=count("prompt_tokens"),
             tokens_out=count("completion_tokens"),
             latency_s=latency,
-            retries=retries,
-            finish_reason=finish if isinstance(finish, str) else None,
+            retries=0,
+            finish_reason=finish,
             raw_model=raw_model if isinstance(raw_model, str) else None,
+            refusal=_truncate(refusal) if refusal else None,
         )
+
+
+# An empty answer with one of these finish reasons is the model's answer (cut off by max_tokens
+# before any content, or filtered), not a gateway glitch: retrying the same request would not help.
+_EMPTY_FOR_A_REASON = frozenset({"length", "content_filter"})
 
 
 # ----------------------------------------------------------------------------------- transport

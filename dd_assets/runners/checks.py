@@ -7,10 +7,12 @@ stage with a foreign or unreadable file (CorruptStageError), while a check must 
 by name and go on checking the others.
 
 Blocking checks (severity ERROR, `dd-assets check` exits 1 when one fails) say the dataset is
-incomplete or not what the config describes: `row_groups_complete`, `row_groups_current`,
-`schema_matches_config`, `footer_fingerprint_matches`, `uuid_columns_unique`. Warnings (severity WARN, exit 0) describe
-the quality of a dataset that is otherwise whole: `rows_within_drop_budget`, `llm_failure_rate`,
-`profile_drift`.
+incomplete, not what the config describes, or short of more rows than allowed:
+`row_groups_complete`, `row_groups_current`, `schema_matches_config`,
+`footer_fingerprint_matches`, `uuid_columns_unique`, `rows_within_drop_budget` (the same test
+`dd-assets materialize` turns into exit code 5, so the two always agree). Warnings (severity
+WARN, exit 0) describe a dataset that is otherwise acceptable: `llm_failure_rate` (the
+endpoint's health), `profile_drift`.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from dd_assets.config.columns import SamplerColumnConfig
 from dd_assets.config.drift import category_columns
 from dd_assets.config.workflow import FileSeed, StageConfig, StageSeed, column_output_name
 from dd_assets.engine.schema import joined_schema, stage_schema
-from dd_assets.errors import StoreError
+from dd_assets.errors import EXIT_DROP_BUDGET, RunError, StoreError
 from dd_assets.runners.finalize import needed_row_groups
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
@@ -168,9 +170,12 @@ def check_row_groups_complete(sf: StageFiles) -> CheckOutcome:
 
 
 def check_rows_within_drop_budget(sf: StageFiles) -> CheckOutcome:
+    """Rows dropped over rows planned, over the whole stage (the row groups on disk), within
+    `run.max_drop_rate`. Per stage, not per row group: one bad row in a small row group is not
+    a problem, a systematic one shows in the total."""
     budget = sf.plan.workflow.run.max_drop_rate
     worst: tuple[float, int] | None = None
-    over: list[int] = []
+    with_drops: list[int] = []
     dropped_total = planned_total = 0
     reasons: dict[str, int] = {}
     for rg, f in sorted(sf.complete.items()):
@@ -183,35 +188,66 @@ def check_rows_within_drop_budget(sf: StageFiles) -> CheckOutcome:
         for reason, n in (stats.get("drop_reasons") or {}).items():
             reasons[reason] = reasons.get(reason, 0) + int(n)
         rate = dropped / planned if planned else 0.0
+        if dropped:
+            with_drops.append(rg)
         if worst is None or rate > worst[0]:
             worst = (rate, rg)
-        if rate > budget:
-            over.append(rg)
+    rate = dropped_total / planned_total if planned_total else 0.0
+    over = rate > budget
     top = dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:5])
     numbers: dict[str, Any] = {
         "row_groups_checked": len(sf.complete),
-        "over_budget": len(over),
-        "worst_row_group": partition_key(worst[1]) if worst else None,
-        "worst_drop_rate": round(worst[0], 4) if worst else 0.0,
-        "budget": budget,
         "dropped_rows": dropped_total,
         "planned_rows": planned_total,
+        "drop_rate": round(rate, 4),
+        "budget": budget,
+        "row_groups_with_drops": len(with_drops),
+        "worst_row_group": partition_key(worst[1]) if worst else None,
+        "worst_drop_rate": round(worst[0], 4) if worst else 0.0,
         "top_drop_reasons": top,
     }
     if worst is None:
         text = "no row groups to check"
-    elif over:
-        text = (
-            f"{len(over)} row group(s) dropped more than {_pct(budget)} of their rows"
-            f" ({_keys(over)}); worst {partition_key(worst[1])} at {_pct(worst[0])};"
-            f" {dropped_total} rows dropped in all"
-        )
     else:
         text = (
-            f"every row group within {_pct(budget)} dropped (worst {_pct(worst[0])});"
-            f" {dropped_total} of {planned_total} planned rows dropped"
+            f"{dropped_total} of {planned_total} planned rows dropped ({_pct(rate)});"
+            f" {'over' if over else 'within'} run.max_drop_rate {_pct(budget)}"
         )
-    return CheckOutcome("rows_within_drop_budget", not over, False, text, numbers)
+        if dropped_total:
+            shown = ", ".join(f"{r} {n}" for r, n in top.items())
+            text += (
+                f"; in row group(s) {_keys(with_drops)} (worst {partition_key(worst[1])} at"
+                f" {_pct(worst[0])}); reasons: {shown}"
+            )
+    return CheckOutcome("rows_within_drop_budget", not over, True, text, numbers)
+
+
+class DropBudgetError(RunError):
+    """Every row group is there, but a stage dropped more rows than run.max_drop_rate allows."""
+
+    exit_code = EXIT_DROP_BUDGET
+
+
+def drop_budget_error(
+    plans: Iterable[StagePlan], store: PartitionStore, config: str = "CONFIG"
+) -> DropBudgetError | None:
+    """The error `dd-assets materialize` ends with when a stage is over its drop budget: the
+    rows_within_drop_budget check itself, so the exit code and `dd-assets check` agree."""
+    over = []
+    for plan in plans:
+        (outcome,) = run_checks(plan, store, ["rows_within_drop_budget"])
+        if not outcome.passed:
+            over.append((plan.name, outcome.description))
+    if not over:
+        return None
+    first = over[0][0]
+    return DropBudgetError(
+        "over the drop budget: "
+        + "; ".join(f"stage {name}: {text}" for name, text in over)
+        + f". List them with `dd-assets export {config} --stage {first} --drops -o drops.jsonl`;"
+        " ask them again with `dd-assets materialize --retry-dropped` once the cause is fixed,"
+        " or raise run.max_drop_rate"
+    )
 
 
 def parquet_schema(schema: pa.Schema) -> pa.Schema:
@@ -293,10 +329,12 @@ def check_footer_fingerprint_matches(sf: StageFiles) -> CheckOutcome:
 
 
 def check_llm_failure_rate(sf: StageFiles) -> CheckOutcome:
-    """Failed LLM cells over LLM cells, from footer stats. A failed cell drops its row with the
-    reason `<column>: <why>`, so failed cells = rows dropped for an LLM column; every kept row has
-    one answered cell per LLM column. Cells of rows dropped for another reason are not counted
-    (the rate errs high, never low). Same measure as the early stop, over the whole stage."""
+    """Failed LLM cells over LLM cells, from footer stats. A cell that fails for good (refused,
+    too large, unusable) drops its row with the reason `<column>: <kind>`, so failed cells = rows
+    dropped for an LLM column; every kept row has one answered cell per LLM column. Cells of rows
+    dropped for another reason are not counted (the rate errs high, never low). Transient faults
+    never reach a saved row group (their row group is not saved). Same measure as the early
+    stop, over the whole stage."""
     threshold = sf.plan.workflow.run.early_stop.max_failure_rate
     llm_cols = llm_columns(sf.plan.compiled.stage)
     prefixes = tuple(f"{c}: " for c in llm_cols)
@@ -493,9 +531,9 @@ CHECKS: tuple[CheckSpec, ...] = (
     ),
     CheckSpec(
         "rows_within_drop_budget",
-        False,
-        "Rows dropped per row group (failed cells, expression errors) over rows planned stay"
-        " within run.max_drop_rate.",
+        True,
+        "Rows dropped (refused or unusable LLM cells, expression errors) over rows planned, over"
+        " the whole stage, stay within run.max_drop_rate.",
         lambda plan: True,
         check_rows_within_drop_budget,
     ),

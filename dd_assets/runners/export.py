@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
+from dd_assets.engine import DROPS_SCHEMA
 from dd_assets.errors import RunError
 from dd_assets.runners.finalize import read_final
 from dd_assets.runners.plan import StagePlan
@@ -113,6 +114,29 @@ def export_dropped_columns(
     res = _write(batches(), fmt, output, plan.ref.num_row_groups - len(done), plan.name)
     res.what = "rows of dropped columns"
     return res
+
+
+def export_drops(
+    plan: StagePlan, store: PartitionStore, fmt: str, output: str | Path
+) -> ExportResult:
+    """Every dropped row of the stage's saved row groups (engine.DROPS_SCHEMA: row group, row,
+    column, reason, HTTP status, message), in row order; the raw row groups' drops also for a
+    stage with finalize steps (finalize filters rows, it does not drop them)."""
+    done = store.completed(plan.ref)
+    missing = plan.ref.num_row_groups - len(done)
+    res = _write(_with_schema(store.iter_drops(plan.ref)), fmt, output, missing, plan.name)
+    res.what = "dropped rows"
+    return res
+
+
+def _with_schema(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """At least one (empty) batch, so a stage without drops exports a file with the columns."""
+    empty = True
+    for b in batches:
+        empty = False
+        yield b
+    if empty:
+        yield pa.RecordBatch.from_pylist([], schema=DROPS_SCHEMA)
 
 
 def _write(

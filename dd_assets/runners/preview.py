@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 
 from dd_assets.config import FileSeed
-from dd_assets.engine import RowGroupResult, agenerate_rows
+from dd_assets.engine import RowGroupResult, RowGroupUnfinished, agenerate_rows
 from dd_assets.errors import GenerationError
 from dd_assets.llm.cells import LLMCellRunner
+from dd_assets.runners.materialize import Unfinished, UnfinishedCellsError
 from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.seeds import file_seed
 
@@ -32,6 +33,14 @@ def preview_stage(plan: StagePlan, n: int = 10) -> RowGroupResult:
     async def with_llm() -> RowGroupResult:
         # No request cache: a preview leaves nothing on disk.
         async with LLMCellRunner(plan.workflow, plan.name, cache_path=None) as runner:
-            return await agenerate_rows(cs, 0, n, seed=seed, cells=runner)
+            try:
+                return await agenerate_rows(cs, 0, n, seed=seed, cells=runner)
+            except RowGroupUnfinished as exc:
+                raise UnfinishedCellsError(
+                    Unfinished(cells={plan.name: {0: exc.cells}}, last_error=exc.reason),
+                    f"{exc.cells} LLM cell(s) of the preview got no answer: transient faults"
+                    f" outlasted the retries (last error: {exc.reason}); try again once the"
+                    " endpoint recovers",
+                ) from None
 
     return asyncio.run(with_llm())

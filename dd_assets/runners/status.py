@@ -3,6 +3,7 @@ instance needed, so it also works on a machine that only sees the shared store).
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from dd_assets.config.fingerprint import stale_reason
@@ -29,6 +30,20 @@ class StageStatus:
     stale_row_groups: dict[int, str] = field(default_factory=dict)
     # Sentences about the stage below the table: its approved output, its target_records.
     notes: list[str] = field(default_factory=list)
+    dropped: int = 0  # rows dropped in the row groups on disk (refused, unusable, expression)
+    drop_reasons: dict[str, int] = field(default_factory=dict)
+    planned: int = 0
+
+    @property
+    def drops_text(self) -> str:
+        shown = ", ".join(
+            f"{reason} {n}"
+            for reason, n in sorted(self.drop_reasons.items(), key=lambda kv: -kv[1])
+        )
+        rate = (
+            f" ({100 * self.dropped / self.planned:.1f}% of {self.planned})" if self.planned else ""
+        )
+        return f"{self.dropped} rows dropped{rate}: {shown}"
 
     @property
     def missing_text(self) -> str:
@@ -87,6 +102,9 @@ def workflow_status(plan: WorkflowPlan, store: PartitionStore) -> list[StageStat
                 else f"target_records {target}: reached with row groups 00000-{used - 1:05d};"
                 f" the {total - used} after them are not needed"
             )
+        reasons: Counter[str] = Counter()
+        for info in done.values():
+            reasons.update({k: int(n) for k, n in (info.stats.get("drop_reasons") or {}).items()})
         out.append(
             StageStatus(
                 stage=name,
@@ -101,6 +119,12 @@ def workflow_status(plan: WorkflowPlan, store: PartitionStore) -> list[StageStat
                 other_fingerprints=others,
                 stale_row_groups=stale_rgs,
                 notes=notes,
+                dropped=sum(int(i.stats.get("dropped_rows", 0) or 0) for i in done.values()),
+                drop_reasons=dict(reasons),
+                planned=sum(
+                    int(i.stats.get("planned_rows", i.row_end - i.row_start) or 0)
+                    for i in done.values()
+                ),
             )
         )
     return out

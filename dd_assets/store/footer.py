@@ -58,6 +58,8 @@ class RowGroupInfo:
     inputs: dict[str, str] | None = field(default=None, compare=False)
     # the side table of its dropped columns (run.keep_dropped_columns), a file name; None: none
     dropped_columns: str | None = field(default=None, compare=False)
+    # the drops table of its dropped rows, a file name; None: it dropped none
+    drops: str | None = field(default=None, compare=False)
 
 
 @dataclass

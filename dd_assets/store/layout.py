@@ -4,6 +4,7 @@ names, partition keys and row ranges.
     <root>/<workflow>/<stage>/<fp12>/stage.json
                                      parquet-files/batch_00000.parquet
                                      dropped-columns/dropped_00000.<id>.parquet
+                                     drops/drops_00000.<id>.parquet (its dropped rows)
                                      final/data.parquet, final/final.json
                                      profile/rg_00000.<data version>.json, final.<...>.json
                               <fp12>.approved/approval.json, approved-<version16>.parquet
@@ -12,8 +13,9 @@ names, partition keys and row ranges.
 version it describes, so a file for other rows is never read; deleting the folder costs one read
 of the data.
 
-Side tables (dropped columns) live outside `parquet-files/`, so that whatever reads that folder
-as the dataset (pyarrow, pandas, DuckDB globbing `*.parquet`) never mixes them into the rows.
+Side tables (dropped columns, the drops table of dropped rows) live outside `parquet-files/`,
+so that whatever reads that folder as the dataset (pyarrow, pandas, DuckDB globbing `*.parquet`)
+never mixes them into the rows.
 An approval sits beside its fingerprint folder, not in it: `--resume never` moves the folder
 aside to regenerate the stage's own row groups, and the approval is not theirs to move.
 """
@@ -42,6 +44,7 @@ PROFILE_DIR = "profile"
 DROPPED_COLUMNS_DIR = "dropped-columns"
 APPROVED_SUFFIX = ".approved"  # <fp12>.approved/: a stage's approved output (review gate)
 APPROVAL_META = "approval.json"
+DROPS_DIR = "drops"
 LOCK_SUFFIX = ".lock"
 REPLACED_MARK = ".replaced-"
 BATCH_RE = re.compile(r"^batch_(\d{5,})\.parquet$")

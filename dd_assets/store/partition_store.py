@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from dd_assets.config.fingerprint import describe_change
 from dd_assets.config.run import ResumeMode
+from dd_assets.engine.rowgroup import DROPS_SCHEMA
 from dd_assets.errors import StoreError
 from dd_assets.store.atomic import (
     atomic_path,
@@ -46,6 +47,7 @@ from dd_assets.store.layout import (
     APPROVED_SUFFIX,
     BATCH_RE,
     DROPPED_COLUMNS_DIR,
+    DROPS_DIR,
     FILES_DIR,
     FINAL_DATA,
     FINAL_DIR,
@@ -152,6 +154,9 @@ class PartitionStore:
 
     def dropped_columns_dir(self, ref: StageRef) -> Path:
         return self.stage_dir(ref) / DROPPED_COLUMNS_DIR
+
+    def drops_dir(self, ref: StageRef) -> Path:
+        return self.stage_dir(ref) / DROPS_DIR
 
     def _lock(self, ref: StageRef) -> contextlib.AbstractContextManager[None]:
         # Beside the fingerprint folder, not inside it: `never` moves that folder aside, and a
@@ -328,6 +333,7 @@ class PartitionStore:
                 or legacy_data_version(kv["fingerprint"], int(kv["row_group"]), int(kv["rows"])),
                 inputs=inputs if isinstance(inputs, dict) else None,
                 dropped_columns=kv.get("dropped_columns") or None,
+                drops=kv.get("drops") or None,
             )
         except (KeyError, ValueError) as exc:
             raise CorruptStageError(
@@ -399,22 +405,30 @@ class PartitionStore:
         stats: dict[str, Any] | None = None,
         inputs: dict[str, str] | None = None,
         dropped_columns: pa.Table | None = None,
+        drops: pa.Table | None = None,
     ) -> RowGroupInfo:
         """Checkpoint one row group: atomically, with its identity in the footer: fingerprint,
         range, its content's data version and the data versions of what it was built from.
 
-        `dropped_columns` (row for row with `table`) goes to a side table committed first and
-        named in the footer, so a committed row group always has it."""
+        Side tables go first, each committed and named in the footer, so a committed row group
+        always has them: `dropped_columns` (row for row with `table`), and `drops`, its dropped
+        rows (engine.DROPS_SCHEMA; no file when there are none)."""
         if not 0 <= row_group < ref.num_row_groups:
             raise StoreError(
                 f"stage {ref.stage!r} has row groups 00000-{ref.num_row_groups - 1:05d}; got {row_group}"
             )
         self._refuse_if_sealed(ref)  # early, before the file is written
+        write_id = uuid.uuid4().hex[:16]
         side = None
         if dropped_columns is not None:
-            side = side_name("dropped", row_group, uuid.uuid4().hex[:16])
+            side = side_name("dropped", row_group, write_id)
             with atomic_path(self.dropped_columns_dir(ref) / side) as tmp:
                 pq.write_table(dropped_columns.replace_schema_metadata(None), tmp)
+        drops_file = None
+        if drops is not None and drops.num_rows:
+            drops_file = side_name("drops", row_group, write_id)
+            with atomic_path(self.drops_dir(ref) / drops_file) as tmp:
+                pq.write_table(drops.cast(DROPS_SCHEMA), tmp)
         start, end = ref.row_range(row_group)
         kv = {
             "fingerprint": ref.fingerprint,
@@ -429,6 +443,8 @@ class PartitionStore:
         }
         if side is not None:
             kv["dropped_columns"] = side
+        if drops_file is not None:
+            kv["drops"] = drops_file
         # A seed read from another stage's file may carry that file's footer keys: never inherit.
         meta = {
             k: v for k, v in (table.schema.metadata or {}).items() if not k.startswith(META_PREFIX)
@@ -439,6 +455,7 @@ class PartitionStore:
         with atomic_path(path, commit=lambda: self._unsealed(ref)) as tmp:
             pq.write_table(table, tmp)
         self._remove_other_sides(self.dropped_columns_dir(ref), "dropped", row_group, keep=side)
+        self._remove_other_sides(self.drops_dir(ref), "drops", row_group, keep=drops_file)
         return self._footer(path, ref)
 
     @staticmethod
@@ -472,6 +489,27 @@ class PartitionStore:
                 f" was deleted. Move {info.path} out of the folder and rerun materialize to"
                 " regenerate the row group with its side table"
             ) from exc
+
+    def drops(self, ref: StageRef, info: RowGroupInfo) -> pa.Table:
+        """Every dropped row of a committed row group (engine.DROPS_SCHEMA; empty if none)."""
+        if info.drops is None:
+            return DROPS_SCHEMA.empty_table()
+        path = self.drops_dir(ref) / info.drops
+        try:
+            return pq.read_table(path).cast(DROPS_SCHEMA)
+        except (OSError, pa.ArrowException) as exc:
+            raise CorruptStageError(
+                f"{path}, the drops table of row group {partition_key(info.row_group)} of stage"
+                f" {ref.stage!r}, is missing or unreadable ({type(exc).__name__}); nothing was"
+                f" deleted. Move {info.path} out of the folder and rerun materialize to regenerate"
+                " the row group with its drops"
+            ) from exc
+
+    def iter_drops(self, ref: StageRef) -> Iterator[pa.RecordBatch]:
+        """The drops of every completed row group, in row order (for `export --drops`)."""
+        for _, info in sorted(self.completed(ref).items()):
+            if info.drops is not None:
+                yield from self.drops(ref, info).to_batches()
 
     @contextlib.contextmanager
     def _unsealed(self, ref: StageRef) -> Iterator[None]:
@@ -611,6 +649,7 @@ class PartitionStore:
             self.stage_dir(ref),
             self.files_dir(ref),
             self.dropped_columns_dir(ref),
+            self.drops_dir(ref),
             self.final_dir(ref),
             self.profile_dir(ref),
         ):

@@ -27,6 +27,7 @@ import json
 import math
 import re
 import threading
+import time
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -34,8 +35,30 @@ from typing import Any
 
 __all__ = ["FAULTS", "MockOpenAI", "example_for_schema"]
 
-# Scripted faults for `queue_faults`: an int is an HTTP status, the strings are:
-FAULTS = frozenset({"disconnect", "stall", "malformed", "invalid_json"})
+# Scripted faults (`queue_faults`, `fail_for`, `prompt_faults`): an int is an HTTP status, the
+# strings are:
+FAULTS = frozenset(
+    {
+        "disconnect",  # close the connection without answering
+        "stall",  # answer only after `stall_s`
+        "malformed",  # 200 without choices
+        "invalid_json",  # 200 whose JSON content is cut in half
+        "wrong_schema",  # 200 whose JSON content parses but matches no schema
+        "empty",  # 200 with content ""
+        "null_content",  # 200 with content null
+        "not_json",  # 200 whose body is an HTML page (a gateway's)
+        "slow_loris",  # a 200 body sent one byte every `drip_s`
+        "huge",  # a 200 answer of `huge_bytes`, Content-Length announced
+        "huge_chunked",  # the same, chunked: no length announced, the reader must stop itself
+        "quota",  # 429 insufficient_quota: OpenAI's "your account is out of credit"
+    }
+)
+
+# What a provider says when a prompt is over the context length (status 400, one row only).
+CONTEXT_LENGTH_MESSAGE = (
+    "This model's maximum context length is 8192 tokens. However, your messages resulted in"
+    " 9120 tokens. Please reduce the length of the messages."
+)
 
 _MAX_HEAD = 1 << 20
 _CODE_RE = re.compile(r"\bcode\b", re.IGNORECASE)
@@ -47,6 +70,8 @@ class _Reply:
     status: int
     body: dict[str, Any] | str
     headers: dict[str, str]
+    drip_s: float | None = None  # send the body one byte at a time, this far apart
+    chunked: bool = False  # Transfer-Encoding: chunked, no Content-Length
 
 
 class _Disconnect:
@@ -203,8 +228,13 @@ class MockOpenAI:
     token matches; the 401 message echoes the token it got, as some real providers do, so tests
     can prove the client scrubs it), `invalid_json_rate` (JSON answers broken at that rate),
     `content_template` (forces the content; `{model}` and `{prompt}` are substituted),
-    `code_fence` (answer a fenced code block), `stall_s` (how long a "stall" fault hangs).
-    `queue_faults(...)` scripts the next requests exactly, ahead of everything except the key check.
+    `code_fence` (answer a fenced code block), `stall_s` (how long a "stall" fault hangs),
+    `wrong_schema_rate` (JSON answers that parse but break the schema, at that rate), `drip_s`
+    (byte interval of a "slow_loris" body), `huge_bytes` (size of a "huge" answer),
+    `prompt_faults` ({substring: fault}: every request whose messages contain the substring gets
+    the fault; a 400 says the prompt is over the context length).
+    `queue_faults(...)` scripts the next requests exactly, `fail_for(seconds, ...)` every request
+    for a while (then the provider recovers); both come before everything except the key check.
     """
 
     def __init__(
@@ -220,6 +250,10 @@ class MockOpenAI:
         content_template: str | None = None,
         code_fence: bool = False,
         stall_s: float = 30.0,
+        wrong_schema_rate: float = 0.0,
+        drip_s: float = 1.0,
+        huge_bytes: int = 10 * 1024 * 1024,
+        prompt_faults: dict[str, int | str] | None = None,
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -234,12 +268,19 @@ class MockOpenAI:
         self.content_template = content_template
         self.code_fence = code_fence
         self.stall_s = stall_s
+        self.wrong_schema_rate = wrong_schema_rate
+        self.drip_s = drip_s
+        self.huge_bytes = huge_bytes
+        self.prompt_faults: dict[str, int | str] = dict(prompt_faults or {})
         self.seed = seed
         self.host = host
         self._port = port
 
         self._lock = threading.Lock()
         self._faults: deque[int | str] = deque()
+        self._fail_until = 0.0
+        self._fail_cycle: list[int | str] = []
+        self._fail_n = 0
         self._seen: Counter[str] = Counter()
         self._requests = 0
         self._by_status: Counter[int | str] = Counter()
@@ -304,21 +345,27 @@ class MockOpenAI:
 
     def queue_faults(self, *faults: int | str) -> None:
         """The next len(faults) chat requests get these outcomes, in arrival order: an HTTP status
-        (with an OpenAI-style error body; 429 carries `retry_after`), "disconnect" (connection
-        closed without a response), "stall" (answer only after `stall_s`), "malformed" (200 with
-        no choices), "invalid_json" (200 whose content is broken JSON)."""
-        for f in faults:
-            if not isinstance(f, int) and f not in FAULTS:
-                raise ValueError(
-                    f"unknown fault {f!r}; use an HTTP status or one of {sorted(FAULTS)}"
-                )
+        (with an OpenAI-style error body; 429 carries `retry_after`) or one of FAULTS."""
+        _check_faults(faults)
         with self._lock:
             self._faults.extend(faults)
+
+    def fail_for(self, seconds: float, *faults: int | str) -> None:
+        """For the next `seconds`, every chat request gets one of `faults` (in turn): a burst of
+        500s, a spell of 429s, a gateway answering empty content; then the provider recovers."""
+        _check_faults(faults)
+        if not faults:
+            raise ValueError("fail_for needs at least one fault")
+        with self._lock:
+            self._fail_until = time.monotonic() + seconds
+            self._fail_cycle = list(faults)
+            self._fail_n = 0
 
     def reset(self) -> None:
         """Zero the counters and the logs, drop queued faults; knobs are left as they are."""
         with self._lock:
             self._faults.clear()
+            self._fail_until = 0.0
             self._seen.clear()
             self._requests = 0
             self._by_status.clear()
@@ -455,17 +502,36 @@ class MockOpenAI:
             phrase = http.HTTPStatus(reply.status).phrase
         except ValueError:
             phrase = "Status"
+        length = "Transfer-Encoding: chunked" if reply.chunked else f"Content-Length: {len(data)}"
         head = [
             f"HTTP/1.1 {reply.status} {phrase}",
             "Content-Type: application/json",
-            f"Content-Length: {len(data)}",
+            length,
             f"Connection: {'keep-alive' if keep_alive else 'close'}",
             *(f"{k}: {v}" for k, v in reply.headers.items()),
         ]
         with self._lock:
             self._by_status[reply.status] += 1
+        head_bytes = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1")
         try:
-            writer.write(("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + data)
+            if reply.drip_s is not None:
+                writer.write(head_bytes)
+                for i in range(len(data)):
+                    await writer.drain()
+                    if writer.is_closing():
+                        return False
+                    await asyncio.sleep(reply.drip_s)
+                    writer.write(data[i : i + 1])
+            elif reply.chunked:
+                writer.write(head_bytes)
+                step = 64 * 1024
+                for i in range(0, len(data), step):
+                    part = data[i : i + step]
+                    writer.write(f"{len(part):x}\r\n".encode() + part + b"\r\n")
+                    await writer.drain()
+                writer.write(b"0\r\n\r\n")
+            else:
+                writer.write(head_bytes + data)
             await writer.drain()
         except ConnectionError:
             return False
@@ -498,6 +564,12 @@ class MockOpenAI:
             self._seen[digest] += 1
             occurrence = self._seen[digest]
             fault = self._faults.popleft() if self._faults else None
+            if fault is None and time.monotonic() < self._fail_until:
+                fault = self._fail_cycle[self._fail_n % len(self._fail_cycle)]
+                self._fail_n += 1
+            if fault is None and self.prompt_faults:
+                text = body.decode("utf-8", errors="replace")
+                fault = next((f for k, f in self.prompt_faults.items() if k in text), None)
         try:
             return await self._answer(request, headers, digest, occurrence, fault)
         finally:
@@ -532,7 +604,9 @@ class MockOpenAI:
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
 
-        broken_json = False
+        broken_json = wrong_schema = False
+        drip_s: float | None = None
+        forced: str | None = None
         if fault is not None:
             if fault == "disconnect":
                 with self._lock:
@@ -544,9 +618,34 @@ class MockOpenAI:
                 return _Reply(
                     200, {"id": "chatcmpl-mock", "object": "chat.completion", "choices": []}, {}
                 )
+            elif fault == "not_json":
+                return _Reply(200, "<html><body>502 Bad Gateway</body></html>", {})
             elif fault == "invalid_json":
                 broken_json = True
+            elif fault == "wrong_schema":
+                wrong_schema = True
+            elif fault == "empty":
+                forced = ""
+            elif fault == "null_content":
+                return _Reply(200, _completion(request, None, digest, occurrence), {})
+            elif fault == "slow_loris":
+                drip_s = self.drip_s
+            elif fault in ("huge", "huge_chunked"):
+                reply = _Reply(
+                    200, _completion(request, "x" * self.huge_bytes, digest, occurrence), {}
+                )
+                reply.chunked = fault == "huge_chunked"
+                return reply
+            elif fault == "quota":
+                return _error(
+                    429,
+                    "You exceeded your current quota, please check your plan and billing details.",
+                    "insufficient_quota",
+                    "insufficient_quota",
+                )
             elif isinstance(fault, int):
+                if fault == 400:
+                    return _error(400, CONTEXT_LENGTH_MESSAGE, code="context_length_exceeded")
                 return self._injected(fault)
 
         if self.fatal_status is not None:
@@ -568,33 +667,19 @@ class MockOpenAI:
             and self._draw("json", digest, occurrence) < self.invalid_json_rate
         ):
             broken_json = True
+        if (
+            self.wrong_schema_rate > 0
+            and self._draw("schema", digest, occurrence) < self.wrong_schema_rate
+        ):
+            wrong_schema = True
         content, is_json = self._content(model, messages, request.get("response_format"))
         if broken_json and is_json:
             content = content[: max(1, len(content) // 2)]
-        prompt_chars = sum(len(_text(m.get("content"))) for m in messages if isinstance(m, dict))
-        usage = {
-            "prompt_tokens": max(1, prompt_chars // 4),
-            "completion_tokens": max(1, len(content) // 4),
-        }
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
-        return _Reply(
-            200,
-            {
-                "id": f"chatcmpl-mock-{digest[:12]}-{occurrence}",
-                "object": "chat.completion",
-                "created": 1700000000,
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": content},
-                        "finish_reason": "stop",
-                    }
-                ],
-                "usage": usage,
-            },
-            {},
-        )
+        if wrong_schema and is_json:
+            content = json.dumps({"unexpected": "shape"})
+        if forced is not None:
+            content = forced
+        return _Reply(200, _completion(request, content, digest, occurrence), {}, drip_s=drip_s)
 
     def _injected(self, status: int) -> _Reply:
         reply = _error(status, f"Mock provider injected failure {status}", "mock_injected")
@@ -636,6 +721,39 @@ class MockOpenAI:
                 False,
             )
         return f"[{model}] {echo}", False
+
+
+def _check_faults(faults: Iterable[int | str]) -> None:
+    for f in faults:
+        if not isinstance(f, int) and f not in FAULTS:
+            raise ValueError(f"unknown fault {f!r}; use an HTTP status or one of {sorted(FAULTS)}")
+
+
+def _completion(
+    request: dict[str, Any], content: str | None, digest: str, occurrence: int
+) -> dict[str, Any]:
+    """A chat.completion body in the OpenAI wire format."""
+    messages = request.get("messages") or []
+    prompt_chars = sum(len(_text(m.get("content"))) for m in messages if isinstance(m, dict))
+    usage = {
+        "prompt_tokens": max(1, prompt_chars // 4),
+        "completion_tokens": max(1, len(content or "") // 4),
+    }
+    usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return {
+        "id": f"chatcmpl-mock-{digest[:12]}-{occurrence}",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": str(request.get("model", "")),
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": content},
+                "finish_reason": "stop",
+            }
+        ],
+        "usage": usage,
+    }
 
 
 def _text(content: Any) -> str:

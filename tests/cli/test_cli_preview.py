@@ -337,7 +337,7 @@ def test_preview_shows_brackets_in_data_verbatim(
     assert dropped > 0 and "[/]" not in kept
     assert out.count("arr[i]") == kept.count("x = arr[i] + [bold]y")
     assert f"{dropped} row(s) dropped" in err
-    assert f"{dropped}x n: cannot convert '[/red] oops' to int" in err
+    assert f"{dropped}x n: expression: cannot convert '[/red] oops' to int" in err
 
 
 def test_print_table_without_rows_still_shows_the_header(

@@ -580,13 +580,18 @@ def test_a_failing_row_is_dropped_with_its_reason() -> None:
     result = generate_rows(cs, 0, 200)
     xs = rows_of(stage_of([sampler("x", "uniform", {"low": 1, "high": 5}, convert_to="int")], num_records=200))["x"].to_pylist()  # fmt: skip
     assert result.table["x"].to_pylist() == [x for x in xs if x not in (3, 5)]
-    assert result.dropped["inv: ZeroDivisionError: integer division or modulo by zero"] == xs.count(
-        3
-    )
-    assert result.dropped["num: cannot convert 'many' to int"] == xs.count(5)
+    assert result.dropped == {"inv: expression": xs.count(3), "num: expression": xs.count(5)}
     assert result.stats()["dropped_rows"] == xs.count(3) + xs.count(5)
-    first = result.drop_samples[0]
-    assert first["column"] == "inv" and xs[first["row"]] == 3
+    # Every dropped row is recorded, in row order, with its column and message.
+    drops = result.drops_table().to_pylist()
+    assert [d["row"] for d in drops] == [i for i, x in enumerate(xs) if x in (3, 5)]
+    for d in drops:
+        if xs[d["row"]] == 3:
+            assert d["column"] == "inv"
+            assert d["message"] == "ZeroDivisionError: integer division or modulo by zero"
+        else:
+            assert (d["column"], d["message"]) == ("num", "cannot convert 'many' to int")
+        assert (d["reason"], d["status"], d["row_group"]) == ("expression", None, -1)
 
 
 def test_undefined_attribute_errors_name_the_column() -> None:

@@ -30,6 +30,7 @@ from dd_assets.llm import (
     LLMClient,
     LLMConfigError,
     LLMFatalError,
+    LLMRequestRejected,
     LLMRetryableExhausted,
     RequestCache,
     RequestCacheError,
@@ -353,10 +354,118 @@ def test_connection_refused_is_retried_then_exhausted():
     assert "connection error" in info.value.reason
 
 
-# -------------------------------------------------------------------------------- fatal errors
+@pytest.mark.parametrize("fault", ["empty", "null_content", "not_json", "invalid_json"])
+def test_empty_null_and_non_wire_answers_are_transient(mock: MockOpenAI, fault: str):
+    """A gateway under load answers 200 with nothing usable: retried like a 503, never handed
+    on as an answer. (invalid_json is an answer to the client: only a caller that expects JSON
+    calls it a glitch, through `accept`.)"""
+    mock.queue_faults(fault)
+    sleep = RecordedSleep()
+    if fault == "invalid_json":
+        schema = {"type": "object", "properties": {"a": {"type": "string"}}}
+        rf = {"type": "json_schema", "json_schema": {"name": "x", "schema": schema}}
+
+        def accept(r: ChatResult) -> str | None:
+            try:
+                json.loads(r.content)
+            except ValueError:
+                return "not JSON"
+            return None
+
+        result = run_chat({"a": model(mock)}, "a", user("x"), sleep=sleep, response_format=rf,
+                          accept=accept)  # fmt: skip
+        assert json.loads(result.content) == {"a": "example a"}
+    else:
+        result = run_chat({"a": model(mock)}, "a", user("x"), sleep=sleep)
+        assert result.content == "[m-test] x"
+    assert result.retries == 1 and len(sleep.waits) == 1 and mock.requests == 2
 
 
-@pytest.mark.parametrize("status", [400, 403, 404, 422])
+def test_empty_answers_exhaust_as_transient(mock: MockOpenAI):
+    mock.queue_faults("empty", "null_content")
+    with pytest.raises(LLMRetryableExhausted) as info:
+        run_chat({"a": model(mock, max_retries=1)}, "a", user("x"))
+    assert (info.value.status, info.value.attempts) == (200, 2)
+    assert "null message content" in info.value.reason
+
+
+def test_sustained_429s_never_use_up_the_retries(mock: MockOpenAI):
+    """DataDesigner #575: a rate limit delays a cell, it never fails it. 20 429s in a row with
+    max_retries=1: answered, each wait Retry-After long; a 503 still counts."""
+    mock.retry_after = 0.25
+    mock.queue_faults(*[429] * 20, 503)
+    sleep = RecordedSleep()
+    usage = UsageStats()
+    result = run_chat({"a": model(mock, max_retries=1)}, "a", user("x"), sleep=sleep, usage=usage)
+    assert result.content == "[m-test] x"
+    assert sleep.waits[:20] == [0.25] * 20 and len(sleep.waits) == 21
+    assert (usage.retries, usage.failures) == (21, 0)
+    mock.queue_faults(503, 429, 503)
+    with pytest.raises(LLMRetryableExhausted) as info:
+        run_chat({"a": model(mock, max_retries=1)}, "a", user("x"))
+    assert info.value.attempts == 3 and info.value.status == 503
+
+
+def test_429_out_of_quota_is_fatal(mock: MockOpenAI):
+    """OpenAI answers 429 `insufficient_quota` for an empty account: no wait ends it."""
+    mock.queue_faults("quota")
+    with pytest.raises(LLMFatalError) as info:
+        run_chat({"a": model(mock)}, "a", user("x"))
+    assert info.value.status == 429 and "exceeded your current quota" in info.value.message
+    assert mock.requests == 1
+
+
+def test_slow_loris_body_fails_within_the_total_deadline(mock: MockOpenAI):
+    """httpx's timeouts bound each socket read: a body dripping a byte every 0.1 s never trips
+    them. timeout_s is a deadline on the whole request, body included."""
+    mock.drip_s = 0.1
+    mock.queue_faults("slow_loris")
+    started = time.perf_counter()
+    with pytest.raises(LLMRetryableExhausted) as info:
+        run_chat({"a": model(mock, timeout_s=1, max_retries=0)}, "a", user("x"))
+    elapsed = time.perf_counter() - started
+    assert 1 <= elapsed < 1.5, elapsed
+    assert "timeout" in info.value.reason and "timeout_s=1s" in info.value.reason
+
+
+@pytest.mark.parametrize("fault", ["huge", "huge_chunked"])
+def test_a_response_over_max_response_bytes_is_rejected_unread(mock: MockOpenAI, fault: str):
+    """A 10 MB answer, announced or not: refused after at most max_response_bytes, quickly,
+    without retries (the same request would ramble again): its row is dropped as too_large."""
+    mock.queue_faults(fault)
+    started = time.perf_counter()
+    with pytest.raises(LLMRequestRejected) as info:
+        run_chat({"a": model(mock, max_response_bytes=64 * 1024)}, "a", user("x"))
+    assert time.perf_counter() - started < 2
+    exc = info.value
+    assert (exc.kind, exc.status) == ("too_large", 200)
+    assert "max_response_bytes=65536" in exc.message
+    assert mock.requests == 1
+    # the default cap (2 MiB) takes a normal answer
+    assert run_chat({"a": model(mock)}, "a", user("y")).content == "[m-test] y"
+
+
+# --------------------------------------------------------------------- rejected and fatal errors
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+def test_a_rejected_request_fails_at_once_without_retries(mock: MockOpenAI, status: int):
+    """400/413/422 are about this request (its row), not the endpoint: the caller drops the row."""
+    mock.fatal_status = status
+    sleep = RecordedSleep()
+    with pytest.raises(LLMRequestRejected) as info:
+        run_chat({"gen": model(mock)}, "gen", user("x"), sleep=sleep)
+    exc = info.value
+    assert (exc.status, exc.kind) == (status, "rejected")
+    assert exc.message == f"Mock provider rejected the request with status {status}"
+    assert exc.url == f"{mock.url}/chat/completions"
+    assert "'gen'" in str(exc) and exc.message in str(exc) and exc.url in str(exc)
+    assert mock.requests == 1 and sleep.waits == []
+    clone = pickle.loads(pickle.dumps(exc))
+    assert (clone.kind, clone.status, str(clone)) == (exc.kind, exc.status, str(exc))
+
+
+@pytest.mark.parametrize("status", [403, 404, 405])
 def test_client_errors_are_fatal_at_once(mock: MockOpenAI, status: int):
     mock.fatal_status = status
     sleep = RecordedSleep()

@@ -142,12 +142,27 @@ def materialize_workflow(
             for p in wave_plans:
                 report.lines += _stage_lines(defs, instance, store, p, token)
             if unfinished is not None:
-                raise unfinished
+                raise _with_not_started(unfinished, store, wave_plans, row_groups)
         except DdAssetsError as exc:
             report.error = exc
             return report
     report.error = drop_budget_error(plan.select(stages), store)
     return report
+
+
+def _with_not_started(
+    error: UnfinishedCellsError, store: PartitionStore, plans: list[StagePlan], wanted: list[int]
+) -> UnfinishedCellsError:
+    """The error with every wanted row group still missing and without unfinished cells of its
+    own counted as not started (also those of runs skipped once the endpoint was down)."""
+    held = error.unfinished
+    for p in plans:
+        done = store.completed(p.ref)
+        cells = held.cells.get(p.name, {})
+        rest = {rg for rg in wanted if rg not in done and rg not in cells}
+        if rest:
+            held.not_started[p.name] = rest
+    return UnfinishedCellsError(held)
 
 
 def _stage_lines(

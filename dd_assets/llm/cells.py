@@ -140,7 +140,10 @@ class LLMCellRunner:
         client: LLMClient | None = None,
         cache: RequestCacheBase | None = None,
         outage: Outage | None = None,
+        answered_before: bool = False,
     ) -> None:
+        """`answered_before`: the stage's LLM columns have been answered before (it has rows on
+        disk), so refusals are about rows, never the sign of a wrong request."""
         self.workflow = workflow
         self.stage = workflow.stage(stage)
         self.cache_path = cache_path
@@ -159,7 +162,11 @@ class LLMCellRunner:
         self._cache: RequestCacheBase | None = cache
         self._usage: dict[int, UsageStats] = {}
         self._parse_retries: dict[int, int] = {}
-        self._first: dict[str, _FirstRejections] = {}
+        self._first: dict[str, _FirstRejections] = (
+            {c.name: _FirstRejections(answered=True) for c in self.stage.columns if c.is_llm}
+            if answered_before
+            else {}
+        )
         self._fresh: set[tuple[int, str]] = set()
 
     async def __aenter__(self) -> LLMCellRunner:

@@ -321,6 +321,7 @@ def materialize_wave(
                             client=client,
                             cache=shared_cache,
                             outage=outage,
+                            answered_before=any(i.rows for i in store.completed(p.ref).values()),
                         )
                     )
                 coros.append(

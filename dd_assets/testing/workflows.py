@@ -219,3 +219,16 @@ def kill_after(cfg: Path, env: dict[str, str], root: Path, files: int) -> None:
 def stage_table(root: Path, stage: str = "people") -> pa.Table:
     files = {k: p for k, p in batch_files(root).items() if f"/{stage}/" in k}
     return pa.concat_tables(pq.read_table(files[k]) for k in sorted(files))
+
+
+def sampler_rows(config: dict[str, Any], stage: str) -> list[dict[str, Any]]:
+    """Every row of a stage as far as its sampler columns go, without an LLM call: what row i's
+    prompts will contain (a sampler value depends on the column, not on the others)."""
+    from dd_assets.config.loader import parse_workflow
+    from dd_assets.engine import compile_stage, generate_rows
+
+    wf = parse_workflow(config)
+    st = wf.stage(stage)
+    only = st.model_copy(update={"columns": [c for c in st.columns if c.column_type == "sampler"]})
+    wf = wf.model_copy(update={"stages": [only if s.name == stage else s for s in wf.stages]})
+    return generate_rows(compile_stage(wf, stage), 0, st.num_records).table.to_pylist()

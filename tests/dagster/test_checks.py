@@ -142,9 +142,9 @@ def test_all_checks_pass_after_a_full_materialize(
     assert _numbers(NOTES, "schema_matches_config")["files_checked"] == 5
     assert _numbers(PEOPLE, "footer_fingerprint_matches")["files"] == 5
     budget = _numbers(PEOPLE, "rows_within_drop_budget")
-    assert (budget["budget"], budget["dropped_rows"], budget["planned_rows"]) == (0.1, 0, 500)
+    assert (budget["budget"], budget["dropped_rows"], budget["planned_rows"]) == (0.01, 0, 500)
     assert _latest(PEOPLE, "uuid_columns_unique").severity == dg.AssetCheckSeverity.ERROR
-    assert _latest(PEOPLE, "rows_within_drop_budget").severity == dg.AssetCheckSeverity.WARN
+    assert _latest(PEOPLE, "rows_within_drop_budget").severity == dg.AssetCheckSeverity.ERROR
 
     # The code location exposes the checks and a job running only them (for the UI).
     from dd_assets.dagster.build import build_definitions
@@ -267,28 +267,28 @@ def test_duplicate_uuids_fail_with_their_count(
     assert _latest(PEOPLE, "schema_matches_config").passed
 
 
-def test_drop_budget_exceeded_is_a_warning(
+def test_drop_budget_exceeded_is_blocking(
     cfg: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    """Over the whole stage, dropped rows / planned rows above run.max_drop_rate fails the check
+    (the same test `materialize` turns into exit code 5)."""
+
     def stats(kv: dict[bytes, bytes]) -> None:
         s = json.loads(kv[b"dd_assets.stats"])
-        s.update(planned_rows=100, dropped_rows=30, drop_reasons={"line: boom": 30})
+        s.update(planned_rows=100, dropped_rows=30, drop_reasons={"line: expression": 30})
         kv[b"dd_assets.stats"] = json.dumps(s).encode()
 
     _rewrite(_batch(tmp_path / "dd-data", "people", 3), footer_fn=stats)
     rc, out = _check(cfg, capsys)
-    assert rc == 0, out  # a warning, not a blocking failure
-    assert "warning: people/rows_within_drop_budget" in out
-    assert "1 warning(s)" in out
+    assert rc == 1, out
+    assert "FAIL people/rows_within_drop_budget: 30 of 500 planned rows dropped (6.0%); over" in out
+    assert "failed: 1 blocking check(s): people/rows_within_drop_budget" in out
     ev = _latest(PEOPLE, "rows_within_drop_budget")
-    assert not ev.passed and ev.severity == dg.AssetCheckSeverity.WARN
+    assert not ev.passed and ev.severity == dg.AssetCheckSeverity.ERROR
     n = _numbers(PEOPLE, "rows_within_drop_budget")
-    assert (n["worst_row_group"], n["worst_drop_rate"], n["budget"]) == ("00003", 0.3, 0.1)
-    assert (n["over_budget"], n["dropped_rows"], n["top_drop_reasons"]) == (
-        1,
-        30,
-        {"line: boom": 30},
-    )
+    assert (n["worst_row_group"], n["worst_drop_rate"], n["budget"]) == ("00003", 0.3, 0.01)
+    assert (n["drop_rate"], n["dropped_rows"], n["row_groups_with_drops"]) == (0.06, 30, 1)
+    assert n["top_drop_reasons"] == {"line: expression": 30}
 
 
 # ---- pure checks on crafted stores (no Dagster) -----------------------------------------------
@@ -333,7 +333,7 @@ def _write_llm_group(store: PartitionStore, plan: Any, rg: int, rows: int, faile
     stats = {
         "planned_rows": 10,
         "dropped_rows": failed,
-        "drop_reasons": {"b: 500 server error after 4 attempt(s)": failed} if failed else {},
+        "drop_reasons": {"b: rejected (HTTP 400)": failed} if failed else {},
         "llm": {"llm_requests": 2 * rows + failed, "llm_failures": failed, "llm_retries": 3},
     }
     store.write_row_group(plan.ref, rg, table, stats)
@@ -353,8 +353,9 @@ def test_llm_failure_rate_from_footer_stats(tmp_path: Path) -> None:
     assert llm.numbers["failure_rate"] == round(4 / 36, 4) and llm.passed
     assert (llm.numbers["llm_failures"], llm.numbers["llm_retries"]) == (4, 6)
     assert not llm.blocking and llm.severity == "WARN"
-    # 40% of row group 1 dropped: over the default 10% budget; ids checked under their new name.
+    # 4 of 20 rows dropped: over the default 1% budget; ids checked under their new name.
     assert not out["rows_within_drop_budget"].passed
+    assert out["rows_within_drop_budget"].numbers["drop_rate"] == 0.2
     assert out["uuid_columns_unique"].numbers["columns"] == ["id"]
     assert out["uuid_columns_unique"].passed and out["schema_matches_config"].passed
 

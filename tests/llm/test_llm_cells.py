@@ -37,9 +37,9 @@ from dd_assets.llm.cache import CACHE_DIR_ENV, cache_path
 from dd_assets.llm.cells import SAME_REJECTIONS_FATAL, EarlyStopError
 from dd_assets.runners.materialize import RowGroupOutcome, UnfinishedCellsError, materialize
 from dd_assets.runners.plan import StagePlan, plan_workflow
-from dd_assets.runners.preview import preview_stage
 from dd_assets.store.partition_store import PartitionStore
 from dd_assets.testing.mock_openai import CONTEXT_LENGTH_MESSAGE, MockOpenAI
+from dd_assets.testing.workflows import sampler_rows
 
 MODEL = "m-cells"
 KEY_ENV = "DD_TEST_CELLS_KEY"
@@ -141,15 +141,6 @@ def run_stage(
         retry_dropped=retry_dropped,
     )
     return plan, out
-
-
-def preview_rids(wf: WorkflowConfig, rows: Any) -> list[dict[str, Any]]:
-    """The sampler values of the given rows (no LLM call): what row i's prompt will contain."""
-    no_llm = wf.model_copy(
-        update={"stages": [wf.stages[0].model_copy(update={"columns": [wf.stages[0].columns[0]]})]}
-    )
-    table = preview_stage(plan_workflow(no_llm)["s"], wf.stages[0].num_records).table
-    return [table.slice(i, 1).to_pylist()[0] for i in rows]
 
 
 def rid_row(rows: list[dict[str, Any]], body: dict[str, Any]) -> int:
@@ -339,9 +330,8 @@ def test_answers_invalid_beyond_max_parse_retries_drop_their_row(mock: MockOpenA
         )
         assert d["message"].startswith("no usable answer after 2 attempt(s): answer does not")
         assert "'title' is a required property" in d["message"]
-    assert {r["rid"] for r in rows}.isdisjoint(
-        {r["rid"] for r in preview_rids(wf, [d["row"] for d in drops])}
-    )
+    all_rows = sampler_rows(wf.model_dump(), "s")
+    assert {r["rid"] for r in rows}.isdisjoint({all_rows[d["row"]]["rid"] for d in drops})
     # every dropped row was asked twice; rows that survived a re-ask count too
     reasks = [b for b in mock.bodies if len(b["messages"]) > 1]
     assert all("does not match the schema" in b["messages"][-1]["content"] for b in reasks)
@@ -590,7 +580,7 @@ def test_a_row_refused_with_400_is_dropped_with_its_provenance(mock: MockOpenAI,
     root = tmp_path / "dd-data"
     wf = make_workflow(mock.url, [TEXT_A, TEXT_B], num_records=20, buffer_size=10)
     plan = plan_workflow(wf)["s"]
-    rids = [r["rid"] for r in preview_rids(wf, range(20))]
+    rids = [r["rid"] for r in sampler_rows(wf.model_dump(), "s")]
     mock.prompt_faults = {f"A: {rids[13]}": 400}
     plan, outcomes = run_stage(wf, root)
     store = PartitionStore(root)

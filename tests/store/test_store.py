@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dd_assets.config import ResumeMode
+from dd_assets.engine import DROPS_SCHEMA
 from dd_assets.store.atomic import TEMP_MARK, _host
 from dd_assets.store.layout import partition_key, row_group_of
 from dd_assets.store.partition_store import (
@@ -646,3 +647,78 @@ def test_two_processes_write_one_stage_at_once(store: PartitionStore, tmp_path: 
     assert ids == list(range(200))
     leftovers = [n for n in os.listdir(store.files_dir(ref)) if TEMP_MARK in n]
     assert leftovers == []
+
+
+# ---- drops tables ------------------------------------------------------------------------------
+
+
+def drops_for(rows: list[int], rg: int) -> pa.Table:
+    return pa.Table.from_pylist(
+        [
+            {"row_group": rg, "row": r, "column": "a", "reason": "rejected", "status": 400,
+             "message": f"row {r} is too long"}
+            for r in rows
+        ],
+        schema=DROPS_SCHEMA,
+    )  # fmt: skip
+
+
+def test_drops_are_committed_beside_their_row_group_and_named_by_its_footer(
+    store: PartitionStore,
+) -> None:
+    ref = make_ref()
+    store.prepare(ref, ResumeMode.IF_POSSIBLE)
+    stats = {"dropped_rows": 2, "drop_reasons": {"a: rejected (HTTP 400)": 2}}
+    info = store.write_row_group(ref, 0, rows_for(ref, 0, 8), stats, drops_for([3, 7], 0))
+    name = info.stats["drops_file"]
+    assert re.fullmatch(r"drops_00000\.[0-9a-f]{16}\.parquet", name)
+    # Outside parquet-files/: whatever reads that folder as the dataset never sees them.
+    assert (store.stage_dir(ref) / "drops" / name).is_file()
+    assert [p.name for p in store.files_dir(ref).iterdir()] == ["batch_00000.parquet"]
+    assert store.drops(ref, info).to_pylist() == drops_for([3, 7], 0).to_pylist()
+    # A row group without drops has no file and an empty drops table.
+    clean = store.write_row_group(ref, 1, rows_for(ref, 1), {"dropped_rows": 0}, drops_for([], 1))
+    assert "drops_file" not in clean.stats and store.drops(ref, clean).num_rows == 0
+    assert [b.num_rows for b in store.iter_drops(ref)] == [2]
+
+
+def test_a_crash_between_the_drops_and_the_row_group_keeps_the_old_pair(
+    store: PartitionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Regenerating a row group writes its new drops first; a crash before the row group commits
+    leaves the old row group with its own drops (the new file is named by no footer, ignored,
+    and removed when the row group is next written)."""
+    ref = make_ref()
+    store.prepare(ref, ResumeMode.IF_POSSIBLE)
+    old = store.write_row_group(ref, 0, rows_for(ref, 0, 9), {"dropped_rows": 1}, drops_for([4], 0))
+    real = pq.write_table
+
+    def crash_on_the_row_group(table: pa.Table, where: Any, *a: Any, **kw: Any) -> None:
+        if "batch_" in str(where):
+            raise OSError("disk full")
+        real(table, where, *a, **kw)
+
+    monkeypatch.setattr(pq, "write_table", crash_on_the_row_group)
+    with pytest.raises(OSError, match="disk full"):
+        store.write_row_group(
+            ref, 0, rows_for(ref, 0, 8), {"dropped_rows": 2}, drops_for([4, 5], 0)
+        )
+    monkeypatch.setattr(pq, "write_table", real)
+    assert len(list(store.drops_dir(ref).iterdir())) == 2  # the orphan is there...
+    info = store.completed(ref)[0]
+    assert info.stats == old.stats  # ...the old row group still stands, with its own drops
+    assert store.drops(ref, info).to_pylist() == drops_for([4], 0).to_pylist()
+    # The next write of that row group (here: no drops) leaves no drops file of it behind.
+    store.write_row_group(ref, 0, rows_for(ref, 0), {"dropped_rows": 0})
+    assert list(store.drops_dir(ref).iterdir()) == []
+
+
+def test_a_missing_drops_table_is_a_clear_error(store: PartitionStore) -> None:
+    ref = make_ref()
+    store.prepare(ref, ResumeMode.IF_POSSIBLE)
+    info = store.write_row_group(
+        ref, 0, rows_for(ref, 0, 9), {"dropped_rows": 1}, drops_for([4], 0)
+    )
+    (store.drops_dir(ref) / info.stats["drops_file"]).unlink()
+    with pytest.raises(CorruptStageError, match=r"drops table of row group 00000.*missing"):
+        store.drops(ref, info)

@@ -321,7 +321,7 @@ def materialize_wave(
                             client=client,
                             cache=shared_cache,
                             outage=outage,
-                            answered_before=any(i.rows for i in store.completed(p.ref).values()),
+                            answered_before=any(i.rows for i in lineage.completed(p).values()),
                         )
                     )
                 coros.append(

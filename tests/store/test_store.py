@@ -669,7 +669,7 @@ def test_drops_are_committed_beside_their_row_group_and_named_by_its_footer(
     ref = make_ref()
     store.prepare(ref, ResumeMode.IF_POSSIBLE)
     stats = {"dropped_rows": 2, "drop_reasons": {"a: rejected (HTTP 400)": 2}}
-    info = store.write_row_group(ref, 0, rows_for(ref, 0, 8), stats, drops_for([3, 7], 0))
+    info = store.write_row_group(ref, 0, rows_for(ref, 0, 8), stats, drops=drops_for([3, 7], 0))
     name = info.stats["drops_file"]
     assert re.fullmatch(r"drops_00000\.[0-9a-f]{16}\.parquet", name)
     # Outside parquet-files/: whatever reads that folder as the dataset never sees them.
@@ -677,7 +677,9 @@ def test_drops_are_committed_beside_their_row_group_and_named_by_its_footer(
     assert [p.name for p in store.files_dir(ref).iterdir()] == ["batch_00000.parquet"]
     assert store.drops(ref, info).to_pylist() == drops_for([3, 7], 0).to_pylist()
     # A row group without drops has no file and an empty drops table.
-    clean = store.write_row_group(ref, 1, rows_for(ref, 1), {"dropped_rows": 0}, drops_for([], 1))
+    clean = store.write_row_group(
+        ref, 1, rows_for(ref, 1), {"dropped_rows": 0}, drops=drops_for([], 1)
+    )
     assert "drops_file" not in clean.stats and store.drops(ref, clean).num_rows == 0
     assert [b.num_rows for b in store.iter_drops(ref)] == [2]
 
@@ -690,7 +692,9 @@ def test_a_crash_between_the_drops_and_the_row_group_keeps_the_old_pair(
     and removed when the row group is next written)."""
     ref = make_ref()
     store.prepare(ref, ResumeMode.IF_POSSIBLE)
-    old = store.write_row_group(ref, 0, rows_for(ref, 0, 9), {"dropped_rows": 1}, drops_for([4], 0))
+    old = store.write_row_group(
+        ref, 0, rows_for(ref, 0, 9), {"dropped_rows": 1}, drops=drops_for([4], 0)
+    )
     real = pq.write_table
 
     def crash_on_the_row_group(table: pa.Table, where: Any, *a: Any, **kw: Any) -> None:
@@ -701,7 +705,7 @@ def test_a_crash_between_the_drops_and_the_row_group_keeps_the_old_pair(
     monkeypatch.setattr(pq, "write_table", crash_on_the_row_group)
     with pytest.raises(OSError, match="disk full"):
         store.write_row_group(
-            ref, 0, rows_for(ref, 0, 8), {"dropped_rows": 2}, drops_for([4, 5], 0)
+            ref, 0, rows_for(ref, 0, 8), {"dropped_rows": 2}, drops=drops_for([4, 5], 0)
         )
     monkeypatch.setattr(pq, "write_table", real)
     assert len(list(store.drops_dir(ref).iterdir())) == 2  # the orphan is there...
@@ -717,7 +721,7 @@ def test_a_missing_drops_table_is_a_clear_error(store: PartitionStore) -> None:
     ref = make_ref()
     store.prepare(ref, ResumeMode.IF_POSSIBLE)
     info = store.write_row_group(
-        ref, 0, rows_for(ref, 0, 9), {"dropped_rows": 1}, drops_for([4], 0)
+        ref, 0, rows_for(ref, 0, 9), {"dropped_rows": 1}, drops=drops_for([4], 0)
     )
     (store.drops_dir(ref) / info.stats["drops_file"]).unlink()
     with pytest.raises(CorruptStageError, match=r"drops table of row group 00000.*missing"):

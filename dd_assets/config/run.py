@@ -17,7 +17,9 @@ class ResumeMode(StrEnum):
 
 
 class EarlyStopSettings(BaseModel):
-    """Stop a run when most recent LLM cells fail for good (a dead endpoint, a bad prompt)."""
+    """Stop a run when most recent LLM cells were dropped (a bad prompt or schema; transient
+    faults never count), or when `window` cells in a row got no answer after all retries (the
+    endpoint is down: the run ends with those cells unfinished, exit code 4)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

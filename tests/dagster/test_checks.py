@@ -150,7 +150,7 @@ def test_all_checks_pass_after_a_full_materialize(
     from dd_assets.dagster.build import build_definitions
 
     defs = build_definitions([plan_workflow(load_workflow(cfg))], root=str(tmp_path / "dd-data"))
-    assert len(defs.resolve_asset_graph().asset_check_keys) == 10
+    assert len(defs.resolve_asset_graph().asset_check_keys) == 11
     job = defs.resolve_job_def("wf__checks_job")
     assert job.execute_in_process(instance=instance).success
 

@@ -599,7 +599,7 @@ def test_a_row_refused_with_400_is_dropped_with_its_provenance(mock: MockOpenAI,
         "message": CONTEXT_LENGTH_MESSAGE,
     }
     assert store.drops(plan.ref, store.completed(plan.ref)[0]).num_rows == 0
-    assert [p.name for p in store.drops_dir(plan.ref).iterdir()] == [info.stats["drops_file"]]
+    assert [p.name for p in store.drops_dir(plan.ref).iterdir()] == [info.drops]
     assert mock.requests == 39  # the refused row's b was never asked
 
     mock.reset()
@@ -613,7 +613,7 @@ def test_a_row_refused_with_400_is_dropped_with_its_provenance(mock: MockOpenAI,
                for b in mock.bodies)  # fmt: skip
     assert len(read_rows(root, plan)) == 20
     info = store.completed(plan.ref)[1]
-    assert info.stats["dropped_rows"] == 0 and "drops_file" not in info.stats
+    assert info.stats["dropped_rows"] == 0 and info.drops is None
     assert list(store.drops_dir(plan.ref).iterdir()) == []  # the old drops file went with it
 
 

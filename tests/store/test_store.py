@@ -670,7 +670,7 @@ def test_drops_are_committed_beside_their_row_group_and_named_by_its_footer(
     store.prepare(ref, ResumeMode.IF_POSSIBLE)
     stats = {"dropped_rows": 2, "drop_reasons": {"a: rejected (HTTP 400)": 2}}
     info = store.write_row_group(ref, 0, rows_for(ref, 0, 8), stats, drops=drops_for([3, 7], 0))
-    name = info.stats["drops_file"]
+    name = info.drops
     assert re.fullmatch(r"drops_00000\.[0-9a-f]{16}\.parquet", name)
     # Outside parquet-files/: whatever reads that folder as the dataset never sees them.
     assert (store.stage_dir(ref) / "drops" / name).is_file()
@@ -680,7 +680,7 @@ def test_drops_are_committed_beside_their_row_group_and_named_by_its_footer(
     clean = store.write_row_group(
         ref, 1, rows_for(ref, 1), {"dropped_rows": 0}, drops=drops_for([], 1)
     )
-    assert "drops_file" not in clean.stats and store.drops(ref, clean).num_rows == 0
+    assert clean.drops is None and store.drops(ref, clean).num_rows == 0
     assert [b.num_rows for b in store.iter_drops(ref)] == [2]
 
 
@@ -710,7 +710,10 @@ def test_a_crash_between_the_drops_and_the_row_group_keeps_the_old_pair(
     monkeypatch.setattr(pq, "write_table", real)
     assert len(list(store.drops_dir(ref).iterdir())) == 2  # the orphan is there...
     info = store.completed(ref)[0]
-    assert info.stats == old.stats  # ...the old row group still stands, with its own drops
+    assert (info.stats, info.drops) == (
+        old.stats,
+        old.drops,
+    )  # ...the old row group still stands, with its own drops
     assert store.drops(ref, info).to_pylist() == drops_for([4], 0).to_pylist()
     # The next write of that row group (here: no drops) leaves no drops file of it behind.
     store.write_row_group(ref, 0, rows_for(ref, 0), {"dropped_rows": 0})
@@ -723,6 +726,6 @@ def test_a_missing_drops_table_is_a_clear_error(store: PartitionStore) -> None:
     info = store.write_row_group(
         ref, 0, rows_for(ref, 0, 9), {"dropped_rows": 1}, drops=drops_for([4], 0)
     )
-    (store.drops_dir(ref) / info.stats["drops_file"]).unlink()
+    (store.drops_dir(ref) / info.drops).unlink()
     with pytest.raises(CorruptStageError, match=r"drops table of row group 00000.*missing"):
         store.drops(ref, info)

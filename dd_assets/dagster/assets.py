@@ -4,17 +4,21 @@ finalize processors.
 
 No `from __future__ import annotations` here: Dagster reads the run-config annotation at runtime."""
 
-import hashlib
 import time
 import warnings
 from collections.abc import Iterator
 from typing import Any, Literal
 
 import dagster as dg
-import pyarrow as pa
 import pyarrow.parquet as pq
 
 from dd_assets.config import ResumeMode, RunSettings
+from dd_assets.dagster.asset_checks import (
+    check_specs,
+    row_group_checks_on_demand,
+    stage_checks_at_end,
+)
+from dd_assets.dagster.events import StageEvents, preview_md
 from dd_assets.dagster.io_manager import ref_metadata
 from dd_assets.dagster.llm_backends import request_cache_url, request_slots
 from dd_assets.dagster.names import (
@@ -28,13 +32,12 @@ from dd_assets.dagster.profile import profile_metadata_values
 from dd_assets.dagster.resources import IO_MANAGER_KEY, StoreResource
 from dd_assets.runners.approve import approval_metadata
 from dd_assets.runners.finalize import finalize_stage
-from dd_assets.runners.materialize import RowGroupOutcome, materialize_wave
+from dd_assets.runners.materialize import materialize_wave
 from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.seeds import skip_reason
-from dd_assets.store.layout import partition_key, row_group_of
+from dd_assets.store.layout import row_group_of
 
 FRESH_START_TAG = "dd-assets/fresh-start-token"
-PREVIEW_ROWS = 5
 
 
 class StageRunConfig(dg.Config):
@@ -43,46 +46,6 @@ class StageRunConfig(dg.Config):
     resume: Literal["if_possible", "always", "never"] = "if_possible"
     # Regenerate the row groups that dropped rows, asking exactly those cells again.
     retry_dropped: bool = False
-
-
-def _preview_md(table: pa.Table) -> str:
-    rows = table.slice(0, PREVIEW_ROWS).to_pylist()
-    if not rows:
-        return "_no rows_"
-    cols = list(rows[0])
-
-    def cell(v: Any) -> str:
-        text = str(v).replace("|", "\\|").replace("\n", " ")
-        return text if len(text) <= 60 else text[:59] + "…"
-
-    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
-    return "\n".join(lines)
-
-
-def data_version(plan: StagePlan, outcome: RowGroupOutcome) -> str:
-    # Same fingerprint + same row group + same rows = same data: a reused row group keeps its
-    # version, so downstream stages are not shown as stale by a resume.
-    raw = f"{plan.ref.fingerprint}:{outcome.row_group}:{outcome.info.rows}"
-    return hashlib.sha256(raw.encode()).hexdigest()[:32]
-
-
-def partition_metadata(plan: StagePlan, outcome: RowGroupOutcome) -> dict[str, Any]:
-    stats = outcome.stats or {}
-    md: dict[str, Any] = {
-        "rows": outcome.info.rows,
-        "planned_rows": stats.get("planned_rows", outcome.info.row_end - outcome.info.row_start),
-        "dropped_rows": stats.get("dropped_rows", 0),
-        "seconds": float(stats.get("seconds", 0.0)),
-        "reused": outcome.reused,
-        "path": dg.MetadataValue.path(str(outcome.info.path)),
-        "fingerprint": plan.ref.fingerprint[:12],
-    }
-    if stats.get("drop_reasons"):
-        md["drop_reasons"] = dg.MetadataValue.json(stats["drop_reasons"])
-    if stats.get("llm"):
-        md.update({f"llm_{k}": v for k, v in stats["llm"].items()})
-    return md
 
 
 def _upstream_dep(plan: StagePlan, up: StagePlan) -> dg.AssetDep:
@@ -135,6 +98,7 @@ def wave_asset(plans: list[StagePlan], settings: RunSettings) -> dg.AssetsDefini
                 if dep.asset_key not in {d.asset_key for d in deps}:
                     deps.append(dep)
 
+    partitions_def = dg.StaticPartitionsDefinition(partition_keys(plans[0]))
     # BackfillPolicy is marked beta; we depend on it on purpose (pinned dagster minor), so its
     # warning would only be noise in every CLI run, webserver and daemon log.
     with warnings.catch_warnings():
@@ -144,9 +108,10 @@ def wave_asset(plans: list[StagePlan], settings: RunSettings) -> dg.AssetsDefini
             outs=outs,
             deps=deps,
             internal_asset_deps=internal,
-            partitions_def=dg.StaticPartitionsDefinition(partition_keys(plans[0])),
+            partitions_def=partitions_def,
             backfill_policy=dg.BackfillPolicy.multi_run(settings.partitions_per_run),
             can_subset=True,
+            check_specs=[spec for p in plans for spec in check_specs(p, partitions_def)],
         )
 
     @decorator
@@ -154,21 +119,16 @@ def wave_asset(plans: list[StagePlan], settings: RunSettings) -> dg.AssetsDefini
         context: dg.AssetExecutionContext, config: StageRunConfig, dd_store: StoreResource
     ) -> Iterator[Any]:
         store = dd_store.get_store()
-        selected = [
-            p for p in plans if output_name(p) in context.op_execution_context.selected_output_names
-        ]
-        row_groups = [row_group_of(k) for k in context.partition_keys]
+        selected = [p for p in plans if asset_key(p) in context.selected_asset_keys]
+        if not selected:
+            # A run of checks alone (`dd-assets check`, the UI's "Execute"): nothing is written.
+            for p in plans:
+                yield from row_group_checks_on_demand(context, p, store)
+                yield from stage_checks_at_end(context, p, store, on_demand=True)
+            return
         tags = context.run.tags
         token = tags.get(FRESH_START_TAG) or tags.get("dagster/backfill") or context.run.run_id
         t0 = time.perf_counter()
-
-        def on_done(stage: str, o: RowGroupOutcome) -> None:
-            verb = "reused" if o.reused else "generated"
-            context.log.info(
-                f"{stage} row group {o.info.path.stem[-5:]}: {verb} {o.info.rows} rows"
-                f" -> {o.info.path}"
-            )
-
         runnable = []
         for p in selected:
             skipped = skip_reason(store, p)
@@ -178,60 +138,41 @@ def wave_asset(plans: list[StagePlan], settings: RunSettings) -> dg.AssetsDefini
             runnable.append(p)
         if not runnable:
             return
+        events = StageEvents(
+            context,
+            runnable,
+            store,
+            context.partition_keys,
+            # Once per run and stage, on its newest event (what the asset page shows): the whole
+            # stage's profile as it stands after the run, and its review gate.
+            stage_metadata=lambda p: {
+                **profile_metadata_values(p, store, final=False),
+                **approval_metadata(p, store),
+            },
+        )
         calls_llm = any(p.compiled.needs_cells for p in runnable)
-        with request_slots(context.instance, calls_llm) as slots:
-            outcomes = materialize_wave(
-                runnable,
-                store,
-                row_groups,
-                resume=ResumeMode(config.resume),
-                token=token,
-                in_flight=settings.row_groups_in_flight,
-                on_done=on_done,
-                slots=slots,
-                cache_url=request_cache_url(context.instance) if calls_llm else None,
-                retry_dropped=config.retry_dropped,
-            )
-        seconds = round(time.perf_counter() - t0, 3)
-        for p in runnable:
-            done = outcomes[p.name]
-            generated = [o for o in done if not o.reused]
-            yield dg.Output(
-                None,
-                output_name=output_name(p),
-                metadata={
-                    "row_groups": len(done),
-                    "generated": len(generated),
-                    "reused": len(done) - len(generated),
-                    "rows": sum(o.info.rows for o in done),
-                    "seconds": seconds,
-                    # Review gate: what the stage hands downstream instead (runners/approve.py).
-                    **approval_metadata(p, store),
-                },
-            )
-        # Logged after the Outputs so that each partition's latest materialization carries its
-        # own numbers rather than the run's totals.
-        for p in runnable:
-            last = outcomes[p.name][-1].row_group if outcomes[p.name] else None
-            for o in outcomes[p.name]:
-                md = partition_metadata(p, o)
-                if o.row_group == last:
-                    # The whole stage's profile as it stands after this run, on its newest event
-                    # (what the asset page shows); once per run, not per row group.
-                    md.update(profile_metadata_values(p, store, final=False))
-                if not o.reused:
-                    md["preview"] = dg.MetadataValue.md(
-                        _preview_md(store.read_row_group(p.ref, o.row_group))
-                    )
-                yield dg.AssetMaterialization(
-                    asset_key=asset_key(p),
-                    partition=partition_key(o.row_group),
-                    metadata=md,
-                    tags={
-                        "dagster/code_version": p.ref.fingerprint,
-                        "dagster/data_version": data_version(p, o),
-                    },
+        try:
+            with request_slots(context.instance, calls_llm) as slots:
+                materialize_wave(
+                    runnable,
+                    store,
+                    [row_group_of(k) for k in context.partition_keys],
+                    resume=ResumeMode(config.resume),
+                    token=token,
+                    in_flight=settings.row_groups_in_flight,
+                    on_done=events.on_done,
+                    slots=slots,
+                    cache_url=request_cache_url(context.instance) if calls_llm else None,
+                    retry_dropped=config.retry_dropped,
                 )
+        except BaseException:
+            events.failed()
+            raise
+        yield from events.finish()
+        events.checks_after_outputs()
+        context.log.info(events.summary(time.perf_counter() - t0))
+        for p in runnable:
+            yield from stage_checks_at_end(context, p, store, on_demand=False)
 
     return _wave
 
@@ -267,7 +208,7 @@ def final_asset(plan: StagePlan) -> dg.AssetsDefinition:
         md.update(approval_metadata(plan, store))
         if res.rows_out:
             md["preview"] = dg.MetadataValue.md(
-                _preview_md(pq.ParquetFile(res.path).read_row_group(0))
+                preview_md(pq.ParquetFile(res.path).read_row_group(0))
             )
         else:
             context.log.warning(

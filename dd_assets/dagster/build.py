@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import dagster as dg
 
-from dd_assets.dagster.asset_checks import stage_checks
+from dd_assets.dagster.asset_checks import CURRENT_CHECK, stage_check_names
 from dd_assets.dagster.assets import final_asset, wave_asset
 from dd_assets.dagster.io_manager import StageIOManager
 from dd_assets.dagster.names import asset_key, checks_job_name, job_name
 from dd_assets.dagster.resources import IO_MANAGER_KEY, STORE_KEY, StoreResource
+from dd_assets.dagster.sensors import current_sensor
 from dd_assets.errors import ConfigError
-from dd_assets.runners.plan import WorkflowPlan
+from dd_assets.runners.checks import ROW_GROUP_CHECK
+from dd_assets.runners.plan import StagePlan, WorkflowPlan
 
 # What the code location serves: a workflow YAML file or a folder of them.
 CONFIG_ENV = "DD_ASSETS_CONFIG"
@@ -28,9 +30,7 @@ def workflow_definitions(plan: WorkflowPlan) -> dg.Definitions:
     jobs = [
         dg.define_asset_job(
             job_name(w),
-            # Without the checks: they look at the whole stage, and a run covering a few row
-            # groups would only fail completeness (`dd-assets check` / the checks job run them).
-            selection=dg.AssetSelection.assets(*(asset_key(p) for p in w)).without_checks(),
+            selection=wave_selection(w),
             description=f"Materialize stage(s) {', '.join(p.name for p in w)} row group by row"
             " group.",
         )
@@ -39,13 +39,29 @@ def workflow_definitions(plan: WorkflowPlan) -> dg.Definitions:
     jobs.append(
         dg.define_asset_job(
             checks_job_name(plan),
-            selection=dg.AssetSelection.checks_for_assets(*(asset_key(p) for p in stages.values())),
+            selection=stage_checks_selection(list(stages.values())),
             description="Run every stage's asset checks over the whole stage (what"
             " `dd-assets check` runs).",
         )
     )
-    return dg.Definitions(
-        assets=assets, asset_checks=[stage_checks(p) for p in stages.values()], jobs=jobs
+    return dg.Definitions(assets=assets, jobs=jobs, sensors=[current_sensor(plan)])
+
+
+def wave_selection(plans: list[StagePlan]) -> dg.AssetSelection:
+    """What a materialization run of a wave's stages selects: the assets, their row-group check
+    (recorded as each row group lands) and `materializations_current`. Not the whole-stage checks:
+    they are the checks job's (in a run over part of a stage they would only be skipped)."""
+    keys = [asset_key(p) for p in plans]
+    return dg.AssetSelection.assets(*keys).without_checks() | dg.AssetSelection.checks(
+        *(dg.AssetCheckKey(k, n) for k in keys for n in (ROW_GROUP_CHECK, CURRENT_CHECK))
+    )
+
+
+def stage_checks_selection(plans: list[StagePlan]) -> dg.AssetSelection:
+    """The whole-stage checks of these stages (what `dd-assets check` runs): a run of them alone
+    evaluates them over everything on disk."""
+    return dg.AssetSelection.checks(
+        *(dg.AssetCheckKey(asset_key(p), n) for p in plans for n in stage_check_names(p))
     )
 
 

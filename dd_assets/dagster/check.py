@@ -8,7 +8,7 @@ from typing import Any
 
 import dagster as dg
 
-from dd_assets.dagster.build import build_definitions
+from dd_assets.dagster.build import build_definitions, stage_checks_selection
 from dd_assets.dagster.names import asset_key, checks_job_name
 from dd_assets.dagster.runs import CliJob
 from dd_assets.runners.checks import checks_for
@@ -54,7 +54,7 @@ def check_workflow(
     job = CliJob.build(
         defs,
         checks_job_name(plan),
-        dg.AssetSelection.checks_for_assets(*(asset_key(p) for p in wanted)),
+        stage_checks_selection(wanted),
         instance,
     )
     result = job.run()

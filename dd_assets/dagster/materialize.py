@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from dd_assets.dagster.assets import FRESH_START_TAG
-from dd_assets.dagster.build import build_definitions
-from dd_assets.dagster.names import asset_key, final_key, final_op_name, op_name
+from dd_assets.dagster.build import build_definitions, wave_selection
+from dd_assets.dagster.names import final_key, final_op_name, op_name
 from dd_assets.dagster.runs import CliJob
 from dd_assets.errors import DdAssetsError
 from dd_assets.runners.checks import drop_budget_error
@@ -83,8 +83,8 @@ def materialize_workflow(
             jobs[key] = CliJob.build(
                 defs,
                 op_name(plans),
-                # Assets only: the checks look at the whole stage (`dd-assets check`).
-                dg.AssetSelection.assets(*(asset_key(p) for p in plans)).without_checks(),
+                # The whole-stage checks are run by `dd-assets check`.
+                wave_selection(plans),
                 instance,
             )
         return jobs[key]

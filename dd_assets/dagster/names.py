@@ -52,3 +52,7 @@ def checks_job_name(plan: WorkflowPlan) -> str:
 
 def partition_keys(plan: StagePlan) -> list[str]:
     return [partition_key(rg) for rg in range(plan.ref.num_row_groups)]
+
+
+def current_sensor_name(plan: WorkflowPlan) -> str:
+    return f"{plan.name}__materializations_current"

@@ -13,10 +13,14 @@ incomplete, not what the config describes, or short of more rows than allowed:
 `dd-assets materialize` turns into exit code 5, so the two always agree). Warnings (severity
 WARN, exit 0) describe a dataset that is otherwise acceptable: `llm_failure_rate` (the
 endpoint's health), `profile_drift`.
+
+`check_row_group` is the row-group-local part of them (footer, schema, drop budget) for one file:
+the Dagster assets record it per partition as each row group lands (one check, so one event).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -36,12 +40,18 @@ from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.profile import stage_profile
 from dd_assets.store.footer import FileFooter, is_done
-from dd_assets.store.layout import key_ranges, partition_key
+from dd_assets.store.layout import batch_name, key_ranges, partition_key
 from dd_assets.store.partition_store import PartitionStore
 from dd_assets.store.seed_files import file_source
 
 HEAD = 10  # how many row groups / files a check names in its numbers and description
 UUID_BATCH_ROWS = 65_536
+ROW_GROUP_CHECK = "row_group_valid"
+ROW_GROUP_CHECK_DESCRIPTION = (
+    "This row group on its own: its footer names the stage's fingerprint and row group, its"
+    " schema is the config's, and it dropped no more rows than run.max_drop_rate. Recorded as"
+    " each row group lands."
+)
 
 
 @dataclass(frozen=True)
@@ -510,6 +520,50 @@ def check_profile_drift(sf: StageFiles) -> CheckOutcome:
 def drift_applies(plan: StagePlan) -> bool:
     stage = plan.compiled.stage
     return bool(category_columns(stage.columns) or stage.drift.judge_min_mean)
+
+
+def check_row_group(plan: StagePlan, footer: FileFooter, expected: pa.Schema) -> CheckOutcome:
+    """One row group on its own: its footer names the stage's fingerprint and its row group, its
+    schema is the config's (`expected`: `parquet_schema(expected_schema(...))`, computed once per
+    run), and it dropped no more rows than the budget. The first two fail as ERROR, the budget
+    alone as WARN, like the whole-stage checks they mirror."""
+    budget = plan.workflow.run.max_drop_rate
+    problems: list[str] = []
+    mismatch = footer.mismatch(plan.ref)
+    if mismatch:
+        problems.append(mismatch)
+    if footer.schema is not None:
+        problems += [text for _, text in schema_diff(expected, footer.schema)]
+    stats = footer.stats
+    start, end = footer.range() or (0, 0)
+    planned = int(stats.get("planned_rows", end - start) or 0)
+    dropped = int(stats.get("dropped_rows", 0) or 0)
+    rate = dropped / planned if planned else 0.0
+    numbers: dict[str, Any] = {
+        "rows": footer.rows,
+        "planned_rows": planned,
+        "dropped_rows": dropped,
+        "drop_rate": round(rate, 4),
+        "budget": budget,
+    }
+    if problems:
+        numbers["problems"] = problems
+        return CheckOutcome(ROW_GROUP_CHECK, False, True, "; ".join(problems), numbers)
+    if rate > budget:
+        text = f"{dropped} of {planned} rows dropped ({_pct(rate)}, budget {_pct(budget)})"
+        return CheckOutcome(ROW_GROUP_CHECK, False, False, text, numbers)
+    text = f"{footer.rows} rows, schema and footer as configured, {_pct(rate)} dropped"
+    return CheckOutcome(ROW_GROUP_CHECK, True, False, text, numbers)
+
+
+def stage_files_present(plan: StagePlan, store: PartitionStore) -> bool:
+    """Whether every row group of the stage has a file (a directory listing, no footer read): the
+    cheap test of whether the whole-stage checks are worth running at the end of a run."""
+    folder = store.files_dir(plan.ref)
+    if not folder.is_dir():
+        return False
+    names = {e.name for e in os.scandir(folder)}
+    return all(batch_name(rg) in names for rg in range(plan.ref.num_row_groups))
 
 
 CHECKS: tuple[CheckSpec, ...] = (

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 import urllib.request
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,3 +132,111 @@ def test_backfill_of_missing_partitions_reuses_row_groups_on_disk(
         assert record.asset_materialization.metadata["reused"].value is reused
     runs = instance.get_runs(filters=dg.RunsFilter(tags={"dagster/backfill": backfill_id}))
     assert len(runs) == 3  # ten partitions, four per run (partitions_per_run: 4)
+
+
+STALENESS = """
+query($keys: [AssetKeyInput!], $partitions: [String!]) {
+  assetNodes(assetKeys: $keys) {
+    assetKey { path }
+    staleStatusByPartition(partitions: $partitions)
+    partitionStats { numMaterialized numPartitions }
+  }
+}"""
+
+
+@pytest.fixture
+def two_stages(tmp_path: Path) -> Path:
+    return write_config(
+        tmp_path / "wf.yaml", people_config(num_records=1000, buffer_size=100, downstream=True)
+    )
+
+
+def test_backfill_records_each_partition_once_fails_no_check_and_shows_config_edits(
+    tmp_path: Path, two_stages: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A UI backfill of two chained stages (three runs of four row groups, checks included, as
+    the UI launches them): each partition materialized once, nothing "Unsynced" through
+    GraphQL, no run records a failed whole-stage check for the row groups outside its range.
+    Then a config edit: after the code location reloads, the workflow's sensor (in the daemon)
+    turns `materializations_current` red for the asset, with no run."""
+    env = isolated_env(tmp_path, two_stages)
+    home = Path(env["DAGSTER_HOME"])
+    (home / "dagster.yaml").write_text(DAGSTER_YAML)
+    keys = [f"{i:05d}" for i in range(10)]
+    stages = {s: dg.AssetKey(["wf", s]) for s in ("people", "notes")}
+    with running_ui(two_stages, env, tmp_path) as (port, _):
+        dagster = Dagster(port, home)
+        launched = dagster.gql(
+            LAUNCH,
+            {
+                "p": {
+                    "assetSelection": [{"path": k.path} for k in stages.values()],
+                    "partitionNames": keys,
+                }
+            },
+        )["launchPartitionBackfill"]
+        assert launched["__typename"] == "LaunchBackfillSuccess", launched
+        deadline = time.monotonic() + 240
+        status = "REQUESTED"
+        while status == "REQUESTED":
+            assert time.monotonic() < deadline, f"backfill still {status} after 240 s"
+            time.sleep(1)
+            status = dagster.gql(STATUS, {"id": launched["backfillId"]})[
+                "partitionBackfillOrError"
+            ]["status"]
+        assert status == "COMPLETED_SUCCESS", (tmp_path / "ui.log").read_text()[-3000:]
+
+        nodes = dagster.gql(
+            STALENESS,
+            {"keys": [{"path": k.path} for k in stages.values()], "partitions": keys},
+        )["assetNodes"]
+        for node in nodes:
+            assert node["staleStatusByPartition"] == ["FRESH"] * 10, node
+            assert node["partitionStats"] == {"numMaterialized": 10, "numPartitions": 10}
+
+        monkeypatch.setenv("DAGSTER_HOME", str(home))
+        instance = dg.DagsterInstance.get()
+        runs = instance.get_runs(
+            filters=dg.RunsFilter(tags={"dagster/backfill": launched["backfillId"]})
+        )
+        assert len(runs) == 3
+        for key in stages.values():
+            per = Counter(
+                (r.run_id, r.asset_materialization.partition)
+                for r in instance.fetch_materializations(
+                    dg.AssetRecordsFilter(asset_key=key), limit=100
+                ).records
+            )
+            assert sorted(pk for _, pk in per) == keys and set(per.values()) == {1}, per
+            # Whole-stage checks: never failed by a run covering part of the stage; evaluated
+            # (and passed) by the run that completed it.
+            history = instance.event_log_storage.get_asset_check_execution_history(
+                dg.AssetCheckKey(key, "row_groups_complete"), limit=10
+            )
+            assert all(r.status.value != "FAILED" for r in history), history
+            assert any(r.status.value == "SUCCEEDED" for r in history), history
+            rg_checks = instance.event_log_storage.get_asset_check_partition_info(
+                [dg.AssetCheckKey(key, "row_group_valid")]
+            )
+            assert {i.partition_key: i.latest_execution_status.value for i in rg_checks} == {
+                k: "SUCCEEDED" for k in keys
+            }
+
+        # A config edit, seen by the code location on reload: no run needed.
+        write_config(
+            two_stages,
+            people_config(num_records=1000, buffer_size=100, downstream=True, score_high=99),
+        )
+        reloaded = dagster.gql("mutation { reloadWorkspace { __typename } }", {})
+        assert reloaded["reloadWorkspace"]["__typename"] == "Workspace", reloaded
+        check = dg.AssetCheckKey(stages["people"], "materializations_current")
+        deadline = time.monotonic() + 120
+        while True:
+            record = instance.get_latest_asset_check_evaluation_record(check)
+            if record is not None and record.status.value == "FAILED":
+                break
+            assert time.monotonic() < deadline, (tmp_path / "ui.log").read_text()[-3000:]
+            time.sleep(2)
+        assert record.run_id == "", "evaluated by the sensor, without a run"
+        evaluation = record.event.asset_check_evaluation
+        assert "10 of 10 materialized partition(s) have no row group" in evaluation.description

@@ -104,13 +104,23 @@ def test_all_checks_pass_after_a_full_materialize(
 ) -> None:
     instance = dg.DagsterInstance.get()
     assert instance.get_materialized_partitions(PEOPLE) == {f"{i:05d}" for i in range(5)}
-    # Materialize runs select the assets without their checks.
+    # Materialize runs record the row-group check per partition, not the whole-stage checks.
     assert (
         instance.get_latest_asset_check_evaluation_record(
             dg.AssetCheckKey(PEOPLE, "row_groups_complete")
         )
         is None
     )
+    for key in (PEOPLE, NOTES):
+        per_partition = instance.event_log_storage.get_asset_check_partition_info(
+            [dg.AssetCheckKey(key, "row_group_valid")]
+        )
+        assert {i.partition_key: i.latest_execution_status.value for i in per_partition} == {
+            f"{i:05d}": "SUCCEEDED" for i in range(5)
+        }
+        # Each evaluation targets its partition's latest materialization (the UI shows it
+        # current, not outdated).
+        assert all(i.is_current for i in per_partition)
 
     rc, out = _check(cfg, capsys)
     assert rc == 0, out
@@ -146,11 +156,12 @@ def test_all_checks_pass_after_a_full_materialize(
     assert _latest(PEOPLE, "uuid_columns_unique").severity == dg.AssetCheckSeverity.ERROR
     assert _latest(PEOPLE, "rows_within_drop_budget").severity == dg.AssetCheckSeverity.ERROR
 
-    # The code location exposes the checks and a job running only them (for the UI).
     from dd_assets.dagster.build import build_definitions
 
     defs = build_definitions([plan_workflow(load_workflow(cfg))], root=str(tmp_path / "dd-data"))
-    assert len(defs.resolve_asset_graph().asset_check_keys) == 11
+    # The code location exposes the checks (the 11 whole-stage ones, and per stage
+    # row_group_valid and materializations_current) and a job running the whole-stage ones alone.
+    assert len(defs.resolve_asset_graph().asset_check_keys) == 11 + 2 * 2
     job = defs.resolve_job_def("wf__checks_job")
     assert job.execute_in_process(instance=instance).success
 

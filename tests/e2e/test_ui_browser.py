@@ -2,7 +2,8 @@
 by `dd-assets ui` (webserver + daemon), driven in a real headless Chromium. The asset page must
 show the stage description, every row group as a materialized partition, a partition's
 materialization metadata (rows, preview of the rows actually on disk), and on its Checks tab the
-passing results that `dd-assets check` recorded.
+passing results that `dd-assets check` and the materialize runs recorded (the row-group check
+per partition).
 
 Screenshots go to $DD_ASSETS_ARTIFACTS/ui/ (default: test-artifacts/ui/ in the repo). Needs
 Debian's chromium (`apt-get install -y --no-install-recommends chromium chromium-driver`) and the
@@ -150,7 +151,11 @@ def test_asset_page_shows_partitions_metadata_and_checks(
     batch1 = next(p for k, p in files.items() if k.endswith("batch_00001.parquet"))
     first_line = pq.read_table(batch1, columns=["line"]).column("line")[0].as_py()
     plan = plan_workflow(load_workflow(ui.workflow))[STAGE]
-    check_names = sorted(c.name for c in checks_for(plan))
+    # The whole-stage checks (`dd-assets check` ran them), the row-group check (each
+    # partition's, recorded as it landed) and materializations_current (every materialize run).
+    check_names = sorted(
+        [*(c.name for c in checks_for(plan)), "row_group_valid", "materializations_current"]
+    )
     assert "row_groups_complete" in check_names, check_names
 
     with sync_playwright() as pw:
@@ -199,7 +204,7 @@ def test_asset_page_shows_partitions_metadata_and_checks(
             assert "person_id" in md["preview"] and first_line in md["preview"], md
             _screenshot(page, "asset-partition-00001.png")
 
-            # Checks tab: every check `dd-assets check` ran is listed with its passing result.
+            # Checks tab: every check is listed with its passing result.
             page.get_by_role("tab", name="Checks").click()
             page.get_by_text(f"Checks ({len(check_names)})", exact=True).wait_for()
             for name in check_names:
@@ -211,6 +216,14 @@ def test_asset_page_shows_partitions_metadata_and_checks(
             page.get_by_text("Latest execution").wait_for()
             page.get_by_text("Passed", exact=True).first.wait_for()
             _screenshot(page, "asset-checks.png")
+            # The row-group check is partitioned: its latest execution names its partition.
+            page.get_by_text("row_group_valid", exact=True).first.click()
+            page.get_by_text("Latest execution").wait_for()
+            page.get_by_text(re.compile(rf"^0000[0-{ROW_GROUPS - 1}]$")).first.wait_for()
+            page.get_by_role("tab", name="Partitions").last.click()
+            page.get_by_text("Loading partitions").wait_for(state="hidden")
+            page.get_by_text(f"Passed ({ROW_GROUPS})").wait_for()  # every partition checked
+            _screenshot(page, "asset-check-row-group.png")
         except Exception as exc:
             page.screenshot(path=str(artifacts_dir() / "failure.png"), full_page=True)
             raise AssertionError(

@@ -1,0 +1,343 @@
+"""What a stage run tells Dagster about its row groups (docs/decisions.md, "What Dagster is told").
+
+Every row group of a run gets exactly one materialization of its partition, carrying its own
+metadata (rows, drops, LLM usage, seconds, a preview), its own data version (the content hash in
+its footer) and the provenance tags Dagster's staleness reads. How it gets there depends on
+whether another step of the same run reads the asset:
+
+- **live** (no other step of this run reads it: CLI chunks, per-wave backfill runs, leaf
+  waves): each row group's materialization is logged the moment it lands, from a writer thread
+  so the generation loop never waits on the event log. A run that fails later keeps them.
+- **at the end** (a downstream step in the same run, e.g. "Materialize all" over several waves):
+  Dagster skips a step whose input was never yielded, so the asset yields its `Output` once its
+  row groups are done, with each partition's metadata attached through `add_asset_metadata`.
+  Dagster carries one data version per asset per step there (dagster-io/dagster#34013): the
+  run's row groups share a version hashed from their content hashes. If the step fails, the
+  row groups that landed are logged before the error propagates.
+
+Stages chained in one op follow their upstream: a stage whose in-op upstream is recorded at the
+end is recorded at the end too, so its provenance points at the upstream's new events."""
+
+from __future__ import annotations
+
+import hashlib
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import dagster as dg
+import pyarrow.parquet as pq
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluationTargetMaterializationData,
+)
+from dagster._core.definitions.data_version import (
+    CODE_VERSION_TAG,
+    DATA_VERSION_IS_USER_PROVIDED_TAG,
+    DATA_VERSION_TAG,
+    DEFAULT_DATA_VERSION,
+    NULL_EVENT_POINTER,
+    get_input_data_version_tag,
+    get_input_event_pointer_tag,
+)
+from dagster._core.events import DagsterEventType
+
+from dd_assets.dagster.asset_checks import RowGroupChecker
+from dd_assets.dagster.names import asset_key, output_name
+from dd_assets.runners.materialize import RowGroupOutcome
+from dd_assets.runners.plan import StagePlan
+from dd_assets.store.layout import partition_key
+from dd_assets.store.partition_store import PartitionStore
+
+PREVIEW_ROWS = 5
+MAT = DagsterEventType.ASSET_MATERIALIZATION
+
+
+def row_group_version(outcome: RowGroupOutcome) -> str:
+    """The row group's data version: the content hash its footer records (store M2), so data
+    regenerated with other rows gets a new version (its descendants turn stale) and a resume,
+    which reuses the file, keeps it."""
+    return outcome.info.data_version
+
+
+def range_version(outcomes: list[RowGroupOutcome]) -> str:
+    """One version for a run's row groups of a stage (the at-the-end path): it changes when any
+    of them does."""
+    joined = ",".join(row_group_version(o) for o in outcomes)
+    return hashlib.sha256(joined.encode()).hexdigest()[:32]
+
+
+def preview_md(table: Any) -> str:
+    rows = table.slice(0, PREVIEW_ROWS).to_pylist()
+    if not rows:
+        return "_no rows_"
+    cols = list(rows[0])
+
+    def cell(v: Any) -> str:
+        text = str(v).replace("|", "\\|").replace("\n", " ")
+        return text if len(text) <= 60 else text[:59] + "…"
+
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(cell(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def _head(path: Any) -> Any:
+    """The first rows of a row-group file: one batch, not the whole file."""
+    f = pq.ParquetFile(path)
+    try:
+        batch = next(f.iter_batches(batch_size=PREVIEW_ROWS), None)
+        return batch if batch is not None else f.schema_arrow.empty_table()
+    finally:
+        f.close()
+
+
+def partition_metadata(plan: StagePlan, outcome: RowGroupOutcome) -> dict[str, Any]:
+    """A partition's materialization metadata: what its footer says about the row group."""
+    stats = outcome.stats or {}
+    md: dict[str, Any] = {
+        "rows": outcome.info.rows,
+        "planned_rows": stats.get("planned_rows", outcome.info.row_end - outcome.info.row_start),
+        "dropped_rows": stats.get("dropped_rows", 0),
+        "seconds": float(stats.get("seconds", 0.0)),
+        "reused": outcome.reused,
+        "path": dg.MetadataValue.path(str(outcome.info.path)),
+        "fingerprint": plan.ref.fingerprint[:12],
+    }
+    if stats.get("drop_reasons"):
+        md["drop_reasons"] = dg.MetadataValue.json(stats["drop_reasons"])
+    if stats.get("llm"):
+        md.update({f"llm_{k}": v for k, v in stats["llm"].items()})
+    if not outcome.reused:
+        md["preview"] = dg.MetadataValue.md(preview_md(_head(outcome.info.path)))
+    return md
+
+
+@dataclass(frozen=True)
+class _Logged:
+    """A materialization this run logged: what its children's provenance points at."""
+
+    storage_id: int | None
+    data_version: str
+
+
+class StageEvents:
+    """Records a wave op's row groups in Dagster as they land (see the module docstring)."""
+
+    def __init__(
+        self,
+        context: dg.AssetExecutionContext,
+        plans: list[StagePlan],
+        store: PartitionStore,
+        partitions: list[str],
+        stage_metadata: Callable[[StagePlan], dict[str, Any]] = lambda _: {},
+    ) -> None:
+        self.context = context
+        self.stage_metadata = stage_metadata
+        self.instance = context.instance
+        self.plans = plans
+        self.partitions = partitions
+        layer = context.job_def.asset_layer
+        self.graph = layer.asset_graph
+        keys = {asset_key(p) for p in plans}
+        read_here = {
+            asset_key(p): any(
+                c in layer.selected_asset_keys and c not in keys
+                for c in self.graph.get(asset_key(p)).child_keys
+            )
+            for p in plans
+        }
+        # Plans come in wave order (upstreams first), so an in-op upstream is decided first.
+        self.at_end: set[str] = set()
+        for p in plans:
+            if read_here[asset_key(p)] or any(up.name in self.at_end for up in p.upstreams):
+                self.at_end.add(p.name)
+        checked = {
+            k.asset_key for k in context.selected_asset_check_keys if k.name == RowGroupChecker.name
+        }
+        self.checker = {p.name: RowGroupChecker(p, store) for p in plans if asset_key(p) in checked}
+        written = {p.name for p in plans}
+        # Children need the storage id of a row group's event (their provenance points at it).
+        self.pointed_at = {up.name for p in plans for up in p.upstreams if up.name in written}
+        self.logged: dict[tuple[dg.AssetKey, str], _Logged] = {}
+        self.landed: dict[str, list[RowGroupOutcome]] = {p.name: [] for p in plans}
+        self.logged_count = {p.name: 0 for p in plans}
+        self.by_name = {p.name: p for p in plans}
+        self.parents = {
+            asset_key(p): sorted(self.graph.get(asset_key(p)).parent_keys, key=str) for p in plans
+        }
+        self.before = self._prefetch({asset_key(p) for p in plans})
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dd-assets-events")
+        self.pending: list[Future[None]] = []
+
+    # ---- provenance ------------------------------------------------------------------------
+
+    def _prefetch(self, written: set[dg.AssetKey]) -> dict[Any, tuple[int | None, str]]:
+        """Where the parents not written by this run stand now, read once per run: per partition
+        for a parent with the same partitions (identity), else its latest materialization."""
+        out: dict[Any, tuple[int | None, str]] = {}
+        store = self.instance.event_log_storage
+        seen = set(written)
+        for key, parents in self.parents.items():
+            for parent in parents:
+                if parent in seen:
+                    continue
+                seen.add(parent)
+                mapping = self.graph.get_partition_mapping(key, parent)
+                if self.graph.get(parent).is_partitioned and isinstance(
+                    mapping, dg.IdentityPartitionMapping
+                ):
+                    sids = store.get_latest_storage_id_by_partition(
+                        parent, MAT, set(self.partitions)
+                    )
+                    versions = store.get_latest_tags_by_partition(
+                        parent, MAT, [DATA_VERSION_TAG], asset_partitions=self.partitions
+                    )
+                    for pk in self.partitions:
+                        version = versions.get(pk, {}).get(DATA_VERSION_TAG)
+                        out[(parent, pk)] = (sids.get(pk), version or DEFAULT_DATA_VERSION.value)
+                else:
+                    records = self.instance.fetch_materializations(
+                        dg.AssetRecordsFilter(asset_key=parent), limit=1
+                    ).records
+                    if records:
+                        tags = records[0].event_log_entry.tags or {}
+                        version = tags.get(DATA_VERSION_TAG, DEFAULT_DATA_VERSION.value)
+                        out[parent] = (records[0].storage_id, version)
+                    else:
+                        out[parent] = (None, DEFAULT_DATA_VERSION.value)
+        return out
+
+    def _pointer(self, parent: dg.AssetKey, pk: str) -> tuple[int | None, str]:
+        logged = self.logged.get((parent, pk))
+        if logged is not None:
+            return logged.storage_id, logged.data_version
+        if (parent, pk) in self.before:
+            return self.before[(parent, pk)]
+        return self.before.get(parent, (None, DEFAULT_DATA_VERSION.value))
+
+    def _tags(self, plan: StagePlan, pk: str, version: str) -> dict[str, str]:
+        """The tags Dagster itself writes on a materialization (execute_step.py,
+        _build_data_version_tags): code version, data version, and for every parent the data
+        version and event it was built from. Without the input tags Dagster reads a partition as
+        having "a new dependency"; with them it compares event pointers per partition."""
+        tags = {
+            CODE_VERSION_TAG: plan.ref.fingerprint,
+            DATA_VERSION_TAG: version,
+            DATA_VERSION_IS_USER_PROVIDED_TAG: "true",
+        }
+        for parent in self.parents[asset_key(plan)]:
+            sid, parent_version = self._pointer(parent, pk)
+            tags[get_input_data_version_tag(parent)] = parent_version
+            tags[get_input_event_pointer_tag(parent)] = str(sid) if sid else NULL_EVENT_POINTER
+        return tags
+
+    # ---- recording -------------------------------------------------------------------------
+
+    def on_done(self, stage: str, outcome: RowGroupOutcome) -> None:
+        """materialize_wave's callback, in the generation loop: queue, never block."""
+        self.landed[stage].append(outcome)
+        if stage not in self.at_end:
+            self.pending.append(self.writer.submit(self._log, self.by_name[stage], outcome))
+
+    def _log(self, plan: StagePlan, outcome: RowGroupOutcome) -> None:
+        key = asset_key(plan)
+        pk = partition_key(outcome.row_group)
+        version = row_group_version(outcome)
+        metadata = partition_metadata(plan, outcome)
+        self.logged_count[plan.name] += 1
+        if self.logged_count[plan.name] == len(self.partitions):  # the run's last of the stage
+            metadata.update(self.stage_metadata(plan))
+        self.context.log_event(
+            dg.AssetMaterialization(
+                asset_key=key, partition=pk, metadata=metadata, tags=self._tags(plan, pk, version)
+            )
+        )
+        target = None
+        if plan.name in self.pointed_at or plan.name in self.checker:
+            target = self._target(key, pk)
+        self.logged[(key, pk)] = _Logged(target.storage_id if target else None, version)
+        if plan.name in self.checker:
+            self.context.log_event(self.checker[plan.name].evaluate(outcome, target))
+
+    def _target(self, key: dg.AssetKey, pk: str) -> AssetCheckEvaluationTargetMaterializationData:
+        record = self.instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[pk]), limit=1
+        ).records[0]
+        return AssetCheckEvaluationTargetMaterializationData(
+            run_id=record.run_id, storage_id=record.storage_id, timestamp=record.timestamp
+        )
+
+    def _drain(self) -> None:
+        pending, self.pending = self.pending, []
+        for f in pending:
+            f.result()
+
+    def failed(self) -> None:
+        """The step is failing: finish the live events, then log the row groups that landed for
+        the assets recorded at the end (upstreams first), so the instance has every row group
+        that is on disk before the run is marked failed. Never raises: the step's own error is
+        what the run reports."""
+        try:
+            self._drain()
+            for p in self.plans:
+                if p.name in self.at_end:
+                    for o in self.landed[p.name]:
+                        self._log(p, o)
+        except Exception as exc:
+            self.context.log.warning(f"row groups on disk not all recorded in Dagster: {exc}")
+        finally:
+            self.writer.shutdown(wait=True)
+
+    def finish(self) -> Iterator[dg.Output]:
+        """The step succeeded: wait for the live events, then yield the Outputs of the assets
+        recorded at the end (each partition's metadata attached)."""
+        self._drain()
+        self.writer.shutdown(wait=True)
+        for p in self.plans:
+            if p.name not in self.at_end:
+                continue
+            key = asset_key(p)
+            done = sorted(self.landed[p.name], key=lambda o: o.row_group)
+            for o in done:
+                metadata = partition_metadata(p, o)
+                if o is done[-1]:
+                    metadata.update(self.stage_metadata(p))
+                self.context.add_asset_metadata(
+                    metadata,
+                    asset_key=key,
+                    partition_key=partition_key(o.row_group),
+                )
+            with warnings.catch_warnings():  # Output.data_version is beta (pinned minor)
+                warnings.simplefilter("ignore", dg.BetaWarning)
+                output = dg.Output(
+                    None,
+                    output_name=output_name(p),
+                    data_version=dg.DataVersion(range_version(done)),
+                )
+            yield output
+
+    def summary(self, seconds: float) -> str:
+        """One log line for the run (not one per row group: each would be another event)."""
+        parts = []
+        for p in self.plans:
+            done = self.landed[p.name]
+            reused = sum(o.reused for o in done)
+            how = "at the end" if p.name in self.at_end else "live"
+            parts.append(
+                f"{p.name}: {len(done)} row group(s) ({len(done) - reused} generated,"
+                f" {reused} reused, {sum(o.info.rows for o in done)} rows; recorded {how})"
+            )
+        return "; ".join(parts) + f" in {seconds:.2f} s"
+
+    def checks_after_outputs(self) -> None:
+        """Row-group checks of the assets recorded at the end, once their events exist (their
+        target is the materialization the Output just wrote)."""
+        for p in self.plans:
+            if p.name not in self.at_end or p.name not in self.checker:
+                continue
+            key = asset_key(p)
+            for o in sorted(self.landed[p.name], key=lambda o: o.row_group):
+                pk = partition_key(o.row_group)
+                self.context.log_event(self.checker[p.name].evaluate(o, self._target(key, pk)))

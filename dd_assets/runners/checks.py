@@ -48,9 +48,10 @@ HEAD = 10  # how many row groups / files a check names in its numbers and descri
 UUID_BATCH_ROWS = 65_536
 ROW_GROUP_CHECK = "row_group_valid"
 ROW_GROUP_CHECK_DESCRIPTION = (
-    "This row group on its own: its footer names the stage's fingerprint and row group, its"
-    " schema is the config's, and it dropped no more rows than run.max_drop_rate. Recorded as"
-    " each row group lands."
+    "This row group on its own: its footer names the stage's fingerprint and row group and its"
+    " schema is the config's (ERROR otherwise); a WARN when it alone dropped more rows than"
+    " run.max_drop_rate (the stage's total decides: rows_within_drop_budget). Recorded as each"
+    " row group lands."
 )
 
 
@@ -525,8 +526,8 @@ def drift_applies(plan: StagePlan) -> bool:
 def check_row_group(plan: StagePlan, footer: FileFooter, expected: pa.Schema) -> CheckOutcome:
     """One row group on its own: its footer names the stage's fingerprint and its row group, its
     schema is the config's (`expected`: `parquet_schema(expected_schema(...))`, computed once per
-    run), and it dropped no more rows than the budget. The first two fail as ERROR, the budget
-    alone as WARN, like the whole-stage checks they mirror."""
+    run), and it dropped no more rows than the budget. The first two fail as ERROR; the budget
+    only warns here, since the stage's total is what `rows_within_drop_budget` judges."""
     budget = plan.workflow.run.max_drop_rate
     problems: list[str] = []
     mismatch = footer.mismatch(plan.ref)

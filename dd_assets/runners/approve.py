@@ -157,7 +157,11 @@ def read_table_file(path: Path) -> _Read:
         raise ApprovalError(f"{path}: an approved file must end in .parquet, .csv or .jsonl")
     try:
         if suffix == ".parquet":
-            return _Read(table=pq.read_table(path).replace_schema_metadata(None))
+            table = pq.read_table(path)
+            # A frame saved by pandas after filtering rows keeps its index as a column.
+            index = [c for c in (table.schema.pandas_metadata or {}).get("index_columns", [])]
+            table = table.drop_columns([c for c in index if isinstance(c, str)])
+            return _Read(table=table.replace_schema_metadata(None))
         if suffix == ".csv":
             with open(path, encoding="utf-8", newline="") as fh:
                 names = next(csv.reader(fh), [])

@@ -200,6 +200,18 @@ def test_a_parquet_that_does_not_fit_is_refused_naming_the_column(
     assert sorted(p.name for p in store.stage_base("gate", "a").iterdir()) == before
 
 
+def test_a_frame_saved_by_pandas_after_filtering_keeps_no_index_column(gate, tmp_path) -> None:
+    plan, store = gate
+    kept = _a_table(plan, store).slice(3)
+    # What DataFrame.to_parquet writes for a frame whose index is not a plain range.
+    table = kept.append_column("__index_level_0__", pa.array(range(3, 30)))
+    pandas_meta = {"index_columns": ["__index_level_0__"], "columns": []}
+    table = table.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()})
+    path = tmp_path / "filtered.parquet"
+    pq.write_table(table, path)
+    assert approve(plan, "a", store, path).read().equals(kept.replace_schema_metadata(None))
+
+
 def test_text_files_name_the_column_and_row_of_a_bad_value(gate, tmp_path: Path) -> None:
     plan, store = gate
     rows = _a_table(plan, store).to_pylist()

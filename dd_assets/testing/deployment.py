@@ -215,11 +215,29 @@ def running_deployment(
         for proc in (daemon, web):
             if proc is not None:
                 _stop(proc)
+        # Code servers the daemon or webserver started can outlive them (their own sessions);
+        # each names this instance's folder on its command line.
+        for pid in _pids_naming(str(home)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+def _pids_naming(text: str) -> list[int]:
+    """Processes (not this one) whose command line contains `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
 
 
 def run_pids(run_id: str) -> list[int]:

@@ -9,6 +9,7 @@ import os
 import sys
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.markup import escape
 from rich.table import Table
@@ -19,7 +20,9 @@ from dd_assets.config import FileSeed, JoinSeed, StageSeed, load_workflow
 from dd_assets.errors import ConfigError
 from dd_assets.runners.plan import WorkflowPlan, plan_workflow
 from dd_assets.store.layout import default_root
-from dd_assets.store.partition_store import PartitionStore
+
+if TYPE_CHECKING:
+    from dd_assets.store.partition_store import PartitionStore
 
 
 def _plan(config: str) -> WorkflowPlan:
@@ -28,6 +31,9 @@ def _plan(config: str) -> WorkflowPlan:
 
 
 def _store() -> PartitionStore:
+    # Imported when a command needs the store: it loads pyarrow, which `validate` never needs.
+    from dd_assets.store.partition_store import PartitionStore
+
     return PartitionStore(default_root())
 
 

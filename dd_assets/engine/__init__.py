@@ -1,23 +1,50 @@
 """Row-group engine: turns a compiled stage and a row range into an Arrow table. Pure computation:
-no Dagster, no disk; LLM cells come in through a CellRunner callback."""
+no Dagster, no disk; LLM cells come in through a CellRunner callback.
 
-from dd_assets.engine.join import join_row_group
-from dd_assets.engine.rowgroup import (
-    DROP_KINDS,
-    DROPS_SCHEMA,
-    CellFailed,
-    CellRunner,
-    CellUnfinished,
-    CompiledStage,
-    Drop,
-    RowGroupResult,
-    RowGroupUnfinished,
-    agenerate_row_group,
-    agenerate_rows,
-    compile_stage,
-    generate_row_group,
-    generate_rows,
-)
+The names below are loaded on first use (PEP 562): planning a workflow needs only
+`compile_stage`, and commands that plan without generating (`validate`, `status`) should not pay
+for numpy, pyarrow and Faker."""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dd_assets.engine.compiled import CompiledStage, compile_stage
+    from dd_assets.engine.join import join_row_group
+    from dd_assets.engine.rowgroup import (
+        DROP_KINDS,
+        DROPS_SCHEMA,
+        CellFailed,
+        CellRunner,
+        CellUnfinished,
+        Drop,
+        RowGroupResult,
+        RowGroupUnfinished,
+        agenerate_row_group,
+        agenerate_rows,
+        generate_row_group,
+        generate_rows,
+    )
+
+_WHERE = {
+    "DROPS_SCHEMA": "rowgroup",
+    "DROP_KINDS": "rowgroup",
+    "CellFailed": "rowgroup",
+    "CellRunner": "rowgroup",
+    "CellUnfinished": "rowgroup",
+    "CompiledStage": "compiled",
+    "Drop": "rowgroup",
+    "RowGroupResult": "rowgroup",
+    "RowGroupUnfinished": "rowgroup",
+    "agenerate_row_group": "rowgroup",
+    "agenerate_rows": "rowgroup",
+    "compile_stage": "compiled",
+    "generate_row_group": "rowgroup",
+    "generate_rows": "rowgroup",
+    "join_row_group": "join",
+}
 
 __all__ = [
     "DROPS_SCHEMA",
@@ -36,3 +63,9 @@ __all__ = [
     "generate_rows",
     "join_row_group",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)

@@ -24,9 +24,8 @@ from dd_assets.config.columns import (
     ExpressionColumnConfig,
     SamplerColumnConfig,
 )
-from dd_assets.config.fingerprint import column_key, workflow_fingerprints
-from dd_assets.config.workflow import StageConfig, WorkflowConfig, column_order
 from dd_assets.engine import expressions, rng, samplers
+from dd_assets.engine.compiled import CompiledStage
 from dd_assets.engine.llm_cells import TracedAnswer
 from dd_assets.engine.processors import split_post_batch
 from dd_assets.engine.schema import TRACE_TYPE, column_type
@@ -108,51 +107,6 @@ class Drop:
         values (the message is in the drops table), prefixed by the column for the checks."""
         status = f" (HTTP {self.status})" if self.kind == "rejected" and self.status else ""
         return f"{self.column}: {self.kind}{status}"
-
-
-@dataclass(frozen=True)
-class CompiledStage:
-    workflow: WorkflowConfig
-    stage: StageConfig
-    fingerprint: str
-    order: tuple[str, ...]
-    batch_columns: tuple[str, ...]
-    cell_columns: tuple[str, ...]
-    keys: dict[str, int]
-
-    @property
-    def needs_cells(self) -> bool:
-        return bool(self.cell_columns)
-
-
-def compile_stage(
-    workflow: WorkflowConfig, stage_name: str, fingerprint: str | None = None
-) -> CompiledStage:
-    stage = workflow.stage(stage_name)
-    fingerprint = fingerprint or workflow_fingerprints(workflow)[stage_name].hex
-    order = column_order(stage)
-    by_name = {c.name: c for c in stage.columns}
-    cell: list[str] = []
-    for name in order:
-        col = by_name[name]
-        if col.is_llm or col.required_columns & set(cell):
-            cell.append(name)
-    late = [n for n in cell if isinstance(by_name[n], SamplerColumnConfig)]
-    if late:
-        raise GenerationError(
-            f"sampler column {late[0]!r} of stage {stage_name!r} reads a column made from LLM"
-            " output (a condition, constraint or reference); samplers can read samplers,"
-            " expressions over them and seed columns only"
-        )
-    batch = [n for n in order if n not in cell]
-    keys = {
-        c.name: column_key(workflow, stage, c.name)
-        for c in stage.columns
-        if isinstance(c, SamplerColumnConfig)
-    }
-    return CompiledStage(
-        workflow, stage, fingerprint, tuple(order), tuple(batch), tuple(cell), keys
-    )
 
 
 @dataclass

@@ -10,10 +10,9 @@ from dataclasses import dataclass
 from dd_assets.config import FileSeed, WorkflowConfig, pairs_row_groups, seed_upstreams
 from dd_assets.config.fingerprint import StageFingerprint, workflow_fingerprints
 from dd_assets.config.processors import DropColumnsProcessorConfig
-from dd_assets.engine import CompiledStage, compile_stage
+from dd_assets.engine.compiled import CompiledStage, compile_stage
 from dd_assets.errors import unknown_stages
 from dd_assets.store.layout import StageRef
-from dd_assets.store.seed_files import file_digest
 
 
 @dataclass(frozen=True)
@@ -124,9 +123,17 @@ def waves(workflow: WorkflowConfig) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(g) for g in groups)
 
 
+def _digest(path: str) -> str:
+    # Imported here: the seed-file module loads pyarrow, which `validate` or `status` of a
+    # workflow without seed files need not pay for.
+    from dd_assets.store.seed_files import file_digest
+
+    return file_digest(path)
+
+
 def plan_workflow(workflow: WorkflowConfig) -> WorkflowPlan:
     digests = {
-        s.name: file_digest(s.seed.path) for s in workflow.stages if isinstance(s.seed, FileSeed)
+        s.name: _digest(s.seed.path) for s in workflow.stages if isinstance(s.seed, FileSeed)
     }
     fps = workflow_fingerprints(workflow, digests)
     plans: dict[str, StagePlan] = {}

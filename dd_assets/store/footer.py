@@ -52,10 +52,19 @@ class RowGroupInfo:
     row_start: int
     row_end: int
     fingerprint: str
-    stats: dict[str, Any] = field(default_factory=dict, compare=False)
     data_version: str = ""  # content hash (footer.content_hash)
     # {upstream stage: data version it was built from}; None when not recorded (older files)
     inputs: dict[str, str] | None = field(default=None, compare=False)
+    # The footer's stats; None when the info came from the footer index (store.footer_index),
+    # which leaves them out: they are read from the file the first time they are asked for.
+    recorded_stats: dict[str, Any] | None = field(default=None, compare=False, repr=False)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        if self.recorded_stats is None:
+            object.__setattr__(self, "recorded_stats", read_footer(self.path).stats)
+        return self.recorded_stats  # type: ignore[return-value]
+
     # the side table of its dropped columns (run.keep_dropped_columns), a file name; None: none
     dropped_columns: str | None = field(default=None, compare=False)
     # the drops table of its dropped rows, a file name; None: it dropped none

@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from dd_assets.config.fingerprint import describe_change
@@ -43,6 +42,7 @@ from dd_assets.store.footer import (
     legacy_data_version,
     read_footer,
 )
+from dd_assets.store.footer_index import FooterIndex, stamp
 from dd_assets.store.layout import (
     APPROVED_SUFFIX,
     BATCH_RE,
@@ -52,6 +52,7 @@ from dd_assets.store.layout import (
     FINAL_DATA,
     FINAL_DIR,
     FINAL_META,
+    FOOTER_INDEX,
     LOCK_SUFFIX,
     PROFILE_DIR,
     REPLACED_MARK,
@@ -62,6 +63,9 @@ from dd_assets.store.layout import (
     side_name,
     side_prefix,
 )
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pads
 
 STORE_SCHEME = 1
 
@@ -127,10 +131,10 @@ def _now() -> str:
 class PartitionStore:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = Path(root)
-        # Footer reads keyed by (path, inode, mtime, size): status polls and asset checks list
-        # thousands of files, and a replaced file (os.replace of a new temp) always has a new inode,
-        # even when written within the same mtime tick with the same size.
-        self._footers: dict[tuple[str, int, int, int], RowGroupInfo] = {}
+        # Footer reads keyed by (path, inode, size, mtime, ctime): status polls and asset checks
+        # list thousands of files, and a replaced file (os.replace of a new temp) always has a new
+        # inode, even when written within the same mtime tick with the same size.
+        self._footers: dict[tuple[str, int, int, int, int], RowGroupInfo] = {}
 
     # ---- paths -------------------------------------------------------------------------------
 
@@ -310,8 +314,7 @@ class PartitionStore:
     # ---- row groups --------------------------------------------------------------------------
 
     def _footer(self, path: Path, ref: StageRef) -> RowGroupInfo:
-        st = path.stat()
-        key = (str(path), st.st_ino, st.st_mtime_ns, st.st_size)
+        key = (str(path), *stamp(path.stat()))
         cached = self._footers.get(key)
         if cached is not None:
             return cached
@@ -328,7 +331,7 @@ class PartitionStore:
                 row_start=int(kv["row_start"]),
                 row_end=int(kv["row_end"]),
                 fingerprint=kv["fingerprint"],
-                stats=json.loads(kv.get("stats", "{}")),
+                recorded_stats=json.loads(kv.get("stats", "{}")),
                 data_version=kv.get("data_version")
                 or legacy_data_version(kv["fingerprint"], int(kv["row_group"]), int(kv["rows"])),
                 inputs=inputs if isinstance(inputs, dict) else None,
@@ -365,10 +368,35 @@ class PartitionStore:
         return [read_footer(p) for p in self.batch_paths(ref)]
 
     def _scan(self, ref: StageRef) -> dict[int, RowGroupInfo]:
+        """Every committed row-group file's footer, by row group: listed now, read through the
+        footer index (store.footer_index) for files it describes, from the file otherwise."""
+        folder = self.files_dir(ref)
+        if not folder.is_dir():
+            return {}
+        index = FooterIndex(self.stage_dir(ref) / FOOTER_INDEX, ref.fingerprint)
         out = {}
-        for path in self.batch_paths(ref):
-            info = self._footer(path, ref)
+        names = sorted(
+            e.name
+            for e in os.scandir(folder)
+            if BATCH_RE.match(e.name) and not is_temp_name(e.name)
+        )
+        for name in names:
+            path = folder / name
+            try:
+                st = path.stat()
+            except FileNotFoundError:  # replaced or removed since the listing
+                continue
+            file_stamp = stamp(st)
+            info = self._footers.get((str(path), *file_stamp))
+            read = False
+            if info is None:
+                info = index.get(name, file_stamp, folder)
+            if info is None:
+                info, read = self._footer(path, ref), True
+            self._footers[(str(path), *file_stamp)] = info
+            index.record(name, file_stamp, info, read=read)
             out[info.row_group] = info
+        index.save()
         return out
 
     def completed(self, ref: StageRef) -> dict[int, RowGroupInfo]:
@@ -546,6 +574,8 @@ class PartitionStore:
                 f" {[partition_key(rg) for rg in missing[:10]]} in {self.files_dir(ref)};"
                 " materialize them first (backfill the missing partitions)"
             )
+        import pyarrow.dataset as pads  # here: it costs ~0.1 s to import, and only readers need it
+
         return pads.dataset([str(done[rg].path) for rg in wanted], format="parquet")
 
     def missing(self, ref: StageRef) -> list[int]:

@@ -1,0 +1,153 @@
+"""The footer index (store/footer_index.py): a cache that spares scans the parquet footers of
+files it describes, and never decides anything the files on disk do not say."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import dd_assets.store.partition_store as partition_store
+from dd_assets.store.layout import FOOTER_INDEX
+from dd_assets.store.partition_store import CorruptStageError, PartitionStore, StageRef
+
+FP_A = "a1b2c3d4e5f6" + "0" * 52
+FP_B = "b2c3d4e5f6a1" + "1" * 52
+
+
+def make_ref(fp: str = FP_A, num_records: int = 50) -> StageRef:
+    return StageRef(
+        workflow="w", stage="s", fingerprint=fp, buffer_size=10, num_records=num_records
+    )
+
+
+def rows(ref: StageRef, rg: int, tag: str = "") -> pa.Table:
+    start, end = ref.row_range(rg)
+    return pa.table(
+        {"id": list(range(start, end)), "text": [f"{tag}{i}" for i in range(start, end)]}
+    )
+
+
+def fill(store: PartitionStore, ref: StageRef) -> None:
+    for rg in range(ref.num_row_groups):
+        store.write_row_group(ref, rg, rows(ref, rg), stats={"rg": rg}, inputs={"up": f"v{rg}"})
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """The footers the store reads from files."""
+    seen: list[Path] = []
+    real = partition_store.read_footer
+
+    def counting(path: Path) -> Any:
+        seen.append(path)
+        return real(path)
+
+    monkeypatch.setattr(partition_store, "read_footer", counting)
+    return seen
+
+
+def test_a_second_scan_reads_no_footer_and_sees_the_same(tmp_path: Path, reads: list[Path]) -> None:
+    ref = make_ref()
+    fill(PartitionStore(tmp_path), ref)
+    reads.clear()
+    first = PartitionStore(tmp_path).completed(ref)  # a new process, say: reads every footer
+    assert len(reads) == 5
+    assert (PartitionStore(tmp_path).stage_dir(ref) / FOOTER_INDEX).exists()
+    reads.clear()
+    second = PartitionStore(tmp_path).completed(ref)
+    assert reads == []
+    assert second == first
+    assert [second[rg].inputs for rg in range(5)] == [{"up": f"v{rg}"} for rg in range(5)]
+    assert [i.data_version for i in second.values()] == [i.data_version for i in first.values()]
+    # Stats are left out of the index and read from the file when asked for.
+    assert second[3].stats == {"rg": 3}
+
+
+def test_the_files_on_disk_decide_not_the_index(tmp_path: Path, reads: list[Path]) -> None:
+    ref = make_ref()
+    store = PartitionStore(tmp_path)
+    fill(store, ref)
+    PartitionStore(tmp_path).completed(ref)  # writes the index
+    # A row group regenerated with other rows (a new file in its place), one removed, one
+    # added: each shows as it is on disk.
+    store.write_row_group(ref, 1, rows(ref, 1, tag="new"), stats={}, inputs={"up": "w1"})
+    store.batch_path(ref, 2).unlink()
+    reads.clear()
+    now = PartitionStore(tmp_path).completed(ref)
+    assert sorted(now) == [0, 1, 3, 4]
+    assert now[1].inputs == {"up": "w1"}
+    assert reads == [store.batch_path(ref, 1)]
+    # A file written over in place (same inode) is read again too.
+    path = store.batch_path(ref, 4)
+    with open(path, "r+b") as f:
+        f.seek(-8, os.SEEK_END)  # the footer's length and magic
+        f.write(b"XXXXXXXX")
+    with pytest.raises(CorruptStageError, match="batch_00004"):
+        PartitionStore(tmp_path).completed(ref)
+
+
+def test_a_bad_file_is_refused_on_every_scan(tmp_path: Path) -> None:
+    ref, other = make_ref(FP_A), make_ref(FP_B)
+    store = PartitionStore(tmp_path)
+    fill(store, ref)
+    fill(store, other)
+    PartitionStore(tmp_path).completed(ref)
+    shutil.copy(store.batch_path(other, 2), store.batch_path(ref, 2))  # a foreign file
+    for _ in range(2):
+        with pytest.raises(CorruptStageError, match="belongs elsewhere"):
+            PartitionStore(tmp_path).completed(ref)
+
+
+def test_an_index_that_is_not_this_folders_is_ignored(tmp_path: Path, reads: list[Path]) -> None:
+    ref = make_ref()
+    store = PartitionStore(tmp_path)
+    fill(store, ref)
+    index = store.stage_dir(ref) / FOOTER_INDEX
+    for text in [
+        "not json",
+        json.dumps({"scheme": 1, "fingerprint": FP_B, "files": {}}),
+        json.dumps({"scheme": 99, "fingerprint": FP_A, "files": {}}),
+    ]:
+        PartitionStore(tmp_path).completed(ref)
+        data = json.loads(index.read_text())
+        entry = data["files"]["batch_00000.parquet"]
+        # Lie about a file the index describes: only a valid index of this folder is believed.
+        entry[5] = 999
+        index.write_text(json.dumps(data))
+        assert PartitionStore(tmp_path).completed(ref)[0].rows == 999  # it is used when valid...
+        index.write_text(text)
+        reads.clear()
+        assert PartitionStore(tmp_path).completed(ref)[0].rows == 10  # ...and only then
+        assert len(reads) == 5
+
+
+def test_an_index_that_cannot_be_written_costs_only_footer_reads(
+    tmp_path: Path, reads: list[Path]
+) -> None:
+    """A read-only store, say: here a folder stands where the index would be written."""
+    ref = make_ref()
+    store = PartitionStore(tmp_path)
+    fill(store, ref)
+    (store.stage_dir(ref) / FOOTER_INDEX).mkdir()
+    for _ in range(2):
+        reads.clear()
+        assert sorted(PartitionStore(tmp_path).completed(ref)) == [0, 1, 2, 3, 4]
+        assert len(reads) == 5
+
+
+def test_the_index_is_beside_the_files_not_among_them(tmp_path: Path) -> None:
+    """Readers of parquet-files/ as a dataset never see it."""
+    ref = make_ref()
+    store = PartitionStore(tmp_path)
+    fill(store, ref)
+    PartitionStore(tmp_path).completed(ref)
+    assert (store.stage_dir(ref) / FOOTER_INDEX).exists()
+    assert all(p.suffix == ".parquet" for p in store.files_dir(ref).iterdir())
+    assert pq.read_table(store.files_dir(ref)).num_rows == 50

@@ -12,14 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dd_assets.engine.compiled import CompiledStage, compile_stage
+    from dd_assets.engine.drops import DROP_KINDS, DROPS_SCHEMA, Drop
     from dd_assets.engine.join import join_row_group
     from dd_assets.engine.rowgroup import (
-        DROP_KINDS,
-        DROPS_SCHEMA,
         CellFailed,
         CellRunner,
         CellUnfinished,
-        Drop,
         RowGroupResult,
         RowGroupUnfinished,
         agenerate_row_group,
@@ -29,13 +27,13 @@ if TYPE_CHECKING:
     )
 
 _WHERE = {
-    "DROPS_SCHEMA": "rowgroup",
-    "DROP_KINDS": "rowgroup",
+    "DROPS_SCHEMA": "drops",
+    "DROP_KINDS": "drops",
     "CellFailed": "rowgroup",
     "CellRunner": "rowgroup",
     "CellUnfinished": "rowgroup",
     "CompiledStage": "compiled",
-    "Drop": "rowgroup",
+    "Drop": "drops",
     "RowGroupResult": "rowgroup",
     "RowGroupUnfinished": "rowgroup",
     "agenerate_row_group": "rowgroup",

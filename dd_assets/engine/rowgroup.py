@@ -26,32 +26,11 @@ from dd_assets.config.columns import (
 )
 from dd_assets.engine import expressions, rng, samplers
 from dd_assets.engine.compiled import CompiledStage
+from dd_assets.engine.drops import DROP_KINDS, DROPS_SCHEMA, MESSAGE_EXCERPT, Drop
 from dd_assets.engine.llm_cells import TracedAnswer
 from dd_assets.engine.processors import split_post_batch
 from dd_assets.engine.schema import TRACE_TYPE, column_type
 from dd_assets.errors import GenerationError
-
-MESSAGE_EXCERPT = 500
-
-# Why a row was dropped: the same request would fail the same way again (docs/llm.md).
-DROP_KINDS = (
-    "rejected",  # the endpoint refused this request: HTTP 400, 413, 422
-    "too_large",  # the response body was over max_response_bytes
-    "unusable_answer",  # no usable value after max_parse_retries (schema, refusal, cut off)
-    "expression",  # a Jinja expression or prompt template failed on this row
-)
-
-# One row per dropped row: where, which column, why (the drops table beside each row group).
-DROPS_SCHEMA = pa.schema(
-    [
-        pa.field("row_group", pa.int64()),
-        pa.field("row", pa.int64()),
-        pa.field("column", pa.string()),
-        pa.field("reason", pa.string()),
-        pa.field("status", pa.int32()),
-        pa.field("message", pa.string()),
-    ]
-)
 
 
 class CellFailed(Exception):
@@ -89,24 +68,6 @@ class RowGroupUnfinished(Exception):
 # (column, global row index, the row so far) -> cell value; raises CellFailed to drop the row,
 # CellUnfinished to leave the cell (and so the row group) unfinished.
 CellRunner = Callable[[ColumnConfig, int, dict[str, Any]], Awaitable[Any]]
-
-
-@dataclass(frozen=True)
-class Drop:
-    """One dropped row and why: the provenance a user needs to find and fix it."""
-
-    row: int
-    column: str
-    kind: str
-    message: str
-    status: int | None = None
-
-    @property
-    def label(self) -> str:
-        """The key this drop is counted under in a row group's `drop_reasons`: few distinct
-        values (the message is in the drops table), prefixed by the column for the checks."""
-        status = f" (HTTP {self.status})" if self.kind == "rejected" and self.status else ""
-        return f"{self.column}: {self.kind}{status}"
 
 
 @dataclass

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 
 from dd_assets.config.fingerprint import describe_change
 from dd_assets.config.run import ResumeMode
-from dd_assets.engine.rowgroup import DROPS_SCHEMA
+from dd_assets.engine.drops import DROPS_SCHEMA
 from dd_assets.errors import StoreError
 from dd_assets.store.atomic import (
     atomic_path,

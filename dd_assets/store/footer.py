@@ -47,28 +47,24 @@ class RowGroupInfo:
     """What a row-group file's footer says about it (read without touching data pages)."""
 
     row_group: int
-    path: Path
+    folder: Path  # the stage's row-group files (`path` is folder / name, made when asked for)
+    name: str
     rows: int
     row_start: int
     row_end: int
     fingerprint: str
+    stats: dict[str, Any] = field(default_factory=dict, compare=False)
     data_version: str = ""  # content hash (footer.content_hash)
     # {upstream stage: data version it was built from}; None when not recorded (older files)
     inputs: dict[str, str] | None = field(default=None, compare=False)
-    # The footer's stats; None when the info came from the footer index (store.footer_index),
-    # which leaves them out: they are read from the file the first time they are asked for.
-    recorded_stats: dict[str, Any] | None = field(default=None, compare=False, repr=False)
-
-    @property
-    def stats(self) -> dict[str, Any]:
-        if self.recorded_stats is None:
-            object.__setattr__(self, "recorded_stats", read_footer(self.path).stats)
-        return self.recorded_stats  # type: ignore[return-value]
-
     # the side table of its dropped columns (run.keep_dropped_columns), a file name; None: none
     dropped_columns: str | None = field(default=None, compare=False)
     # the drops table of its dropped rows, a file name; None: it dropped none
     drops: str | None = field(default=None, compare=False)
+
+    @cached_property  # not a field: a scan of 100,000 files should not build 100,000 Paths
+    def path(self) -> Path:
+        return self.folder / self.name
 
 
 @dataclass

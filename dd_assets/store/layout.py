@@ -2,7 +2,7 @@
 names, partition keys and row ranges.
 
     <root>/<workflow>/<stage>/<fp12>/stage.json
-                                     footer-index.json  (a cache of the files' footers)
+                                     footer-index.arrow  (a cache of the files' footers)
                                      parquet-files/batch_00000.parquet
                                      dropped-columns/dropped_00000.<id>.parquet
                                      drops/drops_00000.<id>.parquet (its dropped rows)
@@ -37,7 +37,7 @@ DEFAULT_ROOT = "./dd-data"
 ROOT_ENV = "DD_ASSETS_ROOT"
 
 STAGE_JSON = "stage.json"
-FOOTER_INDEX = "footer-index.json"  # store/footer_index.py
+FOOTER_INDEX = "footer-index.arrow"  # store/footer_index.py
 FILES_DIR = "parquet-files"
 FINAL_DIR = "final"
 FINAL_DATA = "data.parquet"  # final/<FINAL_DATA>: a stage's finalize output

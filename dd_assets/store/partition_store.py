@@ -42,7 +42,7 @@ from dd_assets.store.footer import (
     legacy_data_version,
     read_footer,
 )
-from dd_assets.store.footer_index import FooterIndex, stamp
+from dd_assets.store.footer_index import INT_KEYS, FooterIndex, Stamp, decoded, stamp
 from dd_assets.store.layout import (
     APPROVED_SUFFIX,
     BATCH_RE,
@@ -124,6 +124,47 @@ class FinalOutput:
         return int(self.info.get("rows_out", 0))
 
 
+# The footer keys a RowGroupInfo is made of, in _row_group_info's argument order.
+INFO_KEYS = (*INT_KEYS, "stats", "data_version", "inputs", "dropped_columns", "drops")
+
+
+def _row_group_info(
+    folder: Path,
+    name: str,
+    fingerprint: str,
+    row_group: int | None,
+    rows: int | None,
+    row_start: int | None,
+    row_end: int | None,
+    stats: Any,
+    data_version: str | None,
+    inputs: Any,
+    dropped_columns: str | None,
+    drops: str | None,
+) -> RowGroupInfo:
+    """A row group as its footer describes it: the decoded values of INFO_KEYS
+    (footer_index.decoded), None where absent. KeyError or ValueError if they do not describe
+    a row group."""
+    if row_group is None or rows is None or row_start is None or row_end is None:
+        raise KeyError(f"footer lacks one of {INT_KEYS}")
+    if not isinstance(stats, dict | None):
+        raise ValueError(f"stats is not a JSON object: {stats!r}")
+    return RowGroupInfo(
+        row_group=row_group,
+        folder=folder,
+        name=name,
+        rows=rows,
+        row_start=row_start,
+        row_end=row_end,
+        fingerprint=fingerprint,
+        stats=stats or {},
+        data_version=data_version or legacy_data_version(fingerprint, row_group, rows),
+        inputs=inputs if isinstance(inputs, dict) else None,
+        dropped_columns=dropped_columns or None,
+        drops=drops or None,
+    )
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -134,7 +175,9 @@ class PartitionStore:
         # Footer reads keyed by (path, inode, size, mtime, ctime): status polls and asset checks
         # list thousands of files, and a replaced file (os.replace of a new temp) always has a new
         # inode, even when written within the same mtime tick with the same size.
-        self._footers: dict[tuple[str, int, int, int, int], RowGroupInfo] = {}
+        self._footers: dict[
+            tuple[str, int, int, int, int], tuple[RowGroupInfo, dict[str, Any] | None]
+        ] = {}
 
     # ---- paths -------------------------------------------------------------------------------
 
@@ -314,7 +357,13 @@ class PartitionStore:
     # ---- row groups --------------------------------------------------------------------------
 
     def _footer(self, path: Path, ref: StageRef) -> RowGroupInfo:
-        key = (str(path), *stamp(path.stat()))
+        return self._read_footer(path, ref, stamp(path.stat()))[0]
+
+    def _read_footer(
+        self, path: Path, ref: StageRef, file_stamp: Stamp
+    ) -> tuple[RowGroupInfo, dict[str, Any] | None]:
+        """The file's footer as a RowGroupInfo (and its decoded key-values), read from the file."""
+        key = (str(path), *file_stamp)
         cached = self._footers.get(key)
         if cached is not None:
             return cached
@@ -322,23 +371,12 @@ class PartitionStore:
         try:
             if f.error:
                 raise ValueError(f.error)
-            kv = f.kv or {}
-            inputs = json.loads(kv["inputs"]) if "inputs" in kv else None
-            info = RowGroupInfo(
-                row_group=int(kv["row_group"]),
-                path=path,
-                rows=int(kv["rows"]),
-                row_start=int(kv["row_start"]),
-                row_end=int(kv["row_end"]),
-                fingerprint=kv["fingerprint"],
-                recorded_stats=json.loads(kv.get("stats", "{}")),
-                data_version=kv.get("data_version")
-                or legacy_data_version(kv["fingerprint"], int(kv["row_group"]), int(kv["rows"])),
-                inputs=inputs if isinstance(inputs, dict) else None,
-                dropped_columns=kv.get("dropped_columns") or None,
-                drops=kv.get("drops") or None,
+            kv = decoded(f.kv or {})
+            fingerprint = kv.pop("fingerprint")
+            info = _row_group_info(
+                path.parent, path.name, fingerprint, *(kv.get(k) for k in INFO_KEYS)
             )
-        except (KeyError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError) as exc:
             raise CorruptStageError(
                 f"{path} is not a readable dd-assets row group ({exc}); nothing was deleted. Move"
                 " the file out of the folder and the row group will be regenerated on the next run"
@@ -349,8 +387,8 @@ class PartitionStore:
                 f" row group {info.row_group}, but it sits in {ref.fp12}/row group {f.row_group};"
                 " nothing was deleted. Move the file out of the folder and rerun"
             )
-        self._footers[key] = info
-        return info
+        self._footers[key] = (info, kv)
+        return info, kv
 
     def batch_paths(self, ref: StageRef) -> list[Path]:
         """Committed row-group files in the stage's folder (temp files left by a crash are not)."""
@@ -368,36 +406,57 @@ class PartitionStore:
         return [read_footer(p) for p in self.batch_paths(ref)]
 
     def _scan(self, ref: StageRef) -> dict[int, RowGroupInfo]:
-        """Every committed row-group file's footer, by row group: listed now, read through the
-        footer index (store.footer_index) for files it describes, from the file otherwise."""
+        """Every committed row-group file's footer, by row group: listed now, taken from the
+        footer index (store.footer_index) for files it describes, read from the file otherwise.
+        (Strings, not Paths, per file: a scan may list 100,000 of them.)"""
         folder = self.files_dir(ref)
         if not folder.is_dir():
             return {}
         index = FooterIndex(self.stage_dir(ref) / FOOTER_INDEX, ref.fingerprint)
+        cached: list[tuple[Any, ...]] | None = None  # the index's INFO_KEYS values, per entry
         out = {}
-        names = sorted(
-            e.name
-            for e in os.scandir(folder)
-            if BATCH_RE.match(e.name) and not is_temp_name(e.name)
-        )
+        seen: list[tuple[str, Stamp, dict[str, Any] | None]] = []
+        read = 0
+        prefix = f"{folder}{os.sep}"
+        names = sorted(n for n in os.listdir(folder) if BATCH_RE.match(n) and not is_temp_name(n))
         for name in names:
-            path = folder / name
             try:
-                st = path.stat()
-            except FileNotFoundError:  # replaced or removed since the listing
+                file_stamp = stamp(os.stat(prefix + name))
+            except FileNotFoundError:  # removed since the listing
                 continue
-            file_stamp = stamp(st)
-            info = self._footers.get((str(path), *file_stamp))
-            read = False
-            if info is None:
-                info = index.get(name, file_stamp, folder)
-            if info is None:
-                info, read = self._footer(path, ref), True
-            self._footers[(str(path), *file_stamp)] = info
-            index.record(name, file_stamp, info, read=read)
-            out[info.row_group] = info
-        index.save()
+            key = (prefix + name, *file_stamp)
+            found = self._footers.get(key)
+            if found is None:
+                i = index.lookup(name, file_stamp)
+                if i is not None:
+                    cached = index.values(INFO_KEYS) if cached is None else cached
+                    with contextlib.suppress(KeyError, TypeError, ValueError):  # else: read it
+                        info = _row_group_info(folder, name, ref.fingerprint, *cached[i])
+                        found = self._footers[key] = (info, None)
+            if found is None:
+                found = self._read_footer(folder / name, ref, file_stamp)
+                read += 1
+            seen.append((name, file_stamp, found[1]))
+            out[found[0].row_group] = found[0]
+        if read:
+            self._save_index(index, seen, read)
         return out
+
+    @staticmethod
+    def _save_index(
+        index: FooterIndex, seen: list[tuple[str, Stamp, dict[str, Any] | None]], read: int
+    ) -> None:
+        """The scan's files into the index; those this process had from an index take their
+        key-values from the one just loaded (if it no longer has them: no save)."""
+        entries = []
+        for name, file_stamp, kv in seen:
+            if kv is None:
+                i = index.lookup(name, file_stamp)
+                if i is None:
+                    return
+                kv = index.kv(i)
+            entries.append((name, file_stamp, kv))
+        index.save(entries, read)
 
     def completed(self, ref: StageRef) -> dict[int, RowGroupInfo]:
         """Row groups on disk whose footer matches the current row ranges, by id.

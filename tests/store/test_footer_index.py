@@ -3,7 +3,7 @@ files it describes, and never decides anything the files on disk do not say."""
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import shutil
 from pathlib import Path
@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import dd_assets.store.partition_store as partition_store
+from dd_assets.store.footer import RowGroupInfo
 from dd_assets.store.layout import FOOTER_INDEX
 from dd_assets.store.partition_store import CorruptStageError, PartitionStore, StageRef
 
@@ -64,9 +65,11 @@ def test_a_second_scan_reads_no_footer_and_sees_the_same(tmp_path: Path, reads: 
     second = PartitionStore(tmp_path).completed(ref)
     assert reads == []
     assert second == first
+    for rg in first:  # every field, those left out of == too
+        for f in dataclasses.fields(RowGroupInfo):
+            assert getattr(second[rg], f.name) == getattr(first[rg], f.name), f.name
     assert [second[rg].inputs for rg in range(5)] == [{"up": f"v{rg}"} for rg in range(5)]
     assert [i.data_version for i in second.values()] == [i.data_version for i in first.values()]
-    # Stats are left out of the index and read from the file when asked for.
     assert second[3].stats == {"rg": 3}
 
 
@@ -105,27 +108,45 @@ def test_a_bad_file_is_refused_on_every_scan(tmp_path: Path) -> None:
             PartitionStore(tmp_path).completed(ref)
 
 
+def _rewrite(index: Path, change: Any) -> None:
+    """Read the index (an Arrow IPC file), change its table, write it back."""
+    with pa.OSFile(str(index)) as src:  # read into memory: the file is written over below
+        table = pa.ipc.open_file(src).read_all()
+    table = change(table)
+    with pa.OSFile(str(index), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+
+
+def _lie_about_rows(table: pa.Table) -> pa.Table:
+    rows = table.column("rows").to_pylist()
+    rows[0] = 999
+    return table.set_column(table.column_names.index("rows"), "rows", pa.array(rows, pa.int64()))
+
+
 def test_an_index_that_is_not_this_folders_is_ignored(tmp_path: Path, reads: list[Path]) -> None:
     ref = make_ref()
     store = PartitionStore(tmp_path)
     fill(store, ref)
     index = store.stage_dir(ref) / FOOTER_INDEX
-    for text in [
-        "not json",
-        json.dumps({"scheme": 1, "fingerprint": FP_B, "files": {}}),
-        json.dumps({"scheme": 99, "fingerprint": FP_A, "files": {}}),
+    PartitionStore(tmp_path).completed(ref)
+    # Lie about a file the index describes: a valid index of this folder is believed...
+    _rewrite(index, _lie_about_rows)
+    assert PartitionStore(tmp_path).completed(ref)[0].rows == 999
+    # ...and no other: of another fingerprint, another scheme, or not an index at all.
+    for change in [
+        lambda t: t.replace_schema_metadata({b"scheme": b"1", b"fingerprint": FP_B.encode()}),
+        lambda t: t.replace_schema_metadata({b"scheme": b"99", b"fingerprint": FP_A.encode()}),
+        lambda t: t.drop_columns(["ctime_ns"]),
     ]:
-        PartitionStore(tmp_path).completed(ref)
-        data = json.loads(index.read_text())
-        entry = data["files"]["batch_00000.parquet"]
-        # Lie about a file the index describes: only a valid index of this folder is believed.
-        entry[5] = 999
-        index.write_text(json.dumps(data))
-        assert PartitionStore(tmp_path).completed(ref)[0].rows == 999  # it is used when valid...
-        index.write_text(text)
+        _rewrite(index, change)
         reads.clear()
-        assert PartitionStore(tmp_path).completed(ref)[0].rows == 10  # ...and only then
-        assert len(reads) == 5
+        assert PartitionStore(tmp_path).completed(ref)[0].rows == 10
+        assert len(reads) == 5  # every footer read again (and the index rewritten)
+        _rewrite(index, _lie_about_rows)
+    index.write_bytes(b"not an arrow file")
+    reads.clear()
+    assert PartitionStore(tmp_path).completed(ref)[0].rows == 10
+    assert len(reads) == 5
 
 
 def test_an_index_that_cannot_be_written_costs_only_footer_reads(

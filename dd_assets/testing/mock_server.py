@@ -12,9 +12,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import signal
+import subprocess
 import sys
 import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 from dd_assets.testing.mock_openai import MockOpenAI
 
@@ -72,6 +76,44 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
     return 0
+
+
+@dataclass
+class MockProcess:
+    """A mock server running in its own process; the counters are filled in when it stops."""
+
+    url: str
+    requests: int = 0
+    ok: int = 0
+    peak_concurrency: int = 0
+    by_status: dict[str, int] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def mock_process(latency: float = 0.0, fail_rate: float = 0.0, *args: str) -> Iterator[MockProcess]:
+    """The mock in another process, as a real provider is: sharing the caller's GIL would charge
+    the server's CPU time to the client under measurement. Yields its URL; stops it on exit."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dd_assets.testing.mock_server", "--latency", str(latency),
+         "--fail-rate", str(fail_rate), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    mock = MockProcess(url=proc.stdout.readline().strip())
+    try:
+        yield mock
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        err = proc.stderr.read()
+        proc.wait(30)
+        m = re.search(r"requests=(\d+) by_status=(\{.*?\}) peak_concurrency=(\d+)", err)
+        if m is None:
+            raise RuntimeError(f"mock server said: {err[-2000:]}")
+        mock.requests, mock.peak_concurrency = int(m[1]), int(m[3])
+        mock.by_status = {k: int(v) for k, v in re.findall(r"([\w']+): (\d+)", m[2])}
+        mock.ok = mock.by_status.get("200", 0)
 
 
 if __name__ == "__main__":

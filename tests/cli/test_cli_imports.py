@@ -1,0 +1,84 @@
+"""Commands that run no Dagster never import it (it costs seconds at every start): each is run
+with Dagster made unimportable, on a store with data in it, and must succeed without having tried."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from dd_assets.cli.main import build_parser
+from dd_assets.config import load_workflow
+from dd_assets.runners.materialize import materialize_wave
+from dd_assets.runners.plan import plan_workflow
+from dd_assets.store.partition_store import PartitionStore
+
+ROOT = Path(__file__).resolve().parents[2]
+QUICKSTART = ROOT / "examples" / "quickstart.yaml"
+DAGSTER_COMMANDS = {"materialize", "check", "ui"}
+
+BLOCK_DAGSTER = textwrap.dedent(
+    """
+    import json, sys
+
+    class NoDagster:
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in ("dagster", "dagster_webserver"):
+                raise ImportError(f"dagster is blocked in this test ({name})")
+            return None
+
+    sys.meta_path.insert(0, NoDagster())
+    from dd_assets.cli import main
+    codes = {}
+    for argv in json.loads(sys.argv[1]):
+        codes[argv[0]] = main(argv)
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("dagster", "dagster_webserver"))
+    print(json.dumps({"codes": codes, "dagster_modules": loaded}))
+    """
+)
+
+
+def test_every_command_is_listed() -> None:
+    """A new command is added to this file's list (or to DAGSTER_COMMANDS, if it runs Dagster)."""
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(sub.choices) == {argv[0] for argv in _commands(Path("x"))} | DAGSTER_COMMANDS
+
+
+def _commands(tmp: Path) -> list[list[str]]:
+    q = str(QUICKSTART)
+    return [
+        ["validate", q],
+        ["preview", q, "-n", "3"],
+        ["status", q],
+        ["export", q, "--format", "jsonl", "-o", str(tmp / "out.jsonl")],
+        ["report", q, "--format", "text"],
+        ["approve", q, "tickets", str(tmp / "out.jsonl")],
+        ["unseal", q, "tickets"],
+        ["import", str(ROOT / "tests" / "fixtures" / "datadesigner" / "samplers_no_person.yaml"), "-o", str(tmp / "imported.yaml")],
+    ]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_commands_without_dagster_never_import_it(tmp_path: Path) -> None:
+    root = tmp_path / "dd-data"
+    plan = plan_workflow(load_workflow(QUICKSTART))
+    materialize_wave(list(plan.stages.values()), PartitionStore(root), range(2))
+    commands = _commands(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", BLOCK_DAGSTER, json.dumps(commands)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "DD_ASSETS_ROOT": str(root), "COLUMNS": "120"},
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["dagster_modules"] == []
+    # They ran (an error exit would still prove nothing about imports, but say so).
+    assert all(code == 0 for code in result["codes"].values()), (result, out.stderr[-3000:])

@@ -42,7 +42,14 @@ from dd_assets.store.footer import (
     legacy_data_version,
     read_footer,
 )
-from dd_assets.store.footer_index import INT_KEYS, FooterIndex, Stamp, decoded, stamp
+from dd_assets.store.footer_index import (
+    INT_KEYS,
+    FolderStamp,
+    FooterIndex,
+    Stamp,
+    decoded,
+    stamp,
+)
 from dd_assets.store.layout import (
     APPROVED_SUFFIX,
     BATCH_RE,
@@ -149,20 +156,49 @@ def _row_group_info(
         raise KeyError(f"footer lacks one of {INT_KEYS}")
     if not isinstance(stats, dict | None):
         raise ValueError(f"stats is not a JSON object: {stats!r}")
-    return RowGroupInfo(
-        row_group=row_group,
-        folder=folder,
-        name=name,
-        rows=rows,
-        row_start=row_start,
-        row_end=row_end,
-        fingerprint=fingerprint,
-        stats=stats or {},
-        data_version=data_version or legacy_data_version(fingerprint, row_group, rows),
-        inputs=inputs if isinstance(inputs, dict) else None,
-        dropped_columns=dropped_columns or None,
-        drops=drops or None,
+    return RowGroupInfo(  # positional: made 100,000 times in a scan of a big stage
+        row_group,
+        folder,
+        name,
+        rows,
+        row_start,
+        row_end,
+        fingerprint,
+        stats or {},
+        data_version or legacy_data_version(fingerprint, row_group, rows),
+        inputs if isinstance(inputs, dict) else None,
+        dropped_columns or None,
+        drops or None,
     )
+
+
+def _infos_of_index(
+    index: FooterIndex, folder: Path, fingerprint: str
+) -> list[RowGroupInfo | None]:
+    """Per footer index entry, the row group it describes (None if it does not describe one)."""
+    out: list[RowGroupInfo | None] = []
+    append = out.append
+    for name, rg, rows, start, end, stats, version, inputs, dropped, drops in index.values(
+        INFO_KEYS
+    ):
+        # the common case inline (a big stage has 100,000 entries); the rest as a footer's
+        plain = type(rg) is int and type(rows) is int and start is not None and end is not None
+        if plain and version and type(stats) is dict and type(inputs) in (dict, type(None)):
+            info = RowGroupInfo(
+                rg, folder, name, rows, start, end, fingerprint, stats, version, inputs,
+                dropped or None, drops or None,
+            )  # fmt: skip
+            append(info)
+            continue
+        try:
+            info = _row_group_info(
+                folder, name, fingerprint, rg, rows, start, end, stats, version, inputs, dropped,
+                drops,
+            )  # fmt: skip
+        except (KeyError, TypeError, ValueError):
+            info = None
+        append(info)
+    return out
 
 
 def _now() -> str:
@@ -408,43 +444,63 @@ class PartitionStore:
     def _scan(self, ref: StageRef) -> dict[int, RowGroupInfo]:
         """Every committed row-group file's footer, by row group: listed now, taken from the
         footer index (store.footer_index) for files it describes, read from the file otherwise.
-        (Strings, not Paths, per file: a scan may list 100,000 of them.)"""
+        (A scan may list 100,000 files: per file, one stat and a few lookups, no Path.)"""
         folder = self.files_dir(ref)
-        if not folder.is_dir():
+        try:
+            folder_stamp = FolderStamp.of(folder)
+        except (FileNotFoundError, NotADirectoryError):
             return {}
         index = FooterIndex(self.stage_dir(ref) / FOOTER_INDEX, ref.fingerprint)
-        cached: list[tuple[Any, ...]] | None = None  # the index's INFO_KEYS values, per entry
+        if index.describes(folder_stamp):
+            described = {}
+            for info in _infos_of_index(index, folder, ref.fingerprint):
+                if info is None:  # an entry that is not a row group: check the files
+                    break
+                described[info.row_group] = info
+            else:
+                return described
+        try:
+            listed = os.listdir(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+        names = sorted(n for n in listed if BATCH_RE.match(n) and not is_temp_name(n))
+        entries = index.entries() if names else {}
+        from_index: list[RowGroupInfo | None] | None = None  # per index entry, made when needed
+        footers = self._footers
         out = {}
         seen: list[tuple[str, Stamp, dict[str, Any] | None]] = []
         read = 0
         prefix = f"{folder}{os.sep}"
-        names = sorted(n for n in os.listdir(folder) if BATCH_RE.match(n) and not is_temp_name(n))
         for name in names:
             try:
-                file_stamp = stamp(os.stat(prefix + name))
+                st = os.stat(prefix + name)
             except FileNotFoundError:  # removed since the listing
                 continue
+            file_stamp = (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
             key = (prefix + name, *file_stamp)
-            found = self._footers.get(key)
+            found = footers.get(key)
             if found is None:
-                i = index.lookup(name, file_stamp)
-                if i is not None:
-                    cached = index.values(INFO_KEYS) if cached is None else cached
-                    with contextlib.suppress(KeyError, TypeError, ValueError):  # else: read it
-                        info = _row_group_info(folder, name, ref.fingerprint, *cached[i])
-                        found = self._footers[key] = (info, None)
+                entry = entries.get(name)
+                if entry is not None and entry[0] == file_stamp:
+                    if from_index is None:
+                        from_index = _infos_of_index(index, folder, ref.fingerprint)
+                    info = from_index[entry[1]]
+                    if info is not None:  # else: the entry does not describe a row group; read
+                        found = footers[key] = (info, None)
             if found is None:
                 found = self._read_footer(folder / name, ref, file_stamp)
                 read += 1
             seen.append((name, file_stamp, found[1]))
             out[found[0].row_group] = found[0]
-        if read:
-            self._save_index(index, seen, read)
+        if index.worth_saving(len(seen), read, folder_stamp):
+            self._save_index(index, seen, folder_stamp)
         return out
 
     @staticmethod
     def _save_index(
-        index: FooterIndex, seen: list[tuple[str, Stamp, dict[str, Any] | None]], read: int
+        index: FooterIndex,
+        seen: list[tuple[str, Stamp, dict[str, Any] | None]],
+        folder_stamp: FolderStamp,
     ) -> None:
         """The scan's files into the index; those this process had from an index take their
         key-values from the one just loaded (if it no longer has them: no save)."""
@@ -456,7 +512,7 @@ class PartitionStore:
                     return
                 kv = index.kv(i)
             entries.append((name, file_stamp, kv))
-        index.save(entries, read)
+        index.save(entries, folder_stamp)
 
     def completed(self, ref: StageRef) -> dict[int, RowGroupInfo]:
         """Row groups on disk whose footer matches the current row ranges, by id.

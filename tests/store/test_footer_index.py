@@ -13,6 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+import dd_assets.store.footer_index as footer_index
 import dd_assets.store.partition_store as partition_store
 from dd_assets.store.footer import RowGroupInfo
 from dd_assets.store.layout import FOOTER_INDEX
@@ -172,3 +173,63 @@ def test_the_index_is_beside_the_files_not_among_them(tmp_path: Path) -> None:
     assert (store.stage_dir(ref) / FOOTER_INDEX).exists()
     assert all(p.suffix == ".parquet" for p in store.files_dir(ref).iterdir())
     assert pq.read_table(store.files_dir(ref)).num_rows == 50
+
+
+@pytest.fixture
+def listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The folders the store lists, with every folder counted as settled (footer_index.SETTLE_NS:
+    a test cannot wait for a real folder to be still for two seconds)."""
+    monkeypatch.setattr(footer_index, "SETTLE_NS", -(10**18))
+    seen: list[str] = []
+    real = os.listdir
+
+    def counting(path: Any) -> list[str]:
+        seen.append(str(path))
+        return real(path)
+
+    monkeypatch.setattr(partition_store.os, "listdir", counting)
+    return seen
+
+
+def test_a_settled_folder_is_not_even_listed_until_it_changes(
+    tmp_path: Path, reads: list[Path], listings: list[str]
+) -> None:
+    ref = make_ref()
+    store = PartitionStore(tmp_path)
+    fill(store, ref)
+    first = PartitionStore(tmp_path).completed(ref)  # lists, and records the folder's stamp
+    listings.clear()
+    reads.clear()
+    second = PartitionStore(tmp_path).completed(ref)
+    assert (listings, reads) == ([], [])
+    for rg in first:
+        for f in dataclasses.fields(RowGroupInfo):
+            assert getattr(second[rg], f.name) == getattr(first[rg], f.name), f.name
+    # Every change to the folder's entries is seen: a file removed, one replaced, one added.
+    folder = store.files_dir(ref)
+    os.remove(folder / "batch_00004.parquet")
+    assert sorted(PartitionStore(tmp_path).completed(ref)) == [0, 1, 2, 3]
+    assert len(listings) == 1
+    store.write_row_group(ref, 2, rows(ref, 2, tag="new"), stats={"rg": "new"})
+    assert PartitionStore(tmp_path).completed(ref)[2].stats == {"rg": "new"}
+    pq.write_table(rows(ref, 0), folder / "batch_00004.parquet")  # no dd-assets footer: refused
+    with pytest.raises(CorruptStageError):
+        PartitionStore(tmp_path).completed(ref)
+    with pytest.raises(CorruptStageError):  # and on every scan after (no index is written)
+        PartitionStore(tmp_path).completed(ref)
+
+
+def test_a_folder_that_changed_just_before_its_listing_is_listed(
+    tmp_path: Path, reads: list[Path]
+) -> None:
+    """Without SETTLE_NS of stillness, a change in the same timestamp tick could go unseen: the
+    index still spares the footer reads, but the folder is listed and each file checked."""
+    ref = make_ref()
+    fill(PartitionStore(tmp_path), ref)
+    PartitionStore(tmp_path).completed(ref)
+    index = footer_index.FooterIndex(PartitionStore(tmp_path).stage_dir(ref) / FOOTER_INDEX, FP_A)
+    now = footer_index.FolderStamp.of(PartitionStore(tmp_path).files_dir(ref))
+    assert not now.settled and not index.describes(now)
+    reads.clear()
+    assert len(PartitionStore(tmp_path).completed(ref)) == 5
+    assert reads == []

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from dd_assets.testing.postgres import PgServer, PostgresUnavailable, running_postgres
+from dd_assets.testing.s3 import S3Server, running_s3
 from dd_assets.testing.workflows import isolated_env
 
 
@@ -34,3 +35,19 @@ def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgServer]:
         if os.environ.get("DD_ASSETS_SKIP_POSTGRES") == "1":
             pytest.skip("DD_ASSETS_SKIP_POSTGRES=1: PostgreSQL test skipped on request")
         pytest.fail(str(exc), pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One local S3-compatible server (moto) for the whole session; tests take a fresh bucket
+    each (`s3_root`)."""
+    with running_s3(tmp_path_factory.mktemp("s3")) as server:
+        yield server
+
+
+@pytest.fixture
+def s3_root(s3_server: S3Server, monkeypatch: pytest.MonkeyPatch) -> str:
+    """`s3://<fresh bucket>/data` on the session's server, its environment set for this test."""
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    return f"s3://{s3_server.create_bucket()}/data"

@@ -43,6 +43,7 @@ from dd_assets.runners.checks import (
 )
 from dd_assets.runners.materialize import RowGroupOutcome
 from dd_assets.runners.plan import StagePlan
+from dd_assets.store import files
 from dd_assets.store.footer import read_footer
 from dd_assets.store.layout import BATCH_RE, key_ranges, partition_key, row_group_of
 from dd_assets.store.partition_store import PartitionStore
@@ -171,10 +172,8 @@ def current_outcome(
     row-group files of the current fingerprint (a directory listing): cheap enough for a
     sensor to run every tick."""
     materialized = {row_group_of(k) for k in instance.get_materialized_partitions(asset_key(plan))}
-    folder = store.files_dir(plan.ref)
-    on_disk = set()
-    if folder.is_dir():
-        on_disk = {int(m[1]) for e in folder.iterdir() if (m := BATCH_RE.match(e.name))}
+    names = files.names(store.files_dir(plan.ref))
+    on_disk = {int(m[1]) for name in names if (m := BATCH_RE.match(name))}
     stale = sorted(rg for rg in materialized if rg not in on_disk and rg < plan.ref.num_row_groups)
     numbers: dict[str, Any] = {
         "materialized": len(materialized),

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any, Literal
 
 import dagster as dg
-import pyarrow.parquet as pq
 
 from dd_assets.config import ResumeMode, RunSettings
 from dd_assets.dagster.asset_checks import (
@@ -35,6 +34,7 @@ from dd_assets.runners.finalize import finalize_stage
 from dd_assets.runners.materialize import materialize_wave
 from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.seeds import skip_reason
+from dd_assets.store import files
 from dd_assets.store.layout import row_group_of
 
 FRESH_START_TAG = "dd-assets/fresh-start-token"
@@ -208,7 +208,7 @@ def final_asset(plan: StagePlan) -> dg.AssetsDefinition:
         md.update(approval_metadata(plan, store))
         if res.rows_out:
             md["preview"] = dg.MetadataValue.md(
-                preview_md(pq.ParquetFile(res.path).read_row_group(0))
+                preview_md(files.parquet_file(res.path).read_row_group(0))
             )
         else:
             context.log.warning(

@@ -28,7 +28,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
-import pyarrow.parquet as pq
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluationTargetMaterializationData,
 )
@@ -47,6 +46,7 @@ from dd_assets.dagster.asset_checks import RowGroupChecker
 from dd_assets.dagster.names import asset_key, output_name
 from dd_assets.runners.materialize import RowGroupOutcome
 from dd_assets.runners.plan import StagePlan
+from dd_assets.store import files
 from dd_assets.store.layout import partition_key
 from dd_assets.store.partition_store import PartitionStore
 
@@ -85,7 +85,7 @@ def preview_md(table: Any) -> str:
 
 def _head(path: Any) -> Any:
     """The first rows of a row-group file: one batch, not the whole file."""
-    f = pq.ParquetFile(path)
+    f = files.parquet_file(path)
     try:
         batch = next(f.iter_batches(batch_size=PREVIEW_ROWS), None)
         return batch if batch is not None else f.schema_arrow.empty_table()

@@ -11,6 +11,7 @@ from typing import Any
 import dagster as dg
 import pyarrow.dataset as pads
 
+from dd_assets.store import files
 from dd_assets.store.layout import DEFAULT_ROOT, StageRef, row_group_of
 from dd_assets.store.partition_store import PartitionStore
 
@@ -66,7 +67,7 @@ class StageIOManager(dg.ConfigurableIOManager):
         final_fp = meta.get(f"{META_PREFIX}final_fingerprint")
         if final_fp is not None:
             final = store.final_output(ref, getattr(final_fp, "value", final_fp))
-            return pads.dataset(str(final.path), format="parquet")
+            return files.dataset([final.path])
         # Only the partitions this input maps to; an unpartitioned reader gets every one on disk.
         wanted = (
             [row_group_of(k) for k in context.asset_partition_keys]

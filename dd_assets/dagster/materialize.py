@@ -3,7 +3,6 @@ wave, one run per chunk of row groups, as a backfill with the multi_run policy w
 
 from __future__ import annotations
 
-import os
 import threading
 import uuid
 from collections.abc import Callable
@@ -21,6 +20,7 @@ from dd_assets.runners.finalize import TargetProgress, read_final, target_progre
 from dd_assets.runners.materialize import UnfinishedCellsError
 from dd_assets.runners.plan import StagePlan, WorkflowPlan
 from dd_assets.runners.seeds import skip_reason
+from dd_assets.store import files
 from dd_assets.store.layout import batch_name, partition_key
 from dd_assets.store.partition_store import PartitionStore
 
@@ -51,9 +51,7 @@ def _count_files(store: PartitionStore, plans: list[StagePlan], names: set[str])
     """Selected row groups present on disk: a directory listing, cheap enough to poll."""
     n = 0
     for p in plans:
-        folder = store.files_dir(p.ref)
-        if folder.is_dir():
-            n += sum(1 for f in os.scandir(folder) if f.name in names)
+        n += sum(1 for name in files.names(store.files_dir(p.ref)) if name in names)
     return n
 
 

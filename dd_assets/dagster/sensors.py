@@ -16,6 +16,7 @@ from dd_assets.dagster.asset_checks import current_evaluation
 from dd_assets.dagster.names import asset_key, current_sensor_name
 from dd_assets.dagster.resources import StoreResource
 from dd_assets.runners.plan import StagePlan, WorkflowPlan
+from dd_assets.store import files
 from dd_assets.store.partition_store import PartitionStore
 
 TICK_SECONDS = 15
@@ -27,9 +28,8 @@ def _state(plan: StagePlan, store: PartitionStore, instance: dg.DagsterInstance)
     records = instance.fetch_materializations(
         dg.AssetRecordsFilter(asset_key=asset_key(plan)), limit=1
     ).records
-    folder = store.files_dir(plan.ref)
-    mtime = folder.stat().st_mtime_ns if folder.is_dir() else 0
-    return [plan.ref.fingerprint, records[0].storage_id if records else 0, mtime]
+    files_now = files.signature(store.files_dir(plan.ref))
+    return [plan.ref.fingerprint, records[0].storage_id if records else 0, files_now]
 
 
 def current_sensor(plan: WorkflowPlan) -> dg.SensorDefinition:

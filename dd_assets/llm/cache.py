@@ -44,12 +44,21 @@ CACHE_DIR_ENV = "DD_ASSETS_LLM_CACHE_DIR"
 CACHE_FILE = "llm-cache.sqlite"
 
 
-def cache_path(root: str | Path, workflow: str) -> Path:
+def cache_path(root: str | os.PathLike[str], workflow: str) -> Path:
     """`<root>/<workflow>/llm-cache.sqlite`, or the same under $DD_ASSETS_LLM_CACHE_DIR: a
     node-local folder when the data root is a network filesystem, where one SQLite file must not
-    be written by several machines."""
+    be written by several machines. An object-store root (`s3://bucket/prefix`) cannot hold a
+    SQLite file: its cache is node-local, `~/.cache/dd-assets/s3/bucket/prefix/` (under
+    $XDG_CACHE_HOME if set); machines share answers through DD_ASSETS_LLM_CACHE=postgres."""
     base = os.environ.get(CACHE_DIR_ENV)
-    return (Path(base).resolve() if base else Path(root)) / workflow / CACHE_FILE
+    if base:
+        return Path(base).resolve() / workflow / CACHE_FILE
+    text = str(root)
+    if "://" in text and not text.startswith("file://"):
+        scheme, _, rest = text.partition("://")
+        home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        return home / "dd-assets" / scheme / rest.strip("/") / workflow / CACHE_FILE
+    return Path(text.removeprefix("file://")) / workflow / CACHE_FILE
 
 
 class RequestCacheError(LLMError):

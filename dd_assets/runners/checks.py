@@ -20,7 +20,6 @@ the Dagster assets record it per partition as each row group lands (one check, s
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -39,6 +38,7 @@ from dd_assets.runners.finalize import needed_row_groups
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.profile import stage_profile
+from dd_assets.store import files
 from dd_assets.store.footer import FileFooter, is_done
 from dd_assets.store.layout import batch_name, key_ranges, partition_key
 from dd_assets.store.partition_store import PartitionStore
@@ -282,7 +282,11 @@ def expected_schema(plan: StagePlan, store: PartitionStore) -> pa.Schema:
         and plan.upstreams[0].compiled.stage.finalize
     ):
         final, _ = store.final_paths(plan.upstreams[0].ref)
-        seed_schema = pq.read_schema(final).remove_metadata() if final.exists() else None
+        seed_schema = (
+            files.parquet_file(final).schema_arrow.remove_metadata()
+            if files.exists(final)
+            else None
+        )
     elif plan.upstreams:
         seed_schema = joined_schema([expected_schema(up, store) for up in plan.upstreams])
     return stage_schema(plan.workflow, plan.name, seed_schema)
@@ -387,7 +391,7 @@ def _hashes(sf: StageFiles, column: str) -> tuple[np.ndarray, int]:
     for f in sorted(sf.complete.values(), key=lambda f: f.row_group):
         if f.schema is None or column not in f.schema.names:
             continue  # the schema check names it
-        for batch in pq.ParquetFile(f.path).iter_batches(
+        for batch in files.parquet_file(f.path).iter_batches(
             batch_size=UUID_BATCH_ROWS, columns=[column]
         ):
             values = batch.column(0)
@@ -412,7 +416,7 @@ def _duplicates(sf: StageFiles, column: str) -> tuple[int, int, int, list[Any]]:
     for f in sorted(sf.complete.values(), key=lambda f: f.row_group):
         if f.schema is None or column not in f.schema.names:
             continue
-        for batch in pq.ParquetFile(f.path).iter_batches(
+        for batch in files.parquet_file(f.path).iter_batches(
             batch_size=UUID_BATCH_ROWS, columns=[column]
         ):
             for v in batch.column(0).drop_null().to_pylist():
@@ -560,10 +564,7 @@ def check_row_group(plan: StagePlan, footer: FileFooter, expected: pa.Schema) ->
 def stage_files_present(plan: StagePlan, store: PartitionStore) -> bool:
     """Whether every row group of the stage has a file (a directory listing, no footer read): the
     cheap test of whether the whole-stage checks are worth running at the end of a run."""
-    folder = store.files_dir(plan.ref)
-    if not folder.is_dir():
-        return False
-    names = {e.name for e in os.scandir(folder)}
+    names = set(files.names(store.files_dir(plan.ref)))
     return all(batch_name(rg) in names for rg in range(plan.ref.num_row_groups))
 
 

@@ -15,8 +15,8 @@ from dd_assets.engine import DROPS_SCHEMA
 from dd_assets.errors import RunError
 from dd_assets.runners.finalize import read_final
 from dd_assets.runners.plan import StagePlan
+from dd_assets.store import files
 from dd_assets.store.approvals import read_approval
-from dd_assets.store.atomic import atomic_path
 from dd_assets.store.layout import key_ranges
 from dd_assets.store.partition_store import PartitionStore
 
@@ -53,7 +53,7 @@ def export_stage(
     if approval is not None:
         # What the stage hands downstream (review gate), not what it generated.
         res = _write(
-            pq.ParquetFile(approval.path).iter_batches(batch_size=65_536), fmt, output, 0, stage
+            files.parquet_file(approval.path).iter_batches(batch_size=65_536), fmt, output, 0, stage
         )
         res.what = "approved rows"
         return res
@@ -62,7 +62,7 @@ def export_stage(
         # intermediate. Refuse rather than silently export the unfiltered rows.
         final = read_final(store, plan)
         return _write(
-            pq.ParquetFile(final.path).iter_batches(batch_size=65_536), fmt, output, 0, stage
+            files.parquet_file(final.path).iter_batches(batch_size=65_536), fmt, output, 0, stage
         )
     done = store.completed(plan.ref)
     if not done:
@@ -142,10 +142,10 @@ def _with_schema(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
 def _write(
     batches: Iterator[pa.RecordBatch], fmt: str, output: str | Path, missing: int, stage: str
 ) -> ExportResult:
-    output = Path(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
+    output = files.root_path(output)  # a local file, or an object (s3://...) written whole
+    files.mkdir(output.parent)
     rows = 0
-    with atomic_path(output) as tmp:
+    with files.atomic_path(output) as tmp:
         if fmt == "jsonl":
             with open(tmp, "w", encoding="utf-8") as fh:
                 for batch in batches:

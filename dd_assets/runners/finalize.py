@@ -26,7 +26,7 @@ from dd_assets.engine.finalize import Finalizer
 from dd_assets.errors import RunError, StoreError
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
-from dd_assets.store.atomic import atomic_path, atomic_write_json
+from dd_assets.store import files
 from dd_assets.store.footer import content_hash
 from dd_assets.store.layout import keys_head, partition_key
 from dd_assets.store.partition_store import (
@@ -170,12 +170,12 @@ def finalize_stage(plan: StagePlan, store: PartitionStore) -> FinalizeResult:
     done = store.completed(ref)
     schema = store.dataset(ref).schema.remove_metadata()
     kept = 0
-    with atomic_path(data) as tmp:
+    with files.atomic_path(data) as tmp:
         writer: pq.ParquetWriter | None = None
         # The final output's data version: its batches' content hashes, in order.
         version = hashlib.sha256()
         for rg in row_groups:
-            for batch in pq.ParquetFile(done[rg].path).iter_batches(batch_size=65_536):
+            for batch in files.parquet_file(done[rg].path).iter_batches(batch_size=65_536):
                 out = fin.process(batch)
                 if target is not None:  # exactly the first `target` rows that pass
                     out = out.slice(0, target - kept)
@@ -206,7 +206,7 @@ def finalize_stage(plan: StagePlan, store: PartitionStore) -> FinalizeResult:
                 f" `allow_empty: true` on {stage.name!r} to accept an empty result, or run"
                 f" `dd-assets unseal CONFIG {stage.name}` to reopen the stage"
             )
-    atomic_write_json(
+    files.write_json(
         meta,
         {
             "stage": stage.name,

@@ -15,16 +15,16 @@ Which table is approved, and whether it fits the stage, is decided in runners/ap
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from dd_assets.store.atomic import atomic_path, atomic_write_json, file_lock, fsync_dir
+from dd_assets.store import files, objects
+from dd_assets.store.atomic import file_lock
+from dd_assets.store.files import ObjectPath, StorePath
 from dd_assets.store.footer import content_hash
 from dd_assets.store.layout import APPROVAL_META, APPROVED_SUFFIX, LOCK_SUFFIX, StageRef
 from dd_assets.store.partition_store import CorruptStageError, PartitionStore
@@ -36,7 +36,7 @@ CLEARED_MARK = ".cleared-"
 class Approval:
     """A stage's approved output as approval.json describes it."""
 
-    path: Path  # the stored parquet
+    path: StorePath  # the stored parquet
     info: dict[str, Any]
 
     @property
@@ -58,23 +58,25 @@ class Approval:
 
     def row_group(self, row_group: int) -> pa.Table:
         """Rows `row_group * buffer_size` onward, at most buffer_size of them (empty past the end)."""
-        f = pq.ParquetFile(self.path)
+        f = files.parquet_file(self.path)
         if row_group < f.metadata.num_row_groups:
             return f.read_row_group(row_group)
         return f.schema_arrow.empty_table()
 
     def read(self) -> pa.Table:
-        return pq.read_table(self.path)
+        return files.read_table(self.path)
 
 
-def approval_dir(store: PartitionStore, ref: StageRef) -> Path:
+def approval_dir(store: PartitionStore, ref: StageRef) -> StorePath:
     return store.stage_base(ref.workflow, ref.stage) / f"{ref.fp12}{APPROVED_SUFFIX}"
 
 
 def _lock(store: PartitionStore, ref: StageRef) -> Any:
     # Beside the folder it guards, never deleted or moved (see PartitionStore._lock).
-    base = store.stage_base(ref.workflow, ref.stage)
-    return file_lock(base / f".{ref.fp12}{APPROVED_SUFFIX}{LOCK_SUFFIX}")
+    path = store.stage_base(ref.workflow, ref.stage) / f".{ref.fp12}{APPROVED_SUFFIX}{LOCK_SUFFIX}"
+    if isinstance(path, ObjectPath):
+        return objects.lease_lock(path)
+    return file_lock(path)
 
 
 def read_approval(store: PartitionStore, ref: StageRef) -> Approval | None:
@@ -82,7 +84,10 @@ def read_approval(store: PartitionStore, ref: StageRef) -> Approval | None:
     folder = approval_dir(store, ref)
     meta = folder / APPROVAL_META
     try:
-        info = json.loads(meta.read_text())
+        text = files.read_bytes(meta)
+        if text is None:
+            raise FileNotFoundError(str(meta))
+        info = json.loads(text)
         if not isinstance(info, dict):
             raise ValueError("not a JSON object")
         keys = ("file", "data_version", "rows", "replaces", "row_group_versions", "empty_version")
@@ -98,7 +103,7 @@ def read_approval(store: PartitionStore, ref: StageRef) -> Approval | None:
             f" Approve the file again, or `dd-assets approve CONFIG {ref.stage} --clear` to move"
             " it aside"
         ) from exc
-    if not path.exists():
+    if not files.exists(path):
         raise CorruptStageError(
             f"{meta} names {path.name}, which is not in {folder}; nothing was changed. Approve"
             f" the file again, or `dd-assets approve CONFIG {ref.stage} --clear` to move it aside"
@@ -136,21 +141,20 @@ def write_approval(
         "approved_at": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
     }
     with _lock(store, ref):
-        with atomic_path(path) as tmp:
+        with files.atomic_path(path) as tmp:
             pq.write_table(table, tmp, row_group_size=b)
-        atomic_write_json(folder / APPROVAL_META, info)
+        files.write_json(folder / APPROVAL_META, info)
     return Approval(path, info)
 
 
-def clear_approval(store: PartitionStore, ref: StageRef) -> Path | None:
+def clear_approval(store: PartitionStore, ref: StageRef) -> StorePath | None:
     """Move the approval folder aside (`<fp12>.approved.cleared-<timestamp>`); None if there
     was none."""
     folder = approval_dir(store, ref)
     with _lock(store, ref):
-        if not (folder / APPROVAL_META).exists():
+        if not files.exists(folder / APPROVAL_META):
             return None
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         target = folder.with_name(f"{folder.name}{CLEARED_MARK}{stamp}")
-        os.replace(folder, target)
-        fsync_dir(folder.parent)
+        files.move_aside(folder, target)
         return target

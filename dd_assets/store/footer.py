@@ -7,12 +7,11 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from dd_assets.store.files import StorePath, parquet_file
 from dd_assets.store.layout import BATCH_RE, StageRef
 
 META_PREFIX = b"dd_assets."
@@ -47,7 +46,7 @@ class RowGroupInfo:
     """What a row-group file's footer says about it (read without touching data pages)."""
 
     row_group: int
-    folder: Path  # the stage's row-group files (`path` is folder / name, made when asked for)
+    folder: StorePath  # the stage's row-group files (`path` is folder / name, made when asked for)
     name: str
     rows: int
     row_start: int
@@ -63,7 +62,7 @@ class RowGroupInfo:
     drops: str | None = field(default=None, compare=False)
 
     @cached_property  # not a field: a scan of 100,000 files should not build 100,000 Paths
-    def path(self) -> Path:
+    def path(self) -> StorePath:
         return self.folder / self.name
 
 
@@ -72,7 +71,7 @@ class FileFooter:
     """One `batch_*.parquet` of a stage folder, as far as its footer can be read. The store's scan
     refuses a file with a problem; the asset checks report it and go on."""
 
-    path: Path
+    path: StorePath
     row_group: int  # from the file name
     kv: dict[str, str] | None = None  # dd_assets.* footer keys, None when unreadable
     schema: pa.Schema | None = None
@@ -128,13 +127,13 @@ def is_done(ref: StageRef, row_group: int, row_range: tuple[int, int] | None) ->
     return row_group < ref.num_row_groups and row_range == ref.row_range(row_group)
 
 
-def read_footer(path: Path) -> FileFooter:
+def read_footer(path: StorePath) -> FileFooter:
     """The footer of a `batch_NNNNN.parquet` (no data pages read); never raises for a bad file."""
     m = BATCH_RE.match(path.name)
     assert m is not None, path
     row_group = int(m[1])
     try:
-        f = pq.ParquetFile(path)
+        f = parquet_file(path)
         try:
             meta = f.metadata.metadata or {}
             schema = f.schema_arrow

@@ -53,8 +53,12 @@ BATCH_RE = re.compile(r"^batch_(\d{5,})\.parquet$")
 
 
 def default_root() -> str:
-    """Absolute, so run workers started from another working directory write to the same place."""
-    return str(Path(os.environ.get(ROOT_ENV, DEFAULT_ROOT)).resolve())
+    """Absolute, so run workers started from another working directory write to the same place.
+    An object-store URL (`s3://bucket/prefix`) is taken as it is."""
+    root = os.environ.get(ROOT_ENV, DEFAULT_ROOT)
+    if "://" in root and not root.startswith("file://"):
+        return root
+    return str(Path(root.removeprefix("file://")).resolve())
 
 
 def batch_name(row_group: int) -> str:

@@ -25,14 +25,14 @@ from dd_assets.config.fingerprint import describe_change
 from dd_assets.config.run import ResumeMode
 from dd_assets.engine.drops import DROPS_SCHEMA
 from dd_assets.errors import StoreError
+from dd_assets.store import files, objects
 from dd_assets.store.atomic import (
-    atomic_path,
     atomic_write_json,
     file_lock,
-    fsync_dir,
     is_temp_name,
     sweep_temp_files,
 )
+from dd_assets.store.files import ObjectPath, StorePath
 from dd_assets.store.footer import (
     META_PREFIX,
     FileFooter,
@@ -106,7 +106,7 @@ class FingerprintFolder:
     """One `<fp12>` folder of a stage on disk (not those moved aside by `never`)."""
 
     fp12: str
-    path: Path
+    path: StorePath
     state: dict[str, Any]
     row_groups: int
 
@@ -123,7 +123,7 @@ class FingerprintFolder:
 class FinalOutput:
     """A stage's finalize output: the parquet file and what finalize recorded about it."""
 
-    path: Path
+    path: StorePath
     info: dict[str, Any]
 
     @property
@@ -206,46 +206,55 @@ def _now() -> str:
 
 
 class PartitionStore:
-    def __init__(self, root: str | os.PathLike[str]):
-        self.root = Path(root)
+    """The store of one data root: a local folder, or an object store (`s3://bucket/prefix`
+    and the others `store.objects` knows). Local roots take the same code path as always;
+    where an object root needs another mechanism (no rename, no flock) the method says so."""
+
+    def __init__(self, root: str | os.PathLike[str] | StorePath):
+        self.root: StorePath = files.root_path(root)
+        self.objects = files.is_object(self.root)
+        files.check_root(self.root)
         # Footer reads keyed by (path, inode, size, mtime, ctime): status polls and asset checks
         # list thousands of files, and a replaced file (os.replace of a new temp) always has a new
-        # inode, even when written within the same mtime tick with the same size.
-        self._footers: dict[
-            tuple[str, int, int, int, int], tuple[RowGroupInfo, dict[str, Any] | None]
-        ] = {}
+        # inode, even when written within the same mtime tick with the same size. On an object
+        # store by (path, ETag, size), the ETags coming with the folder listing (_etags).
+        self._footers: dict[tuple[Any, ...], tuple[RowGroupInfo, dict[str, Any] | None]] = {}
+        self._etags: dict[str, tuple[str, int]] = {}
 
     # ---- paths -------------------------------------------------------------------------------
 
-    def stage_base(self, workflow: str, stage: str) -> Path:
+    def stage_base(self, workflow: str, stage: str) -> StorePath:
         return self.root / workflow / stage
 
-    def stage_dir(self, ref: StageRef) -> Path:
+    def stage_dir(self, ref: StageRef) -> StorePath:
         return self.stage_base(ref.workflow, ref.stage) / ref.fp12
 
-    def files_dir(self, ref: StageRef) -> Path:
+    def files_dir(self, ref: StageRef) -> StorePath:
         return self.stage_dir(ref) / FILES_DIR
 
-    def batch_path(self, ref: StageRef, row_group: int) -> Path:
+    def batch_path(self, ref: StageRef, row_group: int) -> StorePath:
         return self.files_dir(ref) / batch_name(row_group)
 
-    def final_dir(self, ref: StageRef) -> Path:
+    def final_dir(self, ref: StageRef) -> StorePath:
         return self.stage_dir(ref) / FINAL_DIR
 
-    def profile_dir(self, ref: StageRef) -> Path:
+    def profile_dir(self, ref: StageRef) -> StorePath:
         return self.stage_dir(ref) / PROFILE_DIR
 
-    def dropped_columns_dir(self, ref: StageRef) -> Path:
+    def dropped_columns_dir(self, ref: StageRef) -> StorePath:
         return self.stage_dir(ref) / DROPPED_COLUMNS_DIR
 
-    def drops_dir(self, ref: StageRef) -> Path:
+    def drops_dir(self, ref: StageRef) -> StorePath:
         return self.stage_dir(ref) / DROPS_DIR
 
     def _lock(self, ref: StageRef) -> contextlib.AbstractContextManager[None]:
         # Beside the fingerprint folder, not inside it: `never` moves that folder aside, and a
         # lock file moving with it would let waiters on the old inode and newcomers on a new one
         # hold "the" lock at the same time.
-        return file_lock(self.stage_base(ref.workflow, ref.stage) / f".{ref.fp12}{LOCK_SUFFIX}")
+        path = self.stage_base(ref.workflow, ref.stage) / f".{ref.fp12}{LOCK_SUFFIX}"
+        if isinstance(path, ObjectPath):
+            return objects.lease_lock(path)
+        return file_lock(path)
 
     # ---- stage.json --------------------------------------------------------------------------
 
@@ -254,11 +263,21 @@ class PartitionStore:
         return self._read_state(self.stage_dir(ref) / STAGE_JSON, ref)
 
     @staticmethod
-    def _read_state(path: Path, ref: StageRef | None = None) -> dict[str, Any]:
-        try:
-            text = path.read_text()
-        except FileNotFoundError:
-            return {}
+    def _read_state(path: StorePath, ref: StageRef | None = None) -> dict[str, Any]:
+        if isinstance(path, Path):
+            try:
+                text: str | bytes = path.read_text()
+            except FileNotFoundError:
+                return {}
+        else:
+            found = files.read_bytes(path)
+            if found is None:
+                return {}
+            text = found
+        return PartitionStore._check_state(path, text, ref)
+
+    @staticmethod
+    def _check_state(path: StorePath, text: str | bytes, ref: StageRef | None) -> dict[str, Any]:
         try:
             state = json.loads(text)
             if not isinstance(state, dict):
@@ -286,8 +305,29 @@ class PartitionStore:
         return state
 
     def _write_state(self, ref: StageRef, **changes: Any) -> dict[str, Any]:
+        """Apply `changes` to stage.json. Locally under the caller's flock; on an object store
+        a conditional write (If-Match on the ETag read), re-applied to a fresh read when another
+        writer got in first, so no concurrent change is lost."""
         path = self.stage_dir(ref) / STAGE_JSON
-        state = self._read_state(path, ref)
+        if isinstance(path, ObjectPath):
+            out = objects.update_json(
+                path,
+                lambda current: self._changed_state(
+                    ref,
+                    self._check_state(path, json.dumps(current), ref) if current else {},
+                    changes,
+                ),
+            )
+            assert out is not None
+            return out
+        state = self._changed_state(ref, self._read_state(path, ref), changes)
+        atomic_write_json(path, state)
+        return state
+
+    @staticmethod
+    def _changed_state(
+        ref: StageRef, state: dict[str, Any], changes: dict[str, Any]
+    ) -> dict[str, Any]:
         now = _now()
         if not state:
             state = {
@@ -306,7 +346,6 @@ class PartitionStore:
         state["updated_at"] = now
         if ref.identity:
             state["identity"] = ref.identity
-        atomic_write_json(path, state)
         return state
 
     # ---- prepare (resume modes) --------------------------------------------------------------
@@ -322,7 +361,7 @@ class PartitionStore:
         folder = self.stage_dir(ref)
         # The fingerprint folder itself is created only once the checks pass: a refused run
         # must not leave an empty folder that `status` would list as a stage with 0 row groups.
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        files.mkdir(folder.parent)
         with self._lock(ref):
             self.sweep(ref)
             if mode == ResumeMode.NEVER:
@@ -336,26 +375,24 @@ class PartitionStore:
                 fresh = token is None or state.get("fresh_start_token") != token
                 if corrupt or (fresh and self._has_data(ref)):
                     self._move_aside(ref)
-                folder.mkdir(exist_ok=True)
+                files.mkdir(folder)
                 return self._write_state(ref, fresh_start_token=token)
             state = self._read_state(folder / STAGE_JSON, ref)
             if mode == ResumeMode.ALWAYS and not self._has_data(ref):
                 self._refuse_changed_config(ref)
             self._refuse_shrink(ref, state)
-            folder.mkdir(exist_ok=True)
+            files.mkdir(folder)
             return self._write_state(ref)
 
     def _has_data(self, ref: StageRef) -> bool:
-        files = self.files_dir(ref)
-        has_files = files.is_dir() and any(BATCH_RE.match(e.name) for e in os.scandir(files))
-        return has_files or self.final_dir(ref).exists()
+        has_files = any(BATCH_RE.match(n) for n in files.names(self.files_dir(ref)))
+        return has_files or files.is_dir(self.final_dir(ref))
 
-    def _move_aside(self, ref: StageRef) -> Path:
+    def _move_aside(self, ref: StageRef) -> StorePath:
         folder = self.stage_dir(ref)
         stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
         target = folder.with_name(f"{folder.name}{REPLACED_MARK}{stamp}")
-        os.replace(folder, target)
-        fsync_dir(folder.parent)
+        files.move_aside(folder, target)
         return target
 
     def _refuse_changed_config(self, ref: StageRef) -> None:
@@ -392,11 +429,17 @@ class PartitionStore:
 
     # ---- row groups --------------------------------------------------------------------------
 
-    def _footer(self, path: Path, ref: StageRef) -> RowGroupInfo:
+    def _footer(self, path: StorePath, ref: StageRef) -> RowGroupInfo:
+        if isinstance(path, ObjectPath):
+            tag = self._etags.get(str(path))
+            if tag is None:
+                found = objects.head(path)
+                tag = (found.e_tag, found.size) if found else ("", 0)
+            return self._read_footer(path, ref, tag)[0]
         return self._read_footer(path, ref, stamp(path.stat()))[0]
 
     def _read_footer(
-        self, path: Path, ref: StageRef, file_stamp: Stamp
+        self, path: StorePath, ref: StageRef, file_stamp: tuple[Any, ...]
     ) -> tuple[RowGroupInfo, dict[str, Any] | None]:
         """The file's footer as a RowGroupInfo (and its decoded key-values), read from the file."""
         key = (str(path), *file_stamp)
@@ -426,9 +469,15 @@ class PartitionStore:
         self._footers[key] = (info, kv)
         return info, kv
 
-    def batch_paths(self, ref: StageRef) -> list[Path]:
-        """Committed row-group files in the stage's folder (temp files left by a crash are not)."""
+    def batch_paths(self, ref: StageRef) -> list[StorePath]:
+        """Committed row-group files in the stage's folder (temp files left by a crash are not;
+        an object store lists an object only once its PUT completed)."""
         folder = self.files_dir(ref)
+        if isinstance(folder, ObjectPath):
+            entries = [e for e in objects.listing(folder)[0] if BATCH_RE.match(e.name)]
+            for e in entries:
+                self._etags[str(e.path)] = (e.e_tag, e.size)
+            return sorted((e.path for e in entries), key=lambda p: p.name)
         if not folder.is_dir():
             return []
         return sorted(
@@ -444,8 +493,12 @@ class PartitionStore:
     def _scan(self, ref: StageRef) -> dict[int, RowGroupInfo]:
         """Every committed row-group file's footer, by row group: listed now, taken from the
         footer index (store.footer_index) for files it describes, read from the file otherwise.
-        (A scan may list 100,000 files: per file, one stat and a few lookups, no Path.)"""
+        (A scan may list 100,000 files: per file, one stat and a few lookups, no Path.)
+        On an object store: one listing (with ETags), footers cached by ETag, no index."""
         folder = self.files_dir(ref)
+        if isinstance(folder, ObjectPath):
+            found = (self._footer(p, ref) for p in self.batch_paths(ref))
+            return {info.row_group: info for info in found}
         try:
             folder_stamp = FolderStamp.of(folder)
         except (FileNotFoundError, NotADirectoryError):
@@ -565,12 +618,12 @@ class PartitionStore:
         side = None
         if dropped_columns is not None:
             side = side_name("dropped", row_group, write_id)
-            with atomic_path(self.dropped_columns_dir(ref) / side) as tmp:
+            with files.atomic_path(self.dropped_columns_dir(ref) / side) as tmp:
                 pq.write_table(dropped_columns.replace_schema_metadata(None), tmp)
         drops_file = None
         if drops is not None and drops.num_rows:
             drops_file = side_name("drops", row_group, write_id)
-            with atomic_path(self.drops_dir(ref) / drops_file) as tmp:
+            with files.atomic_path(self.drops_dir(ref) / drops_file) as tmp:
                 pq.write_table(drops.cast(DROPS_SCHEMA), tmp)
         start, end = ref.row_range(row_group)
         kv = {
@@ -595,19 +648,24 @@ class PartitionStore:
         meta.update({META_PREFIX + k.encode(): v.encode() for k, v in kv.items()})
         table = table.replace_schema_metadata(meta)
         path = self.batch_path(ref, row_group)
-        with atomic_path(path, commit=lambda: self._unsealed(ref)) as tmp:
+        with files.atomic_path(path, commit=lambda: self._unsealed(ref, path)) as tmp:
             pq.write_table(table, tmp)
         self._remove_other_sides(self.dropped_columns_dir(ref), "dropped", row_group, keep=side)
         self._remove_other_sides(self.drops_dir(ref), "drops", row_group, keep=drops_file)
         return self._footer(path, ref)
 
     @staticmethod
-    def _remove_other_sides(folder: Path, kind: str, row_group: int, keep: str | None) -> None:
+    def _remove_other_sides(folder: StorePath, kind: str, row_group: int, keep: str | None) -> None:
         """Side tables of the row group that its (new) footer does not name: an earlier
         write's, or one a crash left before its row group committed. Nothing reads them."""
+        prefix = side_prefix(kind, row_group)
+        if isinstance(folder, ObjectPath):
+            for name in files.names(folder):
+                if name.startswith(prefix) and name != keep:
+                    files.remove(folder / name)
+            return
         if not folder.is_dir():
             return
-        prefix = side_prefix(kind, row_group)
         for entry in os.scandir(folder):
             if (
                 entry.name.startswith(prefix)
@@ -624,7 +682,7 @@ class PartitionStore:
             return None
         path = self.dropped_columns_dir(ref) / info.dropped_columns
         try:
-            return pq.read_table(path)
+            return files.read_table(path)
         except (OSError, pa.ArrowException) as exc:
             raise CorruptStageError(
                 f"{path}, the dropped columns of row group {partition_key(info.row_group)} of"
@@ -639,7 +697,7 @@ class PartitionStore:
             return DROPS_SCHEMA.empty_table()
         path = self.drops_dir(ref) / info.drops
         try:
-            return pq.read_table(path).cast(DROPS_SCHEMA)
+            return files.read_table(path).cast(DROPS_SCHEMA)
         except (OSError, pa.ArrowException) as exc:
             raise CorruptStageError(
                 f"{path}, the drops table of row group {partition_key(info.row_group)} of stage"
@@ -655,9 +713,26 @@ class PartitionStore:
                 yield from self.drops(ref, info).to_batches()
 
     @contextlib.contextmanager
-    def _unsealed(self, ref: StageRef) -> Iterator[None]:
+    def _unsealed(self, ref: StageRef, path: StorePath) -> Iterator[None]:
         """Hold the stage lock while a row group is committed, refusing if the stage got sealed
-        meanwhile: a finalize that began while the file was being written must not miss it."""
+        meanwhile: a finalize that began while the file was being written must not miss it.
+
+        On an object store a PUT cannot be conditional on another object: the row group is
+        PUT, then stage.json read again; if finalize started meanwhile the object is removed
+        and the write refused. Finalize lists the row groups after it set `started`, so with
+        S3's read-after-write consistency either its listing saw the row group or the writer
+        sees `started` and takes it back: never a row group outside the final output."""
+        if isinstance(path, ObjectPath):
+            self._refuse_if_sealed(ref)
+            if not self.state(ref):
+                self._write_state(ref)
+            yield
+            try:
+                self._refuse_if_sealed(ref)
+            except StageSealedError:
+                files.remove(path)
+                raise
+            return
         with self._lock(ref):
             self._refuse_if_sealed(ref)
             if not (self.stage_dir(ref) / STAGE_JSON).exists():
@@ -676,7 +751,7 @@ class PartitionStore:
 
     def read(self, info: RowGroupInfo) -> pa.Table:
         """The rows of a row group the caller already located (no folder scan)."""
-        return pq.read_table(info.path)
+        return files.read_table(info.path)
 
     def dataset(self, ref: StageRef, row_groups: list[int] | None = None) -> pads.Dataset:
         """A lazy dataset over the given (default: all completed) row groups, in row order."""
@@ -689,9 +764,7 @@ class PartitionStore:
                 f" {[partition_key(rg) for rg in missing[:10]]} in {self.files_dir(ref)};"
                 " materialize them first (backfill the missing partitions)"
             )
-        import pyarrow.dataset as pads  # here: it costs ~0.1 s to import, and only readers need it
-
-        return pads.dataset([str(done[rg].path) for rg in wanted], format="parquet")
+        return files.dataset([done[rg].path for rg in wanted])
 
     def missing(self, ref: StageRef) -> list[int]:
         """Row groups of the stage not on disk for its fingerprint."""
@@ -701,7 +774,7 @@ class PartitionStore:
     def iter_batches(self, ref: StageRef, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
         """All completed rows in row order, one record batch at a time (for streaming export)."""
         for _, info in sorted(self.completed(ref).items()):
-            yield from pq.ParquetFile(info.path).iter_batches(batch_size=batch_size)
+            yield from files.parquet_file(info.path).iter_batches(batch_size=batch_size)
 
     # ---- fingerprints on disk ----------------------------------------------------------------
 
@@ -709,6 +782,8 @@ class PartitionStore:
         """Every fingerprint folder of a stage (not those moved aside by `never`), for status and
         for telling a user what changed."""
         base = self.stage_base(workflow, stage)
+        if isinstance(base, ObjectPath):
+            return self._object_fingerprints(base)
         if not base.is_dir():
             return []
         out: list[FingerprintFolder] = []
@@ -724,6 +799,19 @@ class PartitionStore:
             out.append(FingerprintFolder(entry.name, Path(entry.path), state, n))
         return out
 
+    def _object_fingerprints(self, base: ObjectPath) -> list[FingerprintFolder]:
+        out: list[FingerprintFolder] = []
+        for name in sorted(files.subfolders(base)):
+            if REPLACED_MARK in name or APPROVED_SUFFIX in name:
+                continue
+            try:
+                state = self._read_state(base / name / STAGE_JSON)
+            except CorruptStageError:
+                state = {}
+            n = sum(1 for f in files.names(base / name / FILES_DIR) if BATCH_RE.match(f))
+            out.append(FingerprintFolder(name, base / name, state, n))
+        return out
+
     def newest_other_fingerprint(self, ref: StageRef) -> FingerprintFolder | None:
         """The most recently written other fingerprint folder of the stage that holds row
         groups: what the data on disk was made by before the config changed."""
@@ -736,7 +824,7 @@ class PartitionStore:
 
     # ---- finalize ----------------------------------------------------------------------------
 
-    def final_paths(self, ref: StageRef) -> tuple[Path, Path]:
+    def final_paths(self, ref: StageRef) -> tuple[StorePath, StorePath]:
         """(final/data.parquet, final/final.json) of a stage."""
         folder = self.final_dir(ref)
         return folder / FINAL_DATA, folder / FINAL_META
@@ -745,14 +833,14 @@ class PartitionStore:
         """The stage's final output, checked to be complete and made by the current finalize
         config (`final_fingerprint`); a stale or half-made one is never handed out."""
         data, meta = self.final_paths(ref)
-        state = self.state(ref) if self.stage_dir(ref).exists() else {}
+        state = self.state(ref)
         try:
-            info = json.loads(meta.read_text())
+            info = json.loads(files.read_bytes(meta) or b"{}")
         except (OSError, ValueError):
             info = {}
         if (
             state.get("finalize_state") != "complete"
-            or not data.exists()
+            or not files.exists(data)
             or not isinstance(info, dict)
             or info.get("final_fingerprint") != final_fingerprint
         ):
@@ -771,25 +859,27 @@ class PartitionStore:
         with self._lock(ref):
             self._write_state(ref, finalize_state="complete", finalized_at=_now())
 
-    def unseal(self, ref: StageRef) -> Path | None:
+    def unseal(self, ref: StageRef) -> StorePath | None:
         """Invalidate the final output (moved aside, not deleted) so row groups may be written again."""
         with self._lock(ref):
             final = self.final_dir(ref)
             moved = None
-            if final.exists():
+            if files.is_dir(final):
                 moved = final.with_name(
                     f"{FINAL_DIR}.invalidated-{datetime.now(UTC):%Y%m%dT%H%M%S%fZ}"
                 )
-                os.replace(final, moved)
-                fsync_dir(final.parent)
+                files.move_aside(final, moved)
             self._write_state(ref, finalize_state=None, finalized_at=None)
             return moved
 
     # ---- housekeeping ------------------------------------------------------------------------
 
     def sweep(self, ref: StageRef) -> list[Path]:
-        """Remove temp files of dead writers: what a crash mid-write leaves behind."""
+        """Remove temp files of dead writers: what a crash mid-write leaves behind (an object
+        store has none: a file is uploaded whole from a local temp file)."""
         removed: list[Path] = []
+        if self.objects:
+            return removed
         for folder in (
             self.stage_dir(ref),
             self.files_dir(ref),

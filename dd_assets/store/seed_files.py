@@ -10,6 +10,8 @@ import pyarrow.dataset as pads
 
 from dd_assets.engine.seeds import SeedSource
 from dd_assets.errors import StoreError
+from dd_assets.store import files
+from dd_assets.store.files import StorePath
 
 _FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json"}
 
@@ -33,11 +35,13 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def file_source(path: str | Path) -> SeedSource:
-    path = Path(path)
+def file_source(path: str | StorePath) -> SeedSource:
+    """A seed file of the config (local), or a finalized upstream's final output (in the data
+    root, which may be an object store)."""
+    path = Path(path) if isinstance(path, str) else path
     fmt = _FORMATS[path.suffix.lower()]
     try:
-        dataset = pads.dataset(str(path), format=fmt)
+        dataset = files.dataset([path], format=fmt)
         if fmt != "parquet":
             # csv/jsonl have no row index: a take would rescan the file for every row group.
             # Seed files of this kind are small; hold them once.

@@ -9,17 +9,14 @@ one small file read per row group, never the rows themselves (except to fill the
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dd_assets.runners.profile.partial import TablePartial
-from dd_assets.store.atomic import atomic_write_bytes, is_temp_name
+from dd_assets.store import files
+from dd_assets.store.files import StorePath
 from dd_assets.store.footer import RowGroupInfo
 from dd_assets.store.layout import StageRef, profile_name
 from dd_assets.store.partition_store import FinalOutput, PartitionStore
@@ -28,9 +25,9 @@ PROFILE_SCHEME = 1  # bump when a partial's content changes meaning: old files a
 BATCH_ROWS = 65_536  # rows read at a time when a partial is computed from a file
 
 
-def _read(path: Path, data_version: str) -> TablePartial | None:
+def _read(path: StorePath, data_version: str) -> TablePartial | None:
     try:
-        d = json.loads(path.read_text())
+        d = json.loads(files.read_bytes(path) or b"{}")
         if d.get("scheme") != PROFILE_SCHEME or d.get("data_version") != data_version:
             return None
         return TablePartial.from_json(d["partial"])
@@ -38,20 +35,15 @@ def _read(path: Path, data_version: str) -> TablePartial | None:
         return None  # a cache: anything unreadable is recomputed
 
 
-def _write(path: Path, data_version: str, partial: TablePartial) -> None:
+def _write(path: StorePath, data_version: str, partial: TablePartial) -> None:
     payload = {"scheme": PROFILE_SCHEME, "data_version": data_version, "partial": partial.to_json()}
     # Compact and in column order (sort_keys would reorder the columns).
-    atomic_write_bytes(path, json.dumps(payload, separators=(",", ":")).encode())
+    files.write_bytes(path, json.dumps(payload, separators=(",", ":")).encode())
     # Partials of earlier contents of this row group (same prefix, other data version).
     prefix = path.name.split(".", 1)[0] + "."
-    for entry in os.scandir(path.parent):
-        if (
-            entry.name.startswith(prefix)
-            and entry.name != path.name
-            and not is_temp_name(entry.name)
-        ):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(entry.path)
+    for name in files.names(path.parent):
+        if name.startswith(prefix) and name != path.name:
+            files.remove(path.parent / name)
 
 
 def of_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> TablePartial:
@@ -63,8 +55,8 @@ def of_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> TablePar
     return total if total is not None else TablePartial.of(schema.empty_table())
 
 
-def _of_file(path: Path) -> TablePartial:
-    f = pq.ParquetFile(path)
+def _of_file(path: StorePath) -> TablePartial:
+    f = files.parquet_file(path)
     try:
         return of_batches(f.iter_batches(batch_size=BATCH_ROWS), f.schema_arrow)
     finally:

@@ -1,0 +1,202 @@
+"""The store's file operations for both kinds of data root: a local folder (`Path`, the fast
+path, exactly the calls the store always made) or an object store (`ObjectPath`, through
+`store.objects`). Every reader and writer of data-root files goes through here, so nothing
+above the store needs to know which kind of root it has."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from dd_assets.store import objects
+from dd_assets.store.atomic import atomic_path as _local_atomic_path
+from dd_assets.store.atomic import fsync_dir, is_temp_name
+from dd_assets.store.objects import ObjectPath, ObjectStoreError
+
+if TYPE_CHECKING:
+    import pyarrow.dataset as pads
+
+StorePath = Path | ObjectPath
+
+
+def root_path(root: str | os.PathLike[str]) -> StorePath:
+    """A data root as given (`DD_ASSETS_ROOT`, the store resource): a local folder, `file://`
+    (a local folder too), or an object-store URL (`s3://bucket/prefix`, gs://, az://)."""
+    if isinstance(root, Path | ObjectPath):
+        return root
+    text = os.fspath(root)
+    if text.startswith("file://"):
+        return Path(text[len("file://") :])
+    if "://" in text:
+        return objects.parse_root(text)
+    return Path(text)
+
+
+def is_object(path: StorePath) -> bool:
+    return isinstance(path, ObjectPath)
+
+
+def check_root(root: StorePath) -> None:
+    """Fail early and clearly when an object root cannot be used (a no-op for local roots)."""
+    if isinstance(root, ObjectPath):
+        objects.check_root(root)
+
+
+# ---- reading ---------------------------------------------------------------------------------
+
+
+def parquet_file(path: StorePath) -> pq.ParquetFile:
+    if isinstance(path, ObjectPath):
+        fs = objects.filesystem(path)
+        with _readable(path):
+            return pq.ParquetFile(fs.open_input_file(objects.fs_path(path)))
+    return pq.ParquetFile(path)
+
+
+def read_table(path: StorePath) -> pa.Table:
+    if isinstance(path, ObjectPath):
+        with _readable(path):
+            return pq.read_table(objects.fs_path(path), filesystem=objects.filesystem(path))
+    return pq.read_table(path)
+
+
+def dataset(paths: list[StorePath], format: str = "parquet") -> pads.Dataset:
+    """A lazy dataset over files of one root (all local or all objects)."""
+    import pyarrow.dataset as pads  # here: it costs ~0.1 s to import, and only readers need it
+
+    if paths and isinstance(paths[0], ObjectPath):
+        first = paths[0]
+        return pads.dataset(
+            [objects.fs_path(p) for p in paths],  # type: ignore[arg-type]
+            format=format,
+            filesystem=objects.filesystem(first),
+        )
+    return pads.dataset([str(p) for p in paths], format=format)
+
+
+@contextlib.contextmanager
+def _readable(path: ObjectPath) -> Iterator[None]:
+    """pyarrow reports a missing object as an OSError/FileNotFoundError like a local file; a
+    failure of the store itself becomes the root's error."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        if "not found" in str(exc).lower():
+            raise FileNotFoundError(str(path)) from exc
+        raise
+
+
+def read_bytes(path: StorePath) -> bytes | None:
+    """The file's content; None when it does not exist."""
+    if isinstance(path, ObjectPath):
+        found = objects.get(path)
+        return None if found is None else found[0]
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def exists(path: StorePath) -> bool:
+    if isinstance(path, ObjectPath):
+        return objects.head(path) is not None
+    return path.exists()
+
+
+def is_dir(folder: StorePath) -> bool:
+    """Local: a directory. Objects: any object under the prefix (folders are not objects)."""
+    if isinstance(folder, ObjectPath):
+        entries, subs = objects.listing(folder)
+        return bool(entries or subs)
+    return folder.is_dir()
+
+
+def names(folder: StorePath) -> list[str]:
+    """Names of the committed files directly in `folder` (no temp files); [] if none."""
+    if isinstance(folder, ObjectPath):
+        return [e.name for e in objects.listing(folder)[0]]
+    if not folder.is_dir():
+        return []
+    return [e.name for e in os.scandir(folder) if e.is_file() and not is_temp_name(e.name)]
+
+
+def subfolders(folder: StorePath) -> list[str]:
+    if isinstance(folder, ObjectPath):
+        return objects.listing(folder)[1]
+    if not folder.is_dir():
+        return []
+    return [e.name for e in os.scandir(folder) if e.is_dir()]
+
+
+def signature(folder: StorePath) -> object:
+    """Something that changes when a file in `folder` is added, replaced or removed (a
+    sensor's cursor): the folder's mtime locally, the names and ETags of its objects."""
+    if isinstance(folder, ObjectPath):
+        return sorted(f"{e.name}:{e.e_tag}" for e in objects.listing(folder)[0])
+    return folder.stat().st_mtime_ns if folder.is_dir() else 0
+
+
+# ---- writing ---------------------------------------------------------------------------------
+
+
+def atomic_path(
+    target: StorePath,
+    commit: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
+) -> contextlib.AbstractContextManager[Path]:
+    """Yield a local path to write; on success it becomes `target` whole (a rename locally, one
+    PUT of the finished file on an object store), inside `commit()`."""
+    if isinstance(target, ObjectPath):
+        return objects.upload(target, commit)
+    return _local_atomic_path(target, commit)
+
+
+def write_bytes(target: StorePath, data: bytes) -> None:
+    if isinstance(target, ObjectPath):
+        objects.put(target, data)
+        return
+    with _local_atomic_path(target) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+
+
+def write_json(target: StorePath, payload: Any) -> None:
+    write_bytes(
+        target, (json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n").encode()
+    )
+
+
+def remove(path: StorePath) -> None:
+    """Delete a file if it is there."""
+    if isinstance(path, ObjectPath):
+        objects.delete(path)
+        return
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def mkdir(folder: StorePath) -> None:
+    """Locally a folder must exist before a file goes in; object stores have no folders."""
+    if isinstance(folder, Path):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def move_aside(src: StorePath, dst: StorePath) -> None:
+    """Move a folder to a new name in the same parent: a rename locally; a copy of every object
+    and then their deletion on an object store (see objects.move_tree)."""
+    if isinstance(src, ObjectPath):
+        assert isinstance(dst, ObjectPath)
+        objects.move_tree(src, dst)
+        return
+    os.replace(src, dst)  # type: ignore[arg-type]
+    fsync_dir(src.parent)
+
+
+__all__ = ["ObjectPath", "ObjectStoreError", "StorePath"]

@@ -1,0 +1,95 @@
+"""A local S3-compatible server for tests: moto's server mode (`moto[server]` from PyPI, the dev
+extra) on 127.0.0.1 and a free port, with the environment a run worker needs to reach it
+(credentials only in the environment, as in production). moto keeps objects in memory and
+answers conditional PUTs (If-None-Match, If-Match) as S3 does."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from dd_assets.testing.workflows import BIN, free_port
+
+
+@dataclass
+class S3Server:
+    endpoint: str
+    log: Path
+
+    def env(self) -> dict[str, str]:
+        """What a process needs to use `s3://` roots on this server (obstore reads these)."""
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_REGION": "us-east-1",
+        }
+
+    def create_bucket(self, name: str | None = None) -> str:
+        """A new empty bucket (a fresh one per test keeps tests apart on one server)."""
+        name = name or f"b-{uuid.uuid4().hex[:12]}"
+        req = urllib.request.Request(f"{self.endpoint}/{name}", method="PUT")
+        with urllib.request.urlopen(req, timeout=10):
+            pass
+        return name
+
+    def keys(self, bucket: str) -> list[str]:
+        """Every key in the bucket (moto's own listing, not the store's)."""
+        import xml.etree.ElementTree as ET
+
+        out: list[str] = []
+        token = ""
+        while True:
+            url = f"{self.endpoint}/{bucket}?list-type=2" + (
+                f"&continuation-token={urllib.request.quote(token)}" if token else ""
+            )
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                tree = ET.fromstring(resp.read())
+            ns = {"s": tree.tag.split("}")[0].strip("{")}
+            out += [k.text or "" for k in tree.findall("s:Contents/s:Key", ns)]
+            nxt = tree.find("s:NextContinuationToken", ns)
+            if nxt is None or not nxt.text:
+                return out
+            token = nxt.text
+
+
+@contextlib.contextmanager
+def running_s3(tmp: Path) -> Iterator[S3Server]:
+    port = free_port()
+    log = tmp / "moto.log"
+    with open(log, "ab") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2)
+                break
+            except OSError:
+                assert proc.poll() is None, log.read_text()[-3000:]
+                assert time.monotonic() < deadline, "moto_server did not start in 60 s"
+                time.sleep(0.1)
+        yield S3Server(endpoint, log)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)

@@ -1,0 +1,263 @@
+"""The partition store on an object-store root (`s3://`), against a local S3-compatible server
+(moto, one per session; a fresh bucket per test): the same guarantees as on a local folder,
+by other means (store/objects.py): one PUT per finished file, conditional writes of stage.json,
+the seal re-checked after a row group's PUT, a lease lock for prepare."""
+
+from __future__ import annotations
+
+import json
+import threading
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from dd_assets.store import files, objects
+from dd_assets.store.objects import Conflict, ObjectPath, ObjectStoreError
+from dd_assets.store.partition_store import (
+    ConfigChangedError,
+    PartitionStore,
+    StageSealedError,
+)
+from dd_assets.testing.s3 import S3Server
+
+from .test_store import drops_for, fill, make_ref, rows_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.s3]
+
+
+@pytest.fixture
+def store(s3_root: str) -> PartitionStore:
+    return PartitionStore(s3_root)
+
+
+def bucket_keys(server: S3Server, store: PartitionStore) -> list[str]:
+    assert isinstance(store.root, ObjectPath)
+    return server.keys(store.root.bucket)
+
+
+def test_row_groups_round_trip_with_side_tables_and_no_temp_objects(
+    store: PartitionStore, s3_server: S3Server
+) -> None:
+    ref = make_ref()
+    store.prepare(ref, "if_possible")
+    fill(store, ref, [0, 2])
+    drops = drops_for([15], 1)
+    keep = pa.table({"hidden": [f"h{i}" for i in range(10, 20)]})
+    store.write_row_group(ref, 1, rows_for(ref, 1), drops=drops, dropped_columns=keep)
+
+    done = store.completed(ref)
+    assert sorted(done) == [0, 1, 2] and store.missing(ref) == []
+    assert (
+        str(done[1].path)
+        == f"{store.root}/support/tickets/{ref.fp12}/parquet-files/batch_00001.parquet"
+    )
+    assert store.read_row_group(ref, 1).column("id").to_pylist() == list(range(10, 20))
+    assert store.dataset(ref).to_table().num_rows == 25
+    assert sum(b.num_rows for b in store.iter_batches(ref)) == 25
+    assert store.drops(ref, done[1]).to_pylist() == drops.to_pylist()
+    assert store.dropped_columns(ref, done[1]).equals(keep)  # type: ignore[union-attr]
+    assert [f.mismatch(ref) for f in store.footers(ref)] == [None, None, None]
+    state = store.state(ref)
+    assert state["fingerprint"] == ref.fingerprint and state["num_records"] == 25
+
+    # Regenerating row group 1 without drops removes the old side tables (footer names none).
+    store.write_row_group(ref, 1, rows_for(ref, 1))
+    keys = bucket_keys(s3_server, store)
+    prefix = f"data/support/tickets/{ref.fp12}/"
+    assert sorted(k.removeprefix(prefix) for k in keys if "parquet-files" in k) == [
+        f"parquet-files/batch_{i:05d}.parquet" for i in range(3)
+    ]
+    assert not [k for k in keys if "/drops/" in k or "/dropped-columns/" in k]
+    assert not [k for k in keys if ".dd-tmp." in k or k.endswith(".lock")]
+    # Each object is a whole parquet file, as the store wrote it.
+    raw = objects.get(done[0].path)  # type: ignore[arg-type]
+    assert raw is not None
+    assert pq.read_table(pa.BufferReader(raw[0])).num_rows == 10
+
+
+def test_stage_json_updates_of_concurrent_writers_are_all_kept(store: PartitionStore) -> None:
+    """8 writers change stage.json 5 times each, at once: with If-Match every change lands."""
+    ref = make_ref()
+    store.prepare(ref, "if_possible")
+    path = store.stage_dir(ref) / "stage.json"
+    assert isinstance(path, ObjectPath)
+
+    def writer(i: int) -> None:
+        for j in range(5):
+            objects.update_json(path, lambda s, i=i, j=j: {**(s or {}), f"w{i}_{j}": True})
+
+    threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    state = store.state(ref)
+    assert {f"w{i}_{j}" for i in range(8) for j in range(5)} <= set(state)
+    # and the mechanism itself: a write with a stale ETag is refused
+    raw = objects.get(path)
+    assert raw is not None
+    # (S3's ETag of a single PUT is the content's MD5: a changed content, a new ETag)
+    objects.put(path, raw[0] + b" ", mode={"e_tag": raw[1]})
+    with pytest.raises(Conflict):
+        objects.put(path, raw[0], mode={"e_tag": raw[1]})
+    with pytest.raises(Conflict):
+        objects.put(path, raw[0], mode="create")
+
+
+def test_a_finalize_beginning_while_a_row_group_is_written_takes_the_row_group_back(
+    store: PartitionStore, monkeypatch: pytest.MonkeyPatch, s3_server: S3Server
+) -> None:
+    ref = make_ref()
+    fill(store, ref, [0, 1])
+    real_put = objects.put
+
+    def put_then_finalize_starts(path: ObjectPath, data: Any, mode: Any = None) -> str:
+        tag = real_put(path, data, mode)
+        if path.name == "batch_00002.parquet":
+            store.begin_finalize(ref)  # what a concurrent finalize does during this PUT
+        return tag
+
+    monkeypatch.setattr(objects, "put", put_then_finalize_starts)
+    with pytest.raises(StageSealedError, match="'tickets' is finalized"):
+        store.write_row_group(ref, 2, rows_for(ref, 2))
+    assert sorted(store.completed(ref)) == [0, 1]
+    assert not [k for k in bucket_keys(s3_server, store) if k.endswith("batch_00002.parquet")]
+    with pytest.raises(StageSealedError):  # and before writing, once sealed
+        store.write_row_group(ref, 2, rows_for(ref, 2))
+
+
+def test_finalize_unseal_never_and_resume_modes(store: PartitionStore) -> None:
+    ref = make_ref()
+    fill(store, ref, [0, 1, 2])
+    store.begin_finalize(ref)
+    data, meta = store.final_paths(ref)
+    files.write_bytes(data, b"final output")
+    files.write_json(meta, {"final_fingerprint": "f"})
+    store.complete_finalize(ref)
+    assert store.final_output(ref, "f").path == data
+    moved = store.unseal(ref)
+    assert moved is not None and moved.name.startswith("final.invalidated-")
+    assert files.read_bytes(moved / "data.parquet") == b"final output"  # moved, not deleted
+    assert not files.exists(data) and store.state(ref)["finalize_state"] is None
+
+    # never: the fingerprint folder is moved aside once per token, whole
+    store.prepare(ref, "never", token="t1")
+    assert store.completed(ref) == {}
+    aside = [
+        f for f in files.subfolders(store.stage_base("support", "tickets")) if ".replaced-" in f
+    ]
+    assert len(aside) == 1
+    fill(store, ref, [0])
+    store.prepare(ref, "never", token="t1")  # the same materialization: nothing moved
+    assert sorted(store.completed(ref)) == [0]
+    assert [f.fp12 for f in store.fingerprints("support", "tickets")] == [ref.fp12]
+
+    # always, with data only under another fingerprint: refused, as on a local root
+    other = make_ref(fp="b" * 64)
+    with pytest.raises(ConfigChangedError):
+        store.prepare(other, "always")
+
+
+def test_bad_object_roots_are_one_clear_error(
+    s3_server: S3Server, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ObjectStoreError, match=r"unknown scheme 'ftp://'.*DD_ASSETS_ROOT"):
+        PartitionStore("ftp://host/data")
+    with pytest.raises(
+        ObjectStoreError, match=r"s3://no-such-bucket/data: bucket 'no-such-bucket' does not exist"
+    ):
+        PartitionStore("s3://no-such-bucket/data")
+    bucket = s3_server.create_bucket()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
+    objects._clients.clear()
+    try:
+        with pytest.raises(ObjectStoreError, match=r"cannot be reached; check AWS_ENDPOINT_URL"):
+            PartitionStore(f"s3://{bucket}/unreachable")
+    finally:
+        objects._clients.clear()
+    # file:// is a local folder
+    assert not files.is_object(files.root_path("file:///tmp/x"))
+
+
+def test_local_roots_take_no_object_store_path(tmp_path: Any) -> None:
+    store = PartitionStore(tmp_path / "root")
+    assert not store.objects and not files.is_object(store.root)
+    ref = make_ref()
+    fill(store, ref, [0])
+    assert json.loads((store.stage_dir(ref) / "stage.json").read_text())["num_records"] == 25  # type: ignore[operator]
+
+
+CHAIN = {
+    "name": "objchain",
+    "stages": [
+        {
+            "name": "reviews",
+            "num_records": 40,
+            "buffer_size": 10,
+            "columns": [
+                {"name": "rid", "column_type": "sampler", "sampler_type": "uuid"},
+                {
+                    "name": "stars",
+                    "column_type": "sampler",
+                    "sampler_type": "category",
+                    "params": {"values": [1, 2, 3, 4, 5]},
+                },
+            ],
+            "finalize": [{"processor_type": "filter", "expr": "{{ stars >= 3 }}"}],
+        },
+        {
+            "name": "replies",
+            "num_records": 40,
+            "buffer_size": 10,
+            "seed": {"stage": "reviews", "mode": "row_group"},
+            "columns": [{"name": "reply", "column_type": "expression", "expr": "re {{ rid }}"}],
+        },
+        {
+            "name": "digest",
+            "num_records": 10,
+            "buffer_size": 5,
+            "seed": {"stage": "reviews", "mode": "sample", "strategy": "shuffle"},
+            "columns": [{"name": "hi", "column_type": "expression", "expr": "{{ stars }}*"}],
+        },
+    ],
+}
+
+
+def test_cli_materialize_status_check_export_on_an_s3_root(
+    s3_root: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The commands a user runs, on an s3:// root: seeds from upstream stages (row group and
+    sample of a finalized stage), finalize, status, the asset checks, export. ~15 s: three
+    Dagster runs (materialize's waves, check) are what it tests; rows equal to a local root's
+    are the end-to-end test's (tests/e2e/test_scale_out.py)."""
+    from dd_assets import cli
+    from dd_assets.testing.workflows import isolated_env, write_config
+
+    cfg = write_config(tmp_path / "objchain.yaml", CHAIN)
+    env = isolated_env(tmp_path)
+    monkeypatch.setenv("DAGSTER_HOME", env["DAGSTER_HOME"])
+    monkeypatch.setenv("DD_ASSETS_ROOT", s3_root)
+    assert cli.main(["materialize", str(cfg), "--no-progress"]) == 0
+    assert cli.main(["status", str(cfg)]) == 0
+    assert cli.main(["check", str(cfg)]) == 0
+    out = tmp_path / "digest.parquet"
+    assert (
+        cli.main(["export", str(cfg), "--stage", "digest", "--format", "parquet", "-o", str(out)])
+        == 0
+    )
+    assert pq.read_table(out).num_rows == 10
+    printed = capsys.readouterr().out
+    assert f"in {s3_root}/objchain/reviews/" in printed and "error:" not in printed
+
+    monkeypatch.setenv("DD_ASSETS_ROOT", "s3://no-such-bucket/x")
+    capsys.readouterr()
+    assert cli.main(["status", str(cfg)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        "error: data root s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist;"
+        " create it or fix the root"
+    ]

@@ -9,9 +9,29 @@ that use it get a new fingerprint."""
 
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Annotated, Any
 
-from pydantic import BaseModel, Field
+from pydantic import AllowInfNan, BaseModel, Field, Strict
+
+# fullmatch, never `^...$`: `$` also matches before a trailing newline, so "s\n" would pass.
+_IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def is_identifier(value: object) -> bool:
+    """ASCII letters, digits and `_`, not starting with a digit: a name a Jinja template, a
+    Dagster asset key and an environment variable all accept (str.isidentifier takes any script)."""
+    return isinstance(value, str) and _IDENTIFIER_RE.fullmatch(value) is not None
+
+
+# Config numbers and flags are strict: YAML reads `true` as a bool, and pydantic's lax mode would
+# take it as 1 (`buffer_size: true`), "5" as 5 and 5.0 as 5. Floats must be finite (`.nan`, `.inf`
+# pass every range check by comparing false). Every int, float and bool field of a config model
+# uses these (tests/config/test_strict_fields.py checks it).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict(), AllowInfNan(False)]  # strict still accepts an int
+Bool = Annotated[bool, Strict()]
+Scalar = str | Int | Float | Bool  # a category value or an option key: any YAML scalar but null
 
 _OMIT_DEFAULT = {"fingerprint": "omit_default"}
 

@@ -10,16 +10,13 @@ from typing import Annotated, Any, Literal
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dd_assets.config.base import added_field
+from dd_assets.config.base import Bool, Float, Int, added_field, is_identifier
 from dd_assets.config.samplers import SamplerParams, inject_sampler_type
 from dd_assets.config.templates import referenced_names
 
-NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*$"
-_NAME_RE = re.compile(NAME_PATTERN)
-
 
 def check_identifier(value: str, what: str = "name") -> str:
-    if not _NAME_RE.match(value):
+    if not is_identifier(value):
         suggestion = re.sub(r"[^A-Za-z0-9_]", "_", value)
         if not suggestion or suggestion[0].isdigit():
             suggestion = "_" + suggestion
@@ -43,7 +40,7 @@ class _Column(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str
-    drop: bool = Field(
+    drop: Bool = Field(
         default=False,
         description="generate (so others can use it), then leave it out of the output",
     )
@@ -71,7 +68,7 @@ class SamplerConstraint(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     operator: Literal["lt", "le", "gt", "ge"]
-    value: float | None = None
+    value: Float | None = None
     column: str | None = None
 
     @model_validator(mode="after")
@@ -243,7 +240,7 @@ class LLMStructuredColumnConfig(_LLMColumn):
     output_format: dict[str, Any] = Field(
         description="JSON schema the answer must validate against"
     )
-    max_parse_retries: int = Field(default=2, ge=0, le=10)
+    max_parse_retries: Int = Field(default=2, ge=0, le=10)
 
     @field_validator("output_format")
     @classmethod
@@ -264,7 +261,7 @@ class Score(BaseModel):
 
     name: str
     description: str
-    options: dict[int | str, str] = Field(min_length=1)
+    options: dict[Int | str, str] = Field(min_length=1)
 
     _check_name = field_validator("name")(lambda v: check_identifier(v, "score name"))
 
@@ -272,7 +269,7 @@ class Score(BaseModel):
 class LLMJudgeColumnConfig(_LLMColumn):
     column_type: Literal["llm-judge"] = "llm-judge"
     scores: list[Score] = Field(min_length=1)
-    max_parse_retries: int = Field(default=2, ge=0, le=10)
+    max_parse_retries: Int = Field(default=2, ge=0, le=10)
 
 
 ColumnConfig = Annotated[

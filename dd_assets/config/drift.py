@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dd_assets.config.base import Float
 from dd_assets.config.columns import ColumnConfig, LLMJudgeColumnConfig, SamplerColumnConfig
 from dd_assets.config.errors import ConfigIssue
 
@@ -19,18 +20,18 @@ from dd_assets.config.errors import ConfigIssue
 class DriftSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    share_tolerance: float = Field(
+    share_tolerance: Float = Field(
         default=0.05,
         ge=0,
         le=1,
         description="category samplers: how far an observed share may be from its configured"
         " weight (absolute, e.g. 0.05 = 5 points) beyond sampling noise",
     )
-    column_tolerance: dict[str, float] = Field(
+    column_tolerance: dict[str, Float] = Field(
         default_factory=dict,
         description="column -> share_tolerance for that category sampler column",
     )
-    judge_min_mean: dict[str, float] = Field(
+    judge_min_mean: dict[str, Float] = Field(
         default_factory=dict,
         description="'<llm-judge column>.<score>' -> lowest acceptable mean score",
     )

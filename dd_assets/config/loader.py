@@ -9,33 +9,37 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
+from yaml.nodes import MappingNode, Node, SequenceNode
 
+from dd_assets.config.base import is_identifier
 from dd_assets.config.columns import SamplerColumnConfig
 from dd_assets.config.datadesigner import expand_workflow
 from dd_assets.config.errors import ConfigIssue, WorkflowConfigError, format_loc
+from dd_assets.config.limits import MAX_CONFIG_BYTES
 from dd_assets.config.models import ModelConfig
+from dd_assets.config.strict_yaml import YamlProblem, parse_yaml, read_config_text
 from dd_assets.config.workflow import (
+    FileColumns,
     FileSeed,
     StageConfig,
     WorkflowConfig,
     semantic_issues,
 )
 
-_TAG_RE = re.compile(r"^(function-after|function-before|function-wrap|function-plain)\[.*\]$")
+_TAG_RE = re.compile(r"^(function-after|function-before|function-wrap|function-plain)\[.*\]\Z")
 
 
-def _line_map(node: yaml.Node, path: tuple[Any, ...] = (), out: dict | None = None) -> dict:
+def _line_map(node: Node, path: tuple[Any, ...] = (), out: dict | None = None) -> dict:
     out = {} if out is None else out
     out[path] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
+    if isinstance(node, MappingNode):
         for key, value in node.value:
             k = key.value
             out[(*path, k)] = key.start_mark.line + 1
             _line_map(value, (*path, k), out)
             out[(*path, k)] = key.start_mark.line + 1
-    elif isinstance(node, yaml.SequenceNode):
+    elif isinstance(node, SequenceNode):
         for i, item in enumerate(node.value):
             _line_map(item, (*path, i), out)
     return out
@@ -88,6 +92,18 @@ def _nearest_line(lines: dict, loc: tuple[Any, ...]) -> int | None:
     return None
 
 
+_TYPE_ERRORS = {"int_type", "float_type", "bool_type", "string_type", "int_from_float"}
+_YAML_TYPES = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number with a fraction",
+    str: "a string",
+    type(None): "null",
+    list: "a list",
+    dict: "a mapping",
+}
+
+
 def _message(err: dict[str, Any]) -> str:
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
@@ -100,6 +116,12 @@ def _message(err: dict[str, Any]) -> str:
         return (
             f"key {err['input']!r} is not a name: YAML reads an unquoted on/off/yes/no key as a"
             " boolean; quote it or check the key against docs/config.md"
+        )
+    if err["type"] in _TYPE_ERRORS and "input" in err:
+        # The type only, never the value (it may be a pasted key): `buffer_size: true` reads
+        # "should be a valid integer; got a boolean".
+        return (
+            f"{msg}; got {_YAML_TYPES.get(type(err['input']), 'a ' + type(err['input']).__name__)}"
         )
     if err["type"] == "union_tag_invalid":
         ctx = err.get("ctx", {})
@@ -132,12 +154,9 @@ def _with_lines(issues: list[ConfigIssue], lines: dict) -> list[ConfigIssue]:
 
 def _placeholder(raw: Any, j: int) -> dict[str, Any]:
     name = raw.get("name") if isinstance(raw, dict) else None
-    if not (isinstance(name, str) and _IDENT_RE.match(name)):
+    if not is_identifier(name):
         name = f"_invalid_column_{j}"
     return {"name": name, "column_type": "sampler", "sampler_type": "uuid", "params": {}}
-
-
-_IDENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def _validate_ignoring_unknown_keys(raw: Any) -> tuple[StageConfig | None, set[int]]:
@@ -193,10 +212,11 @@ def _partial_semantics(data: dict[str, Any]) -> list[ConfigIssue]:
     if not valid:
         return []
     # Stages that failed structurally still exist: a seed naming one is not an "unknown stage".
+    parsed = {v[0] for v in valid}
     unparsed = {
-        raw.get("name")
+        raw["name"]
         for i, raw in enumerate(raw_stages)
-        if isinstance(raw, dict) and i not in {v[0] for v in valid}
+        if isinstance(raw, dict) and isinstance(raw.get("name"), str) and i not in parsed
     }
     raw_models = data.get("models") if isinstance(data.get("models"), dict) else {}
     models = {k: ModelConfig.model_construct() for k in raw_models}
@@ -296,7 +316,7 @@ def parse_workflow(
     if env_issues:
         raise WorkflowConfigError(env_issues, source)
     try:
-        return WorkflowConfig.model_validate(data)
+        workflow = WorkflowConfig.model_validate(data)
     except WorkflowConfigError as exc:
         raise WorkflowConfigError(_with_lines(exc.issues, lines), source) from None
     except ValidationError as exc:
@@ -308,16 +328,24 @@ def parse_workflow(
             if (i.path, i.message) not in known
         ]
         raise WorkflowConfigError(issues + extra, source) from None
+    workflow._source, workflow._lines = source, lines
+    return workflow
+
+
+def check_seed_file_columns(workflow: WorkflowConfig, files: FileColumns) -> None:
+    """The checks that need the columns of the workflow's seed files (read by the caller: this
+    layer reads no data): renames, drops and references against the full column set."""
+    issues = _with_lines(semantic_issues(workflow, files), workflow._lines)
+    if issues:
+        raise WorkflowConfigError(issues, workflow._source)
 
 
 def load_workflow(path: str | Path) -> WorkflowConfig:
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise WorkflowConfigError(
-            [ConfigIssue("", f"config file not found: {path}")], str(path)
-        ) from None
+        text = read_config_text(path)
+    except YamlProblem as exc:
+        raise WorkflowConfigError([ConfigIssue("", exc.message, exc.line)], str(path)) from None
     return _resolve_seed_paths(
         loads_workflow(text, source=str(path), base=path.parent), path.parent
     )
@@ -364,14 +392,13 @@ def _resolve_seed_paths(workflow: WorkflowConfig, base: Path) -> WorkflowConfig:
 def loads_workflow(
     text: str, *, source: str | None = None, base: Path | None = None
 ) -> WorkflowConfig:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark else None
+    if len(text) > MAX_CONFIG_BYTES:  # characters: at least as many bytes
         raise WorkflowConfigError(
-            [ConfigIssue("", f"not valid YAML: {exc}", line)], source
-        ) from None
+            [ConfigIssue("", f"a workflow config may be at most {MAX_CONFIG_BYTES} bytes")], source
+        )
+    try:
+        data, node = parse_yaml(text)
+    except YamlProblem as exc:
+        raise WorkflowConfigError([ConfigIssue("", exc.message, exc.line)], source) from None
     lines = _line_map(node) if node is not None else {}
     return parse_workflow(data, source=source, lines=lines, base=base)

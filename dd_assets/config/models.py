@@ -3,24 +3,23 @@ named here at call time, so the config (and anything derived from it) never hold
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from dd_assets.config.base import Float, Int, is_identifier
+
 # 2 MiB: far above any model's longest answer (128k output tokens are about 0.5 MB of text,
 # under 1 MB even with JSON escaping), far below what would blow up a row group.
 DEFAULT_MAX_RESPONSE_BYTES = 2 * 1024 * 1024
-
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")  # ASCII only: str.isalnum() accepts any script
 
 
 class _UniformParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    low: float
-    high: float
+    low: Float
+    high: Float
 
     @model_validator(mode="after")
     def _order(self) -> _UniformParams:
@@ -32,8 +31,8 @@ class _UniformParams(BaseModel):
 class _ManualParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    values: list[float] = Field(min_length=1)
-    weights: list[float] | None = None
+    values: list[Float] = Field(min_length=1)
+    weights: list[Float] | None = None
 
     @model_validator(mode="after")
     def _weights(self) -> _ManualParams:
@@ -73,9 +72,9 @@ class InferenceParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    temperature: Annotated[float, Field(ge=0, le=2)] | Distribution | None = None
-    top_p: Annotated[float, Field(gt=0, le=1)] | Distribution | None = None
-    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: Annotated[Float, Field(ge=0, le=2)] | Distribution | None = None
+    top_p: Annotated[Float, Field(gt=0, le=1)] | Distribution | None = None
+    max_tokens: Int | None = Field(default=None, ge=1, le=10_000_000)
 
 
 class ModelConfig(BaseModel):
@@ -88,14 +87,14 @@ class ModelConfig(BaseModel):
         default=None, description="name of the environment variable holding the API key"
     )
     inference: InferenceParams = InferenceParams()
-    max_parallel_requests: int = Field(default=4, ge=1, le=4096)
-    timeout_s: float = Field(
-        default=60.0, gt=0, description="total deadline of one request, body included"
+    max_parallel_requests: Int = Field(default=4, ge=1, le=4096)
+    timeout_s: Float = Field(
+        default=60.0, gt=0, le=86_400, description="total deadline of one request, body included"
     )
-    max_retries: int = Field(
+    max_retries: Int = Field(
         default=5, ge=0, le=50, description="retries of transient faults other than 429"
     )
-    max_response_bytes: int = Field(
+    max_response_bytes: Int = Field(
         default=DEFAULT_MAX_RESPONSE_BYTES,
         ge=1024,
         description="a longer response body is not read; its row is dropped as too_large",
@@ -122,7 +121,7 @@ class ModelConfig(BaseModel):
     @field_validator("api_key_env")
     @classmethod
     def _env_name(cls, v: str | None) -> str | None:
-        if v is not None and not _ENV_NAME.match(v):
+        if v is not None and not is_identifier(v):
             # Not echoed: a value that is not a variable name may well be the key itself.
             raise ValueError(
                 "api_key_env must be the NAME of an environment variable (letters, digits and"
@@ -162,7 +161,7 @@ class ProviderConfig(BaseModel):
     @field_validator("api_key")
     @classmethod
     def _env_name(cls, v: str | None) -> str | None:
-        if v is not None and not _ENV_NAME.match(v):
+        if v is not None and not is_identifier(v):
             # Never echoed: it is most likely the key itself.
             raise ValueError(
                 "api_key must be the NAME of an environment variable holding the key (e.g."

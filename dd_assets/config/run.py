@@ -7,6 +7,9 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from dd_assets.config.base import Float, Int
+from dd_assets.config.limits import MAX_ROW_GROUPS
+
 
 class ResumeMode(StrEnum):
     """DataDesigner's names and meanings (see docs/resume.md)."""
@@ -23,21 +26,24 @@ class EarlyStopSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    window: int = Field(default=50, ge=1, description="recent cell outcomes considered")
-    max_failure_rate: float = Field(default=0.5, gt=0, le=1)
+    window: Int = Field(
+        default=50, ge=1, le=1_000_000, description="recent cell outcomes considered"
+    )
+    max_failure_rate: Float = Field(default=0.5, gt=0, le=1)
 
 
 class RunSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    partitions_per_run: int = Field(
+    partitions_per_run: Int = Field(
         default=8,
         ge=1,
+        le=MAX_ROW_GROUPS,
         description="row groups per Dagster run in a backfill (BackfillPolicy.multi_run)",
     )
-    row_groups_in_flight: int = Field(default=3, ge=1, le=64)
+    row_groups_in_flight: Int = Field(default=3, ge=1, le=64)
     early_stop: EarlyStopSettings = EarlyStopSettings()
-    max_drop_rate: float = Field(
+    max_drop_rate: Float = Field(
         default=0.01,
         ge=0,
         le=1,

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from dd_assets.config.base import added_field
+from dd_assets.config.base import Bool, Float, Int, Scalar, added_field
+from dd_assets.config.limits import MAX_DECIMAL_PLACES
 
 
 class _Params(BaseModel):
@@ -17,8 +18,8 @@ class _Params(BaseModel):
 
 class CategorySamplerParams(_Params):
     sampler_type: Literal["category"] = "category"
-    values: list[str | int | float | bool] = Field(min_length=1)
-    weights: list[float] | None = None
+    values: list[Scalar] = Field(min_length=1)
+    weights: list[Float] | None = None
 
     @model_validator(mode="after")
     def _weights_match(self) -> CategorySamplerParams:
@@ -36,7 +37,7 @@ class CategorySamplerParams(_Params):
 class SubcategorySamplerParams(_Params):
     sampler_type: Literal["subcategory"] = "subcategory"
     category: str = Field(description="name of the parent `category` sampler column")
-    values: dict[str, list[str | int | float | bool]]
+    values: dict[str, list[Scalar]]
 
     @field_validator("values", mode="before")
     @classmethod
@@ -63,51 +64,53 @@ class SubcategorySamplerParams(_Params):
 
 class UniformSamplerParams(_Params):
     sampler_type: Literal["uniform"] = "uniform"
-    low: float
-    high: float
-    decimal_places: int | None = Field(default=None, ge=0)
+    low: Float
+    high: Float
+    decimal_places: Int | None = Field(default=None, ge=0, le=MAX_DECIMAL_PLACES)
 
     @model_validator(mode="after")
     def _order(self) -> UniformSamplerParams:
         if self.high < self.low:
             raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        if not math.isfinite(self.high - self.low):
+            raise ValueError(f"the range {self.low}..{self.high} is too wide for a float64")
         return self
 
 
 class GaussianSamplerParams(_Params):
     sampler_type: Literal["gaussian"] = "gaussian"
-    mean: float
-    stddev: float = Field(ge=0)
-    decimal_places: int | None = Field(default=None, ge=0)
+    mean: Float
+    stddev: Float = Field(ge=0)
+    decimal_places: Int | None = Field(default=None, ge=0, le=MAX_DECIMAL_PLACES)
 
 
 class BernoulliSamplerParams(_Params):
     sampler_type: Literal["bernoulli"] = "bernoulli"
-    p: float = Field(ge=0, le=1)
+    p: Float = Field(ge=0, le=1)
 
 
 class PoissonSamplerParams(_Params):
     sampler_type: Literal["poisson"] = "poisson"
-    mean: float = Field(gt=0, le=1e7)
+    mean: Float = Field(gt=0, le=1e7)
 
 
 class UUIDSamplerParams(_Params):
     sampler_type: Literal["uuid"] = "uuid"
     prefix: str | None = None
-    short_form: bool = False
-    uppercase: bool = False
+    short_form: Bool = False
+    uppercase: Bool = False
     # DataDesigner writes 32 hex digits without hyphens, and 8 of them in short form; these
     # two options say so explicitly (the import sets them), the defaults keep dd-assets' format.
     format: Literal["hyphenated", "hex"] = added_field(
         "hyphenated", description="full form: canonical 8-4-4-4-12, or 32 hex digits"
     )
-    short_length: int = added_field(16, ge=1, le=32, description="hex digits in short form")
+    short_length: Int = added_field(16, ge=1, le=32, description="hex digits in short form")
 
 
 class BinomialSamplerParams(_Params):
     sampler_type: Literal["binomial"] = "binomial"
-    n: int = Field(ge=0, le=10**9)
-    p: float = Field(ge=0, le=1)
+    n: Int = Field(ge=0, le=10**9)
+    p: Float = Field(ge=0, le=1)
 
 
 def _scipy_distribution(name: str, params: dict[str, Any]) -> None:
@@ -142,8 +145,8 @@ class ScipySamplerParams(_Params):
 
     sampler_type: Literal["scipy"] = "scipy"
     dist_name: str
-    dist_params: dict[str, float] = Field(default_factory=dict)
-    decimal_places: int | None = Field(default=None, ge=0)
+    dist_params: dict[str, Float] = Field(default_factory=dict)
+    decimal_places: Int | None = Field(default=None, ge=0, le=MAX_DECIMAL_PLACES)
 
     @model_validator(mode="after")
     def _known(self) -> ScipySamplerParams:
@@ -155,9 +158,9 @@ class BernoulliMixtureSamplerParams(_Params):
     """0 with probability 1 - p, else a draw from a scipy.stats distribution."""
 
     sampler_type: Literal["bernoulli_mixture"] = "bernoulli_mixture"
-    p: float = Field(ge=0, le=1)
+    p: Float = Field(ge=0, le=1)
     dist_name: str
-    dist_params: dict[str, float] = Field(default_factory=dict)
+    dist_params: dict[str, Float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _known(self) -> BernoulliMixtureSamplerParams:
@@ -169,8 +172,8 @@ class TimedeltaSamplerParams(_Params):
     """A datetime: the reference column's plus a whole number of `unit`s in [dt_min, dt_max)."""
 
     sampler_type: Literal["timedelta"] = "timedelta"
-    dt_min: int
-    dt_max: int
+    dt_min: Int
+    dt_max: Int
     reference_column_name: str
     unit: Literal["D", "h", "m", "s"] = "D"
 
@@ -195,6 +198,11 @@ class DatetimeSamplerParams(_Params):
 
     @model_validator(mode="after")
     def _order(self) -> DatetimeSamplerParams:
+        if (self.start.tzinfo is None) != (self.end.tzinfo is None):
+            raise ValueError(
+                f"start ({self.start}) and end ({self.end}) must both have a time zone (such as"
+                " Z or +02:00) or both have none"
+            )
         if self.end < self.start:
             raise ValueError(f"end ({self.end}) must not be before start ({self.start})")
         return self
@@ -207,7 +215,7 @@ class PersonFromFakerSamplerParams(_Params):
     sampler_type: Literal["person_from_faker"] = "person_from_faker"
     locale: str = "en_US"
     sex: Literal["Male", "Female"] | None = None
-    age_range: tuple[int, int] = (18, 114)
+    age_range: tuple[Int, Int] = (18, 114)
     city: str | list[str] | None = Field(
         default=None, description="one city, or one per row of a list"
     )

@@ -4,6 +4,7 @@ references, cycles, model aliases, seed stages. All such problems are collected,
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Annotated, Any, Literal
 
@@ -12,23 +13,28 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     Tag,
     field_validator,
     model_validator,
 )
 
-from dd_assets.config.base import added_field
+from dd_assets.config.base import Bool, Int, added_field
 from dd_assets.config.columns import (
     ColumnConfig,
     SamplerColumnConfig,
     check_identifier,
     normalise_column_type,
+    template_names,
 )
 from dd_assets.config.drift import DriftSettings, drift_issues
 from dd_assets.config.errors import ConfigIssue, WorkflowConfigError
+from dd_assets.config.limits import MAX_BUFFER_SIZE, MAX_NUM_RECORDS, MAX_ROW_GROUPS
 from dd_assets.config.models import ModelConfig, ProviderConfig
 from dd_assets.config.processors import (
+    DedupeProcessorConfig,
     DropColumnsProcessorConfig,
+    FilterProcessorConfig,
     FinalizeProcessor,
     PostBatchProcessor,
     RenameColumnsProcessorConfig,
@@ -108,8 +114,8 @@ class SeedRows(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    first: int = Field(ge=0)
-    last: int = Field(ge=0)
+    first: Int = Field(ge=0)
+    last: Int = Field(ge=0)
 
     @model_validator(mode="after")
     def _order(self) -> SeedRows:
@@ -124,8 +130,8 @@ class SeedShard(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    index: int = Field(ge=0)
-    count: int = Field(ge=1)
+    index: Int = Field(ge=0)
+    count: Int = Field(ge=1)
 
     @model_validator(mode="after")
     def _in_range(self) -> SeedShard:
@@ -180,13 +186,17 @@ class StageConfig(BaseModel):
 
     name: str
     description: str | None = None
-    num_records: int = Field(ge=1, description="rows to generate; growing it adds row groups")
-    buffer_size: int = Field(default=1000, ge=1, description="rows per row group = per partition")
+    num_records: Int = Field(
+        ge=1, le=MAX_NUM_RECORDS, description="rows to generate; growing it adds row groups"
+    )
+    buffer_size: Int = Field(
+        default=1000, ge=1, le=MAX_BUFFER_SIZE, description="rows per row group = per partition"
+    )
     seed: SeedSpec | None = None
     columns: list[ColumnConfig] = Field(default_factory=list)
     post_batch: list[PostBatchProcessor] = Field(default_factory=list)
     finalize: list[FinalizeProcessor] = Field(default_factory=list)
-    allow_empty: bool = False
+    allow_empty: Bool = False
     # Thresholds of the profile_drift check; not in the fingerprint (config/drift.py).
     drift: DriftSettings = DriftSettings()
     # Exactly this many rows in the final output: row groups are generated in order until that
@@ -203,6 +213,17 @@ class StageConfig(BaseModel):
         if isinstance(data, dict) and isinstance(data.get("columns"), list):
             data = {**data, "columns": [normalise_column_type(c) for c in data["columns"]]}
         return data
+
+    @model_validator(mode="after")
+    def _row_groups_bounded(self) -> StageConfig:
+        n = self.num_row_groups
+        if n > MAX_ROW_GROUPS:
+            raise ValueError(
+                f"num_records {self.num_records} in row groups of buffer_size {self.buffer_size}"
+                f" makes {n} row groups (partitions); at most {MAX_ROW_GROUPS}: raise buffer_size to"
+                f" at least {-(-self.num_records // MAX_ROW_GROUPS)}"
+            )
+        return self
 
     @property
     def num_row_groups(self) -> int:
@@ -239,6 +260,9 @@ class WorkflowConfig(BaseModel):
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
     stages: list[StageConfig] = Field(min_length=1)
     run: RunSettings = RunSettings()
+    # Where it was read from, so an issue found later (against seed files) names file and line.
+    _source: str | None = PrivateAttr(default=None)
+    _lines: dict[tuple[Any, ...], int] = PrivateAttr(default_factory=dict)
 
     _check_name = field_validator("name")(lambda v: check_identifier(v, "workflow name"))
 
@@ -339,15 +363,23 @@ def column_output_name(stage: StageConfig, column: str) -> str | None:
     return name
 
 
-def seed_columns_of(workflow: WorkflowConfig, stage: StageConfig) -> list[str] | None:
-    """Columns a stage's seed provides; None when only the file can tell (file seeds)."""
+# Stage name -> the columns of its seed file, once a file has been read (`validate` does).
+FileColumns = Mapping[str, list[str]]
+
+
+def seed_columns_of(
+    workflow: WorkflowConfig, stage: StageConfig, files: FileColumns | None = None
+) -> list[str] | None:
+    """Columns a stage's seed provides; None when only the file can tell (a file seed whose
+    columns are not in `files`)."""
     if stage.seed is None:
         return []
     if isinstance(stage.seed, FileSeed):
-        return None
+        got = (files or {}).get(stage.name)
+        return list(got) if got is not None else None
     cols: list[str] = []
     for up in workflow.upstreams_of(stage):
-        up_seed = seed_columns_of(workflow, up)
+        up_seed = seed_columns_of(workflow, up, files)
         if up_seed is None:
             return None  # a file somewhere upstream: checked against the file when the stage runs
         up_cols = output_columns(up, up_seed)
@@ -357,23 +389,25 @@ def seed_columns_of(workflow: WorkflowConfig, stage: StageConfig) -> list[str] |
     return cols
 
 
-def column_origins(workflow: WorkflowConfig, stage: StageConfig) -> dict[str, str] | None:
+def column_origins(
+    workflow: WorkflowConfig, stage: StageConfig, files: FileColumns | None = None
+) -> dict[str, str] | None:
     """Output column -> the stage whose rows made its values (None when a file seed hides them).
 
     A join uses it: two branches agree on a column only if it came down to both, row group by row
     group, from one stage. Sampling draws rows anew, so a sampled column starts a new origin."""
     seed = stage.seed
     origins: dict[str, str] = {}
-    if isinstance(seed, FileSeed):
-        return None
-    if isinstance(seed, StageSeed) and seed.mode == "sample":
-        cols = seed_columns_of(workflow, stage)
+    if isinstance(seed, FileSeed | StageSeed) and (
+        isinstance(seed, FileSeed) or seed.mode == "sample"
+    ):
+        cols = seed_columns_of(workflow, stage, files)
         if cols is None:
             return None
         origins = dict.fromkeys(cols, stage.name)
     elif seed is not None:
         for up in workflow.upstreams_of(stage):
-            up_origins = column_origins(workflow, up)
+            up_origins = column_origins(workflow, up, files)
             if up_origins is None:
                 return None
             origins = {**up_origins, **origins}  # the first stage's first, as the join does
@@ -542,17 +576,72 @@ def _processor_issues(base: str, stage: StageConfig, seed_cols: list[str]) -> li
                         )
                     )
             renamed = [proc.mapping.get(c, c) for c in cols]
-            if len(set(renamed)) != len(renamed):
+            for dup in sorted({c for c in renamed if renamed.count(c) > 1}):
+                olds = [c for c in cols if proc.mapping.get(c, c) == dup]
                 issues.append(
-                    ConfigIssue(f"{path}.mapping", "renaming would give two columns the same name")
+                    ConfigIssue(
+                        f"{path}.mapping",
+                        f"renaming would give two columns the name {dup!r} (from"
+                        f" {' and '.join(map(repr, olds))}); rename or drop one of them first",
+                    )
                 )
             cols = renamed
     if not cols and stage.columns:
         issues.append(ConfigIssue(f"{base}.post_batch", "post_batch processors leave no column"))
+    return issues + _finalize_issues(base, stage, cols)
+
+
+def _finalize_issues(base: str, stage: StageConfig, cols: list[str]) -> list[ConfigIssue]:
+    """Finalize steps name only columns the step before them leaves: found here, not after
+    hours of generation (finalize runs last)."""
+    issues: list[ConfigIssue] = []
+    for k, proc in enumerate(stage.finalize):
+        path = f"{base}.finalize[{k}]"
+        known = ", ".join(cols) or "(none)"
+        if isinstance(proc, DedupeProcessorConfig):
+            for c in proc.columns:
+                if c not in cols:
+                    issues.append(
+                        ConfigIssue(
+                            f"{path}.columns", f"dedupe on unknown column {c!r}; columns: {known}"
+                        )
+                    )
+        elif isinstance(proc, FilterProcessorConfig):
+            for ref in sorted(template_names(proc.expr, "expr") - set(cols)):
+                issues.append(
+                    ConfigIssue(f"{path}.expr", f"unknown column {ref!r}; columns: {known}")
+                )
+        elif isinstance(proc, SchemaTransformProcessorConfig):
+            for key, value in proc.template.items():
+                for ref in sorted(template_names(str(value), key) - set(cols)):
+                    issues.append(
+                        ConfigIssue(
+                            f"{path}.template.{key}", f"unknown column {ref!r}; columns: {known}"
+                        )
+                    )
+            cols = list(proc.template)
+        elif isinstance(proc, DropColumnsProcessorConfig):
+            for pat in proc.column_names:
+                if not any(fnmatch.fnmatchcase(c, pat) for c in cols):
+                    issues.append(
+                        ConfigIssue(
+                            f"{path}.column_names", f"{pat!r} matches no column; columns: {known}"
+                        )
+                    )
+            cols = [
+                c for c in cols if not any(fnmatch.fnmatchcase(c, p) for p in proc.column_names)
+            ]
+    if stage.finalize and not cols:
+        issues.append(ConfigIssue(f"{base}.finalize", "finalize steps leave no column"))
     return issues
 
 
-def semantic_issues(workflow: WorkflowConfig) -> list[ConfigIssue]:
+def semantic_issues(
+    workflow: WorkflowConfig, files: FileColumns | None = None
+) -> list[ConfigIssue]:
+    """Every cross-field problem; with `files` (seed files' columns), also those that only the
+    files' columns reveal (a rename onto a column a seed file has, a reference to a column it
+    lacks)."""
     issues: list[ConfigIssue] = []
     index: dict[str, int] = {}
     for i, stage in enumerate(workflow.stages):
@@ -634,14 +723,16 @@ def semantic_issues(workflow: WorkflowConfig) -> list[ConfigIssue]:
             )
         chain_ok.append(ok)
     for i, stage in enumerate(workflow.stages):
-        seed_cols = seed_columns_of(workflow, stage) if chain_ok[i] else None
+        seed_cols = seed_columns_of(workflow, stage, files) if chain_ok[i] else None
         issues += _stage_issues(workflow, i, stage, seed_cols)
         if chain_ok[i] and isinstance(stage.seed, JoinSeed):
-            issues += _join_issues(workflow, i, stage)
+            issues += _join_issues(workflow, i, stage, files)
     return issues
 
 
-def _join_issues(workflow: WorkflowConfig, i: int, stage: StageConfig) -> list[ConfigIssue]:
+def _join_issues(
+    workflow: WorkflowConfig, i: int, stage: StageConfig, files: FileColumns | None
+) -> list[ConfigIssue]:
     """Keys every joined stage has, from one common stage; no other column made twice."""
     seed = stage.seed
     assert isinstance(seed, JoinSeed)
@@ -649,7 +740,7 @@ def _join_issues(workflow: WorkflowConfig, i: int, stage: StageConfig) -> list[C
     issues: list[ConfigIssue] = []
     cols = {}
     for up in ups:
-        up_seed = seed_columns_of(workflow, up)
+        up_seed = seed_columns_of(workflow, up, files)
         if up_seed is None:
             return issues  # a seed file decides; the join checks the rows when it runs
         cols[up.name] = output_columns(up, up_seed)
@@ -663,7 +754,7 @@ def _join_issues(workflow: WorkflowConfig, i: int, stage: StageConfig) -> list[C
                     f" {', '.join(cols[name])}",
                 )
             )
-    origins = {up.name: column_origins(workflow, up) or {} for up in ups}
+    origins = {up.name: column_origins(workflow, up, files) or {} for up in ups}
     shared: dict[str, list[str]] = {}
     for name, c in cols.items():
         for col in c:

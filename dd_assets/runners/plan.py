@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from dd_assets.config import FileSeed, WorkflowConfig, pairs_row_groups, seed_upstreams
 from dd_assets.config.fingerprint import StageFingerprint, workflow_fingerprints
+from dd_assets.config.loader import check_seed_file_columns
 from dd_assets.config.processors import DropColumnsProcessorConfig
 from dd_assets.engine.compiled import CompiledStage, compile_stage
 from dd_assets.errors import unknown_stages
@@ -123,18 +124,21 @@ def waves(workflow: WorkflowConfig) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(g) for g in groups)
 
 
-def _digest(path: str) -> str:
-    # Imported here: the seed-file module loads pyarrow, which `validate` or `status` of a
-    # workflow without seed files need not pay for.
-    from dd_assets.store.seed_files import file_digest
-
-    return file_digest(path)
-
-
 def plan_workflow(workflow: WorkflowConfig) -> WorkflowPlan:
-    digests = {
-        s.name: _digest(s.seed.path) for s in workflow.stages if isinstance(s.seed, FileSeed)
-    }
+    """Plan a loaded workflow; seed files are hashed and their columns checked against the
+    config here (every command plans first, so `validate` catches what they reveal)."""
+    file_seeded = [s for s in workflow.stages if isinstance(s.seed, FileSeed)]
+    digests: dict[str, str] = {}
+    if file_seeded:
+        # Imported here: the seed-file module loads pyarrow, which `validate` or `status` of a
+        # workflow without seed files need not pay for.
+        from dd_assets.store.seed_files import file_digest, file_schema
+
+        digests = {s.name: file_digest(s.seed.path) for s in file_seeded}  # type: ignore[union-attr]
+        check_seed_file_columns(
+            workflow,
+            {s.name: file_schema(s.seed.path).names for s in file_seeded},  # type: ignore[union-attr]
+        )
     fps = workflow_fingerprints(workflow, digests)
     plans: dict[str, StagePlan] = {}
 

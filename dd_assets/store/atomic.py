@@ -20,7 +20,7 @@ from typing import Any
 
 TEMP_MARK = ".dd-tmp."
 # <name>.dd-tmp.<host>.<pid>.<n>: host and pid tell the sweeper whether the writer may still live.
-_TEMP_RE = re.compile(r"^(?P<name>.+)\.dd-tmp\.(?P<host>[^.]+)\.(?P<pid>\d+)\.(?P<n>\d+)$")
+_TEMP_RE = re.compile(r"^(?P<name>.+)\.dd-tmp\.(?P<host>[^.]+)\.(?P<pid>\d+)\.(?P<n>\d+)\Z")
 _counter = itertools.count(1)  # next() is atomic: row groups are written from threads
 
 

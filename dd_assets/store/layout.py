@@ -49,7 +49,7 @@ APPROVAL_META = "approval.json"
 DROPS_DIR = "drops"
 LOCK_SUFFIX = ".lock"
 REPLACED_MARK = ".replaced-"
-BATCH_RE = re.compile(r"^batch_(\d{5,})\.parquet$")
+BATCH_RE = re.compile(r"^batch_(\d{5,})\.parquet\Z")
 
 
 def default_root() -> str:

@@ -138,6 +138,23 @@ def temp_files(root: Path) -> list[Path]:
     return [p for p in root.rglob("*") if ".dd-tmp." in p.name]
 
 
+@contextlib.contextmanager
+def deadline(seconds: int) -> Iterator[None]:
+    """Fail (TimeoutError) instead of hanging when the block blocks longer than `seconds`: an
+    alarm interrupts even a blocking open() of a FIFO. Main thread only."""
+
+    def expire(signum: int, frame: object) -> None:
+        raise TimeoutError(f"still blocked after {seconds} s")
+
+    old = signal.signal(signal.SIGALRM, expire)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

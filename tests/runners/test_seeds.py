@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dd_assets import cli
-from dd_assets.config import load_workflow
+from dd_assets.config import WorkflowConfigError, load_workflow
 from dd_assets.engine.seeds import sample_indices
 from dd_assets.errors import GenerationError
 from dd_assets.runners.materialize import materialize
@@ -129,10 +129,15 @@ def test_missing_seed_file_and_unknown_seed_column_are_clear_errors(tmp_path: Pa
     bad = _file_config("seed.parquet")
     bad["stages"][0]["columns"][0]["expr"] = "{{ subject }}"
     cfg = write_config(tmp_path / "bad.yaml", bad)
-    plan = plan_workflow(load_workflow(cfg))["prompts"]
-    with pytest.raises(GenerationError, match=r"'prompt' refers to subject.*topic, level"):
-        materialize(plan, PartitionStore(tmp_path / "dd-data"), range(1))
-    assert not list((tmp_path / "dd-data").rglob("batch_*.parquet"))
+    # Found when the workflow is planned (validate does), from the file's schema: with the YAML
+    # line, before anything is generated.
+    with pytest.raises(
+        WorkflowConfigError,
+        match=r"bad\.yaml:\d+: stages\[0\]\.columns\[0\]: column 'prompt' refers to unknown"
+        r" column 'subject'; known columns: level, prompt, topic",
+    ):
+        plan_workflow(load_workflow(cfg))
+    assert not (tmp_path / "dd-data").exists()
 
 
 def test_preview_of_a_file_seeded_stage_matches_the_run(tmp_path: Path) -> None:

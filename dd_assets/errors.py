@@ -27,12 +27,14 @@ Each layer has one base class here; the concrete errors live beside the code tha
     │   ├── EarlyStopError             exit_code 3: too many cells dropped; partial result
     │   └── UnfinishedCellsError       exit_code 4: cells a transient fault left unanswered;
     │                                  their row groups were not saved (runners.materialize)
-    └── RunError                       runners/dagster: what a run was asked to do
-        ├── UnknownStageError          a stage name the workflow does not have
-        ├── ApprovalError              a file cannot be approved as a stage's output
-        ├── TargetNotReachedError      target_records rows do not pass finalize (yet)
-        └── DropBudgetError            exit_code 5: a stage dropped more rows than
-                                       run.max_drop_rate allows (runners.checks)
+    ├── RunError                       runners/dagster: what a run was asked to do
+    │   ├── UnknownStageError          a stage name the workflow does not have
+    │   ├── ApprovalError              a file cannot be approved as a stage's output
+    │   ├── TargetNotReachedError      target_records rows do not pass finalize (yet)
+    │   ├── DropBudgetError            exit_code 5: a stage dropped more rows than
+    │   │                              run.max_drop_rate allows (runners.checks)
+    │   └── InstanceError              the Dagster instance (DAGSTER_HOME) cannot be used
+    └── Interrupted                    Ctrl-C / SIGTERM: exit 130 / 143; what completed is saved
 """
 
 from __future__ import annotations
@@ -78,6 +80,14 @@ class UnknownStageError(RunError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the message
         return str(self.args[0]) if self.args else ""
+
+
+class Interrupted(DdAssetsError):
+    """A command stopped by Ctrl-C or SIGTERM; the message says what was saved. The CLI prints
+    it as is (not an `error:`: the user asked for it) and exits 130 or 143 by the signal."""
+
+    DEFAULT = "interrupted; rerun to resume"
+    exit_code = 130
 
 
 def unknown_stages(wanted: set[str], known: list[str], workflow: str) -> UnknownStageError:

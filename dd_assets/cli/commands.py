@@ -5,6 +5,7 @@ never import it, so they answer at once."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from collections import Counter
@@ -17,8 +18,8 @@ from rich.text import Text
 
 from dd_assets.cli.render import ProgressBars, console, err_console, print_table
 from dd_assets.config import FileSeed, JoinSeed, StageSeed, load_workflow
-from dd_assets.errors import ConfigError
-from dd_assets.runners.plan import WorkflowPlan, plan_workflow
+from dd_assets.errors import ConfigError, Interrupted
+from dd_assets.runners.plan import StagePlan, WorkflowPlan, plan_workflow
 from dd_assets.store.layout import default_root
 
 if TYPE_CHECKING:
@@ -143,23 +144,31 @@ def cmd_materialize(args: argparse.Namespace) -> int:
     from dd_assets.dagster.materialize import materialize_workflow
 
     plan = _plan(args.config)
-    plan.select(args.stage)  # unknown stages fail before the instance is touched
+    selected = plan.select(args.stage)  # unknown stages fail before the instance is touched
     stages, resume, store = args.stage, args.resume, _store()
     if args.rerun_from:
         stages = _rerun(args, plan, store)
         resume = "never"
+        selected = plan.select(stages)
+    before = _committed(store, selected)
     bars = None if args.no_progress else ProgressBars()
-    with bars or _Nothing():
-        report = materialize_workflow(
-            plan,
-            store,
-            get_instance(),
-            stages=stages,
-            resume=resume,
-            partitions=lambda total: parse_partitions(args.partitions, total),
-            progress=bars,
-            retry_dropped=args.retry_dropped,
-        )
+    try:
+        with bars or _Nothing():
+            report = materialize_workflow(
+                plan,
+                store,
+                get_instance(),
+                stages=stages,
+                resume=resume,
+                partitions=lambda total: parse_partitions(args.partitions, total),
+                progress=bars,
+                retry_dropped=args.retry_dropped,
+            )
+    except KeyboardInterrupt:
+        saved = len(_committed(store, selected) - before)
+        raise Interrupted(
+            f"interrupted; {saved} row group{'' if saved == 1 else 's'} saved; rerun to resume"
+        ) from None
     for line in report.lines:
         console.print(line, highlight=False)
     if report.error is not None:
@@ -190,6 +199,16 @@ def _rerun(args: argparse.Namespace, plan: WorkflowPlan, store: PartitionStore) 
         highlight=False,
     )
     return stages
+
+
+def _committed(store: PartitionStore, plans: list[StagePlan]) -> set[tuple[str, int]]:
+    """Row-group files on disk (path, inode): a regenerated file is a new one."""
+    out: set[tuple[str, int]] = set()
+    for p in plans:
+        for path in store.batch_paths(p.ref):
+            with contextlib.suppress(FileNotFoundError):
+                out.add((str(path), path.stat().st_ino))
+    return out
 
 
 class _Nothing:

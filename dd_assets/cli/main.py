@@ -2,20 +2,33 @@
 
 Exit codes are meant for CI: 0 ok, 1 a problem with the workflow or its data (one `error:` line),
 2 bad usage, 3 a run that stopped early (what completed is saved), 4 cells left unfinished by
-transient endpoint faults (rerun later), 5 a stage over its drop budget (docs/ci.md)."""
+transient endpoint faults (rerun later), 5 a stage over its drop budget (docs/ci.md), 130 / 143
+interrupted by Ctrl-C / SIGTERM (what completed is saved). `--debug` prints the stack above the
+`error:` line. Anything else escaping is a bug, and shows its traceback."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from collections.abc import Callable, Sequence
 
 from dd_assets.cli import commands
-from dd_assets.errors import EXIT_PARTIAL, DdAssetsError
+from dd_assets.cli.interrupts import watch_signals
+from dd_assets.errors import EXIT_PARTIAL, DdAssetsError, Interrupted
+
+DEBUG_ENV = "DD_ASSETS_DEBUG"
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dd-assets", description=__doc__.splitlines()[0])
+    p.add_argument(
+        "--debug",
+        action="store_true",
+        default=bool(os.environ.get(DEBUG_ENV)),
+        help=f"print the stack of an error (also: {DEBUG_ENV}=1)",
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("validate", help="check a workflow config and report every error at once")
@@ -132,12 +145,20 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
-    try:
-        return func(args)
-    except DdAssetsError as exc:
-        partial = "stopped early (partial result): " if exc.exit_code == EXIT_PARTIAL else ""
-        print(f"error: {partial}{exc}", file=sys.stderr)
-        return exc.exit_code
+    with watch_signals() as signals:
+        try:
+            return func(args)
+        except (KeyboardInterrupt, Interrupted) as exc:
+            if args.debug:
+                traceback.print_exc()
+            print(str(exc) or Interrupted.DEFAULT, file=sys.stderr)
+            return signals.exit_code()
+        except DdAssetsError as exc:
+            if args.debug:
+                traceback.print_exc()
+            partial = "stopped early (partial result): " if exc.exit_code == EXIT_PARTIAL else ""
+            print(f"error: {partial}{exc}", file=sys.stderr)
+            return exc.exit_code
 
 
 if __name__ == "__main__":

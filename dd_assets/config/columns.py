@@ -8,7 +8,7 @@ import re
 from typing import Annotated, Any, Literal
 
 import jinja2
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from dd_assets.config.base import Bool, Float, Int, added_field, is_identifier
 from dd_assets.config.samplers import SamplerParams, inject_sampler_type
@@ -237,7 +237,7 @@ class LLMCodeColumnConfig(_LLMColumn):
 
 class LLMStructuredColumnConfig(_LLMColumn):
     column_type: Literal["llm-structured"] = "llm-structured"
-    output_format: dict[str, Any] = Field(
+    output_format: dict[str, JsonValue] = Field(
         description="JSON schema the answer must validate against"
     )
     max_parse_retries: Int = Field(default=2, ge=0, le=10)

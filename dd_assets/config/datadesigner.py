@@ -14,16 +14,14 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dd_assets.config.errors import ConfigIssue
 from dd_assets.config.models import BUILTIN_PROVIDERS, ProviderConfig
 from dd_assets.config.processors import SchemaTransformProcessorConfig
+from dd_assets.config.strict_yaml import YamlProblem, parse_json, parse_yaml, read_config_text
 
 ISO_SECONDS = "%Y-%m-%dT%H:%M:%S"  # DataDesigner's datetime text when convert_to is unset
 STAGE_KEYS = {
@@ -64,19 +62,18 @@ def _canonical(value: Any) -> Any:
 
 
 def read_datadesigner(path: Path) -> dict[str, Any]:
-    """The `data_designer` mapping of a file `write_config()` wrote (YAML or JSON)."""
+    """The `data_designer` mapping of a file `write_config()` wrote (YAML or JSON), read as
+    strictly as a workflow config (strict_yaml: a regular file, size, duplicate keys, aliases)."""
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataDesignerError(
-            [ConfigIssue("data_designer", f"DataDesigner config not found: {path}")]
-        ) from None
-    try:
-        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise DataDesignerError(
-            [ConfigIssue("data_designer", f"{path} is not valid YAML/JSON: {exc}")]
-        ) from None
+        text = read_config_text(path)
+        if path.suffix.lower() == ".json":
+            data = parse_json(text)
+        else:
+            data, _ = parse_yaml(text)
+    except YamlProblem as exc:
+        where = f"{path}:{exc.line}" if exc.line else str(path)
+        message = exc.message.replace("config file not found", "DataDesigner config not found")
+        raise DataDesignerError([ConfigIssue("data_designer", f"{where}: {message}")]) from None
     return unwrap(data, str(path))
 
 
@@ -129,6 +126,15 @@ class _Mapper:
         on = f" on column {column!r}" if column else ""
         self.issue(where, f"{feature}{on} {verb} not supported yet")
 
+    def shaped(self, value: Any, kind: type, where: str, default: Any) -> Any:
+        """`value` when it is a `kind` (dict, list, str), else `default` and an issue: the
+        mapping below then never meets a shape it does not expect."""
+        if value is None or isinstance(value, kind):
+            return default if value is None else value
+        names = {dict: "a mapping", list: "a list", str: "a string"}
+        self.issue(where, f"must be {names[kind]}, not {type(value).__name__}")
+        return default
+
     def take(
         self, data: dict[str, Any], where: str, spec: dict[str, Any], column: str | None = None
     ) -> dict[str, Any]:
@@ -176,22 +182,25 @@ class _Mapper:
                 ]
                 self.unsupported(key, feature, verb="are")
         columns: list[dict[str, Any]] = []
-        raw_columns = top.get("columns") if isinstance(top.get("columns"), list) else []
+        raw_columns = self.shaped(top.get("columns"), list, "columns", [])
         for j, raw in enumerate(raw_columns):
             col = self.column(raw, f"columns[{j}]")
             if col is not None:
                 columns.append(col)
-        self.constraints(top.get("constraints") or [], columns)
+        self.constraints(self.shaped(top.get("constraints"), list, "constraints", []), columns)
         stage: dict[str, Any] = {"columns": columns}
-        if top.get("seed_config"):
-            stage["seed"] = self.seed(top["seed_config"])
-        post, final = self.processors(top.get("processors") or [], columns)
+        seed_config = self.shaped(top.get("seed_config"), dict, "seed_config", {})
+        if seed_config:
+            stage["seed"] = self.seed(seed_config)
+        post, final = self.processors(
+            self.shaped(top.get("processors"), list, "processors", []), columns
+        )
         if post:
             stage["post_batch"] = post
         if final:
             stage["finalize"] = final
-        used = {c["model_alias"] for c in columns if "model_alias" in c}
-        models = self.models(top.get("model_configs") or [], used)
+        used = {c["model_alias"] for c in columns if isinstance(c.get("model_alias"), str)}
+        models = self.models(self.shaped(top.get("model_configs"), list, "model_configs", []), used)
         return stage, models
 
     # -- columns
@@ -236,8 +245,9 @@ class _Mapper:
         if not isinstance(raw, dict):
             self.issue(where, "a column must be a mapping")
             return None
-        name = raw.get("name", f"#{where}")
-        ctype = raw.get("column_type")
+        name = raw.get("name")
+        name = name if isinstance(name, str) else f"#{where}"  # the native checks report it
+        ctype = self.shaped(raw.get("column_type"), str, f"{where}.column_type", "")
         if ctype in self._NOT_YET:
             self.issue(where, f"{self._NOT_YET[ctype]} are not supported yet (column {name!r})")
             return None
@@ -295,10 +305,12 @@ class _Mapper:
 
     def sampler(self, col: dict[str, Any], where: str, name: str) -> dict[str, Any] | None:
         st = col.get("sampler_type")
-        params = dict(col.get("params") or {})
+        params = dict(self.shaped(col.get("params"), dict, f"{where}.params", {}))
         conds = {
             k: dict(v)
-            for k, v in (col.get("conditional_params") or {}).items()
+            for k, v in self.shaped(
+                col.get("conditional_params"), dict, f"{where}.conditional_params", {}
+            ).items()
             if isinstance(v, dict)
         }
         for p in (params, *conds.values()):
@@ -350,7 +362,7 @@ class _Mapper:
         return col
 
     def constraints(self, raw: list[Any], columns: list[dict[str, Any]]) -> None:
-        by_name = {c["name"]: c for c in columns}
+        by_name = {c["name"]: c for c in columns if isinstance(c.get("name"), str)}
         for k, c in enumerate(raw):
             where = f"constraints[{k}]"
             if not isinstance(c, dict):
@@ -367,7 +379,7 @@ class _Mapper:
                 },
             )
             target, kind = got.get("target_column"), got.get("constraint_type")
-            col = by_name.get(target)
+            col = by_name.get(target) if isinstance(target, str) else None
             if col is None or col.get("column_type") != "sampler":
                 self.issue(
                     f"{where}.target_column",
@@ -396,7 +408,7 @@ class _Mapper:
             "seed_config",
             {"source": _REQUIRED, "sampling_strategy": "ordered", "selection_strategy": None},
         )
-        source = got.get("source") or {}
+        source = self.shaped(got.get("source"), dict, "seed_config.source", {})
         seed: dict[str, Any] = {}
         seed_type = source.get("seed_type", "local")
         if seed_type != "local":
@@ -493,7 +505,7 @@ class _Mapper:
                 template=st.get("template") or {"_": ""}
             ).required_columns
         for c in columns:
-            if c.get("drop") and c["name"] in reads:
+            if c.get("drop") and isinstance(c.get("name"), str) and c["name"] in reads:
                 c["drop"] = False
                 self.note(
                     f"column {c['name']}",
@@ -506,11 +518,9 @@ class _Mapper:
         ]
         post: list[dict[str, Any]] = []
         for _, p in procs[at + 1 :]:
-            hit = sorted(
-                r
-                for r in reads
-                if any(fnmatch.fnmatchcase(r, g) for g in p.get("column_names", []))
-            )
+            globs = p.get("column_names")
+            globs = [g for g in globs if isinstance(g, str)] if isinstance(globs, list) else []
+            hit = sorted(r for r in reads if any(fnmatch.fnmatchcase(r, g) for g in globs))
             if hit:
                 self.note(
                     f"processor {p.get('name')}",
@@ -555,17 +565,24 @@ class _Mapper:
                 self.issue(where, "a model config must be a mapping")
                 continue
             alias = m.get("alias")
+            if not isinstance(alias, str):
+                self.issue(f"{where}.alias", "the model alias must be a string")
+                continue
             if alias not in used:
                 self.note(f"model {alias}", "lost", "not used by any column: left out")
                 continue
             got = self.take(m, where, self._MODEL)
-            inf = dict(got.get("inference_parameters") or {})
+            inf = dict(
+                self.shaped(
+                    got.get("inference_parameters"), dict, f"{where}.inference_parameters", {}
+                )
+            )
             gen = inf.get("generation_type", "chat-completion")
             if gen != "chat-completion":
                 self.unsupported(f"{where}.inference_parameters", f"{gen} models", verb="are")
                 continue
             params = self.take(inf, f"{where}.inference_parameters", self._CHAT)
-            provider_name = got.get("provider")
+            provider_name = self.shaped(got.get("provider"), str, f"{where}.provider", None)
             provider = self.providers.get(provider_name) if provider_name else None
             if provider is None:
                 self.issue(
@@ -592,7 +609,8 @@ class _Mapper:
                 model["max_parallel_requests"] = params["max_parallel_requests"]
             if "timeout" in params:
                 model["timeout_s"] = params["timeout"]
-            body = {**(provider.extra_body or {}), **(params.get("extra_body") or {})}
+            extra_body = self.shaped(params.get("extra_body"), dict, f"{where}.extra_body", {})
+            body = {**(provider.extra_body or {}), **extra_body}
             if body:
                 model["extra_body"] = body
             if "skip_health_check" in got:
@@ -602,7 +620,10 @@ class _Mapper:
                     "skip_health_check: dd-assets makes no health-check call",
                 )
             out[alias] = model
-        for alias in sorted(used - set(out) - {m.get("alias") for m in raw if isinstance(m, dict)}):
+        named = {
+            m.get("alias") for m in raw if isinstance(m, dict) and isinstance(m.get("alias"), str)
+        }
+        for alias in sorted(used - set(out) - named):
             self.issue(
                 "model_configs",
                 f"model alias {alias!r} is used by a column but not in model_configs",
@@ -652,7 +673,8 @@ def expand_stage(
     native = {k: v for k, v in raw_stage.items() if k != "data_designer"}
     native.update({k: v for k, v in stage.items() if k != "finalize"})
     if "finalize" in stage:
-        native["finalize"] = stage["finalize"] + list(raw_stage.get("finalize") or [])
+        own = raw_stage.get("finalize") or []
+        native["finalize"] = stage["finalize"] + (own if isinstance(own, list) else [own])
     return native, models, mapper.notes
 
 
@@ -668,7 +690,7 @@ def providers_of(data: dict[str, Any]) -> tuple[dict[str, ProviderConfig], list[
         named = {
             p.get("name"): {k: v for k, v in p.items() if k != "name"}
             for p in raw
-            if isinstance(p, dict)
+            if isinstance(p, dict) and isinstance(p.get("name"), str | None)
         }
         if len(named) != len(raw) or None in named:
             return {}, [ConfigIssue("providers", "each provider in the list needs a distinct name")]

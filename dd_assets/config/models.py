@@ -3,10 +3,10 @@ named here at call time, so the config (and anything derived from it) never hold
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from dd_assets.config.base import Float, Int, is_identifier
 
@@ -99,7 +99,7 @@ class ModelConfig(BaseModel):
         ge=1024,
         description="a longer response body is not read; its row is dropped as too_large",
     )
-    extra_body: dict[str, Any] | None = Field(
+    extra_body: dict[str, JsonValue] | None = Field(
         default=None, description="merged into every request body (DataDesigner's extra_body)"
     )
 
@@ -155,7 +155,7 @@ class ProviderConfig(BaseModel):
     endpoint: str
     provider_type: Literal["openai"] = "openai"
     api_key: str | None = Field(default=None, description="environment variable holding the key")
-    extra_body: dict[str, Any] | None = None
+    extra_body: dict[str, JsonValue] | None = None
     extra_headers: dict[str, str] | None = None
 
     @field_validator("api_key")

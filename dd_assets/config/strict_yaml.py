@@ -9,6 +9,7 @@ bomb is a few hundred bytes whose expansion would take gigabytes). Every problem
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -233,3 +234,33 @@ def _problem(exc: yaml.YAMLError, text: str) -> YamlProblem:
         line = text.count("\n", 0, position) + 1
         return YamlProblem(f"not valid YAML: {str(exc).splitlines()[0]}", line)
     return YamlProblem(f"not valid YAML: {str(exc).splitlines()[0]}")
+
+
+def parse_json(text: str) -> Any:
+    """A JSON document (DataDesigner writes its configs as JSON too), with duplicate keys and
+    nesting past MAX_YAML_DEPTH refused like in YAML."""
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in pairs:
+            if k in out:
+                raise YamlProblem(f"duplicate key {k!r}; JSON readers would keep only the last")
+            out[k] = v
+        return out
+
+    depth, in_string, escaped = 0, False, False
+    for ch in text:  # json's decoder recurses per level: bound the nesting before it runs
+        if in_string:
+            escaped, in_string = (False, True) if escaped else (ch == "\\", ch != '"')
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise YamlProblem(f"not valid JSON: nested more than {MAX_YAML_DEPTH} levels deep")
+        elif ch in "]}":
+            depth -= 1
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise YamlProblem(f"not valid JSON: {exc.msg} (column {exc.colno})", exc.lineno) from None

@@ -612,13 +612,10 @@ def _finalize_issues(base: str, stage: StageConfig, cols: list[str]) -> list[Con
                     ConfigIssue(f"{path}.expr", f"unknown column {ref!r}; columns: {known}")
                 )
         elif isinstance(proc, SchemaTransformProcessorConfig):
-            for key, value in proc.template.items():
-                for ref in sorted(template_names(str(value), key) - set(cols)):
-                    issues.append(
-                        ConfigIssue(
-                            f"{path}.template.{key}", f"unknown column {ref!r}; columns: {known}"
-                        )
-                    )
+            for ref in sorted(proc.required_columns - set(cols)):
+                issues.append(
+                    ConfigIssue(f"{path}.template", f"unknown column {ref!r}; columns: {known}")
+                )
             cols = list(proc.template)
         elif isinstance(proc, DropColumnsProcessorConfig):
             for pat in proc.column_names:

@@ -42,6 +42,11 @@ class CliJob:
         run_config: dict[str, Any] = {"loggers": QUIET_LOGGERS}
         if ops:
             run_config["ops"] = ops
-        return self.job.execute_in_process(
-            instance=self.instance, run_config=run_config, tags=tags, raise_on_error=True
-        )
+        try:
+            return self.job.execute_in_process(
+                instance=self.instance, run_config=run_config, tags=tags, raise_on_error=True
+            )
+        except dg.DagsterExecutionInterruptedError as exc:
+            # Ctrl-C / SIGTERM inside the step (Dagster turns both into this): the Python way
+            # to say so, for the CLI to answer with one line and 130 / 143.
+            raise KeyboardInterrupt from exc

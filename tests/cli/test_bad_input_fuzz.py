@@ -31,6 +31,21 @@ BASES = {
     name: yaml.safe_load((REPO / "examples" / name).read_text())
     for name in ("quickstart.yaml", "chain.yaml", "llm-chain.yaml")
 }
+for _dd in ("samplers_no_person", "llm"):  # the `data_designer:` stage form, inline
+    BASES[_dd] = {
+        "name": "dd",
+        "providers": {"mock": {"endpoint": "http://127.0.0.1:9/v1", "api_key": "DD_FUZZ_KEY"}},
+        "stages": [
+            {
+                "name": "s",
+                "num_records": 12,
+                "buffer_size": 5,
+                "data_designer": yaml.safe_load(
+                    (REPO / "tests" / "fixtures" / "datadesigner" / f"{_dd}.yaml").read_text()
+                )["data_designer"],
+            }
+        ],
+    }
 EXAMPLES = int(os.environ.get("DD_FUZZ_EXAMPLES", "2000"))
 
 NAMES = ["tickets", "reviews", "replies", "moods", "threads", "digest", "questions", "a", "b"]
@@ -115,7 +130,8 @@ def _get(node: Any, path: tuple[Any, ...]) -> Any:
 
 @st.composite
 def mutated(draw: st.DrawFn) -> tuple[str, bytes]:
-    base = draw(st.sampled_from(sorted(BASES)))
+    only = os.environ.get("DD_FUZZ_BASES")  # e.g. "llm,samplers_no_person" to focus a run
+    base = draw(st.sampled_from(sorted(only.split(",") if only else BASES)))
     data = copy.deepcopy(BASES[base])
     for _ in range(draw(st.integers(1, 4))):
         paths = _paths(data)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
+from dd_assets.config.limits import MAX_TEMPLATE_OUTPUT
 from dd_assets.config.templates import compile_template
 from dd_assets.engine.template_columns import render_column
 
@@ -66,17 +67,37 @@ def _renderer(source: str, json_values: bool) -> Callable[[dict[str, Any]], str]
     )
 
     def run(row: dict[str, Any]) -> str:
-        return concat(root(context_class(env, {**globals_, **row}, name, blocks)))  # type: ignore[no-any-return]
+        return concat(_capped(root(context_class(env, {**globals_, **row}, name, blocks))))  # type: ignore[no-any-return]
 
     return run
 
 
+def _too_long() -> CellError:
+    return CellError(
+        f"the template printed more than {MAX_TEMPLATE_OUTPUT} characters (the template output"
+        " limit)"
+    )
+
+
+def _capped(chunks: Iterator[str]) -> Iterator[str]:
+    """A template's output, stopped once it passes MAX_TEMPLATE_OUTPUT (a loop printing
+    forever), before it is joined into one string."""
+    size = 0
+    for chunk in chunks:
+        size += len(chunk)
+        if size > MAX_TEMPLATE_OUTPUT:
+            raise _too_long()
+        yield chunk
+
+
 def render(source: str, row: dict[str, Any], json_values: bool = False) -> str:
+    """The template's text for one row; a CellError (the row is dropped, the reason kept) when
+    it fails or prints more than MAX_TEMPLATE_OUTPUT characters."""
     try:
         return _renderer(source, json_values)(row)
-    except (
-        Exception
-    ) as exc:  # template runtime errors are data errors: drop the row, keep the reason
+    except CellError:
+        raise
+    except Exception as exc:  # template runtime errors are data errors: drop the row
         raise CellError(f"{type(exc).__name__}: {exc}") from None
 
 
@@ -89,7 +110,10 @@ def render_cells(
     def one_row(i: int) -> str:
         return render(source, {k: v[i] for k, v in columns.items()})
 
-    texts = render_column(source, columns, n, one_row)
+    texts: list[Any] = [
+        _too_long() if isinstance(t, str) and len(t) > MAX_TEMPLATE_OUTPUT else t
+        for t in render_column(source, columns, n, one_row)
+    ]
     if dtype == "str":
         return texts
     out: list[Any] = []

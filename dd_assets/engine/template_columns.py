@@ -6,7 +6,7 @@ columns are text and `{{ ... }}` outputs over a few columns: `{{ a }} and {{ b.c
 `{{ n > 3 or flag }}`, `{{ name | upper }}`. Such a template is translated here into one Python
 function over the columns it reads, written node for node as Jinja's own code generator writes
 it for a sandboxed environment without autoescape or finalize (jinja2/compiler.py): the same
-Python operators (the sandbox intercepts none by default), the sandbox's `getattr`/`getitem`,
+Python operators (the sandbox's `call_binop` for those it intercepts: `*`, `**`, `%`), the sandbox's `getattr`/`getitem`,
 the environment's own filter and test functions, `str()` of every output, `str_join` for `~`.
 So a value is the same by construction, not by testing alone (tests/engine/test_template_columns.py
 compares it with Jinja over generated templates and rows anyway).
@@ -106,8 +106,13 @@ class _Translator:
             return f"_getitem({self.expr(node.node)}, {self.expr(node.arg)})"
         if type(node) in _BINOPS:
             assert isinstance(node, nodes.BinExpr)
-            self._not_intercepted(_BINOPS[type(node)], self.env.intercepted_binops)
-            return f"({self.expr(node.left)} {_BINOPS[type(node)]} {self.expr(node.right)})"
+            op = _BINOPS[type(node)]
+            if op in self.env.intercepted_binops:
+                # As Jinja's code generator does: the sandbox decides (config/templates.py
+                # bounds `*`, `**` and `%` so a cell cannot make a gigabyte string).
+                self.namespace["_binop"] = self.env.call_binop
+                return f"_binop(None, {op!r}, {self.expr(node.left)}, {self.expr(node.right)})"
+            return f"({self.expr(node.left)} {op} {self.expr(node.right)})"
         if type(node) in _UNOPS:
             assert isinstance(node, nodes.UnaryExpr)
             self._not_intercepted(_UNOPS[type(node)], self.env.intercepted_unops)

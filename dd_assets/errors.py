@@ -27,6 +27,7 @@ Each layer has one base class here; the concrete errors live beside the code tha
     │   ├── EarlyStopError             exit_code 3: too many cells dropped; partial result
     │   └── UnfinishedCellsError       exit_code 4: cells a transient fault left unanswered;
     │                                  their row groups were not saved (runners.materialize)
+    ├── UsageError                     exit_code 2: a command's arguments cannot be used as given
     ├── RunError                       runners/dagster: what a run was asked to do
     │   ├── UnknownStageError          a stage name the workflow does not have
     │   ├── ApprovalError              a file cannot be approved as a stage's output
@@ -69,6 +70,12 @@ class StoreError(DdAssetsError):
 
 class LLMError(DdAssetsError):
     """An LLM endpoint or the request cache failed in a way the user must act on."""
+
+
+class UsageError(DdAssetsError):
+    """The command line asks for something it cannot mean (exit 2, like argparse's errors)."""
+
+    exit_code = 2
 
 
 class RunError(DdAssetsError):

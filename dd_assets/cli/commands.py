@@ -140,11 +140,11 @@ def parse_partitions(spec: str | None, total: int) -> list[int]:
 
 
 def cmd_materialize(args: argparse.Namespace) -> int:
+    plan = _plan(args.config)  # a bad config answers before Dagster is even imported
+    selected = plan.select(args.stage)  # unknown stages fail before the instance is touched
     from dd_assets.dagster.instance import get_instance
     from dd_assets.dagster.materialize import materialize_workflow
 
-    plan = _plan(args.config)
-    selected = plan.select(args.stage)  # unknown stages fail before the instance is touched
     stages, resume, store = args.stage, args.resume, _store()
     if args.rerun_from:
         stages = _rerun(args, plan, store)
@@ -258,11 +258,11 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    plan = _plan(args.config)  # a bad config answers before Dagster is even imported
+    plan.select(args.stage)
     from dd_assets.dagster.check import check_workflow
     from dd_assets.dagster.instance import get_instance
 
-    plan = _plan(args.config)
-    plan.select(args.stage)
     report = check_workflow(plan, _store(), get_instance(), stages=args.stage)
     table = Table(title=f"{plan.name}: asset checks (run {report.run_id})")
     for c in ("stage", "check", "result", "severity"):
@@ -313,8 +313,14 @@ def cmd_unseal(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from dd_assets.runners.export import export_dropped_columns, export_drops, export_stage
+    from dd_assets.runners.export import (
+        export_dropped_columns,
+        export_drops,
+        export_format,
+        export_stage,
+    )
 
+    fmt = export_format(args.output, args.format)  # before anything is read
     plan = _plan(args.config)
     stage = args.stage or plan.workflow.stages[-1].name
     if args.drops and args.dropped_columns:
@@ -326,7 +332,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         if args.dropped_columns
         else export_stage
     )
-    out = export(plan[stage], _store(), args.format, args.output)
+    out = export(plan[stage], _store(), fmt, args.output)
     console.print(
         f"wrote {out.rows} {out.what} of {plan.name}/{stage} to {out.path}", highlight=False
     )

@@ -82,7 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="stream a stage's rows to one jsonl/csv/parquet file")
     ex.add_argument("config")
     ex.add_argument("--stage", help="stage name (default: the last stage)")
-    ex.add_argument("--format", choices=["jsonl", "csv", "parquet"], default="jsonl")
+    ex.add_argument(
+        "--format",
+        choices=["jsonl", "csv", "parquet"],
+        help="default: from the output's extension (.jsonl .ndjson .csv .parquet, any case)",
+    )
     ex.add_argument("--output", "-o", required=True, help="file to write (atomically)")
     ex.add_argument(
         "--dropped-columns",

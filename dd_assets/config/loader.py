@@ -383,7 +383,8 @@ def _resolve_seed_paths(workflow: WorkflowConfig, base: Path) -> WorkflowConfig:
     for stage in workflow.stages:
         seed = stage.seed
         if isinstance(seed, FileSeed) and not Path(seed.path).is_absolute():
-            seed = seed.model_copy(update={"path": str((base / seed.path).resolve())})
+            # Not resolve(): a symlink stays what the user named, so errors name it too.
+            seed = seed.model_copy(update={"path": os.path.abspath(base / seed.path)})
             stage = stage.model_copy(update={"seed": seed})
         stages.append(stage)
     return workflow.model_copy(update={"stages": stages})

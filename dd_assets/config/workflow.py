@@ -398,9 +398,11 @@ def column_origins(
     group, from one stage. Sampling draws rows anew, so a sampled column starts a new origin."""
     seed = stage.seed
     origins: dict[str, str] = {}
-    if isinstance(seed, FileSeed | StageSeed) and (
-        isinstance(seed, FileSeed) or seed.mode == "sample"
-    ):
+    if isinstance(seed, FileSeed):
+        # Unknown: stages reading one file in order get the same rows, but whether two
+        # branches agree depends on their strategies and ranges; the join checks the rows.
+        return None
+    if isinstance(seed, StageSeed) and seed.mode == "sample":
         cols = seed_columns_of(workflow, stage, files)
         if cols is None:
             return None

@@ -1,13 +1,27 @@
 """The Dagster instance dd-assets commands use: DAGSTER_HOME, or ./.dagster_home when unset,
 created with telemetry off (no banner, nothing sent) and SQLite storage unless its dagster.yaml
-says otherwise (resources/dagster/ has templates for PostgreSQL and queued runs)."""
+says otherwise (resources/dagster/ has templates for PostgreSQL and queued runs).
+
+An instance that cannot be created, opened or written (a read-only or misplaced DAGSTER_HOME, a
+broken dagster.yaml, a SQLite database locked by another process, a full disk) is an
+`InstanceError` naming DAGSTER_HOME and what to do, never sqlalchemy's stack."""
 
 from __future__ import annotations
 
 import os
+import sqlite3
 from pathlib import Path
 
 import dagster as dg
+import sqlalchemy.exc
+import yaml
+
+from dd_assets.errors import RunError
+
+
+class InstanceError(RunError):
+    """The Dagster instance (DAGSTER_HOME) cannot be used; the message says why and what to do."""
+
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
 NEW_INSTANCE_YAML = (
@@ -33,5 +47,63 @@ def ensure_dagster_home() -> str:
 
 
 def get_instance() -> dg.DagsterInstance:
-    ensure_dagster_home()
-    return dg.DagsterInstance.get()
+    where = os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME
+    try:
+        home = ensure_dagster_home()
+    except OSError as exc:
+        raise InstanceError(
+            f"DAGSTER_HOME {where} cannot be created or written ({exc.strerror}:"
+            f" {exc.filename}); point DAGSTER_HOME at a writable folder"
+        ) from exc
+    try:
+        return dg.DagsterInstance.get()
+    except (OSError, yaml.YAMLError, dg.DagsterInvalidConfigError) as exc:
+        raise InstanceError(
+            f"the Dagster instance in {home} cannot be opened ({type(exc).__name__}:"
+            f" {_first_line(exc)}); fix its dagster.yaml and folders, or point DAGSTER_HOME at"
+            " another folder"
+        ) from exc
+    except sqlalchemy.exc.DBAPIError as exc:
+        raise storage_error(exc) from exc
+
+
+# SQLite result codes (primary, `code & 0xff`) that say the database file or its disk cannot be
+# used right now: the environment's problem, not a bug. Anything else is re-raised as is.
+_LOCKED = {sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED}
+_UNUSABLE = {
+    sqlite3.SQLITE_READONLY,
+    sqlite3.SQLITE_CANTOPEN,
+    sqlite3.SQLITE_FULL,
+    sqlite3.SQLITE_IOERR,
+    sqlite3.SQLITE_PERM,
+    sqlite3.SQLITE_NOTADB,
+    sqlite3.SQLITE_CORRUPT,
+}
+
+
+def storage_error(exc: sqlalchemy.exc.DBAPIError) -> BaseException:
+    """An InstanceError for a SQLite instance database that is locked or unusable; `exc`
+    itself for anything else (a bug keeps its traceback)."""
+    orig = exc.orig
+    if not isinstance(orig, sqlite3.Error):
+        return exc
+    code = getattr(orig, "sqlite_errorcode", 0) & 0xFF
+    home = os.environ.get("DAGSTER_HOME", DEFAULT_DAGSTER_HOME)
+    name = getattr(orig, "sqlite_errorname", "SQLITE_ERROR")
+    if code in _LOCKED:
+        return InstanceError(
+            f"the Dagster instance's SQLite database in {home} is locked by another process"
+            f" ({name}: {orig}); wait for that dd-assets or dagster process to finish (or stop"
+            " it) and rerun: row groups already written are kept"
+        )
+    if code in _UNUSABLE:
+        return InstanceError(
+            f"the Dagster instance's SQLite database in {home} cannot be used ({name}: {orig});"
+            " check that DAGSTER_HOME is a writable folder on a disk with space, or point"
+            " DAGSTER_HOME at another folder"
+        )
+    return exc
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]

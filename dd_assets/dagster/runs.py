@@ -9,6 +9,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
+import sqlalchemy.exc
+
+from dd_assets.dagster.instance import storage_error
 
 # The CLI prints its own progress and results; Dagster's per-event lines (and a failed step's
 # stack) would bury them. Everything is still in the instance's event log (and the UI).
@@ -46,6 +49,8 @@ class CliJob:
             return self.job.execute_in_process(
                 instance=self.instance, run_config=run_config, tags=tags, raise_on_error=True
             )
+        except sqlalchemy.exc.DBAPIError as exc:
+            raise storage_error(exc) from exc  # a locked or read-only instance database
         except dg.DagsterExecutionInterruptedError as exc:
             # Ctrl-C / SIGTERM inside the step (Dagster turns both into this): the Python way
             # to say so, for the CLI to answer with one line and 130 / 143.

@@ -9,9 +9,9 @@ by name and go on checking the others.
 Blocking checks (severity ERROR, `dd-assets check` exits 1 when one fails) say the dataset is
 incomplete, not what the config describes, or short of more rows than allowed:
 `row_groups_complete`, `row_groups_current`, `schema_matches_config`,
-`footer_fingerprint_matches`, `uuid_columns_unique`, `rows_within_drop_budget` (the same test
-`dd-assets materialize` turns into exit code 5, so the two always agree). Warnings (severity
-WARN, exit 0) describe a dataset that is otherwise acceptable: `llm_failure_rate` (the
+`footer_fingerprint_matches`, `pages_intact`, `uuid_columns_unique`, `rows_within_drop_budget`
+(the same test `dd-assets materialize` turns into exit code 5, so the two always agree). Warnings
+(severity WARN, exit 0) describe a dataset that is otherwise acceptable: `llm_failure_rate` (the
 endpoint's health), `profile_drift`.
 
 `check_row_group` is the row-group-local part of them (footer, schema, drop budget) for one file:
@@ -20,7 +20,8 @@ the Dagster assets record it per partition as each row group lands (one check, s
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -38,7 +39,7 @@ from dd_assets.runners.finalize import needed_row_groups
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.profile import stage_profile
-from dd_assets.store import files
+from dd_assets.store import files, parquet
 from dd_assets.store.footer import FileFooter, is_done
 from dd_assets.store.layout import batch_name, key_ranges, partition_key
 from dd_assets.store.partition_store import PartitionStore
@@ -265,7 +266,7 @@ def parquet_schema(schema: pa.Schema) -> pa.Schema:
     """The schema a file written with this schema reads back with (the store writes with
     pq.write_table's defaults; parquet has no second unit, so timestamp[s] reads back as [ms])."""
     sink = pa.BufferOutputStream()
-    pq.write_table(schema.empty_table(), sink)
+    parquet.write_table(schema.empty_table(), sink)
     return pq.read_schema(pa.BufferReader(sink.getvalue()))
 
 
@@ -343,6 +344,30 @@ def check_footer_fingerprint_matches(sf: StageFiles) -> CheckOutcome:
     return CheckOutcome("footer_fingerprint_matches", not bad, True, text, numbers)
 
 
+def check_pages_intact(sf: StageFiles) -> CheckOutcome:
+    """Every page of every file whose footer reads, read back with checksum verification: a page
+    corrupted under an intact footer passes every footer-only check and decodes into different
+    values (or fails only in finalize). Files whose footer does not read are the fingerprint
+    check's to report."""
+    readable = [f for f in sf.files if f.error is None]
+    bad = {f.path.name: err for f in readable if (err := files.verify_pages(f.path)) is not None}
+    numbers: dict[str, Any] = {
+        "files_checked": len(readable),
+        "corrupt": len(bad),
+        "first_corrupt": dict(list(bad.items())[:HEAD]),
+    }
+    if not bad:
+        text = f"every page of {len(readable)} file(s) reads back intact"
+    else:
+        shown = "; ".join(f"{n}: {e}" for n, e in list(bad.items())[:3])
+        text = (
+            f"{len(bad)} of {len(readable)} file(s) in {sf.store.files_dir(sf.ref)} have pages that"
+            f" do not read back intact ({shown}{' …' if len(bad) > 3 else ''}); move them out of"
+            " the folder and rerun materialize to regenerate those row groups"
+        )
+    return CheckOutcome("pages_intact", not bad, True, text, numbers)
+
+
 def check_llm_failure_rate(sf: StageFiles) -> CheckOutcome:
     """Failed LLM cells over LLM cells, from footer stats. A cell that fails for good (refused,
     too large, unusable) drops its row with the reason `<column>: <kind>`, so failed cells = rows
@@ -384,21 +409,26 @@ def check_llm_failure_rate(sf: StageFiles) -> CheckOutcome:
     return CheckOutcome("llm_failure_rate", passed, False, text, numbers)
 
 
+def _column(sf: StageFiles, column: str) -> Iterator[pa.Array]:
+    """A column of every complete file, one batch at a time. A file without it is the schema
+    check's to name, a file whose pages do not read back is pages_intact's."""
+    for f in sorted(sf.complete.values(), key=lambda f: f.row_group):
+        if f.schema is None or column not in f.schema.names:
+            continue
+        with contextlib.suppress(OSError, pa.ArrowException):
+            for batch in files.iter_batches(f.path, [column], UUID_BATCH_ROWS):
+                yield batch.column(0)
+
+
 def _hashes(sf: StageFiles, column: str) -> tuple[np.ndarray, int]:
     """64-bit hashes of a column's non-null values, one column and one batch at a time."""
     chunks: list[np.ndarray] = []
     nulls = 0
-    for f in sorted(sf.complete.values(), key=lambda f: f.row_group):
-        if f.schema is None or column not in f.schema.names:
-            continue  # the schema check names it
-        for batch in files.parquet_file(f.path).iter_batches(
-            batch_size=UUID_BATCH_ROWS, columns=[column]
-        ):
-            values = batch.column(0)
-            nulls += values.null_count
-            chunks.append(
-                np.fromiter((hash(v) for v in values.drop_null().to_pylist()), dtype=np.int64)
-            )
+    for values in _column(sf, column):
+        nulls += values.null_count
+        chunks.append(
+            np.fromiter((hash(v) for v in values.drop_null().to_pylist()), dtype=np.int64)
+        )
     return (np.concatenate(chunks) if chunks else np.empty(0, np.int64)), nulls
 
 
@@ -413,15 +443,10 @@ def _duplicates(sf: StageFiles, column: str) -> tuple[int, int, int, list[Any]]:
         return len(hashes), len(hashes), nulls, []
     candidates = set(hashes[1:][same].tolist())
     counts: dict[Any, int] = {}
-    for f in sorted(sf.complete.values(), key=lambda f: f.row_group):
-        if f.schema is None or column not in f.schema.names:
-            continue
-        for batch in files.parquet_file(f.path).iter_batches(
-            batch_size=UUID_BATCH_ROWS, columns=[column]
-        ):
-            for v in batch.column(0).drop_null().to_pylist():
-                if hash(v) in candidates:
-                    counts[v] = counts.get(v, 0) + 1
+    for values in _column(sf, column):
+        for v in values.drop_null().to_pylist():
+            if hash(v) in candidates:
+                counts[v] = counts.get(v, 0) + 1
     extra = sum(n - 1 for n in counts.values())
     sample = [v for v, n in counts.items() if n > 1][:5]
     return len(hashes), len(hashes) - extra, nulls, sample
@@ -608,6 +633,14 @@ CHECKS: tuple[CheckSpec, ...] = (
         " row group.",
         lambda plan: True,
         check_footer_fingerprint_matches,
+    ),
+    CheckSpec(
+        "pages_intact",
+        True,
+        "Every data page of every file reads back with its checksum verified (a page corrupted"
+        " under an intact footer fails here, naming the file).",
+        lambda plan: True,
+        check_pages_intact,
     ),
     CheckSpec(
         "llm_failure_rate",

@@ -1,4 +1,7 @@
-"""`dd-assets export`: stream a stage's row groups, one at a time, into a single file."""
+"""`dd-assets export`: stream a stage's row groups, one at a time, into a single file.
+
+The format is the output's extension (case-insensitive) unless one is named; the file is written
+atomically, and temp files a killed export left in that folder are swept by the next export."""
 
 from __future__ import annotations
 
@@ -9,16 +12,32 @@ from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pyarrow.parquet as pq
 
 from dd_assets.engine import DROPS_SCHEMA
-from dd_assets.errors import RunError
+from dd_assets.errors import RunError, StoreError, UsageError
 from dd_assets.runners.finalize import read_final
 from dd_assets.runners.plan import StagePlan
-from dd_assets.store import files
+from dd_assets.store import files, parquet
 from dd_assets.store.approvals import read_approval
+from dd_assets.store.atomic import sweep_temp_files
 from dd_assets.store.layout import key_ranges
 from dd_assets.store.partition_store import PartitionStore
+
+FORMATS = ("jsonl", "csv", "parquet")
+_EXTENSIONS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+def export_format(output: str | Path, given: str | None = None) -> str:
+    """`given` if any, else what the output's extension says; UsageError when it says nothing."""
+    if given is not None:
+        return given
+    suffix = Path(output).suffix.lower()
+    if suffix not in _EXTENSIONS:
+        raise UsageError(
+            f"cannot tell the export format from {Path(output).name!r}; name the file"
+            f" {', '.join(_EXTENSIONS)}, or give --format {'|'.join(FORMATS)}"
+        )
+    return _EXTENSIONS[suffix]
 
 
 @dataclass
@@ -52,18 +71,14 @@ def export_stage(
     approval = read_approval(store, plan.ref)
     if approval is not None:
         # What the stage hands downstream (review gate), not what it generated.
-        res = _write(
-            files.parquet_file(approval.path).iter_batches(batch_size=65_536), fmt, output, 0, stage
-        )
+        res = _write(_file_batches(approval.path, "approved output"), fmt, output, 0, stage)
         res.what = "approved rows"
         return res
     if plan.finalizes:
         # A stage with finalize processors is its final output; the raw row groups are an
         # intermediate. Refuse rather than silently export the unfiltered rows.
         final = read_final(store, plan)
-        return _write(
-            files.parquet_file(final.path).iter_batches(batch_size=65_536), fmt, output, 0, stage
-        )
+        return _write(_file_batches(final.path, "final output"), fmt, output, 0, stage)
     done = store.completed(plan.ref)
     if not done:
         raise RunError(
@@ -139,11 +154,25 @@ def _with_schema(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         yield pa.RecordBatch.from_pylist([], schema=DROPS_SCHEMA)
 
 
+def _file_batches(path: files.StorePath, what: str) -> Iterator[pa.RecordBatch]:
+    try:
+        yield from files.iter_batches(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise StoreError(
+            f"{what} {path} cannot be read back intact ({type(exc).__name__}: {exc}); make it"
+            " again (materialize the final asset, or approve the file again)"
+        ) from None
+
+
 def _write(
     batches: Iterator[pa.RecordBatch], fmt: str, output: str | Path, missing: int, stage: str
 ) -> ExportResult:
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown export format {fmt!r}; use {', '.join(FORMATS)}")
     output = files.root_path(output)  # a local file, or an object (s3://...) written whole
     files.mkdir(output.parent)
+    if not files.is_object(output):
+        sweep_temp_files(output.parent)  # what a killed export left here
     rows = 0
     with files.atomic_path(output) as tmp:
         if fmt == "jsonl":
@@ -166,13 +195,11 @@ def _write(
             writer = None
             for batch in batches:
                 if writer is None:
-                    writer = pq.ParquetWriter(str(tmp), batch.schema.remove_metadata())
+                    writer = parquet.writer(tmp, batch.schema.remove_metadata())
                 writer.write_batch(batch.replace_schema_metadata(None))
                 rows += batch.num_rows
             if writer is not None:
                 writer.close()
-        else:
-            raise RunError(f"unknown export format {fmt!r}; use jsonl, csv or parquet")
     if missing:
         print(
             f"warning: {missing} row group(s) of {stage!r} are not materialized yet; exported what exists"

@@ -26,7 +26,7 @@ from dd_assets.engine.finalize import Finalizer
 from dd_assets.errors import RunError, StoreError
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
-from dd_assets.store import files
+from dd_assets.store import files, parquet
 from dd_assets.store.footer import content_hash
 from dd_assets.store.layout import keys_head, partition_key
 from dd_assets.store.partition_store import (
@@ -175,19 +175,19 @@ def finalize_stage(plan: StagePlan, store: PartitionStore) -> FinalizeResult:
         # The final output's data version: its batches' content hashes, in order.
         version = hashlib.sha256()
         for rg in row_groups:
-            for batch in files.parquet_file(done[rg].path).iter_batches(batch_size=65_536):
+            for batch in store.batches(done[rg]):
                 out = fin.process(batch)
                 if target is not None:  # exactly the first `target` rows that pass
                     out = out.slice(0, target - kept)
                 kept += out.num_rows
                 if writer is None:
-                    writer = pq.ParquetWriter(str(tmp), out.schema.remove_metadata())
+                    writer = parquet.writer(tmp, out.schema.remove_metadata())
                 if out.num_rows:
                     writer.write_table(out.replace_schema_metadata(None))
                     version.update(content_hash(out).encode())
         if writer is None:  # no row groups hold rows: derive the output schema from an empty batch
             empty = fin.process(pa.Table.from_batches([], schema=schema))
-            writer = pq.ParquetWriter(str(tmp), empty.schema.remove_metadata())
+            writer = parquet.writer(tmp, empty.schema.remove_metadata())
         writer.close()
         summary = fin.summary()
         if target is not None:

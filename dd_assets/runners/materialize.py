@@ -15,9 +15,11 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from dd_assets.config import ResumeMode
+import pyarrow as pa
+
+from dd_assets.config import ResumeMode, output_columns
 from dd_assets.engine import RowGroupUnfinished, agenerate_row_group
-from dd_assets.errors import EXIT_UNFINISHED, LLMError
+from dd_assets.errors import EXIT_UNFINISHED, GenerationError, LLMError
 from dd_assets.llm.cache import cache_path
 from dd_assets.llm.cells import LLMCellRunner, Outage
 from dd_assets.llm.client import LLMClient
@@ -28,7 +30,7 @@ from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.profile import record_row_group
 from dd_assets.runners.seeds import SeedProvider, no_seed, seed_provider
 from dd_assets.store.footer import RowGroupInfo
-from dd_assets.store.layout import key_ranges
+from dd_assets.store.layout import key_ranges, partition_key
 from dd_assets.store.partition_store import PartitionStore
 
 
@@ -112,6 +114,29 @@ def reusable(
     return info
 
 
+def refuse_unexpected_columns(
+    plan: StagePlan, row_group: int, table: pa.Table, seed: pa.Table | None
+) -> None:
+    """A row group is committed only with exactly the columns the config gives it: two columns
+    of one name (a rename onto a seed column) or a column nobody asked for would be written,
+    reused by every rerun and silently lost by an export."""
+    names = table.column_names
+    expected = output_columns(plan.compiled.stage, seed.column_names if seed is not None else [])
+    if names == expected:
+        return
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    what = (
+        f"two or more columns named {', '.join(map(repr, dupes))}"
+        if dupes
+        else f"columns {names}, not {expected}"
+    )
+    raise GenerationError(
+        f"stage {plan.name!r}, row group {partition_key(row_group)}: the generated table has"
+        f" {what}; nothing was written. Fix the columns, seed or post_batch processors in the"
+        " config (`dd-assets validate` checks them against the seed's columns)"
+    )
+
+
 async def amaterialize(
     plan: StagePlan,
     lineage: Lineage,
@@ -179,6 +204,7 @@ async def amaterialize(
                 if cells is not None:
                     unfinished.stopped = cells.outage.tripped
                 return missed(rg)
+            refuse_unexpected_columns(plan, rg, res.table, seed.table)
             stats = res.stats()
             if cells is not None:
                 stats["llm"] = cells.row_group_stats(rg)

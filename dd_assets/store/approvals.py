@@ -20,9 +20,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from dd_assets.store import files, objects
+from dd_assets.store import files, objects, parquet
 from dd_assets.store.atomic import file_lock
 from dd_assets.store.files import ObjectPath, StorePath
 from dd_assets.store.footer import content_hash
@@ -142,7 +141,7 @@ def write_approval(
     }
     with _lock(store, ref):
         with files.atomic_path(path) as tmp:
-            pq.write_table(table, tmp, row_group_size=b)
+            parquet.write_table(table, tmp, row_group_size=b)
         files.write_json(folder / APPROVAL_META, info)
     return Approval(path, info)
 

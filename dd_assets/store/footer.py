@@ -148,6 +148,9 @@ def read_footer(path: StorePath) -> FileFooter:
         for k, v in meta.items()
         if k.startswith(META_PREFIX)
     }
+    if len(set(schema.names)) != len(schema.names):
+        dupes = sorted({n for n in schema.names if schema.names.count(n) > 1})
+        return FileFooter(path, row_group, schema=schema, error=f"duplicate column name(s) {dupes}")
     missing = [k for k in FOOTER_KEYS if k not in kv]
     if missing:
         return FileFooter(path, row_group, schema=schema, error=f"footer lacks {missing}")

@@ -19,13 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dd_assets.config.fingerprint import describe_change
 from dd_assets.config.run import ResumeMode
 from dd_assets.engine.drops import DROPS_SCHEMA
 from dd_assets.errors import StoreError
-from dd_assets.store import files, objects
+from dd_assets.store import files, objects, parquet
 from dd_assets.store.atomic import (
     atomic_write_json,
     file_lock,
@@ -201,6 +200,14 @@ def _infos_of_index(
     return out
 
 
+def _unreadable(path: StorePath, exc: Exception) -> CorruptStageError:
+    return CorruptStageError(
+        f"{path} cannot be read back intact ({type(exc).__name__}: {exc}); nothing was changed."
+        " Move the file out of the folder and materialize again: that row group is regenerated"
+        " (its LLM answers come from the cache)"
+    )
+
+
 def _now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
@@ -220,6 +227,9 @@ class PartitionStore:
         # store by (path, ETag, size), the ETags coming with the folder listing (_etags).
         self._footers: dict[tuple[Any, ...], tuple[RowGroupInfo, dict[str, Any] | None]] = {}
         self._etags: dict[str, tuple[str, int]] = {}
+        # stage.json changes `prepare` decided, written under the lock at the stage's first
+        # commit in this process (`_unsealed`): a run that commits nothing leaves no trace.
+        self._pending: dict[StorePath, dict[str, Any]] = {}
 
     # ---- paths -------------------------------------------------------------------------------
 
@@ -353,15 +363,23 @@ class PartitionStore:
     def prepare(
         self, ref: StageRef, mode: ResumeMode | str, token: str | None = None
     ) -> dict[str, Any]:
-        """Make the stage folder ready for writing row groups under `mode`, or explain why not.
+        """Check that row groups may be written under `mode` (or explain why not) and return
+        the stage.json on disk ({} if none).
+
+        Nothing is created here: folders appear with the first row group written, stage.json at
+        its commit, so a run that fails before committing one leaves no trace in the data root.
+        Only `never` changes the disk here, moving the old data aside as asked.
 
         `token` identifies one logical materialization (a CLI call or a backfill), which Dagster
         may split over many runs: under `never`, only the first of them moves old data aside."""
         mode = ResumeMode(mode)
         folder = self.stage_dir(ref)
-        # The fingerprint folder itself is created only once the checks pass: a refused run
-        # must not leave an empty folder that `status` would list as a stage with 0 row groups.
-        files.mkdir(folder.parent)
+        self._pending[folder] = {"fresh_start_token": token} if mode == ResumeMode.NEVER else {}
+        if not files.is_dir(folder):
+            # Nothing of this fingerprint: nothing to sweep, move or shrink, no lock needed.
+            if mode == ResumeMode.ALWAYS:
+                self._refuse_changed_config(ref)
+            return {}
         with self._lock(ref):
             self.sweep(ref)
             if mode == ResumeMode.NEVER:
@@ -375,14 +393,13 @@ class PartitionStore:
                 fresh = token is None or state.get("fresh_start_token") != token
                 if corrupt or (fresh and self._has_data(ref)):
                     self._move_aside(ref)
-                files.mkdir(folder)
-                return self._write_state(ref, fresh_start_token=token)
+                    return {}
+                return state
             state = self._read_state(folder / STAGE_JSON, ref)
             if mode == ResumeMode.ALWAYS and not self._has_data(ref):
                 self._refuse_changed_config(ref)
             self._refuse_shrink(ref, state)
-            files.mkdir(folder)
-            return self._write_state(ref)
+            return state
 
     def _has_data(self, ref: StageRef) -> bool:
         has_files = any(BATCH_RE.match(n) for n in files.names(self.files_dir(ref)))
@@ -614,17 +631,22 @@ class PartitionStore:
                 f"stage {ref.stage!r} has row groups 00000-{ref.num_row_groups - 1:05d}; got {row_group}"
             )
         self._refuse_if_sealed(ref)  # early, before the file is written
+        if len(set(table.column_names)) != len(table.column_names):
+            raise StoreError(
+                f"stage {ref.stage!r}, row group {partition_key(row_group)}: columns"
+                f" {table.column_names} repeat a name; nothing was written"
+            )
         write_id = uuid.uuid4().hex[:16]
         side = None
         if dropped_columns is not None:
             side = side_name("dropped", row_group, write_id)
             with files.atomic_path(self.dropped_columns_dir(ref) / side) as tmp:
-                pq.write_table(dropped_columns.replace_schema_metadata(None), tmp)
+                parquet.write_table(dropped_columns.replace_schema_metadata(None), tmp)
         drops_file = None
         if drops is not None and drops.num_rows:
             drops_file = side_name("drops", row_group, write_id)
             with files.atomic_path(self.drops_dir(ref) / drops_file) as tmp:
-                pq.write_table(drops.cast(DROPS_SCHEMA), tmp)
+                parquet.write_table(drops.cast(DROPS_SCHEMA), tmp)
         start, end = ref.row_range(row_group)
         kv = {
             "fingerprint": ref.fingerprint,
@@ -649,7 +671,7 @@ class PartitionStore:
         table = table.replace_schema_metadata(meta)
         path = self.batch_path(ref, row_group)
         with files.atomic_path(path, commit=lambda: self._unsealed(ref, path)) as tmp:
-            pq.write_table(table, tmp)
+            parquet.write_table(table, tmp)
         self._remove_other_sides(self.dropped_columns_dir(ref), "dropped", row_group, keep=side)
         self._remove_other_sides(self.drops_dir(ref), "drops", row_group, keep=drops_file)
         return self._footer(path, ref)
@@ -724,8 +746,9 @@ class PartitionStore:
         sees `started` and takes it back: never a row group outside the final output."""
         if isinstance(path, ObjectPath):
             self._refuse_if_sealed(ref)
-            if not self.state(ref):
-                self._write_state(ref)
+            pending = self._pending.pop(self.stage_dir(ref), None)
+            if pending is not None or not self.state(ref):
+                self._write_state(ref, **(pending or {}))
             yield
             try:
                 self._refuse_if_sealed(ref)
@@ -735,8 +758,9 @@ class PartitionStore:
             return
         with self._lock(ref):
             self._refuse_if_sealed(ref)
-            if not (self.stage_dir(ref) / STAGE_JSON).exists():
-                self._write_state(ref)
+            pending = self._pending.pop(self.stage_dir(ref), None)
+            if pending is not None or not (self.stage_dir(ref) / STAGE_JSON).exists():
+                self._write_state(ref, **(pending or {}))
             yield
 
     def read_row_group(self, ref: StageRef, row_group: int) -> pa.Table:
@@ -750,8 +774,12 @@ class PartitionStore:
         return self.read(info)
 
     def read(self, info: RowGroupInfo) -> pa.Table:
-        """The rows of a row group the caller already located (no folder scan)."""
-        return files.read_table(info.path)
+        """The rows of a row group the caller already located (no folder scan); a file that
+        cannot be read back intact is named."""
+        try:
+            return files.read_table(info.path)
+        except (OSError, pa.ArrowException) as exc:
+            raise _unreadable(info.path, exc) from None
 
     def dataset(self, ref: StageRef, row_groups: list[int] | None = None) -> pads.Dataset:
         """A lazy dataset over the given (default: all completed) row groups, in row order."""
@@ -771,10 +799,23 @@ class PartitionStore:
         done = self.completed(ref)
         return [rg for rg in range(ref.num_row_groups) if rg not in done]
 
-    def iter_batches(self, ref: StageRef, batch_size: int = 65_536) -> Iterator[pa.RecordBatch]:
-        """All completed rows in row order, one record batch at a time (for streaming export)."""
+    def iter_batches(
+        self, ref: StageRef, batch_size: int = parquet.BATCH_ROWS
+    ) -> Iterator[pa.RecordBatch]:
+        """All completed rows in row order, one record batch at a time (export, finalize); a
+        file that cannot be read back intact is named."""
         for _, info in sorted(self.completed(ref).items()):
-            yield from files.parquet_file(info.path).iter_batches(batch_size=batch_size)
+            yield from self.batches(info, batch_size)
+
+    def batches(
+        self, info: RowGroupInfo, batch_size: int = parquet.BATCH_ROWS
+    ) -> Iterator[pa.RecordBatch]:
+        """One committed row group's rows, a record batch at a time; a file that cannot be read
+        back intact is named."""
+        try:
+            yield from files.iter_batches(info.path, batch_size=batch_size)
+        except (OSError, pa.ArrowException) as exc:
+            raise _unreadable(info.path, exc) from None
 
     # ---- fingerprints on disk ----------------------------------------------------------------
 

@@ -233,6 +233,23 @@ def kill_after(cfg: Path, env: dict[str, str], root: Path, files: int) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
+def flip_data_page_byte(path: Path, column: str) -> int:
+    """Flip the last byte of a column's data (the payload of its last page), leaving the page
+    headers and the footer intact, as a bad disk block would; returns the offset. Footer-only
+    readers still see a good file."""
+    meta = pq.ParquetFile(path).metadata
+    rg = meta.row_group(0)
+    chunk = next(
+        rg.column(i) for i in range(rg.num_columns) if rg.column(i).path_in_schema == column
+    )
+    start = chunk.dictionary_page_offset or chunk.data_page_offset
+    offset = start + chunk.total_compressed_size - 1
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return offset
+
+
 def stage_table(root: Path, stage: str = "people") -> pa.Table:
     files = {k: p for k, p in batch_files(root).items() if f"/{stage}/" in k}
     return pa.concat_tables(pq.read_table(files[k]) for k in sorted(files))

@@ -124,16 +124,17 @@ def test_all_checks_pass_after_a_full_materialize(
 
     rc, out = _check(cfg, capsys)
     assert rc == 0, out
-    # the ten of before, plus profile_drift (the stage has a category sampler column)
-    assert "FAIL" not in out and "ok: 11 check(s), 0 warning(s)" in out
+    # the ten of before, plus profile_drift (the stage has a category sampler column), plus
+    # pages_intact on each of the two stages
+    assert "FAIL" not in out and "ok: 13 check(s), 0 warning(s)" in out
     assert "profile_drift" in out
 
     # Every check of both stages is recorded in the instance, with its numbers as metadata.
     for key, names in (
         (PEOPLE, {"row_groups_complete", "rows_within_drop_budget", "schema_matches_config",
-                  "footer_fingerprint_matches", "uuid_columns_unique"}),
+                  "footer_fingerprint_matches", "pages_intact", "uuid_columns_unique"}),
         (NOTES, {"row_groups_complete", "row_groups_current", "rows_within_drop_budget",
-                 "schema_matches_config", "footer_fingerprint_matches"}),
+                 "schema_matches_config", "footer_fingerprint_matches", "pages_intact"}),
     ):  # fmt: skip
         for name in names:
             ev = _latest(key, name)
@@ -386,6 +387,7 @@ def test_stage_without_llm_or_uuid_columns_gets_only_the_general_checks(tmp_path
         "rows_within_drop_budget",
         "schema_matches_config",
         "footer_fingerprint_matches",
+        "pages_intact",
     ]
     # Nothing on disk: completeness fails, the rest has nothing to object to.
     out = {o.name: o for o in run_checks(plans["people"], PartitionStore(tmp_path / "none"))}

@@ -266,17 +266,19 @@ def test_always_with_data_only_under_another_fingerprint_raises(store: Partition
 
 def test_always_with_nothing_anywhere_starts_fresh(store: PartitionStore) -> None:
     ref = make_ref()
-    state = store.prepare(ref, "always")
-    assert state["fingerprint"] == FP_A
-    assert (store.stage_dir(ref) / "stage.json").is_file()
+    assert store.prepare(ref, "always") == {}
+    assert not store.root.exists()  # nothing until the first row group commits
     fill(store, ref, [0])
+    assert store.state(ref)["fingerprint"] == FP_A
     # and with data of the current fingerprint it resumes
     store.prepare(ref, "always")
     assert list(store.completed(ref)) == [0]
 
 
 def test_always_ignores_other_fingerprints_without_data(store: PartitionStore) -> None:
-    store.prepare(make_ref(FP_A), "if_possible")  # folder + stage.json, no row groups
+    a = make_ref(FP_A)
+    fill(store, a, [0])
+    store.batch_path(a, 0).unlink()  # folder + stage.json, no row groups
     store.prepare(make_ref(FP_B), "always")
 
 
@@ -299,10 +301,11 @@ def test_never_moves_current_fingerprint_aside_once_per_token(store: PartitionSt
     # nothing deleted: the old files are all there, byte for byte
     assert snapshot(aside) == before
     assert store.completed(ref) == {}
-    assert store.state(ref)["fresh_start_token"] == "run-1"
+    assert not store.stage_dir(ref).exists()  # recreated by the first commit
 
     # later runs of the same materialization (a backfill split over runs) keep what it wrote
     fill(store, ref, [0])
+    assert store.state(ref)["fresh_start_token"] == "run-1"
     store.prepare(ref, "never", token="run-1")
     assert len(replaced_dirs(store, ref)) == 1
     assert list(store.completed(ref)) == [0]
@@ -315,8 +318,8 @@ def test_never_moves_current_fingerprint_aside_once_per_token(store: PartitionSt
 
 def test_never_without_token_after_if_possible_run_moves_aside(store: PartitionStore) -> None:
     ref = make_ref()
-    store.prepare(ref, "if_possible")  # stage.json with fresh_start_token absent (None)
-    fill(store, ref)
+    store.prepare(ref, "if_possible")
+    fill(store, ref)  # stage.json with fresh_start_token absent (None)
     store.prepare(ref, "never")
     assert len(replaced_dirs(store, ref)) == 1
     assert store.completed(ref) == {}
@@ -326,7 +329,7 @@ def test_never_without_data_moves_nothing(store: PartitionStore) -> None:
     ref = make_ref()
     store.prepare(ref, "never", token="t")
     store.prepare(ref, "never", token="u")
-    assert replaced_dirs(store, ref) == []
+    assert not store.root.exists()
 
 
 def test_never_is_the_way_out_of_a_corrupt_stage_json(store: PartitionStore) -> None:
@@ -338,6 +341,8 @@ def test_never_is_the_way_out_of_a_corrupt_stage_json(store: PartitionStore) -> 
     store.prepare(ref, "never", token="t")
     [aside] = replaced_dirs(store, ref)
     assert snapshot(aside) == before
+    assert store.state(ref) == {}
+    fill(store, ref, [0])
     assert store.state(ref)["fingerprint"] == FP_A
 
 
@@ -366,7 +371,7 @@ def test_corrupt_stage_json_is_an_error_and_nothing_changes(store: PartitionStor
 
 def test_stage_json_that_is_not_an_object_is_corrupt(store: PartitionStore) -> None:
     ref = make_ref()
-    store.prepare(ref, "if_possible")
+    fill(store, ref, [0])
     (store.stage_dir(ref) / "stage.json").write_text("[1, 2]\n")
     with pytest.raises(CorruptStageError, match="not a JSON object"):
         store.prepare(ref, "if_possible")
@@ -428,7 +433,7 @@ def test_footer_without_dd_assets_metadata_is_an_error(store: PartitionStore) ->
 
 def test_stage_json_of_another_fingerprint_is_an_error(store: PartitionStore) -> None:
     ref = make_ref()
-    store.prepare(ref, "if_possible")
+    fill(store, ref, [0])
     path = store.stage_dir(ref) / "stage.json"
     state = json.loads(path.read_text())
     state["fingerprint"] = FP_B
@@ -476,7 +481,7 @@ def test_growing_num_records_regenerates_the_old_short_last_group(store: Partiti
 
     big = make_ref(num_records=35)
     state = store.prepare(big, "if_possible")
-    assert state["num_records"] == 35 and state["original_num_records"] == 25
+    assert state["num_records"] == 25  # stage.json as on disk: updated by the next commit
     done = store.completed(big)
     assert sorted(done) == [0, 1]  # 2 has range 20-25, not 20-30
     assert store.batch_path(big, 2).read_bytes() == old_2  # not deleted, just not complete
@@ -541,9 +546,7 @@ def test_a_finalize_beginning_while_a_row_group_is_written_refuses_the_commit(
         real_write(table, where, **kw)
         store.begin_finalize(ref)  # what a concurrent finalize does, while this file is written
 
-    monkeypatch.setattr(
-        "dd_assets.store.partition_store.pq.write_table", write_then_finalize_starts
-    )
+    monkeypatch.setattr("dd_assets.store.parquet.pq.write_table", write_then_finalize_starts)
     with pytest.raises(StageSealedError, match="'tickets' is finalized"):
         store.write_row_group(ref, 2, rows_for(ref, 2))
     assert not store.batch_path(ref, 2).exists()
@@ -556,8 +559,9 @@ def test_never_moves_a_finalized_stage_aside_and_reopens_it(store: PartitionStor
     fill(store, ref, [0])
     store.begin_finalize(ref)
     store.prepare(ref, "never", token="t")
-    assert store.state(ref)["finalize_state"] is None
+    assert store.state(ref).get("finalize_state") is None
     store.write_row_group(ref, 0, rows_for(ref, 0))
+    assert store.state(ref)["finalize_state"] is None
 
 
 # ---- fingerprints on disk --------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from dd_assets.config import FileSeed
+from dd_assets.config.limits import MAX_BUFFER_SIZE
 from dd_assets.engine import RowGroupResult, RowGroupUnfinished, agenerate_rows
 from dd_assets.errors import GenerationError
 from dd_assets.llm.cells import LLMCellRunner
@@ -23,7 +24,8 @@ def preview_stage(plan: StagePlan, n: int = 10) -> RowGroupResult:
             f" {names}, whose rows exist only once materialized; preview {names}, or materialize"
             f" and look at {plan.name!r} with `dd-assets export`"
         )
-    n = max(1, min(n, cs.stage.num_records))
+    # At most a row group's worth (MAX_BUFFER_SIZE): a preview holds its rows in memory.
+    n = max(1, min(n, cs.stage.num_records, MAX_BUFFER_SIZE))
     seed = None
     if isinstance(seed_spec, FileSeed):
         seed = file_seed(plan, lambda _: (0, n))(0).table

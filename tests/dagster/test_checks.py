@@ -160,9 +160,9 @@ def test_all_checks_pass_after_a_full_materialize(
     from dd_assets.dagster.build import build_definitions
 
     defs = build_definitions([plan_workflow(load_workflow(cfg))], root=str(tmp_path / "dd-data"))
-    # The code location exposes the checks (the 11 whole-stage ones, and per stage
+    # The code location exposes the checks (the 13 whole-stage ones, and per stage
     # row_group_valid and materializations_current) and a job running the whole-stage ones alone.
-    assert len(defs.resolve_asset_graph().asset_check_keys) == 11 + 2 * 2
+    assert len(defs.resolve_asset_graph().asset_check_keys) == 13 + 2 * 2
     job = defs.resolve_job_def("wf__checks_job")
     assert job.execute_in_process(instance=instance).success
 

@@ -7,7 +7,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from dd_assets.config.base import Float, Int
+from dd_assets.config.base import Bool, Float, Int
 from dd_assets.config.limits import MAX_ROW_GROUPS
 
 
@@ -50,7 +50,7 @@ class RunSettings(BaseModel):
         description="dropped rows / planned rows a stage may have: above it `materialize` exits 5"
         " and the blocking check rows_within_drop_budget fails",
     )
-    keep_dropped_columns: bool = Field(
+    keep_dropped_columns: Bool = Field(
         default=False,
         description="write `drop: true` and post_batch-dropped columns to a side table per row"
         " group (DataDesigner's preserve_dropped_columns); `dd-assets export --dropped-columns`",

@@ -201,7 +201,7 @@ class StageConfig(BaseModel):
     drift: DriftSettings = DriftSettings()
     # Exactly this many rows in the final output: row groups are generated in order until that
     # many pass the finalize steps; num_records is then the candidate budget (docs/workflows.md).
-    target_records: int | None = added_field(
+    target_records: Int | None = added_field(
         None, ge=1, description="final output of exactly this many rows; num_records is the budget"
     )
 

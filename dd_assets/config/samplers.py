@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import importlib.util
 import math
+from pathlib import Path
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -208,6 +211,23 @@ class DatetimeSamplerParams(_Params):
         return self
 
 
+@functools.cache
+def faker_locales() -> frozenset[str]:
+    """Faker's locales, read from its providers' folders (exactly `faker.config.AVAILABLE_LOCALES`)
+    because importing Faker costs ~0.2 s that `validate` should not pay, and an unknown locale
+    must be a config error, not Faker's AttributeError in the middle of a run."""
+    spec = importlib.util.find_spec("faker")
+    roots = spec.submodule_search_locations if spec and spec.submodule_search_locations else []
+    return frozenset(
+        locale.name
+        for root in roots
+        for provider in (Path(root) / "providers").iterdir()
+        if provider.is_dir() and not provider.name.startswith("_")
+        for locale in provider.iterdir()
+        if locale.is_dir() and not locale.name.startswith("_")
+    )
+
+
 class PersonFromFakerSamplerParams(_Params):
     """Faker-backed people. DataDesigner's `person` needs a managed dataset download; ours maps
     `person` to this sampler so its configs still validate."""
@@ -222,6 +242,16 @@ class PersonFromFakerSamplerParams(_Params):
     # DataDesigner's person records have other fields (street_number, postcode, marital_status,
     # ...); `datadesigner` gives those names, the default keeps dd-assets' record.
     fields: Literal["dd-assets", "datadesigner"] = added_field("dd-assets")
+
+    @field_validator("locale")
+    @classmethod
+    def _known_locale(cls, locale: str) -> str:
+        if locale not in faker_locales():
+            raise ValueError(
+                f"unknown Faker locale {locale!r}; use one of Faker's locales, e.g. en_US, de_DE, "
+                "fr_FR, ja_JP"
+            )
+        return locale
 
     @model_validator(mode="after")
     def _ages(self) -> PersonFromFakerSamplerParams:

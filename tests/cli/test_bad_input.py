@@ -396,14 +396,17 @@ def test_a_locked_dagster_sqlite_is_one_error_line(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("sig", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+@pytest.mark.parametrize(
+    ("sig", "code", "resume"), [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)]
+)
 def test_an_interrupted_materialize_says_one_line_and_resumes(
-    tmp_path: Path, sig: signal.Signals, code: int
+    tmp_path: Path, sig: signal.Signals, code: int, resume: bool
 ) -> None:
-    """Ctrl-C / SIGTERM printed Dagster and sqlalchemy frames and exited 1."""
+    """Ctrl-C / SIGTERM printed Dagster and sqlalchemy frames and exited 1. (The resume after
+    either signal is the same code path, checked once to keep CI short.)"""
     cfg = write_config(
         tmp_path / "wf.yaml",
-        people_config(num_records=6000, buffer_size=200, partitions_per_run=30),
+        people_config(num_records=2400, buffer_size=120, partitions_per_run=20),
     )
     env = isolated_env(tmp_path)
     root = Path(env["DD_ASSETS_ROOT"])
@@ -426,13 +429,15 @@ def test_an_interrupted_materialize_says_one_line_and_resumes(
     assert proc.returncode == code, err
     saved = len(batch_files(root))
     assert re.fullmatch(r"interrupted; (\d+) row groups? saved; rerun to resume\n", err), err
-    assert int(err.split()[1]) == saved < 30
+    assert int(err.split()[1]) == saved < 20
+    if not resume:
+        return
     kept = snapshot(root)
     rerun = subprocess.run(
         [DD, "materialize", str(cfg), "--no-progress"], env=env, capture_output=True, text=True
     )
     assert rerun.returncode == 0, rerun.stderr
-    assert len(batch_files(root)) == 30
+    assert len(batch_files(root)) == 20
     assert {k: v for k, v in snapshot(root).items() if k in kept} == kept  # resumed, not redone
 
 

@@ -142,6 +142,16 @@ def test_mixed_timezone_datetimes() -> None:
     assert "must both have a time zone" in error(text)
 
 
+def test_an_unknown_faker_locale_is_a_config_error() -> None:
+    """The fuzz test found `locale: '0'` reaching Faker, whose AttributeError was a traceback."""
+    person = "sampler_type: person_from_faker\n        params: {locale: %s}"
+    text = BASE.replace("sampler_type: category\n        params: {values: [x, y]}", person)
+    assert "stages[0].columns[0].params.locale: unknown Faker locale '0'" in error(text % "'0'")
+    assert loads_workflow(text % "de_DE", source="wf.yaml").stages[0].columns[0].params.locale == (
+        "de_DE"
+    )
+
+
 def test_a_recursive_alias() -> None:
     assert "recursive alias" in error("name: &a [*a]\nstages: []\n")
 

@@ -4,8 +4,9 @@ A footer can be intact while a data page under it is not (a bad disk block, a fl
 network filesystem). Without checksums such a page decodes into different values without any
 error, or fails deep in a decompressor naming no file. Every parquet file dd-assets writes
 (row groups, final outputs, exports) carries page checksums; every read of the store's own files
-verifies them, and `dd-assets check` reads every page of a stage (`verify_pages`). Files written
-before checksums existed have none to verify and read as before."""
+verifies them (through store/files.py, which every reader uses), and `dd-assets check` reads
+every page of a stage (`files.verify_pages`). Files written before checksums existed have none
+to verify and read as before."""
 
 from __future__ import annotations
 

@@ -68,10 +68,10 @@ def _run(latency: float, separate_models: bool) -> None:
     longest = max(stage_walls.values())
     label = "separate model budgets" if separate_models else "one shared model budget"
     stages = ", ".join(f"{k} {v:.2f} s" for k, v in stage_walls.items())
-    print(f"[{label}] sequential: {stages}; sum {seq:.2f} s ({seq_counts['requests']} requests)")
+    print(f"[{label}] sequential: {stages}; sum {seq:.2f} s ({seq_counts.requests} requests)")
     print(
-        f"[{label}] pipelined: {wave:.2f} s ({wave_counts['requests']} requests, peak"
-        f" {wave_counts['peak']}); pipelined / sum of stages = {wave / seq:.3f};"
+        f"[{label}] pipelined: {wave:.2f} s ({wave_counts.requests} requests, peak"
+        f" {wave_counts.peak_concurrency}); pipelined / sum of stages = {wave / seq:.3f};"
         f" pipelined / longest stage = {wave / longest:.3f}",
         flush=True,
     )

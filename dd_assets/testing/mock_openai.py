@@ -286,6 +286,10 @@ class MockOpenAI:
         self._by_status: Counter[int | str] = Counter()
         self._peak = 0
         self._current = 0
+        # requests in flight integrated over time, from the first request's arrival to the
+        # last one's answer: the mean in flight is what a provider sees of a client's dispatch
+        self._busy = 0.0
+        self._first = self._changed = 0.0
         self._bodies: list[dict[str, Any]] = []
         self._auth: list[str | None] = []
 
@@ -370,6 +374,7 @@ class MockOpenAI:
             self._requests = 0
             self._by_status.clear()
             self._peak = self._current
+            self._busy, self._first = 0.0, 0.0
             self._bodies.clear()
             self._auth.clear()
 
@@ -557,7 +562,7 @@ class MockOpenAI:
         digest = hashlib.sha256(body).hexdigest()
         with self._lock:
             self._requests += 1
-            self._current += 1
+            self._count_in_flight(+1)
             self._peak = max(self._peak, self._current)
             self._bodies.append(request)
             self._auth.append(headers.get("authorization"))
@@ -574,7 +579,22 @@ class MockOpenAI:
             return await self._answer(request, headers, digest, occurrence, fault)
         finally:
             with self._lock:
-                self._current -= 1
+                self._count_in_flight(-1)
+
+    def _count_in_flight(self, change: int) -> None:
+        now = time.monotonic()
+        if not self._first:
+            self._first = self._changed = now
+        self._busy += self._current * (now - self._changed)
+        self._changed = now
+        self._current += change
+
+    @property
+    def mean_concurrency(self) -> float:
+        """Mean requests in flight from the first request's arrival to the last answer."""
+        with self._lock:
+            span = self._changed - self._first
+            return self._busy / span if span > 0 else 0.0
 
     def _draw(self, tag: str, digest: str, occurrence: int) -> float:
         """Uniform [0, 1) from (seed, tag, body, occurrence): independent of arrival order."""

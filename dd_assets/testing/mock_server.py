@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
             done.wait()
         print(
             f"requests={mock.requests} by_status={mock.by_status}"
-            f" peak_concurrency={mock.peak_concurrency}",
+            f" peak_concurrency={mock.peak_concurrency}"
+            f" mean_concurrency={mock.mean_concurrency:.3f}",
             file=sys.stderr,
             flush=True,
         )
@@ -86,6 +87,7 @@ class MockProcess:
     requests: int = 0
     ok: int = 0
     peak_concurrency: int = 0
+    mean_concurrency: float = 0.0  # from the first request's arrival to the last answer
     by_status: dict[str, int] = field(default_factory=dict)
 
 
@@ -114,6 +116,8 @@ def mock_process(latency: float = 0.0, fail_rate: float = 0.0, *args: str) -> It
         mock.requests, mock.peak_concurrency = int(m[1]), int(m[3])
         mock.by_status = {k: int(v) for k, v in re.findall(r"([\w']+): (\d+)", m[2])}
         mock.ok = mock.by_status.get("200", 0)
+        mean = re.search(r"mean_concurrency=([\d.]+)", err)
+        mock.mean_concurrency = float(mean[1]) if mean else 0.0
 
 
 if __name__ == "__main__":

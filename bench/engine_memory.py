@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import resource
 import sys
 import time
@@ -106,6 +107,7 @@ def main() -> None:
     print(f"  RSS growth:      {rss1 - rss0:.1f} MiB = {(rss1 - rss0) * 2**20 / one_table:.1f}x one row group's table")  # fmt: skip
     arrow_peak = pool.max_memory() - pool_base
     print(f"  Arrow pool peak: {arrow_peak / 2**20:.2f} MiB = {arrow_peak / one_table:.2f}x one row group's table")  # fmt: skip
+    print("RESULT " + json.dumps({"engine_rows_per_s": rows / seconds}), flush=True)
 
     # Pass 2: tracemalloc (Python objects: row dicts, rendered strings) while iterating.
     n_traced = groups if args.trace_groups <= 0 else min(groups, args.trace_groups)

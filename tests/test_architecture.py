@@ -30,9 +30,9 @@ RANK = {
 CODE_LOCATION = "dd_assets.dagster.definitions"
 # Third-party packages a layer must not pull in, even indirectly (checked at import time).
 FORBIDDEN_THIRD_PARTY = {
-    "config": {"dagster", "httpx", "pyarrow", "numpy"},
-    "engine": {"dagster", "httpx", "sqlite3"},
-    "store": {"dagster", "httpx"},
+    "config": {"dagster", "aiohttp", "pyarrow", "numpy"},
+    "engine": {"dagster", "aiohttp", "sqlite3"},
+    "store": {"dagster", "aiohttp"},
     "llm": {"dagster"},
     "runners": {"dagster", "dagster_webserver"},
 }

@@ -250,13 +250,12 @@ class LLMCellRunner:
         rows = first.rows.setdefault(f"{exc.status} {re.sub(r'[0-9]+', '#', exc.message)}", set())
         rows.add(row_index)
         if len(rows) >= SAME_REJECTIONS_FATAL:
-            raise LLMFatalError(
-                alias=exc.alias,
-                url=exc.url,
-                status=exc.status,
-                message=f"{exc.message} (the first {len(rows)} rows of column {col.name!r} were"
-                " all refused this way, none answered: the request is wrong, not the rows)",
+            message = (
+                f"{exc.message} (the first {len(rows)} rows of column {col.name!r} were"
+                " all refused this way, none answered: the request is wrong, not the rows)"
             )
+            self._client.stop(exc.alias, exc.status, message)
+            raise LLMFatalError(alias=exc.alias, url=exc.url, status=exc.status, message=message)
 
     @staticmethod
     def _accept(col: ColumnConfig) -> AcceptFn:

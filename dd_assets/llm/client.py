@@ -36,7 +36,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import httpx
+import aiohttp
 
 from dd_assets.config.models import ModelConfig
 from dd_assets.errors import LLMError
@@ -264,6 +264,9 @@ class UsageStats:
 # ------------------------------------------------------------------------------------- helpers
 
 
+_ANY_KEY = object()  # LLMClient.stop: whatever the key
+
+
 def _safe_url(url: str) -> str:
     """The URL as it may appear in messages: no userinfo, no query, no fragment."""
     parts = urlsplit(url)
@@ -428,7 +431,7 @@ class _Failure:
 
 
 class LLMClient:
-    """Async chat-completions client over one shared `httpx.AsyncClient`.
+    """Async chat-completions client over one shared `aiohttp.ClientSession`.
 
     Use as `async with LLMClient(models) as client: await client.chat(alias, messages)`.
     `sleep` and `rng` are injectable so tests can observe backoff waits without waiting.
@@ -451,8 +454,12 @@ class LLMClient:
         self._slots = slots
         self._sleep = sleep
         self._rng = rng if rng is not None else random.Random()
-        self._http: httpx.AsyncClient | None = None
-        self._transport: _ShardedTransport | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._exchanges = 0  # HTTP exchanges begun and not yet ended (their connection held)
+        # Aliases whose endpoint gave an endpoint-fatal answer: nothing more is sent to them
+        # with the key it was given with (calls waiting for a slot get the same answer), so the
+        # run stops at that answer, not one round of requests later. A rotated key is tried.
+        self._stopped: dict[str, tuple[_Failure, object]] = {}
         self._semaphores: dict[str, _PrioritySemaphore | _SharedGate] = {}
         self._usage: dict[str, UsageStats] = {alias: UsageStats() for alias in self._models}
 
@@ -470,21 +477,18 @@ class LLMClient:
 
     async def open(self) -> None:
         """Create the connection pool, sized so every alias can use its full parallelism at
-        once: requests then never queue inside httpx, only on our per-alias semaphores, where
+        once: requests then never queue inside aiohttp, only on our per-alias semaphores, where
         the wait is not charged to `timeout_s`."""
         if self._http is not None:
             return
-        capacity: dict[tuple[str, str, int], int] = {}
-        for m in self._models.values():
-            origin = _origin(httpx.URL(m.base_url))
-            capacity[origin] = capacity.get(origin, 0) + m.max_parallel_requests
-        total = max(1, sum(capacity.values()))
-        self._transport = _ShardedTransport(capacity)
-        self._http = httpx.AsyncClient(
-            transport=self._transport,
-            limits=httpx.Limits(max_connections=total, max_keepalive_connections=total),
-            follow_redirects=False,
+        total = max(1, sum(m.max_parallel_requests for m in self._models.values()))
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=total, limit_per_host=0),
+            # timeout_s is enforced around each exchange (_attempt), as one total deadline
+            timeout=aiohttp.ClientTimeout(total=None),
             trust_env=False,
+            # the body is sent as given; aiohttp adds no User-Agent of its own
+            skip_auto_headers=("User-Agent",),
         )
         self._semaphores = {}
         for alias, m in self._models.items():
@@ -495,10 +499,20 @@ class LLMClient:
                 else _SharedGate(own, self._slots, endpoint_key(m), m.max_parallel_requests)
             )
 
+    def stop(self, alias: str, status: int | None, message: str) -> None:
+        """Send nothing more to `alias`: its calls, waiting or new, fail with this fatal
+        answer (the caller decided the endpoint cannot serve the run, e.g. a parameter it
+        refuses on every row)."""
+        self._stopped.setdefault(alias, (_Failure("fatal", status, message), _ANY_KEY))
+
+    def in_flight(self) -> int:
+        """HTTP exchanges whose connection is not yet given back (0 when idle, else a leak)."""
+        return self._exchanges
+
     async def aclose(self) -> None:
         if self._http is not None:
             http, self._http = self._http, None
-            await http.aclose()
+            await http.close()
 
     # -- stats
 
@@ -537,7 +551,7 @@ class LLMClient:
         key = self._api_key(alias, model)
         url = f"{model.base_url}/chat/completions"
         safe_url = _safe_url(url)
-        # Encoded once, not per attempt; compact like httpx's own `json=` encoding.
+        # Encoded once, not per attempt, compact.
         body = json.dumps(
             self._payload(model, messages, response_format, sampled),
             ensure_ascii=False,
@@ -574,6 +588,7 @@ class LLMClient:
                 for s in sinks:
                     s.failures += 1
                 if failure.kind == "fatal":
+                    self._stopped.setdefault(alias, (failure, key))
                     raise LLMFatalError(
                         alias=alias, url=safe_url, status=failure.status, message=failure.reason
                     )
@@ -667,35 +682,42 @@ class LLMClient:
         priority: Any = 0,
     ) -> ChatResult | _Failure:
         """One HTTP exchange under the alias semaphore, classified. Never raises transport
-        errors: they become `_Failure`s outside of any `except` block, so no httpx exception
+        errors: they become `_Failure`s outside of any `except` block, so no aiohttp exception
         (whose request holds the key) is chained.
 
         `timeout_s` is a deadline on the whole exchange (connect, send, every byte of the body):
-        httpx's own timeouts bound each socket operation, so a server sending a byte a second
+        per-read socket timeouts bound each operation, so a server sending a byte a second
         would never trip them. The wait for the semaphore is not charged to it."""
         assert self._http is not None
         failure: _Failure | None = None
         semaphore = self._semaphores[alias]
         await semaphore.acquire(priority)
         try:
+            stopped, stopped_key = self._stopped.get(alias, (None, None))
+            if stopped is not None and stopped_key in (key, _ANY_KEY):
+                return stopped
             start = time.perf_counter()
             try:
                 async with asyncio.timeout(model.timeout_s):
                     exchange = await self._exchange(url, body, headers, model)
-            except (TimeoutError, httpx.TimeoutException) as exc:
+            except TimeoutError as exc:  # aiohttp's own timeouts subclass it too
                 failure = _Failure(
                     "transient",
                     None,
                     f"timeout: no complete answer within timeout_s={model.timeout_s:g}s"
                     f" ({type(exc).__name__})",
                 )
-            except (httpx.NetworkError, httpx.RemoteProtocolError, httpx.DecodingError) as exc:
+            except (
+                aiohttp.ClientConnectionError,  # refused, reset, closed by the server
+                aiohttp.ClientPayloadError,  # a body cut short or not decodable
+                aiohttp.ClientResponseError,  # not HTTP, or a malformed response head
+            ) as exc:
                 failure = _Failure(
                     "transient",
                     None,
                     f"connection error: {type(exc).__name__}: {_scrub(str(exc), key)}",
                 )
-            except httpx.HTTPError as exc:
+            except aiohttp.ClientError as exc:
                 failure = _Failure("fatal", None, f"{type(exc).__name__}: {_scrub(str(exc), key)}")
             latency = time.perf_counter() - start
         finally:
@@ -730,32 +752,43 @@ class LLMClient:
         after at most that many bytes (on its Content-Length, before any): a runaway answer
         costs neither memory nor a row group of gigabytes."""
         assert self._http is not None
-        async with self._http.stream(
-            "POST", url, content=body, headers=headers, timeout=httpx.Timeout(model.timeout_s)
-        ) as response:
-            ok = response.is_success
-            cap = model.max_response_bytes if ok else ERROR_BODY_MAX
-            too_large = _Failure(
-                "too_large",
-                response.status_code,
-                f"response body over max_response_bytes={model.max_response_bytes} bytes; not"
-                " read further (raise max_response_bytes, or lower inference.max_tokens)",
-            )
-            declared = response.headers.get("content-length", "")
-            if ok and declared.isdigit() and int(declared) > cap:
-                return too_large
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in response.aiter_bytes():
-                size += len(chunk)
-                if size > cap:
-                    if ok:
-                        return too_large
-                    chunks.append(chunk[: len(chunk) - (size - cap)])
-                    break
-                chunks.append(chunk)
-            retry_after = parse_retry_after(response.headers) if not ok else None
-            return response.status_code, retry_after, b"".join(chunks)
+        self._exchanges += 1
+        try:
+            async with self._http.post(
+                url, data=body, headers=headers, allow_redirects=False
+            ) as response:
+                return await self._read(response, model)
+        finally:
+            self._exchanges -= 1
+
+    @staticmethod
+    async def _read(
+        response: aiohttp.ClientResponse, model: ModelConfig
+    ) -> tuple[int, float | None, bytes] | _Failure:
+        """Status, Retry-After and body; a body over the cap is not read past it."""
+        ok = 200 <= response.status <= 299
+        cap = model.max_response_bytes if ok else ERROR_BODY_MAX
+        too_large = _Failure(
+            "too_large",
+            response.status,
+            f"response body over max_response_bytes={model.max_response_bytes} bytes; not"
+            " read further (raise max_response_bytes, or lower inference.max_tokens)",
+        )
+        declared = response.headers.get("content-length", "")
+        if ok and declared.isdigit() and int(declared) > cap:
+            return too_large
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.content.iter_any():
+            size += len(chunk)
+            if size > cap:
+                if ok:
+                    return too_large
+                chunks.append(chunk[: len(chunk) - (size - cap)])
+                break
+            chunks.append(chunk)
+        retry_after = parse_retry_after(response.headers) if not ok else None
+        return response.status, retry_after, b"".join(chunks)
 
     @staticmethod
     def _result(data: Any, latency: float) -> ChatResult | _Failure:
@@ -811,87 +844,3 @@ _EMPTY_FOR_A_REASON = frozenset({"length", "content_filter"})
 
 
 # ----------------------------------------------------------------------------------- transport
-
-SHARD_CONNECTIONS = 4
-MAX_SHARDS_PER_ORIGIN = 256
-
-
-def _origin(url: httpx.URL) -> tuple[str, str, int]:
-    port = url.port or (443 if url.scheme == "https" else 80)
-    return (url.scheme, url.host, port)
-
-
-class _CountedStream(httpx.AsyncByteStream):
-    """Response body that gives its shard's slot back when httpx closes the response (after
-    the body is read), which is when the connection is really free again."""
-
-    def __init__(self, inner: httpx.AsyncByteStream, shard: _Shard) -> None:
-        self._inner = inner
-        self._shard: _Shard | None = shard
-
-    async def __aiter__(self) -> Any:
-        async for chunk in self._inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        shard, self._shard = self._shard, None
-        if shard is not None:
-            shard.load -= 1
-        await self._inner.aclose()
-
-
-@dataclass(eq=False)
-class _Shard:
-    transport: httpx.AsyncHTTPTransport
-    load: int = 0
-
-
-class _ShardedTransport(httpx.AsyncBaseTransport):
-    """Many small httpcore pools instead of one big one.
-
-    httpcore's pool rescans every connection (a poll() syscall each, plus an O(n^2) idle
-    count) on every request start and finish, so one pool of 256 connections tops out near
-    100 req/s on a fast CPU. Pools of a few connections, chosen least-loaded, keep that scan
-    constant: measured ~7x more throughput at 64-512 parallel requests. Each origin (scheme,
-    host, port) gets shards for the summed `max_parallel_requests` of its aliases, so the
-    least-loaded shard always has a free connection while the semaphores hold.
-    """
-
-    def __init__(self, capacity: Mapping[tuple[str, str, int], int]) -> None:
-        ssl_context = httpx.create_ssl_context()  # CA bundle loaded once, not per shard (~30 ms)
-
-        def transport(size: int) -> httpx.AsyncHTTPTransport:
-            limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
-            return httpx.AsyncHTTPTransport(verify=ssl_context, limits=limits, trust_env=False)
-
-        self._shards: dict[tuple[str, str, int], list[_Shard]] = {}
-        for origin, cap in capacity.items():
-            n = min(MAX_SHARDS_PER_ORIGIN, max(1, math.ceil(cap / SHARD_CONNECTIONS)))
-            size = math.ceil(cap / n)
-            self._shards[origin] = [_Shard(transport(size)) for _ in range(n)]
-        self._fallback = _Shard(transport(SHARD_CONNECTIONS))
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        shards = self._shards.get(_origin(request.url))
-        shard = min(shards, key=lambda s: s.load) if shards else self._fallback
-        shard.load += 1
-        try:
-            response = await shard.transport.handle_async_request(request)
-        except BaseException:
-            shard.load -= 1
-            raise
-        assert isinstance(response.stream, httpx.AsyncByteStream)
-        return httpx.Response(
-            status_code=response.status_code,
-            headers=response.headers,
-            stream=_CountedStream(response.stream, shard),
-            extensions=response.extensions,
-        )
-
-    def in_flight(self) -> int:
-        """Requests whose connection is not yet released (0 when idle, else a slot leaked)."""
-        return sum(s.load for shards in self._shards.values() for s in shards) + self._fallback.load
-
-    async def aclose(self) -> None:
-        for shard in [s for shards in self._shards.values() for s in shards] + [self._fallback]:
-            await shard.transport.aclose()

@@ -644,14 +644,15 @@ def test_fatal_status_stops_the_run_at_once(
     if status == 401:
         mock.require_key = "sk-some-other-key"
         expected = "Incorrect API key provided: ***."
-        least, most = 1, 8
+        least, most = 1, 4  # the first answer stops it: only those in flight then were sent
     else:
         mock.fatal_status = 400
         expected = (
             "Mock provider rejected the request with status 400 (the first 5 rows of column 'a'"
             " were all refused this way, none answered: the request is wrong, not the rows)"
         )
-        least, most = SAME_REJECTIONS_FATAL, SAME_REJECTIONS_FATAL + 7
+        # the fifth refusal stops it: the 3 other slots' requests were sent, nothing after
+        least, most = SAME_REJECTIONS_FATAL, SAME_REJECTIONS_FATAL + 3
     wf = make_workflow(
         mock.url,
         [TEXT_A, TEXT_B],
@@ -669,7 +670,7 @@ def test_fatal_status_stops_the_run_at_once(
     # no retries: every request is a different cell, and no more than were in flight at once
     bodies = [json.dumps(b, sort_keys=True) for b in mock.bodies]
     assert len(set(bodies)) == len(bodies)
-    # the 4 in flight, plus one started in each slot they freed before the stop landed
+    # nothing sent after the stop: requests waiting for a slot are not sent (LLMClient.stop)
     assert least <= mock.requests <= most
     deadline = time.monotonic() + 5
     while mock.current and time.monotonic() < deadline:  # requests abandoned by the stop

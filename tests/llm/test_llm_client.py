@@ -235,7 +235,7 @@ def test_injected_429_and_500_are_retried_until_success(mock: MockOpenAI):
     async def go() -> tuple[list[ChatResult], UsageStats]:
         async with LLMClient({"a": cfg}, sleep=sleep) as client:
             results = await asyncio.gather(*(client.chat("a", user(f"p{i}")) for i in range(200)))
-            assert client._transport is not None and client._transport.in_flight() == 0
+            assert client.in_flight() == 0
             return results, client.usage("a")
 
     results, stats = asyncio.run(go())
@@ -416,7 +416,7 @@ def test_429_out_of_quota_is_fatal(mock: MockOpenAI):
 
 
 def test_slow_loris_body_fails_within_the_total_deadline(mock: MockOpenAI):
-    """httpx's timeouts bound each socket read: a body dripping a byte every 0.1 s never trips
+    """Per-read socket timeouts bound each read: a body dripping a byte every 0.1 s never trips
     them. timeout_s is a deadline on the whole request, body included."""
     mock.drip_s = 0.1
     mock.queue_faults("slow_loris")
@@ -502,14 +502,16 @@ def test_key_is_read_at_call_time(mock: MockOpenAI, monkeypatch: pytest.MonkeyPa
     async def go() -> None:
         async with LLMClient({"a": cfg}) as client:
             await client.chat("a", user("1"))
-            os.environ[KEY_ENV] = "sk-rotated"
+            mock.require_key = "sk-rotated"  # the provider revokes the first key
             with pytest.raises(LLMFatalError):
                 await client.chat("a", user("2"))
-            mock.require_key = "sk-rotated"
-            await client.chat("a", user("3"))
+            with pytest.raises(LLMFatalError):  # not sent again with a key refused already
+                await client.chat("a", user("3"))
+            os.environ[KEY_ENV] = "sk-rotated"  # the user rotates it: no restart needed
+            await client.chat("a", user("4"))
 
     asyncio.run(go())
-    assert mock.auth_headers == ["Bearer sk-first", "Bearer sk-rotated", "Bearer sk-rotated"]
+    assert mock.auth_headers == ["Bearer sk-first", "Bearer sk-first", "Bearer sk-rotated"]
 
 
 def test_missing_key_variable_is_a_config_error(mock: MockOpenAI, monkeypatch):

@@ -49,13 +49,20 @@ mutation($id: String!) {
 
 
 def two_stage_workflow(
-    name: str, url: str, *, rows: int, buffer: int, per_run: int, parallel: int
+    name: str,
+    url: str,
+    *,
+    rows: int,
+    buffer: int,
+    per_run: int,
+    parallel: int,
+    in_flight: int = 2,
 ) -> dict[str, Any]:
     """`qa` (a uuid and an LLM answer about it), then `notes` seeded row group by row group."""
     return {
         "name": name,
         "models": {"gen": {"base_url": url, "model": "m", "max_parallel_requests": parallel}},
-        "run": {"partitions_per_run": per_run, "row_groups_in_flight": 2},
+        "run": {"partitions_per_run": per_run, "row_groups_in_flight": in_flight},
         "stages": [
             {
                 "name": "qa",
@@ -86,7 +93,7 @@ def two_stage_workflow(
 class Deployment:
     port: int
     home: Path
-    root: Path
+    root: str  # the data root: a local folder, or s3://bucket/prefix
     configs: Path
     mock: MockOpenAI
     pg: PgServer
@@ -151,6 +158,17 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait(10)
 
 
+# dagster-daemon with its backfill loop every BACKFILL_TICK_S instead of Dagster's fixed 30 s
+# (dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SECONDS, not configurable in dagster.yaml):
+# a backfill waits up to one tick to have its runs submitted and another to be marked done,
+# which on one machine is most of a test's time and none of what it tests.
+BACKFILL_TICK_S = 2
+_FAST_DAEMON = (
+    "import sys; import dagster._daemon.controller as c;"
+    f" c.DEFAULT_DAEMON_INTERVAL_SECONDS = {BACKFILL_TICK_S};"
+    " from dagster._daemon.cli import main; sys.argv[0] = 'dagster-daemon'; sys.exit(main())"
+)
+
 # Runs launched with this tag run one at a time (a tag concurrency limit of the coordinator):
 # the same deployment then measures one worker against four.
 ONE_AT_A_TIME = {"dd-assets/lane": "one"}
@@ -158,12 +176,23 @@ ONE_AT_A_TIME = {"dd-assets/lane": "one"}
 
 @contextlib.contextmanager
 def running_deployment(
-    tmp: Path, postgres: PgServer, workflows: dict[str, dict[str, Any]], mock: MockOpenAI
+    tmp: Path,
+    postgres: PgServer,
+    workflows: dict[str, dict[str, Any]],
+    mock: MockOpenAI,
+    *,
+    root: str | None = None,
+    store_env: dict[str, str] | None = None,
 ) -> Iterator[Deployment]:
     """Write the workflows (a folder: one code location), the instance (4 runs at once) and
-    the environment; start the webserver and the daemon; stop both afterwards."""
-    home, root, configs = tmp / "dagster_home", tmp / "dd-data", tmp / "workflows"
-    for d in (home, root, configs):
+    the environment; start the webserver and the daemon; stop both afterwards. The data root is
+    `root` (e.g. `s3://bucket/prefix`, whose endpoint and credentials come in `store_env`, as an
+    operator puts them in the run workers' environment), else a folder under `tmp`."""
+    home, configs = tmp / "dagster_home", tmp / "workflows"
+    if root is None:
+        root = str(tmp / "dd-data")
+        Path(root).mkdir(parents=True)
+    for d in (home, configs):
         d.mkdir(parents=True)
     # The shipped template, as an operator copies it, with a faster dequeue for the test.
     instance_yaml = yaml.safe_load((REPO / "resources/dagster/queued-runs.yaml").read_text())
@@ -175,9 +204,10 @@ def running_deployment(
     (home / "dagster.yaml").write_text(yaml.safe_dump(instance_yaml))
     env = dict(os.environ)
     env.update(postgres.template_env())
+    env.update(store_env or {})
     env.update(
         DAGSTER_HOME=str(home),
-        DD_ASSETS_ROOT=str(root),
+        DD_ASSETS_ROOT=root,
         DD_ASSETS_CONFIG=str(configs),
         DD_ASSETS_LLM_CACHE="postgres",  # answers shared by every run worker
         PYTHONUNBUFFERED="1",
@@ -200,7 +230,9 @@ def running_deployment(
             env,
             log,
         )
-        daemon = _start([str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], env, log)
+        daemon = _start(
+            [str(BIN / "python"), "-c", _FAST_DAEMON, "run", "-w", "workspace.yaml"], env, log
+        )
         deadline = time.monotonic() + 180
         while True:
             try:

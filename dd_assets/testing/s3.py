@@ -42,6 +42,15 @@ class S3Server:
             pass
         return name
 
+    def pending_uploads(self, bucket: str) -> list[str]:
+        """Keys of multipart uploads begun and neither completed nor aborted."""
+        import xml.etree.ElementTree as ET
+
+        with urllib.request.urlopen(f"{self.endpoint}/{bucket}?uploads", timeout=10) as resp:
+            tree = ET.fromstring(resp.read())
+        ns = {"s": tree.tag.split("}")[0].strip("{")}
+        return [k.text or "" for k in tree.findall("s:Upload/s:Key", ns)]
+
     def keys(self, bucket: str) -> list[str]:
         """Every key in the bucket (moto's own listing, not the store's)."""
         import xml.etree.ElementTree as ET

@@ -9,7 +9,9 @@ import json
 import threading
 from typing import Any
 
+import dagster as dg
 import pyarrow as pa
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
@@ -231,7 +233,8 @@ def test_cli_materialize_status_check_export_on_an_s3_root(
     s3_root: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The commands a user runs, on an s3:// root: seeds from upstream stages (row group and
-    sample of a finalized stage), finalize, status, the asset checks, export. ~15 s: three
+    sample of a finalized stage), finalize, status, the asset checks, export, the IO manager.
+    ~15 s: three
     Dagster runs (materialize's waves, check) are what it tests; rows equal to a local root's
     are the end-to-end test's (tests/e2e/test_scale_out.py)."""
     from dd_assets import cli
@@ -252,6 +255,30 @@ def test_cli_materialize_status_check_export_on_an_s3_root(
     assert pq.read_table(out).num_rows == 10
     printed = capsys.readouterr().out
     assert f"in {s3_root}/objchain/reviews/" in printed and "error:" not in printed
+
+    # The IO manager serves downstream assets from the bucket: a stage's row groups, and a
+    # finalized stage's final output.
+
+    from dd_assets.config import load_workflow
+    from dd_assets.dagster.build import build_definitions
+    from dd_assets.runners.plan import plan_workflow
+
+    seen: dict[str, int] = {}
+
+    @dg.asset(
+        ins={
+            "replies": dg.AssetIn(key=dg.AssetKey(["objchain", "replies"])),
+            "final": dg.AssetIn(key=dg.AssetKey(["objchain", "reviews", "final"])),
+        }
+    )
+    def consumer(replies: pads.Dataset, final: pads.Dataset) -> None:
+        seen.update(replies=replies.count_rows(), final=final.count_rows())
+
+    defs = build_definitions([plan_workflow(load_workflow(cfg))], root=s3_root)
+    merged = dg.Definitions.merge(defs, dg.Definitions(assets=[consumer]))
+    job = merged.resolve_implicit_global_asset_job_def()
+    assert job.execute_in_process(asset_selection=[consumer.key]).success
+    assert seen["replies"] == 40 and 0 < seen["final"] <= 40
 
     monkeypatch.setenv("DD_ASSETS_ROOT", "s3://no-such-bucket/x")
     capsys.readouterr()

@@ -28,8 +28,9 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluation,
     AssetCheckEvaluationTargetMaterializationData,
 )
+from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
-from dd_assets.dagster.names import asset_key
+from dd_assets.dagster.names import asset_key, partition_keys
 from dd_assets.runners.checks import (
     ROW_GROUP_CHECK,
     ROW_GROUP_CHECK_DESCRIPTION,
@@ -168,10 +169,20 @@ class RowGroupChecker:
 def current_outcome(
     plan: StagePlan, store: PartitionStore, instance: dg.DagsterInstance
 ) -> CheckOutcome:
-    """`materializations_current`: partitions Dagster shows as materialized (one query) against the
-    row-group files of the current fingerprint (a directory listing): cheap enough for a
-    sensor to run every tick."""
-    materialized = {row_group_of(k) for k in instance.get_materialized_partitions(asset_key(plan))}
+    """`materializations_current`: partitions Dagster shows as materialized against the row-group
+    files of the current fingerprint (a directory listing). Read from Dagster's partition status
+    cache (what the UI reads too), which only looks at events newer than its cursor: cheap
+    enough for every run and for a sensor tick."""
+    partitions_def = dg.StaticPartitionsDefinition(partition_keys(plan))
+    cached = get_and_update_asset_status_cache_value(instance, asset_key(plan), partitions_def)
+    materialized = {
+        row_group_of(k)
+        for k in (
+            cached.deserialize_materialized_partition_subsets(partitions_def).get_partition_keys()
+            if cached
+            else []
+        )
+    }
     names = files.names(store.files_dir(plan.ref))
     on_disk = {int(m[1]) for name in names if (m := BATCH_RE.match(name))}
     stale = sorted(rg for rg in materialized if rg not in on_disk and rg < plan.ref.num_row_groups)

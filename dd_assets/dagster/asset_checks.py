@@ -2,7 +2,8 @@
 a run of the asset and a run of its checks are one op doing what was selected:
 
 - `row_group_valid` (partitioned like the stage): one row group on its own (footer, schema, drop
-  budget). Recorded for each row group as it lands (events.StageEvents), or on demand for a
+  budget). Recorded for each row group a run materializes, once the run's materializations are
+  in (events.StageEvents.record_checks, also when the run fails), or on demand for a
   run's partitions. It is the one event per row group beyond its materialization.
 - the whole-stage checks of runners/checks.py (completeness, uniqueness, ...): unpartitioned.
   Run on demand (a run of the checks alone: `dd-assets check`, the UI's "Execute"), and at the

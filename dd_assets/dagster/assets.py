@@ -169,7 +169,7 @@ def wave_asset(plans: list[StagePlan], settings: RunSettings) -> dg.AssetsDefini
             events.failed()
             raise
         yield from events.finish()
-        events.checks_after_outputs()
+        events.record_checks()
         context.log.info(events.summary(time.perf_counter() - t0))
         for p in runnable:
             yield from stage_checks_at_end(context, p, store, on_demand=False)

@@ -49,7 +49,7 @@ def workflow_definitions(plan: WorkflowPlan) -> dg.Definitions:
 
 def wave_selection(plans: list[StagePlan]) -> dg.AssetSelection:
     """What a materialization run of a wave's stages selects: the assets, their row-group check
-    (recorded as each row group lands) and `materializations_current`. Not the whole-stage checks:
+    (recorded for each row group of the run) and `materializations_current`. Not the whole-stage checks:
     they are the checks job's (in a run over part of a stage they would only be skipped)."""
     keys = [asset_key(p) for p in plans]
     return dg.AssetSelection.assets(*keys).without_checks() | dg.AssetSelection.checks(

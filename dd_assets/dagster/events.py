@@ -254,20 +254,38 @@ class StageEvents:
                 asset_key=key, partition=pk, metadata=metadata, tags=self._tags(plan, pk, version)
             )
         )
-        target = None
-        if plan.name in self.pointed_at or plan.name in self.checker:
-            target = self._target(key, pk)
-        self.logged[(key, pk)] = _Logged(target.storage_id if target else None, version)
-        if plan.name in self.checker:
-            self.context.log_event(self.checker[plan.name].evaluate(outcome, target))
+        sid = None
+        if plan.name in self.pointed_at:  # its children's provenance points at this event
+            sid = self.instance.event_log_storage.get_latest_storage_id_by_partition(
+                key, MAT, {pk}
+            ).get(pk)
+        self.logged[(key, pk)] = _Logged(sid, version)
 
-    def _target(self, key: dg.AssetKey, pk: str) -> AssetCheckEvaluationTargetMaterializationData:
-        record = self.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=key, asset_partitions=[pk]), limit=1
-        ).records[0]
-        return AssetCheckEvaluationTargetMaterializationData(
-            run_id=record.run_id, storage_id=record.storage_id, timestamp=record.timestamp
-        )
+    def record_checks(self) -> None:
+        """`row_group_valid` of every row group that landed, once their materializations are in
+        the instance (each evaluation targets its partition's materialization of this run, so the
+        UI shows it current): one query per stage, then one event per row group."""
+        for p in self.plans:
+            if p.name not in self.checker or not self.landed[p.name]:
+                continue
+            key = asset_key(p)
+            done = sorted(self.landed[p.name], key=lambda o: o.row_group)
+            records = self.instance.fetch_materializations(
+                dg.AssetRecordsFilter(
+                    asset_key=key, asset_partitions=[partition_key(o.row_group) for o in done]
+                ),
+                limit=2 * len(done),
+            ).records
+            targets: dict[str, AssetCheckEvaluationTargetMaterializationData] = {}
+            for r in records:  # newest first: this run's
+                pk = r.asset_materialization.partition
+                if r.run_id == self.context.run_id and pk not in targets:
+                    targets[pk] = AssetCheckEvaluationTargetMaterializationData(
+                        run_id=r.run_id, storage_id=r.storage_id, timestamp=r.timestamp
+                    )
+            for o in done:
+                target = targets.get(partition_key(o.row_group))
+                self.context.log_event(self.checker[p.name].evaluate(o, target))
 
     def _drain(self) -> None:
         pending, self.pending = self.pending, []
@@ -285,6 +303,7 @@ class StageEvents:
                 if p.name in self.at_end:
                     for o in self.landed[p.name]:
                         self._log(p, o)
+            self.record_checks()
         except Exception as exc:
             self.context.log.warning(f"row groups on disk not all recorded in Dagster: {exc}")
         finally:
@@ -330,14 +349,3 @@ class StageEvents:
                 f" {reused} reused, {sum(o.info.rows for o in done)} rows; recorded {how})"
             )
         return "; ".join(parts) + f" in {seconds:.2f} s"
-
-    def checks_after_outputs(self) -> None:
-        """Row-group checks of the assets recorded at the end, once their events exist (their
-        target is the materialization the Output just wrote)."""
-        for p in self.plans:
-            if p.name not in self.at_end or p.name not in self.checker:
-                continue
-            key = asset_key(p)
-            for o in sorted(self.landed[p.name], key=lambda o: o.row_group):
-                pk = partition_key(o.row_group)
-                self.context.log_event(self.checker[p.name].evaluate(o, self._target(key, pk)))

@@ -15,7 +15,8 @@ incomplete, not what the config describes, or short of more rows than allowed:
 endpoint's health), `profile_drift`.
 
 `check_row_group` is the row-group-local part of them (footer, schema, drop budget) for one file:
-the Dagster assets record it per partition as each row group lands (one check, so one event).
+the Dagster assets record it per partition for each row group a run writes (one check, so one
+event).
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ ROW_GROUP_CHECK = "row_group_valid"
 ROW_GROUP_CHECK_DESCRIPTION = (
     "This row group on its own: its footer names the stage's fingerprint and row group and its"
     " schema is the config's (ERROR otherwise); a WARN when it alone dropped more rows than"
-    " run.max_drop_rate (the stage's total decides: rows_within_drop_budget). Recorded as each"
-    " row group lands."
+    " run.max_drop_rate (the stage's total decides: rows_within_drop_budget). Recorded for each"
+    " row group a run materializes."
 )
 
 

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 import jinja2
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
-from dd_assets.config.base import Bool, Float, Int, added_field, is_identifier
+from dd_assets.config.base import Bool, Float, Int, Scalar, added_field, is_identifier
 from dd_assets.config.samplers import SamplerParams, inject_sampler_type
 from dd_assets.config.templates import referenced_names
 
@@ -36,6 +36,30 @@ def template_names(source: str, field: str) -> set[str]:
         ) from None
 
 
+class SkipConfig(BaseModel):
+    """DataDesigner's skip gate: where `when` (a Jinja template, braces included) renders to
+    something truthy, the cell is not generated (no LLM request) and holds `value`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    when: str
+    value: Scalar | None = None
+
+    @field_validator("when")
+    @classmethod
+    def _reads_columns(cls, v: str) -> str:
+        if not template_names(v, "skip.when"):
+            raise ValueError(
+                f"skip.when {v!r} reads no column; write a Jinja template with braces, e.g."
+                " '{{ in_stock == 0 }}'"
+            )
+        return v
+
+    @property
+    def columns(self) -> set[str]:
+        return template_names(self.when, "skip.when")
+
+
 class _Column(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -44,12 +68,25 @@ class _Column(BaseModel):
         default=False,
         description="generate (so others can use it), then leave it out of the output",
     )
+    skip: SkipConfig | None = added_field(
+        None, description="per-row gate: skip the cell where `when` is true, writing `value`"
+    )
+    propagate_skip: Bool = added_field(
+        True, description="skip the cell where a column it reads was skipped in that row"
+    )
 
     _check_name = field_validator("name")(lambda v: check_identifier(v, "column name"))
 
     @property
-    def required_columns(self) -> set[str]:
+    def data_columns(self) -> set[str]:
+        """The columns whose values this column's own value is made from (the ones a skip
+        propagates through)."""
         return set()
+
+    @property
+    def required_columns(self) -> set[str]:
+        """Every column that must exist before this one: its data and its skip condition."""
+        return self.data_columns | (self.skip.columns if self.skip is not None else set())
 
     @property
     def is_llm(self) -> bool:
@@ -119,6 +156,11 @@ class SamplerColumnConfig(_Column):
 
     @model_validator(mode="after")
     def _consistent(self) -> SamplerColumnConfig:
+        if self.skip is not None:
+            raise ValueError(
+                "skip does not apply to sampler columns (they are drawn for every row); put it"
+                " on the columns that read this one"
+            )
         if self.params.sampler_type != self.sampler_type:
             raise ValueError(
                 f"params.sampler_type {self.params.sampler_type!r} differs from sampler_type"
@@ -151,7 +193,7 @@ class SamplerColumnConfig(_Column):
         return self
 
     @property
-    def required_columns(self) -> set[str]:
+    def data_columns(self) -> set[str]:
         out: set[str] = set()
         for p in (self.params, *self.conditional_params.values()):
             if p.sampler_type == "subcategory":
@@ -179,12 +221,33 @@ class ExpressionColumnConfig(_Column):
         template_names(v, "expr")
         return v
 
+    @model_validator(mode="after")
+    def _skip_value_of_dtype(self) -> ExpressionColumnConfig:
+        """A skipped cell holds skip.value converted to the column's dtype, as DataDesigner
+        converts it (`int(value)`), so skipped and rendered cells share one type."""
+        if self.skip is None or self.skip.value is None:
+            return self
+        to = {"int": int, "float": float, "str": str, "bool": bool}[self.dtype]
+        if isinstance(self.skip.value, to) and not (
+            to is int and isinstance(self.skip.value, bool)
+        ):
+            return self
+        try:
+            value = to(self.skip.value)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(
+                f"skip.value {self.skip.value!r} cannot be converted to {self.dtype}: {exc}"
+            ) from None
+        object.__setattr__(self, "skip", self.skip.model_copy(update={"value": value}))
+        return self
+
     @property
-    def required_columns(self) -> set[str]:
+    def data_columns(self) -> set[str]:
         return template_names(self.expr, "expr")
 
 
 TRACE_SUFFIX = "__trace"
+REASONING_SUFFIX = "__reasoning_content"
 
 
 class _LLMColumn(_Column):
@@ -193,10 +256,18 @@ class _LLMColumn(_Column):
     system_prompt: str | None = None
     # DataDesigner's with_trace: the conversation kept in a side column `<name>__trace`.
     with_trace: Literal["none", "last_message", "all_messages"] = added_field("none")
+    # DataDesigner's extract_reasoning_content: the answer's reasoning (a reasoning model's
+    # `reasoning` / `reasoning_content`, stripped; null when it sent none) in
+    # `<name>__reasoning_content`.
+    extract_reasoning_content: Bool = added_field(False)
 
     @property
     def output_names(self) -> list[str]:
-        return [self.name] + ([self.name + TRACE_SUFFIX] if self.with_trace != "none" else [])
+        return (
+            [self.name]
+            + ([self.name + TRACE_SUFFIX] if self.with_trace != "none" else [])
+            + ([self.name + REASONING_SUFFIX] if self.extract_reasoning_content else [])
+        )
 
     @field_validator("prompt", "system_prompt")
     @classmethod
@@ -208,7 +279,7 @@ class _LLMColumn(_Column):
         return v
 
     @property
-    def required_columns(self) -> set[str]:
+    def data_columns(self) -> set[str]:
         names = template_names(self.prompt, "prompt")
         if self.system_prompt:
             names |= template_names(self.system_prompt, "system_prompt")

@@ -259,18 +259,15 @@ class _Mapper:
             )
             return None
         got = self.take(raw, where, {**self._COMMON, **self._BY_TYPE[ctype]}, name)
-        if "skip" in got:
-            self.unsupported(f"{where}.skip", "skip", name)
-        if "propagate_skip" in got:
+        if "skip" in got or "propagate_skip" in got:
             self.note(
                 f"column {name}",
-                "lost",
-                "propagate_skip: false has no effect (dd-assets skips no cell)",
+                "same",
+                "skip / propagate_skip: skipped cells are not generated and hold skip.value",
             )
         for key, feature in (
             ("multi_modal_context", "multi_modal_context (image context)"),
             ("tool_alias", "tool_alias (tool calls)"),
-            ("extract_reasoning_content", "extract_reasoning_content"),
         ):
             if key in got:
                 self.unsupported(f"{where}.{key}", feature, name)
@@ -279,11 +276,8 @@ class _Mapper:
             for k, v in got.items()
             if k
             not in (
-                "skip",
-                "propagate_skip",
                 "multi_modal_context",
                 "tool_alias",
-                "extract_reasoning_content",
             )
         }
         if ctype == "sampler":

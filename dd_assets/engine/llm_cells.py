@@ -15,6 +15,8 @@ import numpy as np
 import pyarrow as pa
 
 from dd_assets.config.columns import (
+    REASONING_SUFFIX,
+    TRACE_SUFFIX,
     ColumnConfig,
     LLMCodeColumnConfig,
     LLMJudgeColumnConfig,
@@ -51,26 +53,39 @@ def sampled_inference(model: ModelConfig, column: str, row_index: int) -> dict[s
 
 
 @dataclass(frozen=True)
-class TracedAnswer:
-    """An LLM cell's value plus its conversation, for a column with `with_trace`."""
+class SideAnswer:
+    """An LLM cell's value plus its side columns (`with_trace`, `extract_reasoning_content`):
+    side column name -> value."""
 
     value: Any
-    trace: list[dict[str, Any]]
+    sides: dict[str, Any]
 
 
-def trace(col: ColumnConfig, messages: list[dict[str, str]], answer: str) -> TracedAnswer | None:
+def _trace(mode: str, messages: list[dict[str, str]], answer: str) -> list[dict[str, Any]]:
     """The trace DataDesigner keeps: the last assistant message, or the whole conversation
     (system, user, assistant and correction turns), each message's content as text parts."""
-    mode = getattr(col, "with_trace", "none")
-    if mode == "none":
-        return None
     turns = [*messages, {"role": "assistant", "content": answer}]
     if mode == "last_message":
         turns = turns[-1:]
-    return TracedAnswer(
-        None,
-        [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in turns],
-    )
+    return [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in turns]
+
+
+def with_sides(
+    col: ColumnConfig,
+    value: Any,
+    messages: list[dict[str, str]],
+    answer: str,
+    reasoning: str | None,
+) -> Any:
+    """`value`, or a SideAnswer when the column keeps side columns. The reasoning is the final
+    answer's, stripped, None when empty (as DataDesigner extracts it)."""
+    sides: dict[str, Any] = {}
+    mode = getattr(col, "with_trace", "none")
+    if mode != "none":
+        sides[col.name + TRACE_SUFFIX] = _trace(mode, messages, answer)
+    if getattr(col, "extract_reasoning_content", False):
+        sides[col.name + REASONING_SUFFIX] = (reasoning or "").strip() or None
+    return SideAnswer(value, sides) if sides else value
 
 
 @dataclass(frozen=True)

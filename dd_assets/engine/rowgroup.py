@@ -19,17 +19,16 @@ import numpy as np
 import pyarrow as pa
 
 from dd_assets.config.columns import (
-    TRACE_SUFFIX,
     ColumnConfig,
     ExpressionColumnConfig,
     SamplerColumnConfig,
 )
-from dd_assets.engine import expressions, rng, samplers
+from dd_assets.engine import expressions, rng, samplers, skips
 from dd_assets.engine.compiled import CompiledStage
 from dd_assets.engine.drops import DROP_KINDS, DROPS_SCHEMA, MESSAGE_EXCERPT, Drop
-from dd_assets.engine.llm_cells import TracedAnswer
+from dd_assets.engine.llm_cells import SideAnswer
 from dd_assets.engine.processors import split_post_batch
-from dd_assets.engine.schema import TRACE_TYPE, column_type
+from dd_assets.engine.schema import column_type, side_type
 from dd_assets.errors import GenerationError
 
 
@@ -133,6 +132,8 @@ class _Rows:
         self.columns = columns
         self._rows: list[dict[str, Any]] | None = None
         self.alive = [True] * n
+        # Per row, the columns (and side columns) skipped in it: see skips.py.
+        self.skipped: list[set[str]] = [set() for _ in range(n)]
         self.drops: dict[int, Drop] = {}
         self.unfinished = 0
         self.unfinished_reason = ""
@@ -206,7 +207,20 @@ def _batch_phase(cs: CompiledStage, start: int, end: int, rows: _Rows) -> None:
                 ) from None
             values = values.tolist() if isinstance(values, np.ndarray) else list(values)
         elif isinstance(col, ExpressionColumnConfig):
-            values = expressions.render_cells(col.expr, inputs, n, col.dtype)
+            skipped = _skipped_rows(col, inputs, n, rows, pos)
+            if skipped:
+                # Rendered over the rows not skipped only, then the skipped ones filled in.
+                keep = [i for i in range(n) if i not in skipped]
+                values = expressions.render_cells(
+                    col.expr, {k: [v[i] for i in keep] for k, v in inputs.items()}, len(keep),
+                    col.dtype,
+                )  # fmt: skip
+                full_values: list[Any] = [skips.skipped_value(col)] * n
+                for i, v in zip(keep, values, strict=True):
+                    full_values[i] = v
+                values = full_values
+            else:
+                values = expressions.render_cells(col.expr, inputs, n, col.dtype)
             failures = 0
             for i, v in enumerate(values):
                 if isinstance(v, expressions.CellError):
@@ -229,6 +243,23 @@ def _batch_phase(cs: CompiledStage, start: int, end: int, rows: _Rows) -> None:
         columns[name] = values
 
 
+def _skipped_rows(
+    col: ColumnConfig, inputs: dict[str, list[Any]], n: int, rows: _Rows, pos: list[int] | None
+) -> set[int]:
+    """The rows (positions in `inputs`) whose cell of `col` is skipped; recorded in `rows`."""
+    if col.skip is None and not (col.propagate_skip and any(rows.skipped)):
+        return set()
+    out: set[int] = set()
+    names = list(inputs) if col.skip is not None else []
+    for i in range(n):
+        at = i if pos is None else pos[i]
+        row = {k: inputs[k][i] for k in names}  # only a skip.when template reads the row
+        if skips.is_skipped(col, row, rows.skipped[at]):
+            rows.skipped[at].update(col.output_names)
+            out.add(i)
+    return out
+
+
 async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) -> None:
     by_name = {c.name: c for c in cs.stage.columns}
     cell_set = set(cs.cell_columns)
@@ -246,13 +277,18 @@ async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) 
             col = by_name[name]
             for dep in col.required_columns & cell_set:
                 await tasks[dep]
-            if isinstance(col, ExpressionColumnConfig):
+            if skips.has_skips(col) and skips.is_skipped(col, row, rows.skipped[i]):
+                rows.skipped[i].update(col.output_names)
+                for side in col.output_names[1:]:
+                    row[side] = None
+                row[name] = skips.skipped_value(col)
+            elif isinstance(col, ExpressionColumnConfig):
                 row[name] = expressions.cast(expressions.render(col.expr, row), col.dtype)
             else:
                 assert cells is not None
                 value = await cells(col, rows.start + i, row)
-                if isinstance(value, TracedAnswer):
-                    row[name + TRACE_SUFFIX] = value.trace
+                if isinstance(value, SideAnswer):
+                    row.update(value.sides)
                     value = value.value
                 row[name] = value
 
@@ -322,7 +358,7 @@ def _to_table(cs: CompiledStage, rows: _Rows, seed: pa.Table | None) -> pa.Table
                 fields.append(pa.field(f.name, f.type))
     for c in cs.stage.columns:
         for name in c.output_names:
-            t = column_type(c) if name == c.name else TRACE_TYPE
+            t = column_type(c) if name == c.name else side_type(name)
             try:
                 arrays[name] = pa.array(rows.live(name), type=t)
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from dd_assets.config.columns import (
     DATETIME_SAMPLERS,
+    REASONING_SUFFIX,
     ColumnConfig,
     ExpressionColumnConfig,
     LLMJudgeColumnConfig,
@@ -47,6 +48,11 @@ TRACE_TYPE = pa.list_(
         ]
     )
 )
+
+
+def side_type(name: str) -> pa.DataType:
+    """The type of an LLM column's side column: its trace, or its reasoning text."""
+    return pa.string() if name.endswith(REASONING_SUFFIX) else TRACE_TYPE
 
 
 def _values_type(values: list[Any]) -> pa.DataType:
@@ -136,7 +142,7 @@ def stage_schema(
     fields: list[pa.Field] = [f for f in seed_schema or [] if f.name not in own]
     for c in stage.columns:
         fields.append(pa.field(c.name, column_type(c)))
-        fields += [pa.field(n, TRACE_TYPE) for n in c.output_names[1:]]
+        fields += [pa.field(n, side_type(n)) for n in c.output_names[1:]]
     return apply_post_batch(stage, pa.schema(fields).empty_table()).schema
 
 

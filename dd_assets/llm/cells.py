@@ -29,14 +29,13 @@ from dd_assets.config.columns import ColumnConfig, LLMJudgeColumnConfig, LLMStru
 from dd_assets.engine import CellFailed, CellUnfinished
 from dd_assets.engine.llm_cells import (
     AnswerError,
-    TracedAnswer,
     build_request,
     check_answer,
     correction_message,
     glitch,
     parse_answer,
     sampled_inference,
-    trace,
+    with_sides,
 )
 from dd_assets.errors import EXIT_PARTIAL, LLMError
 from dd_assets.llm.cache import RequestCache, RequestCacheBase, request_hash
@@ -228,8 +227,7 @@ class LLMCellRunner:
                     ]
                 continue
             self._window.record(True)
-            traced = trace(col, messages, result.content)
-            return value if traced is None else TracedAnswer(value, traced.trace)
+            return with_sides(col, value, messages, result.content, result.reasoning)
         self._drop("unusable_answer", f"no usable answer after {asks} attempt(s): {error}")
 
     def _drop(self, kind: str, message: str, status: int | None = None) -> NoReturn:

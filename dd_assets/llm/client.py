@@ -167,6 +167,9 @@ class ChatResult:
     finish_reason: str | None
     raw_model: str | None
     refusal: str | None = None
+    # The model's reasoning, where the provider sends it beside the answer (`reasoning`, as
+    # vLLM >= 0.16 names it, else `reasoning_content`): kept for extract_reasoning_content.
+    reasoning: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, e.g. for the request cache."""
@@ -184,6 +187,7 @@ class ChatResult:
             finish_reason=data.get("finish_reason"),
             raw_model=data.get("raw_model"),
             refusal=data.get("refusal"),
+            reasoning=data.get("reasoning"),
         )
 
 
@@ -835,7 +839,17 @@ class LLMClient:
             finish_reason=finish,
             raw_model=raw_model if isinstance(raw_model, str) else None,
             refusal=_truncate(refusal) if refusal else None,
+            reasoning=_reasoning(message),
         )
+
+
+def _reasoning(message: dict[str, Any]) -> str | None:
+    """`reasoning` first, then the older `reasoning_content` (DataDesigner reads them so)."""
+    for key in ("reasoning", "reasoning_content"):
+        value = message.get(key)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 # An empty answer with one of these finish reasons is the model's answer (cut off by max_tokens

@@ -232,7 +232,9 @@ class MockOpenAI:
     `wrong_schema_rate` (JSON answers that parse but break the schema, at that rate), `drip_s`
     (byte interval of a "slow_loris" body), `huge_bytes` (size of a "huge" answer),
     `prompt_faults` ({substring: fault}: every request whose messages contain the substring gets
-    the fault; a 400 says the prompt is over the context length).
+    the fault; a 400 says the prompt is over the context length), `reasoning_template` (a
+    reasoning model's thinking, sent as the message's `reasoning_content`; `{model}` and
+    `{prompt}` are substituted).
     `queue_faults(...)` scripts the next requests exactly, `fail_for(seconds, ...)` every request
     for a while (then the provider recovers); both come before everything except the key check.
     """
@@ -254,6 +256,7 @@ class MockOpenAI:
         drip_s: float = 1.0,
         huge_bytes: int = 10 * 1024 * 1024,
         prompt_faults: dict[str, int | str] | None = None,
+        reasoning_template: str | None = None,
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -272,6 +275,7 @@ class MockOpenAI:
         self.drip_s = drip_s
         self.huge_bytes = huge_bytes
         self.prompt_faults: dict[str, int | str] = dict(prompt_faults or {})
+        self.reasoning_template = reasoning_template
         self.seed = seed
         self.host = host
         self._port = port
@@ -699,7 +703,14 @@ class MockOpenAI:
             content = json.dumps({"unexpected": "shape"})
         if forced is not None:
             content = forced
-        return _Reply(200, _completion(request, content, digest, occurrence), {}, drip_s=drip_s)
+        body = _completion(request, content, digest, occurrence)
+        if self.reasoning_template is not None:
+            last = messages[-1] if isinstance(messages[-1], dict) else {}
+            echo = " ".join(_text(last.get("content")).split())[:80]
+            body["choices"][0]["message"]["reasoning_content"] = self.reasoning_template.replace(
+                "{model}", model
+            ).replace("{prompt}", echo)
+        return _Reply(200, body, {}, drip_s=drip_s)
 
     def _injected(self, status: int) -> _Reply:
         reply = _error(status, f"Mock provider injected failure {status}", "mock_injected")

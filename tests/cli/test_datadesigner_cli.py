@@ -76,3 +76,86 @@ def test_llm_fixture_validates_previews_and_imports_to_the_same_rows(
         assert cli.main(["validate", str(out)]) == 0
         again = preview_stage(plan_workflow(load_workflow(out))["llm"], 3)
         assert again.table.equals(shown.table)
+
+
+# What of extras.yaml dd-assets does not run yet: taken out here, named by the refusal test
+# (tests/config/test_datadesigner.py::test_unsupported_features_are_named).
+EXTRAS_NOT_YET = {
+    "columns": {"note_embedding", "product_image", "sql_valid"},
+    "column_keys": {"tool_alias": None, "multi_modal_context": None},
+    "top": {"tool_configs": [], "profilers": None},
+    "models": {"mock-embed", "mock-image"},
+}
+
+
+def _extras_supported(tmp_path: Path) -> Path:
+    """extras.yaml as DataDesigner wrote it, less what EXTRAS_NOT_YET names."""
+    dd = yaml.safe_load((FIXTURES / "extras.yaml").read_text())
+    inner = dd["data_designer"]
+    inner["columns"] = [c for c in inner["columns"] if c["name"] not in EXTRAS_NOT_YET["columns"]]
+    for c in inner["columns"]:
+        for key, default in EXTRAS_NOT_YET["column_keys"].items():
+            if key in c:
+                c[key] = default
+    inner.update(EXTRAS_NOT_YET["top"])
+    inner["model_configs"] = [
+        m for m in inner["model_configs"] if m["alias"] not in EXTRAS_NOT_YET["models"]
+    ]
+    path = tmp_path / "extras_supported.yaml"
+    path.write_text(yaml.safe_dump(dd, sort_keys=False))
+    return path
+
+
+def test_extras_fixture_skips_and_reasoning_validate_preview_and_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DD_TEST_MOCK_KEY", "k")
+    dd_file = _extras_supported(tmp_path)
+    with MockOpenAI(reasoning_template=" why: {prompt} ") as mock:
+        provider = {"endpoint": mock.url, "api_key": "DD_TEST_MOCK_KEY"}
+        cfg = write_config(
+            tmp_path / "wf.yaml",
+            {
+                "name": "dd",
+                "providers": {"mock": provider, "nvidia": provider},
+                "stages": [
+                    {"name": "x", "num_records": 9, "buffer_size": 9, "data_designer": str(dd_file)}
+                ],
+            },
+        )
+        assert cli.main(["validate", str(cfg)]) == 0
+        assert cli.main(["preview", str(cfg), "-n", "9"]) == 0
+        assert "restock_note__reasoning_content" in capsys.readouterr().out
+        shown = preview_stage(plan_workflow(load_workflow(cfg))["x"], 9)
+        rows = shown.table.to_pylist()
+        assert len(rows) == 9, shown.dropped
+        notes_asked = [
+            b for b in mock.bodies if b["messages"][0]["content"].startswith("Write a restock")
+        ]
+        assert len(notes_asked) == sum(r["in_stock"] == 0 for r in rows) * 2  # preview + this
+        assert {r["in_stock"] for r in rows} == {0, 1, 2}
+        for r in rows:
+            if r["in_stock"] > 0:  # skipped: value written, side columns and readers null
+                assert r["restock_note"] == "n/a"
+                assert r["restock_note__trace"] is None
+                assert r["restock_note__reasoning_content"] is None
+                assert r["tags"] is None and r["note_judge"] is None  # propagated
+            else:
+                assert r["restock_note"].startswith("[nvidia/nemotron-3-nano-30b-a3b] Write a")
+                assert r["restock_note__trace"][0]["role"] == "assistant"
+                assert r["restock_note__reasoning_content"].startswith("why: Write a restock note")
+                assert isinstance(r["tags"]["tags"], list)
+            # propagate_skip: false, so rendered from the skipped value unless its own gate holds
+            assert r["note_len"] == (0 if r["in_stock"] == 2 else len(r["restock_note"]))
+            assert r["sql_query"] and r["image_caption"]
+
+        out = tmp_path / "native.yaml"
+        args = ["import", str(dd_file), "-o", str(out), "--name", "dd"]
+        args += ["--provider", f"mock={mock.url},api_key_env=DD_TEST_MOCK_KEY"]
+        args += ["--provider", f"nvidia={mock.url},api_key_env=DD_TEST_MOCK_KEY"]
+        assert cli.main(args) == 0
+        native = yaml.safe_load(out.read_text())
+        native["stages"][0].update(name="x", num_records=9, buffer_size=9)
+        out.write_text(yaml.safe_dump(native, sort_keys=False))
+        again = preview_stage(plan_workflow(load_workflow(out))["x"], 9)
+        assert again.table.equals(shown.table)

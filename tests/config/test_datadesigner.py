@@ -197,9 +197,7 @@ def test_unsupported_features_are_named(tmp_path: Path, suffix: str) -> None:
         _load(tmp_path, str(FIXTURES / f"extras{suffix}"))
     text = str(exc.value)
     for expected in (
-        "skip on column 'restock_note' is not supported yet",
         "tool_alias (tool calls) on column 'restock_note' is not supported yet",
-        "extract_reasoning_content on column 'restock_note' is not supported yet",
         "multi_modal_context (image context) on column 'image_caption' is not supported yet",
         "embedding columns are not supported yet (column 'note_embedding')",
         "image columns are not supported yet (column 'product_image')",

@@ -343,17 +343,39 @@ class LLMJudgeColumnConfig(_LLMColumn):
     max_parse_retries: Int = Field(default=2, ge=0, le=10)
 
 
+class EmbeddingColumnConfig(_Column):
+    """DataDesigner's embedding column: vectors of `target_column`'s text from an
+    OpenAI-compatible `/embeddings` endpoint, one per text (a cell holding a JSON list of texts
+    gives one vector per item). The value is DataDesigner's
+    `{embeddings, num_embeddings, dimension}`."""
+
+    column_type: Literal["embedding"] = "embedding"
+    target_column: str
+    model_alias: str
+
+    @property
+    def data_columns(self) -> set[str]:
+        return {self.target_column}
+
+    @property
+    def is_llm(self) -> bool:
+        return True
+
+
 ColumnConfig = Annotated[
     SamplerColumnConfig
     | ExpressionColumnConfig
     | LLMTextColumnConfig
     | LLMCodeColumnConfig
     | LLMStructuredColumnConfig
-    | LLMJudgeColumnConfig,
+    | LLMJudgeColumnConfig
+    | EmbeddingColumnConfig,
     Field(discriminator="column_type"),
 ]
 
-COLUMN_TYPES = ("sampler", "expression", "llm-text", "llm-code", "llm-structured", "llm-judge")
+COLUMN_TYPES = (
+    "sampler", "expression", "llm-text", "llm-code", "llm-structured", "llm-judge", "embedding",
+)  # fmt: skip
 
 
 def normalise_column_type(data: Any) -> Any:

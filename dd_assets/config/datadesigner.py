@@ -233,9 +233,9 @@ class _Mapper:
         "llm-code": {**_LLM, "code_lang": _REQUIRED},
         "llm-structured": {**_LLM, "output_format": _REQUIRED},
         "llm-judge": {**_LLM, "scores": _REQUIRED},
+        "embedding": {"target_column": _REQUIRED, "model_alias": _REQUIRED},
     }
     _NOT_YET = {
-        "embedding": "embedding columns",
         "image": "image columns",
         "validation": "validation columns",
         "custom": "custom (Python function) columns",
@@ -551,6 +551,15 @@ class _Mapper:
         "max_tokens": None,
     }
 
+    _EMBEDDING = {
+        "generation_type": "embedding",
+        "max_parallel_requests": 4,
+        "timeout": None,
+        "extra_body": None,
+        "encoding_format": "float",
+        "dimensions": None,
+    }
+
     def models(self, raw: list[Any], used: set[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for k, m in enumerate(raw):
@@ -572,10 +581,11 @@ class _Mapper:
                 )
             )
             gen = inf.get("generation_type", "chat-completion")
-            if gen != "chat-completion":
+            if gen not in ("chat-completion", "embedding"):
                 self.unsupported(f"{where}.inference_parameters", f"{gen} models", verb="are")
                 continue
-            params = self.take(inf, f"{where}.inference_parameters", self._CHAT)
+            spec = self._CHAT if gen == "chat-completion" else self._EMBEDDING
+            params = self.take(inf, f"{where}.inference_parameters", spec)
             provider_name = self.shaped(got.get("provider"), str, f"{where}.provider", None)
             provider = self.providers.get(provider_name) if provider_name else None
             if provider is None:
@@ -595,7 +605,9 @@ class _Mapper:
             if provider.api_key:
                 model["api_key_env"] = provider.api_key
             inference = {
-                k2: params[k2] for k2 in ("temperature", "top_p", "max_tokens") if k2 in params
+                k2: params[k2]
+                for k2 in ("temperature", "top_p", "max_tokens", "encoding_format", "dimensions")
+                if k2 in params
             }
             if inference:
                 model["inference"] = inference

@@ -3,12 +3,12 @@ named here at call time, so the config (and anything derived from it) never hold
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
-from dd_assets.config.base import Float, Int, is_identifier
+from dd_assets.config.base import Float, Int, added_field, fingerprint_dump, is_identifier
 
 # 2 MiB: far above any model's longest answer (128k output tokens are about 0.5 MB of text,
 # under 1 MB even with JSON escaping), far below what would blow up a row group.
@@ -75,6 +75,11 @@ class InferenceParams(BaseModel):
     temperature: Annotated[Float, Field(ge=0, le=2)] | Distribution | None = None
     top_p: Annotated[Float, Field(gt=0, le=1)] | Distribution | None = None
     max_tokens: Int | None = Field(default=None, ge=1, le=10_000_000)
+    # Embedding models (DataDesigner's EmbeddingInferenceParams); sent to /embeddings only.
+    encoding_format: Literal["float", "base64"] | None = added_field(None)
+    dimensions: Int | None = added_field(None, ge=1, le=1_000_000)
+
+    EMBEDDING_ONLY: ClassVar[tuple[str, ...]] = ("encoding_format", "dimensions")
 
 
 class ModelConfig(BaseModel):
@@ -138,7 +143,8 @@ class ModelConfig(BaseModel):
         out: dict[str, object] = {
             "base_url": urlunsplit((parts.scheme, host, parts.path, "", "")),
             "model": self.model,
-            "inference": self.inference.model_dump(mode="json"),
+            # Embedding parameters only when set: other models keep their identity.
+            "inference": fingerprint_dump(self.inference),
         }
         if self.extra_body is not None:  # only when set: models without it keep their identity
             out["extra_body"] = self.extra_body

@@ -5,6 +5,7 @@ The transport (dd_assets.llm) sends what `build_request` returns and hands the t
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 from dataclasses import dataclass
@@ -86,6 +87,34 @@ def with_sides(
     if getattr(col, "extract_reasoning_content", False):
         sides[col.name + REASONING_SUFFIX] = (reasoning or "").strip() or None
     return SideAnswer(value, sides) if sides else value
+
+
+def embedding_inputs(value: Any) -> list[str]:
+    """The texts an embedding cell sends, read as DataDesigner reads its target cell: a JSON
+    (or Python-literal) list gives one text per item, anything else is one text; each stripped.
+    A null cell (a skipped one read with propagate_skip: false) has no text."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [(v if isinstance(v, str) else json.dumps(v)).strip() for v in value]
+    text = value if isinstance(value, str) else json.dumps(value)
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            parsed = parse(text.strip())
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        if isinstance(parsed, list):
+            return [str(v).strip() for v in parsed]
+        break
+    return [text.strip()]
+
+
+def embedding_value(vectors: list[list[float]]) -> dict[str, Any]:
+    return {
+        "embeddings": vectors,
+        "num_embeddings": len(vectors),
+        "dimension": len(vectors[0]) if vectors else 0,
+    }
 
 
 @dataclass(frozen=True)

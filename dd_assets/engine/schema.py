@@ -12,6 +12,7 @@ from dd_assets.config.columns import (
     DATETIME_SAMPLERS,
     REASONING_SUFFIX,
     ColumnConfig,
+    EmbeddingColumnConfig,
     ExpressionColumnConfig,
     LLMJudgeColumnConfig,
     LLMStructuredColumnConfig,
@@ -47,6 +48,16 @@ TRACE_TYPE = pa.list_(
             ("content", pa.list_(pa.struct([("type", pa.string()), ("text", pa.string())]))),
         ]
     )
+)
+
+
+# An embedding column's value: DataDesigner's EmbeddingGenerationResult.
+EMBEDDING_TYPE = pa.struct(
+    [
+        ("embeddings", pa.list_(pa.list_(pa.float64()))),
+        ("num_embeddings", pa.int64()),
+        ("dimension", pa.int64()),
+    ]
 )
 
 
@@ -113,6 +124,8 @@ def column_type(col: ColumnConfig) -> pa.DataType:
         return _DTYPE[col.dtype]
     if isinstance(col, LLMStructuredColumnConfig):
         return json_schema_type(col.output_format)
+    if isinstance(col, EmbeddingColumnConfig):
+        return EMBEDDING_TYPE
     if isinstance(col, LLMJudgeColumnConfig):
         fields = []
         for score in col.scores:

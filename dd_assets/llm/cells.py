@@ -17,21 +17,29 @@ An endpoint that fails `early_stop.window` cells in a row after all retries is d
 
 from __future__ import annotations
 
+import json
 import re
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
 
 from dd_assets.config import EarlyStopSettings, WorkflowConfig
-from dd_assets.config.columns import ColumnConfig, LLMJudgeColumnConfig, LLMStructuredColumnConfig
+from dd_assets.config.columns import (
+    ColumnConfig,
+    EmbeddingColumnConfig,
+    LLMJudgeColumnConfig,
+    LLMStructuredColumnConfig,
+)
 from dd_assets.engine import CellFailed, CellUnfinished
 from dd_assets.engine.llm_cells import (
     AnswerError,
     build_request,
     check_answer,
     correction_message,
+    embedding_inputs,
+    embedding_value,
     glitch,
     parse_answer,
     sampled_inference,
@@ -48,6 +56,10 @@ from dd_assets.llm.client import (
     LLMRetryableExhausted,
     UsageStats,
 )
+
+# The "response format" of an embedding request in its cache key (a chat request's is a dict of
+# another shape or None, so the two never share a key).
+EMBEDDINGS = {"type": "embeddings"}
 
 # A column whose first requests were all refused with the same message (digits aside: "your
 # prompt has 9120 tokens") before any was answered has a wrong request, not wrong rows.
@@ -202,8 +214,10 @@ class LLMCellRunner:
             raise CellUnfinished(f"not asked: {self.outage.tripped}")
         rg = row_index // self.stage.buffer_size
         usage = self.usage(rg)
-        req = build_request(col, row)
         model = self.workflow.models[col.model_alias]  # type: ignore[union-attr]
+        if isinstance(col, EmbeddingColumnConfig):
+            return await self._embedding(col, row_index, row, model, usage)
+        req = build_request(col, row)
         messages = list(req.messages)
         asks = 1 + (
             col.max_parse_retries
@@ -212,7 +226,7 @@ class LLMCellRunner:
         )
         error: AnswerError | None = None
         for ask in range(asks):
-            result = await self._answer(col, row_index, model, messages, req.response_format, usage)
+            result = await self._chat(col, row_index, model, messages, req.response_format, usage)
             try:
                 check_answer(result.content, result.finish_reason, result.refusal)
                 value = parse_answer(col, result.content)
@@ -259,7 +273,30 @@ class LLMCellRunner:
     def _accept(col: ColumnConfig) -> AcceptFn:
         return lambda r: glitch(col, r.content, r.finish_reason)
 
-    async def _answer(
+    async def _embedding(
+        self,
+        col: EmbeddingColumnConfig,
+        row_index: int,
+        row: dict[str, Any],
+        model: Any,
+        usage: UsageStats,
+    ) -> dict[str, Any]:
+        texts = embedding_inputs(row.get(col.target_column))
+        if not texts:  # nothing to embed: no request
+            return embedding_value([])
+        key = request_hash(model.identity(), [{"role": "input", "content": texts}], EMBEDDINGS)
+        result = await self._answer(
+            col,
+            row_index,
+            key,
+            lambda r: None if len(json.loads(r.content)) == len(texts) else "wrong count",
+            lambda: self._client.embed(col.model_alias, texts, usage=usage, priority=row_index),
+            usage,
+        )
+        self._window.record(True)
+        return embedding_value(json.loads(result.content))
+
+    async def _chat(
         self,
         col: ColumnConfig,
         row_index: int,
@@ -268,8 +305,35 @@ class LLMCellRunner:
         response_format: dict[str, Any] | None,
         usage: UsageStats,
     ) -> ChatResult:
-        key = request_hash(model.identity(), messages, response_format)
         accept = self._accept(col)
+        return await self._answer(
+            col,
+            row_index,
+            request_hash(model.identity(), messages, response_format),
+            accept,
+            lambda: self._client.chat(
+                col.model_alias,  # type: ignore[union-attr]
+                messages,
+                response_format=response_format,
+                usage=usage,
+                priority=row_index,
+                sampled=sampled_inference(model, col.name, row_index) or None,
+                accept=accept,
+            ),
+            usage,
+        )
+
+    async def _answer(
+        self,
+        col: ColumnConfig,
+        row_index: int,
+        key: str,
+        accept: AcceptFn,
+        send: Callable[[], Awaitable[ChatResult]],
+        usage: UsageStats,
+    ) -> ChatResult:
+        """The cached result of request `key`, else `send()`'s, each failure class mapped to
+        its cell outcome (module docstring)."""
         fresh = (row_index, col.name) in self._fresh
         if self._cache is not None and self.read_cache and not fresh:
             hit = _cached(await self._cache.aget(self.stage.name, col.name, row_index, key))
@@ -279,15 +343,7 @@ class LLMCellRunner:
                 self._first.setdefault(col.name, _FirstRejections()).answered = True
                 return hit
         try:
-            result = await self._client.chat(
-                col.model_alias,  # type: ignore[union-attr]
-                messages,
-                response_format=response_format,
-                usage=usage,
-                priority=row_index,
-                sampled=sampled_inference(model, col.name, row_index) or None,
-                accept=accept,
-            )
+            result = await send()
         except LLMRetryableExhausted as exc:
             self.outage.unfinished()
             raise CellUnfinished(str(exc)) from None

@@ -20,7 +20,9 @@ messages are scrubbed of it because some providers echo the key they rejected.
 
 from __future__ import annotations
 
+import array
 import asyncio
+import base64
 import heapq
 import http
 import itertools
@@ -29,6 +31,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
@@ -38,7 +41,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 
-from dd_assets.config.models import ModelConfig
+from dd_assets.config.models import InferenceParams, ModelConfig
 from dd_assets.errors import LLMError
 from dd_assets.llm.slots import RequestSlots, endpoint_key
 
@@ -545,6 +548,38 @@ class LLMClient:
         `priority` orders calls waiting for the alias's `max_parallel_requests` (lower first,
         FIFO among equals); the engine passes the row index so earlier rows finish first.
         `accept` sees each answer in the wire format and may call it a glitch (retried)."""
+        model = self._model(alias)
+        payload = self._payload(model, messages, response_format, sampled)
+        return await self._call(alias, model, "chat/completions", payload, usage, priority, accept)
+
+    async def embed(
+        self,
+        alias: str,
+        texts: list[str],
+        *,
+        usage: UsageStats | None = None,
+        priority: Any = 0,
+    ) -> ChatResult:
+        """The embeddings of `texts` (OpenAI's `/embeddings`), with the same retries, limits and
+        outcome contract as `chat`. The vectors come back as JSON text in `content` (a list of
+        lists of floats, in input order), so the request cache keeps them like an answer."""
+        model = self._model(alias)
+        payload: dict[str, Any] = {"model": model.model, "input": texts}
+        for name in InferenceParams.EMBEDDING_ONLY:
+            value = getattr(model.inference, name)
+            if value is not None:
+                payload[name] = value
+        payload.update(model.extra_body or {})
+
+        def count(result: ChatResult) -> str | None:
+            got = len(json.loads(result.content))
+            return None if got == len(texts) else f"{got} embeddings for {len(texts)} inputs"
+
+        return await self._call(
+            alias, model, "embeddings", payload, usage, priority, count, _embedding_result
+        )
+
+    def _model(self, alias: str) -> ModelConfig:
         model = self._models.get(alias)
         if model is None:
             raise LLMConfigError(
@@ -552,15 +587,27 @@ class LLMClient:
             )
         if self._http is None:
             raise RuntimeError("LLMClient is not open: use `async with LLMClient(...) as client`")
+        return model
+
+    async def _call(
+        self,
+        alias: str,
+        model: ModelConfig,
+        path: str,
+        payload: dict[str, Any],
+        usage: UsageStats | None,
+        priority: Any,
+        accept: AcceptFn | None,
+        parse: Callable[[Any, float], ChatResult | _Failure] | None = None,
+    ) -> ChatResult:
+        """POST `payload` to `path` under the endpoint with retries (see `chat`); `parse`
+        turns a 200 body into a result (default: a chat completion)."""
         key = self._api_key(alias, model)
-        url = f"{model.base_url}/chat/completions"
+        url = f"{model.base_url}/{path}"
         safe_url = _safe_url(url)
         # Encoded once, not per attempt, compact.
         body = json.dumps(
-            self._payload(model, messages, response_format, sampled),
-            ensure_ascii=False,
-            separators=(",", ":"),
-            allow_nan=False,
+            payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False
         ).encode("utf-8")
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if key is not None:
@@ -575,7 +622,7 @@ class LLMClient:
         attempt = transient = 0
         while True:
             attempt += 1
-            outcome = await self._attempt(alias, model, url, body, headers, key, priority)
+            outcome = await self._attempt(alias, model, url, body, headers, key, priority, parse)
             if isinstance(outcome, ChatResult):
                 result = replace(outcome, retries=attempt - 1)
                 glitch = accept(result) if accept is not None else None
@@ -658,7 +705,9 @@ class LLMClient:
     ) -> dict[str, Any]:
         """`sampled`: this cell's draws of parameters the config gives as distributions."""
         payload: dict[str, Any] = {"model": model.model, "messages": messages}
-        params = model.inference.model_dump(exclude_none=True)
+        params = model.inference.model_dump(
+            exclude_none=True, exclude=set(InferenceParams.EMBEDDING_ONLY)
+        )
         payload.update({k: v for k, v in params.items() if not isinstance(v, dict)})
         payload.update(sampled or {})
         if response_format is not None:
@@ -684,6 +733,7 @@ class LLMClient:
         headers: dict[str, str],
         key: str | None,
         priority: Any = 0,
+        parse: Callable[[Any, float], ChatResult | _Failure] | None = None,
     ) -> ChatResult | _Failure:
         """One HTTP exchange under the alias semaphore, classified. Never raises transport
         errors: they become `_Failure`s outside of any `except` block, so no aiohttp exception
@@ -738,7 +788,7 @@ class LLMClient:
                 return _Failure(
                     "transient", status, "malformed response: body is not JSON: " + _truncate(text)
                 )
-            return self._result(data, latency)
+            return (parse or self._result)(data, latency)
         message, code = _provider_message(status, raw)
         message = _truncate(_scrub(message, key))
         if status == 429 and code in _QUOTA_CODES:
@@ -841,6 +891,53 @@ class LLMClient:
             refusal=_truncate(refusal) if refusal else None,
             reasoning=_reasoning(message),
         )
+
+
+def _embedding_result(data: Any, latency: float) -> ChatResult | _Failure:
+    """A 200 body of `/embeddings`: `data[i].embedding` (floats, or base64 of little-endian
+    float32 when encoding_format is base64) in `index` order, as JSON text."""
+
+    def bad(why: str) -> _Failure:
+        return _Failure("transient", 200, f"malformed embeddings response: {why}")
+
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        return bad("no data list")
+    vectors: list[list[float]] = []
+    for item in sorted(
+        items, key=lambda i: i.get("index", 0) if isinstance(i.get("index"), int) else 0
+    ):
+        vector = item.get("embedding")
+        if isinstance(vector, str):
+            try:
+                raw = base64.b64decode(vector, validate=True)
+            except ValueError:
+                return bad("embedding is not base64")
+            if len(raw) % 4:
+                return bad("base64 embedding is not float32")
+            floats = array.array("f")
+            floats.frombytes(raw)
+            if sys.byteorder != "little":
+                floats.byteswap()
+            vector = [float(v) for v in floats]
+        if not isinstance(vector, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in vector
+        ):
+            return bad("embedding is not a list of finite numbers")
+        vectors.append([float(v) for v in vector])
+    usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
+    tokens = usage.get("prompt_tokens")
+    raw_model = data.get("model")
+    return ChatResult(
+        content=json.dumps(vectors),
+        tokens_in=int(tokens) if isinstance(tokens, int) and tokens >= 0 else 0,
+        tokens_out=0,
+        latency_s=latency,
+        retries=0,
+        finish_reason="stop",
+        raw_model=raw_model if isinstance(raw_model, str) else None,
+    )
 
 
 def _reasoning(message: dict[str, Any]) -> str | None:

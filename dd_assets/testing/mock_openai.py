@@ -20,12 +20,14 @@ Usage::
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import http
 import json
 import math
 import re
+import struct
 import threading
 import time
 from collections import Counter, deque
@@ -552,7 +554,8 @@ class MockOpenAI:
         path = path.rstrip("/")
         if path in ("/v1/models", "/models") and method == "GET":
             return _Reply(200, {"object": "list", "data": [{"id": "mock", "object": "model"}]}, {})
-        if path not in ("/v1/chat/completions", "/chat/completions"):
+        embeddings = path in ("/v1/embeddings", "/embeddings")
+        if path not in ("/v1/chat/completions", "/chat/completions") and not embeddings:
             return _error(404, f"no route for {method} {path}")
         if method != "POST":
             return _error(405, f"{method} not allowed on {path}")
@@ -580,7 +583,7 @@ class MockOpenAI:
                 text = body.decode("utf-8", errors="replace")
                 fault = next((f for k, f in self.prompt_faults.items() if k in text), None)
         try:
-            return await self._answer(request, headers, digest, occurrence, fault)
+            return await self._answer(request, headers, digest, occurrence, fault, embeddings)
         finally:
             with self._lock:
                 self._count_in_flight(-1)
@@ -612,6 +615,7 @@ class MockOpenAI:
         digest: str,
         occurrence: int,
         fault: int | str | None,
+        embeddings: bool = False,
     ) -> _Reply | _Disconnect:
         if self.require_key is not None:
             auth = headers.get("authorization", "")
@@ -683,6 +687,8 @@ class MockOpenAI:
             return self._injected(pick)
 
         model = str(request.get("model", ""))
+        if embeddings:
+            return _embeddings(request, model)
         messages = request.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error(400, "'messages' must be a non-empty array")
@@ -785,6 +791,39 @@ def _completion(
         ],
         "usage": usage,
     }
+
+
+def _embeddings(request: dict[str, Any], model: str) -> _Reply:
+    """An `/embeddings` answer in the OpenAI wire format: per input text a vector of
+    `dimensions` (default 8) numbers in [-1, 1), a function of (model, text) only; base64
+    (little-endian float32) when `encoding_format` is base64."""
+    texts = request.get("input")
+    texts = [texts] if isinstance(texts, str) else texts
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        return _error(400, "'input' must be a string or a non-empty array of strings")
+    dims = request.get("dimensions", 8)
+    if not isinstance(dims, int) or not 1 <= dims <= 4096:
+        return _error(400, "'dimensions' must be an integer in [1, 4096]")
+    data = []
+    for i, text in enumerate(texts):
+        seed = hashlib.sha256(f"{model}\0{text}".encode()).digest()
+        stream = b"".join(
+            hashlib.sha256(seed + k.to_bytes(4, "big")).digest() for k in range(dims // 8 + 1)
+        )
+        vector = [
+            int.from_bytes(stream[4 * k : 4 * k + 4], "big") / 2**31 - 1.0 for k in range(dims)
+        ]
+        vector = [float(struct.unpack("<f", struct.pack("<f", v))[0]) for v in vector]
+        if request.get("encoding_format") == "base64":
+            packed = struct.pack(f"<{dims}f", *vector)
+            data.append(
+                {"object": "embedding", "index": i, "embedding": base64.b64encode(packed).decode()}
+            )
+        else:
+            data.append({"object": "embedding", "index": i, "embedding": vector})
+    tokens = sum(max(1, len(t) // 4) for t in texts)
+    usage = {"prompt_tokens": tokens, "total_tokens": tokens}
+    return _Reply(200, {"object": "list", "data": data, "model": model, "usage": usage}, {})
 
 
 def _text(content: Any) -> str:

@@ -81,10 +81,10 @@ def test_llm_fixture_validates_previews_and_imports_to_the_same_rows(
 # What of extras.yaml dd-assets does not run yet: taken out here, named by the refusal test
 # (tests/config/test_datadesigner.py::test_unsupported_features_are_named).
 EXTRAS_NOT_YET = {
-    "columns": {"note_embedding", "product_image", "sql_valid"},
+    "columns": {"product_image", "sql_valid"},
     "column_keys": {"tool_alias": None, "multi_modal_context": None},
     "top": {"tool_configs": [], "profilers": None},
-    "models": {"mock-embed", "mock-image"},
+    "models": {"mock-image"},
 }
 
 
@@ -106,7 +106,7 @@ def _extras_supported(tmp_path: Path) -> Path:
     return path
 
 
-def test_extras_fixture_skips_and_reasoning_validate_preview_and_import(
+def test_extras_fixture_validates_previews_and_imports_what_is_supported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("DD_TEST_MOCK_KEY", "k")
@@ -129,9 +129,8 @@ def test_extras_fixture_skips_and_reasoning_validate_preview_and_import(
         shown = preview_stage(plan_workflow(load_workflow(cfg))["x"], 9)
         rows = shown.table.to_pylist()
         assert len(rows) == 9, shown.dropped
-        notes_asked = [
-            b for b in mock.bodies if b["messages"][0]["content"].startswith("Write a restock")
-        ]
+        chats = [b["messages"][0]["content"] for b in mock.bodies if "messages" in b]
+        notes_asked = [c for c in chats if c.startswith("Write a restock")]
         assert len(notes_asked) == sum(r["in_stock"] == 0 for r in rows) * 2  # preview + this
         assert {r["in_stock"] for r in rows} == {0, 1, 2}
         for r in rows:
@@ -140,11 +139,14 @@ def test_extras_fixture_skips_and_reasoning_validate_preview_and_import(
                 assert r["restock_note__trace"] is None
                 assert r["restock_note__reasoning_content"] is None
                 assert r["tags"] is None and r["note_judge"] is None  # propagated
+                assert r["note_embedding"] is None
             else:
                 assert r["restock_note"].startswith("[nvidia/nemotron-3-nano-30b-a3b] Write a")
                 assert r["restock_note__trace"][0]["role"] == "assistant"
                 assert r["restock_note__reasoning_content"].startswith("why: Write a restock note")
                 assert isinstance(r["tags"]["tags"], list)
+                emb = r["note_embedding"]  # dimensions: 256 in the fixture's mock-embed model
+                assert (emb["num_embeddings"], emb["dimension"]) == (1, 256)
             # propagate_skip: false, so rendered from the skipped value unless its own gate holds
             assert r["note_len"] == (0 if r["in_stock"] == 2 else len(r["restock_note"]))
             assert r["sql_query"] and r["image_caption"]

@@ -199,7 +199,6 @@ def test_unsupported_features_are_named(tmp_path: Path, suffix: str) -> None:
     for expected in (
         "tool_alias (tool calls) on column 'restock_note' is not supported yet",
         "multi_modal_context (image context) on column 'image_caption' is not supported yet",
-        "embedding columns are not supported yet (column 'note_embedding')",
         "image columns are not supported yet (column 'product_image')",
         "validation columns are not supported yet (column 'sql_valid')",
         "tool_configs (MCP tools) are not supported yet",
@@ -318,7 +317,7 @@ def test_native_workflow_written_by_import_validates_through_cli(tmp_path: Path,
     assert cli.main(["validate", str(out)]) == 0
     assert cli.main(["import", str(FIXTURES / "extras.yaml"), "-o", str(tmp_path / "x.yaml")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "embedding columns are not supported yet" in err
+    assert err.startswith("error: ") and "image columns are not supported yet" in err
     assert not (tmp_path / "x.yaml").exists()
 
 

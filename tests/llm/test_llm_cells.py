@@ -984,3 +984,49 @@ def test_sigkill_mid_stage_then_resume_repeats_no_answered_request(
     kept_rgs = {int(name[6:11]) for name in kept}
     hits = sum(footer_stats(p)["llm"]["llm_cache_hits"] for p in files_dir.glob("*.parquet"))
     assert hits == len([1 for _, row, _ in answered if row // 10 not in kept_rgs]) > 0
+
+
+def test_embedding_columns_over_real_http_base64_and_the_cache(mock: MockOpenAI, tmp_path: Path):
+    """An embedding column (DataDesigner's): one vector per text, a JSON list cell gives one per
+    item, base64 float32 answers decode to the float ones, the embedding parameters go to
+    /embeddings only, and a rerun takes the vectors from the request cache."""
+    from dd_assets.testing.mock_openai import _embeddings
+
+    columns = [
+        TEXT_A,
+        {"name": "pair", "column_type": "expression", "expr": '["{{ rid }}", " {{ a }} "]'},
+        {"name": "e1", "column_type": "embedding", "model_alias": "gen", "target_column": "a"},
+        {"name": "e2", "column_type": "embedding", "model_alias": "gen", "target_column": "pair"},
+    ]
+    inference = {"dimensions": 16, "encoding_format": "base64"}
+    wf = make_workflow(
+        mock.url, columns, num_records=4, buffer_size=4, model={"inference": inference}
+    )
+    plan, _ = run_stage(wf, tmp_path / "dd-data")
+    rows = read_rows(tmp_path / "dd-data", plan)
+    assert len(rows) == 4
+    field = pq.read_schema(parquet_files(tmp_path / "dd-data", plan)[0]).field("e1")
+    assert field.type == pa.struct(
+        [("embeddings", pa.list_(pa.list_(pa.float64()))), ("num_embeddings", pa.int64()),
+         ("dimension", pa.int64())]
+    )  # fmt: skip
+
+    def expected(text: str) -> list[float]:
+        reply = _embeddings({"input": [text], "dimensions": 16}, MODEL)
+        return reply.body["data"][0]["embedding"]
+
+    for r in rows:
+        assert (r["e1"]["num_embeddings"], r["e1"]["dimension"]) == (1, 16)
+        assert r["e1"]["embeddings"] == [expected(r["a"])]
+        assert r["e2"]["embeddings"] == [expected(r["rid"]), expected(r["a"])]
+    embeds = [b for b in mock.bodies if "input" in b]
+    chats = [b for b in mock.bodies if "messages" in b]
+    assert len(embeds) == 8 and len(chats) == 4
+    assert all(b["encoding_format"] == "base64" and b["dimensions"] == 16 for b in embeds)
+    assert not any("dimensions" in b or "encoding_format" in b for b in chats)
+    for path in parquet_files(tmp_path / "dd-data", plan).values():
+        path.unlink()  # a crash before the checkpoint: rebuilt from the cache
+    before = mock.requests
+    run_stage(wf, tmp_path / "dd-data")
+    assert mock.requests == before  # every cell, embeddings too, from the cache
+    assert read_rows(tmp_path / "dd-data", plan) == rows

@@ -362,6 +362,42 @@ class EmbeddingColumnConfig(_Column):
         return True
 
 
+VALIDATOR_LANGS = (
+    "python", "sql:sqlite", "sql:postgres", "sql:mysql", "sql:tsql", "sql:bigquery", "sql:ansi",
+)  # fmt: skip
+
+
+class CodeValidatorParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    code_lang: Literal[VALIDATOR_LANGS]  # type: ignore[valid-type]
+
+
+class ValidationColumnConfig(_Column):
+    """DataDesigner's code validation column: each target cell's code checked by a linter
+    (python: ruff, SQL: sqlfluff's parser, as DataDesigner does). The value is the validator's
+    report, `{is_valid, ...}`; with several target columns, one report per target column."""
+
+    column_type: Literal["validation"] = "validation"
+    target_columns: list[str] = Field(min_length=1)
+    validator_type: Literal["code"] = "code"
+    validator_params: CodeValidatorParams
+    # DataDesigner's rows per validator call; here each cell is checked on its own, so it
+    # changes no value (kept so a config carries over unchanged).
+    batch_size: Int = Field(default=10, ge=1, le=100_000)
+
+    @field_validator("target_columns")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("target_columns names a column twice")
+        return v
+
+    @property
+    def data_columns(self) -> set[str]:
+        return set(self.target_columns)
+
+
 ColumnConfig = Annotated[
     SamplerColumnConfig
     | ExpressionColumnConfig
@@ -369,12 +405,14 @@ ColumnConfig = Annotated[
     | LLMCodeColumnConfig
     | LLMStructuredColumnConfig
     | LLMJudgeColumnConfig
-    | EmbeddingColumnConfig,
+    | EmbeddingColumnConfig
+    | ValidationColumnConfig,
     Field(discriminator="column_type"),
 ]
 
 COLUMN_TYPES = (
     "sampler", "expression", "llm-text", "llm-code", "llm-structured", "llm-judge", "embedding",
+    "validation",
 )  # fmt: skip
 
 

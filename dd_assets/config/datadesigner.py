@@ -234,10 +234,15 @@ class _Mapper:
         "llm-structured": {**_LLM, "output_format": _REQUIRED},
         "llm-judge": {**_LLM, "scores": _REQUIRED},
         "embedding": {"target_column": _REQUIRED, "model_alias": _REQUIRED},
+        "validation": {
+            "target_columns": _REQUIRED,
+            "validator_type": _REQUIRED,
+            "validator_params": _REQUIRED,
+            "batch_size": 10,
+        },
     }
     _NOT_YET = {
         "image": "image columns",
-        "validation": "validation columns",
         "custom": "custom (Python function) columns",
     }
 
@@ -282,6 +287,8 @@ class _Mapper:
         }
         if ctype == "sampler":
             return self.sampler(out, where, name)
+        if ctype == "validation":
+            return self.validation(out, where, name)
         if ctype == "expression" and not any(n.where == "expressions" for n in self.notes):
             self.note(
                 "expressions",
@@ -353,6 +360,23 @@ class _Mapper:
             notes.append(f"{len(conds)} conditional_params (the one sorting last wins)")
         for n in dict.fromkeys(notes):
             self.note(f"column {name}", "mapped", n)
+        return col
+
+    def validation(self, col: dict[str, Any], where: str, name: str) -> dict[str, Any] | None:
+        """Code validators only; their params lose the copy of validator_type."""
+        kind = col.get("validator_type")
+        params = self.shaped(col.get("validator_params"), dict, f"{where}.validator_params", {})
+        if kind != "code" or params.get("validator_type", "code") != "code":
+            self.unsupported(
+                f"{where}.validator_type", f"{kind} validators (only code ones)", name, "are"
+            )
+            return None
+        col["validator_params"] = {k: v for k, v in params.items() if k != "validator_type"}
+        self.note(
+            f"column {name}",
+            "same",
+            "code validation: python by ruff, SQL by sqlfluff's parser (as DataDesigner)",
+        )
         return col
 
     def constraints(self, raw: list[Any], columns: list[dict[str, Any]]) -> None:

@@ -5,9 +5,10 @@ no numpy, pyarrow or Faker import."""
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass
 
-from dd_assets.config.columns import SamplerColumnConfig
+from dd_assets.config.columns import SamplerColumnConfig, ValidationColumnConfig
 from dd_assets.config.fingerprint import column_key, workflow_fingerprints
 from dd_assets.config.workflow import StageConfig, WorkflowConfig, column_order
 from dd_assets.errors import GenerationError
@@ -38,7 +39,14 @@ def compile_stage(
     cell: list[str] = []
     for name in order:
         col = by_name[name]
-        if col.is_llm or col.required_columns & set(cell):
+        if isinstance(col, ValidationColumnConfig):
+            _check_validator(col, stage_name)
+        # Validation cells run a linter each: in the cell phase, in a thread, beside the others.
+        if (
+            col.is_llm
+            or isinstance(col, ValidationColumnConfig)
+            or col.required_columns & set(cell)
+        ):
             cell.append(name)
     late = [n for n in cell if isinstance(by_name[n], SamplerColumnConfig)]
     if late:
@@ -56,3 +64,15 @@ def compile_stage(
     return CompiledStage(
         workflow, stage, fingerprint, tuple(order), tuple(batch), tuple(cell), keys
     )
+
+
+def _check_validator(col: ValidationColumnConfig, stage_name: str) -> None:
+    """A validation column's linter is an optional dependency: say so before any row is made
+    (found, not imported: planning stays cheap)."""
+    tool = "ruff" if col.validator_params.code_lang == "python" else "sqlfluff"
+    if importlib.util.find_spec(tool) is None:
+        raise GenerationError(
+            f"validation column {col.name!r} of stage {stage_name!r}"
+            f" ({col.validator_params.code_lang}) needs {tool}, which is not installed:"
+            " pip install 'dd-assets[validation]'"
+        )

@@ -22,8 +22,9 @@ from dd_assets.config.columns import (
     ColumnConfig,
     ExpressionColumnConfig,
     SamplerColumnConfig,
+    ValidationColumnConfig,
 )
-from dd_assets.engine import expressions, rng, samplers, skips
+from dd_assets.engine import expressions, rng, samplers, skips, validators
 from dd_assets.engine.compiled import CompiledStage
 from dd_assets.engine.drops import DROP_KINDS, DROPS_SCHEMA, MESSAGE_EXCERPT, Drop
 from dd_assets.engine.llm_cells import SideAnswer
@@ -284,6 +285,8 @@ async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) 
                 row[name] = skips.skipped_value(col)
             elif isinstance(col, ExpressionColumnConfig):
                 row[name] = expressions.cast(expressions.render(col.expr, row), col.dtype)
+            elif isinstance(col, ValidationColumnConfig):
+                row[name] = await asyncio.to_thread(validators.validate, col, dict(row))
             else:
                 assert cells is not None
                 value = await cells(col, rows.start + i, row)

@@ -17,10 +17,12 @@ from dd_assets.config.columns import (
     LLMJudgeColumnConfig,
     LLMStructuredColumnConfig,
     SamplerColumnConfig,
+    ValidationColumnConfig,
 )
 from dd_assets.config.samplers import is_discrete
 from dd_assets.config.workflow import WorkflowConfig
 from dd_assets.engine.processors import apply_post_batch
+from dd_assets.engine.validators import report_type
 
 _SCALAR = {str: pa.string(), int: pa.int64(), float: pa.float64(), bool: pa.bool_()}
 _DTYPE = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
@@ -126,6 +128,8 @@ def column_type(col: ColumnConfig) -> pa.DataType:
         return json_schema_type(col.output_format)
     if isinstance(col, EmbeddingColumnConfig):
         return EMBEDDING_TYPE
+    if isinstance(col, ValidationColumnConfig):
+        return report_type(col)
     if isinstance(col, LLMJudgeColumnConfig):
         fields = []
         for score in col.scores:

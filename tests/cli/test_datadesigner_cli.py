@@ -81,7 +81,7 @@ def test_llm_fixture_validates_previews_and_imports_to_the_same_rows(
 # What of extras.yaml dd-assets does not run yet: taken out here, named by the refusal test
 # (tests/config/test_datadesigner.py::test_unsupported_features_are_named).
 EXTRAS_NOT_YET = {
-    "columns": {"product_image", "sql_valid"},
+    "columns": {"product_image"},
     "column_keys": {"tool_alias": None, "multi_modal_context": None},
     "top": {"tool_configs": [], "profilers": None},
     "models": {"mock-image"},
@@ -109,6 +109,7 @@ def _extras_supported(tmp_path: Path) -> Path:
 def test_extras_fixture_validates_previews_and_imports_what_is_supported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    pytest.importorskip("sqlfluff", reason="an optional dependency: pip install -e '.[dev]'")
     monkeypatch.setenv("DD_TEST_MOCK_KEY", "k")
     dd_file = _extras_supported(tmp_path)
     with MockOpenAI(reasoning_template=" why: {prompt} ") as mock:
@@ -150,6 +151,9 @@ def test_extras_fixture_validates_previews_and_imports_what_is_supported(
             # propagate_skip: false, so rendered from the skipped value unless its own gate holds
             assert r["note_len"] == (0 if r["in_stock"] == 2 else len(r["restock_note"]))
             assert r["sql_query"] and r["image_caption"]
+            # the mock answers python, so the SQL validator finds parse errors
+            assert r["sql_valid"]["is_valid"] is False
+            assert r["sql_valid"]["error_messages"].startswith("PRS: "), r["sql_query"]
 
         out = tmp_path / "native.yaml"
         args = ["import", str(dd_file), "-o", str(out), "--name", "dd"]

@@ -8,8 +8,6 @@ from dd_assets.config import FileSeed
 from dd_assets.config.limits import MAX_BUFFER_SIZE
 from dd_assets.engine import RowGroupResult, RowGroupUnfinished, agenerate_rows
 from dd_assets.errors import GenerationError
-from dd_assets.llm.cells import LLMCellRunner
-from dd_assets.runners.materialize import Unfinished, UnfinishedCellsError
 from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.seeds import file_seed
 
@@ -31,6 +29,10 @@ def preview_stage(plan: StagePlan, n: int = 10) -> RowGroupResult:
         seed = file_seed(plan, lambda _: (0, n))(0).table
     if not cs.needs_cells:
         return asyncio.run(agenerate_rows(cs, 0, n, seed=seed))
+
+    # Only now: a stage without LLM columns answers without loading the HTTP client.
+    from dd_assets.llm.cells import LLMCellRunner
+    from dd_assets.runners.materialize import Unfinished, UnfinishedCellsError
 
     async def with_llm() -> RowGroupResult:
         # No request cache: a preview leaves nothing on disk.

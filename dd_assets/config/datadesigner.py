@@ -175,12 +175,9 @@ class _Mapper:
                 "processors": None,
             },
         )
-        for key in ("tool_configs", "profilers"):
-            if top.get(key):
-                feature = {"tool_configs": "tool_configs (MCP tools)", "profilers": "profilers"}[
-                    key
-                ]
-                self.unsupported(key, feature, verb="are")
+        if top.get("tool_configs"):
+            self.unsupported("tool_configs", "tool_configs (MCP tools)", verb="are")
+        self.profilers(self.shaped(top.get("profilers"), list, "profilers", []))
         columns: list[dict[str, Any]] = []
         raw_columns = self.shaped(top.get("columns"), list, "columns", [])
         for j, raw in enumerate(raw_columns):
@@ -361,6 +358,23 @@ class _Mapper:
         for n in dict.fromkeys(notes):
             self.note(f"column {name}", "mapped", n)
         return col
+
+    def profilers(self, raw: list[Any]) -> None:
+        """A judge-score profiler writes DataDesigner's analysis report, never the data: the
+        stage profile (`dd-assets report`, the Dagster metadata) already counts every judge
+        score; the LLM-written summary is not made."""
+        for k, p in enumerate(raw):
+            where = f"profilers[{k}]"
+            if not isinstance(p, dict):
+                self.issue(where, "a profiler must be a mapping")
+                continue
+            got = self.take(p, where, {"model_alias": _REQUIRED, "summary_score_sample_size": 20})
+            self.note(
+                f"profiler {got.get('model_alias')}",
+                "lost",
+                "judge-score profiler: no LLM-written summary; the stage profile (dd-assets"
+                " report) has each judge score's distribution and mean",
+            )
 
     def validation(self, col: dict[str, Any], where: str, name: str) -> dict[str, Any] | None:
         """Code validators only; their params lose the copy of validator_type."""

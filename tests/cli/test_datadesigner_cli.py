@@ -83,7 +83,7 @@ def test_llm_fixture_validates_previews_and_imports_to_the_same_rows(
 EXTRAS_NOT_YET = {
     "columns": {"product_image"},
     "column_keys": {"tool_alias": None, "multi_modal_context": None},
-    "top": {"tool_configs": [], "profilers": None},
+    "top": {"tool_configs": []},
     "models": {"mock-image"},
 }
 
@@ -159,7 +159,9 @@ def test_extras_fixture_validates_previews_and_imports_what_is_supported(
         args = ["import", str(dd_file), "-o", str(out), "--name", "dd"]
         args += ["--provider", f"mock={mock.url},api_key_env=DD_TEST_MOCK_KEY"]
         args += ["--provider", f"nvidia={mock.url},api_key_env=DD_TEST_MOCK_KEY"]
+        capsys.readouterr()
         assert cli.main(args) == 0
+        assert "judge-score profiler" in capsys.readouterr().out  # reported as lost
         native = yaml.safe_load(out.read_text())
         native["stages"][0].update(name="x", num_records=9, buffer_size=9)
         out.write_text(yaml.safe_dump(native, sort_keys=False))

@@ -201,7 +201,6 @@ def test_unsupported_features_are_named(tmp_path: Path, suffix: str) -> None:
         "multi_modal_context (image context) on column 'image_caption' is not supported yet",
         "image columns are not supported yet (column 'product_image')",
         "tool_configs (MCP tools) are not supported yet",
-        "profilers are not supported yet",
     ):
         assert expected in text
     assert "unknown key" not in text

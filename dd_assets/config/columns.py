@@ -250,10 +250,30 @@ TRACE_SUFFIX = "__trace"
 REASONING_SUFFIX = "__reasoning_content"
 
 
+class ImageContext(BaseModel):
+    """DataDesigner's ImageContext: images sent with the prompt, from a column holding a URL or
+    base64 data (or a JSON list of them)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    column_name: str
+    modality: Literal["image"] = "image"
+    data_type: Literal["url", "base64"]
+    image_format: Literal["png", "jpg", "jpeg", "gif", "webp"] | None = None
+
+    @model_validator(mode="after")
+    def _format_for_base64(self) -> ImageContext:
+        if self.data_type == "base64" and self.image_format is None:
+            raise ValueError("image_format is required with data_type: base64")
+        return self
+
+
 class _LLMColumn(_Column):
     prompt: str
     model_alias: str
     system_prompt: str | None = None
+    # Images sent before the prompt's text in the user message (OpenAI's image_url parts).
+    multi_modal_context: list[ImageContext] | None = added_field(None)
     # DataDesigner's with_trace: the conversation kept in a side column `<name>__trace`.
     with_trace: Literal["none", "last_message", "all_messages"] = added_field("none")
     # DataDesigner's extract_reasoning_content: the answer's reasoning (a reasoning model's
@@ -283,7 +303,7 @@ class _LLMColumn(_Column):
         names = template_names(self.prompt, "prompt")
         if self.system_prompt:
             names |= template_names(self.system_prompt, "system_prompt")
-        return names
+        return names | {c.column_name for c in self.multi_modal_context or []}
 
     @property
     def is_llm(self) -> bool:

@@ -267,21 +267,15 @@ class _Mapper:
                 "same",
                 "skip / propagate_skip: skipped cells are not generated and hold skip.value",
             )
-        for key, feature in (
-            ("multi_modal_context", "multi_modal_context (image context)"),
-            ("tool_alias", "tool_alias (tool calls)"),
-        ):
-            if key in got:
-                self.unsupported(f"{where}.{key}", feature, name)
-        out = {
-            k: v
-            for k, v in got.items()
-            if k
-            not in (
-                "multi_modal_context",
-                "tool_alias",
+        if "tool_alias" in got:
+            self.unsupported(f"{where}.tool_alias", "tool_alias (tool calls)", name)
+        if "multi_modal_context" in got:
+            got["multi_modal_context"] = self.image_contexts(
+                self.shaped(got["multi_modal_context"], list, f"{where}.multi_modal_context", []),
+                f"{where}.multi_modal_context",
+                name,
             )
-        }
+        out = {k: v for k, v in got.items() if k not in ("tool_alias",)}
         if ctype == "sampler":
             return self.sampler(out, where, name)
         if ctype == "validation":
@@ -358,6 +352,30 @@ class _Mapper:
         for n in dict.fromkeys(notes):
             self.note(f"column {name}", "mapped", n)
         return col
+
+    def image_contexts(self, raw: list[Any], where: str, name: str) -> list[dict[str, Any]]:
+        """ImageContexts with an explicit data_type; auto-detection (null: local files read,
+        base64 guessed from bytes) is not supported."""
+        out = []
+        for k, ctx in enumerate(raw):
+            if not isinstance(ctx, dict):
+                self.issue(f"{where}[{k}]", "an image context must be a mapping")
+                continue
+            got = self.take(
+                ctx,
+                f"{where}[{k}]",
+                {"column_name": _REQUIRED, "modality": "image", "data_type": None,
+                 "image_format": None},
+                name,
+            )  # fmt: skip
+            if "data_type" not in got:
+                self.unsupported(
+                    f"{where}[{k}].data_type",
+                    "multi_modal_context without a data_type (auto-detection)",
+                    name,
+                )
+            out.append(got)
+        return out
 
     def profilers(self, raw: list[Any]) -> None:
         """A judge-score profiler writes DataDesigner's analysis report, never the data: the

@@ -26,7 +26,7 @@ from dd_assets.config.columns import (
 from dd_assets.config.fingerprint import sha256_hex
 from dd_assets.config.models import ManualDistribution, ModelConfig, UniformDistribution
 from dd_assets.engine import rng
-from dd_assets.engine.expressions import render
+from dd_assets.engine.expressions import CellError, render
 from dd_assets.engine.schema import column_type
 
 
@@ -62,19 +62,58 @@ class SideAnswer:
     sides: dict[str, Any]
 
 
-def _trace(mode: str, messages: list[dict[str, str]], answer: str) -> list[dict[str, Any]]:
+def _trace(mode: str, messages: list[dict[str, Any]], answer: str) -> list[dict[str, Any]]:
     """The trace DataDesigner keeps: the last assistant message, or the whole conversation
     (system, user, assistant and correction turns), each message's content as text parts."""
     turns = [*messages, {"role": "assistant", "content": answer}]
     if mode == "last_message":
         turns = turns[-1:]
-    return [{"role": m["role"], "content": [{"type": "text", "text": m["content"]}]} for m in turns]
+    return [{"role": m["role"], "content": _trace_parts(m["content"])} for m in turns]
+
+
+def _trace_parts(content: Any) -> list[dict[str, str]]:
+    """A message's content as trace parts `{type, text}`; an image part keeps its URL as text."""
+    if isinstance(content, str):
+        return [{"type": "text", "text": content}]
+    return [
+        {"type": "text", "text": p["text"]}
+        if p["type"] == "text"
+        else {"type": "image_url", "text": p["image_url"]["url"]}
+        for p in content
+    ]
+
+
+def image_parts(col: ColumnConfig, row: dict[str, Any]) -> list[dict[str, Any]]:
+    """The image_url parts of the column's multi_modal_context for this row: a cell holding a
+    JSON list gives one image per item; base64 data becomes a data URI (kept as it is when it
+    already is one). Raises expressions.CellError for a cell with no image."""
+    parts: list[dict[str, Any]] = []
+    for ctx in getattr(col, "multi_modal_context", None) or []:
+        raw = row.get(ctx.column_name)
+        values: list[Any] = [raw]
+        if isinstance(raw, list):
+            values = raw
+        elif isinstance(raw, str):
+            try:
+                parsed = json.loads(raw)
+            except ValueError:
+                parsed = None
+            if isinstance(parsed, list):
+                values = parsed
+        for v in values:
+            if not isinstance(v, str) or not v:
+                raise CellError(f"multi_modal_context column {ctx.column_name!r} holds no image")
+            if ctx.data_type == "base64" and not v.startswith("data:"):
+                fmt = "jpeg" if ctx.image_format == "jpg" else ctx.image_format
+                v = f"data:image/{fmt};base64,{v}"
+            parts.append({"type": "image_url", "image_url": {"url": v}})
+    return parts
 
 
 def with_sides(
     col: ColumnConfig,
     value: Any,
-    messages: list[dict[str, str]],
+    messages: list[dict[str, Any]],
     answer: str,
     reasoning: str | None,
 ) -> Any:
@@ -119,7 +158,7 @@ def embedding_value(vectors: list[list[float]]) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class CellRequest:
-    messages: list[dict[str, str]]
+    messages: list[dict[str, Any]]
     response_format: dict[str, Any] | None
 
 
@@ -145,7 +184,7 @@ def _schema_of(col: ColumnConfig) -> dict[str, Any] | None:
 def build_request(col: ColumnConfig, row: dict[str, Any]) -> CellRequest:
     """Messages for one cell; raises expressions.CellError if a template cannot render."""
     prompt = render(col.prompt, row)  # type: ignore[union-attr]
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
     if col.system_prompt:  # type: ignore[union-attr]
         messages.append({"role": "system", "content": render(col.system_prompt, row)})  # type: ignore[union-attr]
     response_format = None
@@ -168,7 +207,9 @@ def build_request(col: ColumnConfig, row: dict[str, Any]) -> CellRequest:
         }
         if isinstance(col, LLMStructuredColumnConfig):
             prompt += "\n\nAnswer with JSON only, matching this JSON schema:\n" + json.dumps(schema)
-    messages.append({"role": "user", "content": prompt})
+    images = image_parts(col, row)
+    content: Any = [*images, {"type": "text", "text": prompt}] if images else prompt
+    messages.append({"role": "user", "content": content})
     return CellRequest(messages, response_format)
 
 

@@ -301,7 +301,7 @@ class LLMCellRunner:
         col: ColumnConfig,
         row_index: int,
         model: Any,
-        messages: list[dict[str, str]],
+        messages: list[dict[str, Any]],
         response_format: dict[str, Any] | None,
         usage: UsageStats,
     ) -> ChatResult:

@@ -82,7 +82,7 @@ def test_llm_fixture_validates_previews_and_imports_to_the_same_rows(
 # (tests/config/test_datadesigner.py::test_unsupported_features_are_named).
 EXTRAS_NOT_YET = {
     "columns": {"product_image"},
-    "column_keys": {"tool_alias": None, "multi_modal_context": None},
+    "column_keys": {"tool_alias": None},
     "top": {"tool_configs": []},
     "models": {"mock-image"},
 }
@@ -130,7 +130,16 @@ def test_extras_fixture_validates_previews_and_imports_what_is_supported(
         shown = preview_stage(plan_workflow(load_workflow(cfg))["x"], 9)
         rows = shown.table.to_pylist()
         assert len(rows) == 9, shown.dropped
+        captions = [b for b in mock.bodies if b.get("model") == "mock/text-model-1" and
+                    "Describe the image." in str(b["messages"])]  # fmt: skip
+        # multi_modal_context (data_type: url): the image path goes first, as an image_url part
+        assert len(captions) == 18 and all(
+            b["messages"][0]["content"][0]["image_url"]["url"] in ("imgs/a.png", "imgs/b.png")
+            and b["messages"][0]["content"][1] == {"type": "text", "text": "Describe the image."}
+            for b in captions
+        )
         chats = [b["messages"][0]["content"] for b in mock.bodies if "messages" in b]
+        chats = [c if isinstance(c, str) else "" for c in chats]
         notes_asked = [c for c in chats if c.startswith("Write a restock")]
         assert len(notes_asked) == sum(r["in_stock"] == 0 for r in rows) * 2  # preview + this
         assert {r["in_stock"] for r in rows} == {0, 1, 2}
@@ -150,7 +159,7 @@ def test_extras_fixture_validates_previews_and_imports_what_is_supported(
                 assert (emb["num_embeddings"], emb["dimension"]) == (1, 256)
             # propagate_skip: false, so rendered from the skipped value unless its own gate holds
             assert r["note_len"] == (0 if r["in_stock"] == 2 else len(r["restock_note"]))
-            assert r["sql_query"] and r["image_caption"]
+            assert r["sql_query"] and r["image_caption"].startswith("[mock/text-model-1] Describe")
             # the mock answers python, so the SQL validator finds parse errors
             assert r["sql_valid"]["is_valid"] is False
             assert r["sql_valid"]["error_messages"].startswith("PRS: "), r["sql_query"]

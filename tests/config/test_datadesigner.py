@@ -198,7 +198,6 @@ def test_unsupported_features_are_named(tmp_path: Path, suffix: str) -> None:
     text = str(exc.value)
     for expected in (
         "tool_alias (tool calls) on column 'restock_note' is not supported yet",
-        "multi_modal_context (image context) on column 'image_caption' is not supported yet",
         "image columns are not supported yet (column 'product_image')",
         "tool_configs (MCP tools) are not supported yet",
     ):

@@ -176,6 +176,13 @@ def explain(root: ObjectPath, exc: BaseException) -> ObjectStoreError:
     name = type(exc).__name__
     if "NoSuchBucket" in text:
         why = f"bucket {root.bucket!r} does not exist; create it or fix the root"
+    elif "169.254.169.254" in text or "/latest/api/token" in text:
+        # no credential in the environment: obstore fell back to the instance metadata service
+        why = (
+            "no credentials: none in the environment and no instance metadata to fall back on;"
+            " set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE / a role) in the"
+            " environment of every process that uses the root"
+        )
     elif name in ("UnauthenticatedError", "PermissionDeniedError") or any(
         s in text
         for s in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "credential")

@@ -174,6 +174,19 @@ def test_bad_object_roots_are_one_clear_error(
     ):
         PartitionStore("s3://no-such-bucket/data")
     bucket = s3_server.create_bucket()
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    # obstore then asks the instance metadata service: a closed port here, so the test never
+    # waits on a network without one
+    monkeypatch.setenv("AWS_METADATA_ENDPOINT", "http://127.0.0.1:9")
+    objects._clients.clear()
+    try:
+        with pytest.raises(ObjectStoreError, match=r"no credentials.*AWS_ACCESS_KEY_ID"):
+            PartitionStore(f"s3://{bucket}/nocreds")
+    finally:
+        objects._clients.clear()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # nothing listens there
     objects._clients.clear()
     try:
@@ -288,3 +301,37 @@ def test_cli_materialize_status_check_export_on_an_s3_root(
         "error: data root s3://no-such-bucket/x: bucket 'no-such-bucket' does not exist;"
         " create it or fix the root"
     ]
+
+
+def test_lease_lock_excludes_and_is_taken_over_when_its_holder_died(
+    store: PartitionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lock = store.root / "wf" / "stage" / ".abc.lock"
+    assert isinstance(lock, ObjectPath)
+    inside: list[int] = []
+    most = [0]
+
+    def worker() -> None:
+        for _ in range(3):
+            with objects.lease_lock(lock):
+                inside.append(1)
+                most[0] = max(most[0], len(inside))
+                inside.pop()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert most[0] == 1 and objects.get(lock) is None  # one holder at a time, released
+    # A holder killed with SIGKILL leaves its lock object: taken over once the lease ran out.
+    objects.put(lock, json.dumps({"owner": "dead", "expires": 0}).encode(), mode="create")
+    with objects.lease_lock(lock, wait_s=5):
+        raw = objects.get(lock)
+        assert raw is not None and json.loads(raw[0])["owner"] != "dead"
+    objects.put(lock, json.dumps({"owner": "alive", "expires": 2e9}).encode(), mode="create")
+    with (
+        pytest.raises(ObjectStoreError, match=r"held for more than 0 s.*delete that object"),
+        objects.lease_lock(lock, wait_s=0.2),
+    ):
+        pass

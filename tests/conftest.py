@@ -13,6 +13,14 @@ from dd_assets.testing.s3 import S3Server, running_s3
 from dd_assets.testing.workflows import isolated_env
 
 
+@pytest.fixture(autouse=True)
+def own_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test runs in a folder of its own, as a user runs dd-assets in a project folder: the
+    repository's ./.env (DAGSTER_HOME=./.dagster_home) must not reach a test's commands, which
+    read it as Dagster's tools do, nor their subprocesses, which inherit the working directory."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """This test's own Dagster instance (SQLite under tmp_path) and data root, set in the

@@ -160,7 +160,9 @@ def cmd_materialize(args: argparse.Namespace) -> int:
                 get_instance(),
                 stages=stages,
                 resume=resume,
-                partitions=lambda total: parse_partitions(args.partitions, total),
+                partitions=(lambda total: parse_partitions(args.partitions, total))
+                if args.partitions
+                else None,
                 progress=bars,
                 retry_dropped=args.retry_dropped,
             )
@@ -415,7 +417,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from dd_assets.dagster.build import CONFIG_ENV
-    from dd_assets.dagster.instance import ensure_dagster_home
+    from dd_assets.dagster.instance import get_instance
+    from dd_assets.dagster.workspace import write_workspace
 
     env = dict(os.environ)
     if args.config:
@@ -426,18 +429,21 @@ def cmd_ui(args: argparse.Namespace) -> int:
             "name a workflow: `dd-assets ui CONFIG` (a YAML file or a folder of them), or set"
             f" {CONFIG_ENV}"
         )
-    env["DAGSTER_HOME"] = ensure_dagster_home()
+    # Created (under the instance lock) before the webserver, daemon and code server open it:
+    # they take no lock, and would race each other, or a CLI command, on a new instance.
+    get_instance().dispose()
+    env["DAGSTER_HOME"] = os.environ["DAGSTER_HOME"]
+    env["PWD"] = os.getcwd()  # dagster dev reads ./.env too; its ${PWD} must mean this folder
     # `dagster dev` is "superseded" by the separate dagster-dg-cli; it works and needs nothing more.
     env.setdefault("PYTHONWARNINGS", "ignore:Function `dev_command` is superseded")
     # `dagster dev` = webserver + daemon: without the daemon, runs and backfills launched from
-    # the UI ("Materialize missing partitions") would sit in the queue forever.
+    # the UI ("Materialize missing partitions") would sit in the queue forever. The workspace
+    # names the code location as workspace.yaml does, so CLI runs are found and re-executable.
     cmd = [
         str(Path(sys.executable).with_name("dagster")),
         "dev",
-        "-m",
-        "dd_assets.dagster.definitions",
-        "-a",
-        "defs",
+        "-w",
+        str(write_workspace(env["DAGSTER_HOME"])),
         "-h",
         "127.0.0.1",
         "-p",

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 
 from dd_assets.cli import commands
 from dd_assets.cli.interrupts import watch_signals
+from dd_assets.cli.project_env import project_env
 from dd_assets.errors import EXIT_PARTIAL, DdAssetsError, Interrupted
 
 DEBUG_ENV = "DD_ASSETS_DEBUG"
@@ -151,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     with watch_signals() as signals:
         try:
-            return func(args)
+            with project_env():  # ./.env, as Dagster's tools read it: one instance per folder
+                return func(args)
         except (KeyboardInterrupt, Interrupted) as exc:
             if args.debug:
                 traceback.print_exc()

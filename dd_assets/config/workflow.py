@@ -285,6 +285,12 @@ class WorkflowConfig(BaseModel):
         return [self.stage(name) for name in seed_upstreams(stage)]
 
 
+def final_output_name(stage: str) -> str:
+    """The name of a stage's final output (its finalize processors' result): the last part of its
+    Dagster asset key, `[workflow, <stage>_final]`, and how messages name it."""
+    return f"{stage}_final"
+
+
 def num_row_groups(num_records: int, buffer_size: int) -> int:
     return -(-num_records // buffer_size)
 
@@ -652,6 +658,16 @@ def semantic_issues(
                 )
             )
         index.setdefault(stage.name, i)
+    for i, stage in enumerate(workflow.stages):
+        final = final_output_name(stage.name)
+        if stage.finalize and final in index:
+            issues.append(
+                ConfigIssue(
+                    f"stages[{index[final]}].name",
+                    f"stage name {final!r} is the name of stage {stage.name!r}'s final output"
+                    f" (stages[{i}] has finalize processors); rename one of the two stages",
+                )
+            )
     broken: set[int] = set()  # stages whose own seed names an unknown stage or themselves
     for i, stage in enumerate(workflow.stages):
         seed = stage.seed

@@ -48,14 +48,17 @@ class StageRunConfig(dg.Config):
     retry_dropped: bool = False
 
 
-def _upstream_dep(plan: StagePlan, up: StagePlan) -> dg.AssetDep:
+def _upstream_deps(plan: StagePlan, up: StagePlan) -> list[dg.AssetDep]:
     """What a stage depends on in an upstream outside its wave: the same row groups (a join of
-    stages from different waves), its final output when it has finalize processors, or all of it."""
+    stages from different waves), or all of it, and its final output when it has finalize
+    processors. A stage reading a final output also depends on all of the raw stage (which the
+    final output is made of): an asset backfill over partitions of the upstream, as the UI's
+    "Materialize all" launches, reaches downstream assets only through partitioned ones, and
+    would otherwise never target this stage."""
     if plan.pairs_row_groups:
-        return dg.AssetDep(asset_key(up), partition_mapping=dg.IdentityPartitionMapping())
-    if up.compiled.stage.finalize:
-        return dg.AssetDep(final_key(up))
-    return dg.AssetDep(asset_key(up), partition_mapping=dg.AllPartitionMapping())
+        return [dg.AssetDep(asset_key(up), partition_mapping=dg.IdentityPartitionMapping())]
+    whole = dg.AssetDep(asset_key(up), partition_mapping=dg.AllPartitionMapping())
+    return [dg.AssetDep(final_key(up)), whole] if up.finalizes else [whole]
 
 
 def _description(plan: StagePlan) -> str:
@@ -93,10 +96,10 @@ def wave_asset(plans: list[StagePlan], settings: RunSettings) -> dg.AssetsDefini
             if up.name in in_wave:
                 internal[output_name(p)].add(asset_key(up))  # same partitions: identity mapping
             else:
-                dep = _upstream_dep(p, up)
-                internal[output_name(p)].add(dep.asset_key)
-                if dep.asset_key not in {d.asset_key for d in deps}:
-                    deps.append(dep)
+                for dep in _upstream_deps(p, up):
+                    internal[output_name(p)].add(dep.asset_key)
+                    if dep.asset_key not in {d.asset_key for d in deps}:
+                        deps.append(dep)
 
     partitions_def = dg.StaticPartitionsDefinition(partition_keys(plans[0]))
     # BackfillPolicy is marked beta; we depend on it on purpose (pinned dagster minor), so its
@@ -178,7 +181,7 @@ def wave_asset(plans: list[StagePlan], settings: RunSettings) -> dg.AssetsDefini
 
 
 def final_asset(plan: StagePlan) -> dg.AssetsDefinition:
-    """`[workflow, stage, final]`: the stage's finalize processors over all its row groups."""
+    """`[workflow, <stage>_final]`: the stage's finalize processors over all its row groups."""
     stage = plan.compiled.stage
     steps = ", ".join(p.processor_type for p in stage.finalize)
 

@@ -1,5 +1,6 @@
-"""`dd-assets check`: the asset checks of a workflow's stages, run as one Dagster run on the real
-instance (DAGSTER_HOME) so their results show in the UI, and returned for the exit code."""
+"""`dd-assets check`: the asset checks of a workflow's stages, run as one run of the workflow's
+checks job on the real instance (DAGSTER_HOME) so their results show in the UI, and returned for
+the exit code."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ from typing import Any
 
 import dagster as dg
 
-from dd_assets.dagster.build import build_definitions, stage_checks_selection
+from dd_assets.dagster.asset_checks import stage_check_names
+from dd_assets.dagster.build import build_definitions
 from dd_assets.dagster.names import asset_key, checks_job_name
-from dd_assets.dagster.runs import CliJob
+from dd_assets.dagster.runs import run_job
 from dd_assets.runners.checks import checks_for
 from dd_assets.runners.plan import WorkflowPlan
 from dd_assets.store.partition_store import PartitionStore
@@ -51,13 +53,12 @@ def check_workflow(
     """Run the asset checks of the given stages (default: all) and return what they found."""
     wanted = plan.select(stages)
     defs = build_definitions([plan], root=str(store.root))
-    job = CliJob.build(
-        defs,
-        checks_job_name(plan),
-        stage_checks_selection(wanted),
-        instance,
-    )
-    result = job.run()
+    checks = None  # all of them
+    if len(wanted) < len(plan):
+        checks = [
+            dg.AssetCheckKey(asset_key(p), name) for p in wanted for name in stage_check_names(p)
+        ]
+    result = run_job(defs.resolve_job_def(checks_job_name(plan)), instance, checks=checks)
     stage_of = {asset_key(p): p.name for p in wanted}
     blocking = {(p.name, c.name): c.blocking for p in wanted for c in checks_for(p)}
     rows = [

@@ -1,6 +1,14 @@
-"""The Dagster instance dd-assets commands use: DAGSTER_HOME, or ./.dagster_home when unset,
-created with telemetry off (no banner, nothing sent) and SQLite storage unless its dagster.yaml
-says otherwise (resources/dagster/ has templates for PostgreSQL and queued runs).
+"""The Dagster instance dd-assets commands use: DAGSTER_HOME, or ./.dagster_home when unset (the
+CLI applies ./.env first, as Dagster's tools do: cli/project_env.py), created with telemetry off
+(no banner, nothing sent) and SQLite storage unless its dagster.yaml says otherwise
+(resources/dagster/ has templates for PostgreSQL and queued runs).
+
+Creating a SQLite instance creates its tables and stamps their schema version, with no
+coordination between processes: two commands starting at once on a fresh home corrupt it
+("table ... already exists", then "more than one head" on every later command). So the first
+`DagsterInstance.get()` of a DAGSTER_HOME runs under an exclusive file lock in it, and leaves a
+marker file saying the instance exists; later openings take no lock (a lock around every opening,
+which takes seconds on a loaded machine, would serialize concurrent commands).
 
 An instance that cannot be created, opened or written (a read-only or misplaced DAGSTER_HOME, a
 broken dagster.yaml, a SQLite database locked by another process, a full disk) is an
@@ -16,7 +24,9 @@ import dagster as dg
 import sqlalchemy.exc
 import yaml
 
+from dd_assets.dagster.dead_runs import sweep_dead_runs
 from dd_assets.errors import RunError
+from dd_assets.store.atomic import atomic_write_bytes, file_lock
 
 
 class InstanceError(RunError):
@@ -24,6 +34,8 @@ class InstanceError(RunError):
 
 
 DEFAULT_DAGSTER_HOME = ".dagster_home"
+LOCK_FILE = ".dd-assets-instance.lock"
+READY_FILE = ".dd-assets-instance.ready"  # the instance exists: no lock needed to open it
 NEW_INSTANCE_YAML = (
     "# Written by dd-assets for a new instance: SQLite storage under this folder.\n"
     "# See resources/dagster/ in the dd-assets repository for PostgreSQL and queued runs.\n"
@@ -39,24 +51,26 @@ def ensure_dagster_home() -> str:
     config = home / "dagster.yaml"
     if not config.exists():
         # Never overwritten: an operator's dagster.yaml (PostgreSQL, run coordinator) is theirs.
-        tmp = home / f".dagster.yaml.{os.getpid()}.tmp"
-        tmp.write_text(NEW_INSTANCE_YAML)
-        os.replace(tmp, config)
+        atomic_write_bytes(config, NEW_INSTANCE_YAML.encode())
     os.environ["DAGSTER_HOME"] = str(home)
     return str(home)
 
 
 def get_instance() -> dg.DagsterInstance:
+    """The instance, created safely if it is new, with runs of killed dd-assets processes (left
+    "Started" forever otherwise) marked failed (dead_runs.py)."""
     where = os.environ.get("DAGSTER_HOME") or DEFAULT_DAGSTER_HOME
     try:
-        home = ensure_dagster_home()
+        home = Path(ensure_dagster_home())
     except OSError as exc:
         raise InstanceError(
             f"DAGSTER_HOME {where} cannot be created or written ({exc.strerror}:"
             f" {exc.filename}); point DAGSTER_HOME at a writable folder"
         ) from exc
     try:
-        return dg.DagsterInstance.get()
+        instance = _open(home)
+        sweep_dead_runs(instance, guard=lambda: file_lock(home / LOCK_FILE))
+        return instance
     except (OSError, yaml.YAMLError, dg.DagsterInvalidConfigError) as exc:
         raise InstanceError(
             f"the Dagster instance in {home} cannot be opened ({type(exc).__name__}:"
@@ -65,6 +79,19 @@ def get_instance() -> dg.DagsterInstance:
         ) from exc
     except sqlalchemy.exc.DBAPIError as exc:
         raise storage_error(exc) from exc
+
+
+def _open(home: Path) -> dg.DagsterInstance:
+    """`DagsterInstance.get()` (which creates a new instance's databases), under the lock while
+    the home has no marker yet."""
+    ready = home / READY_FILE
+    if not ready.exists():
+        with file_lock(home / LOCK_FILE):
+            if not ready.exists():
+                instance = dg.DagsterInstance.get()
+                atomic_write_bytes(ready, b"created by dd-assets under the instance lock\n")
+                return instance
+    return dg.DagsterInstance.get()
 
 
 # SQLite result codes (primary, `code & 0xff`) that say the database file or its disk cannot be

@@ -1,5 +1,6 @@
 """`dd-assets materialize`: run stages through the real Dagster instance (DAGSTER_HOME), wave by
-wave, one run per chunk of row groups, as a backfill with the multi_run policy would."""
+wave, one run of the wave's job per chunk of row groups, as a backfill with the multi_run policy
+would; then each stage's final job once the stage is whole."""
 
 from __future__ import annotations
 
@@ -11,15 +12,15 @@ from dataclasses import dataclass, field
 import dagster as dg
 
 from dd_assets.dagster.assets import FRESH_START_TAG
-from dd_assets.dagster.build import build_definitions, wave_selection
-from dd_assets.dagster.names import final_key, final_op_name, op_name
-from dd_assets.dagster.runs import CliJob
-from dd_assets.errors import DdAssetsError
+from dd_assets.dagster.build import build_definitions, wave_check_keys
+from dd_assets.dagster.names import asset_key, final_job_name, final_key, job_name, op_name
+from dd_assets.dagster.runs import run_job
+from dd_assets.errors import DdAssetsError, RunError
 from dd_assets.runners.checks import drop_budget_error
 from dd_assets.runners.finalize import TargetProgress, read_final, target_progress
 from dd_assets.runners.materialize import UnfinishedCellsError
 from dd_assets.runners.plan import StagePlan, WorkflowPlan
-from dd_assets.runners.seeds import skip_reason
+from dd_assets.runners.seeds import skip_reason, whole_input_gap
 from dd_assets.store import files
 from dd_assets.store.layout import batch_name, partition_key
 from dd_assets.store.partition_store import PartitionStore
@@ -55,6 +56,22 @@ def _count_files(store: PartitionStore, plans: list[StagePlan], names: set[str])
     return n
 
 
+def _not_runnable(
+    store: PartitionStore, wave: list[StagePlan], held_back: dict[str, str]
+) -> dict[str, str]:
+    """Stages of a wave whose input is not whole (a `mode: sample` stage or a stage reading a
+    final output, while its upstream is incomplete), and the stages they seed: stage -> why."""
+    out: dict[str, str] = {}
+    for p in wave:
+        gap = whole_input_gap(store, p)
+        behind = next((up.name for up in p.upstreams if up.name in {**held_back, **out}), None)
+        if gap:
+            out[p.name] = gap
+        elif behind:
+            out[p.name] = f"its seed stage {behind!r} did not run"
+    return out
+
+
 def materialize_workflow(
     plan: WorkflowPlan,
     store: PartitionStore,
@@ -68,25 +85,16 @@ def materialize_workflow(
 ) -> MaterializeReport:
     """Materialize the selected stages (default: all), stopping at the first failed run, except
     that a run with unfinished cells does not stop the other row groups of its wave (only the
-    waves after it). Ends with a DropBudgetError when a stage dropped more rows than allowed."""
+    waves after it). Ends with a DropBudgetError when a stage dropped more rows than allowed.
+
+    With `partitions` (a subset of row groups), a stage that needs a whole upstream which this
+    run leaves incomplete is not run: the report says which and why in one line, and what was
+    asked of the other stages decides success. Without, such a stage is an error."""
     defs = build_definitions([plan], root=str(store.root))
     wanted = {p.name for p in plan.select(stages)}
     token = uuid.uuid4().hex
     report = MaterializeReport()
-    jobs: dict[tuple[str, ...], CliJob] = {}
-
-    def job_for(plans: list[StagePlan]) -> CliJob:
-        key = tuple(p.name for p in plans)
-        if key not in jobs:
-            jobs[key] = CliJob.build(
-                defs,
-                op_name(plans),
-                # The whole-stage checks are run by `dd-assets check`.
-                wave_selection(plans),
-                instance,
-            )
-        return jobs[key]
-
+    held_back: dict[str, str] = {}
     # target_records stages: row groups in order, stopping once the target passes finalize.
     targets: dict[str, TargetProgress] = {}
 
@@ -99,22 +107,34 @@ def materialize_workflow(
             targets[p.name] = target_progress(p, store)
         return targets[p.name].advance(store).reached
 
-    for wave in plan.waves:
-        wave_plans = [plan[s] for s in wave if s in wanted]
-        if not wave_plans:
-            continue
-        total = wave_plans[0].ref.num_row_groups
-        row_groups = partitions(total) if partitions else list(range(total))
-        ops = {
-            op_name([plan[s] for s in wave]): {
-                "config": {"resume": resume, "retry_dropped": retry_dropped}
+    try:
+        for wave in plan.waves:
+            wave_plans = [plan[s] for s in wave if s in wanted]
+            if not wave_plans:
+                continue
+            blocked = _not_runnable(store, wave_plans, held_back)
+            if blocked and partitions is None:
+                name, why = next(iter(blocked.items()))
+                raise RunError(
+                    f"stage {name!r} cannot run yet: {why}; materialize its upstream stages"
+                    " first (or all stages together)"
+                )
+            held_back.update(blocked)
+            wave_plans = [p for p in wave_plans if p.name not in blocked]
+            if not wave_plans:
+                continue
+            total = wave_plans[0].ref.num_row_groups
+            row_groups = partitions(total) if partitions else list(range(total))
+            job = defs.resolve_job_def(job_name([plan[s] for s in wave]))
+            ops = {
+                op_name([plan[s] for s in wave]): {
+                    "config": {"resume": resume, "retry_dropped": retry_dropped}
+                }
             }
-        }
-        names = {batch_name(rg) for rg in row_groups}
-        goal = len(row_groups) * len(wave_plans)
-        label = ", ".join(p.name for p in wave_plans)
-        unfinished: UnfinishedCellsError | None = None
-        try:
+            names = {batch_name(rg) for rg in row_groups}
+            goal = len(row_groups) * len(wave_plans)
+            label = ", ".join(p.name for p in wave_plans)
+            unfinished: UnfinishedCellsError | None = None
             with _Watcher(progress, label, store, wave_plans, names, goal):
                 chunks = _chunks(row_groups, plan.workflow.run.partitions_per_run)
                 for i, chunk in enumerate(chunks):
@@ -122,7 +142,14 @@ def materialize_workflow(
                     if not running:
                         break
                     try:
-                        result = job_for(running).run(
+                        result = run_job(
+                            job,
+                            instance,
+                            # The wave's stages this command runs (all of them by default), their
+                            # row-group check and materializations_current; the whole-stage checks
+                            # are run by `dd-assets check`.
+                            assets=[asset_key(p) for p in running],
+                            checks=wave_check_keys(running),
                             ops=ops,
                             tags={
                                 "dagster/asset_partition_range_start": partition_key(chunk[0]),
@@ -141,10 +168,14 @@ def materialize_workflow(
                 report.lines += _stage_lines(defs, instance, store, p, token)
             if unfinished is not None:
                 raise _with_not_started(unfinished, store, wave_plans, row_groups)
-        except DdAssetsError as exc:
-            report.error = exc
-            return report
-    report.error = drop_budget_error(plan.select(stages), store)
+        report.error = drop_budget_error(plan.select(stages), store)
+    except DdAssetsError as exc:
+        report.error = exc
+    if held_back:
+        report.lines.append(
+            "not run (input not whole in this --partitions run): "
+            + "; ".join(f"{name}: {why}" for name, why in held_back.items())
+        )
     return report
 
 
@@ -196,13 +227,12 @@ def _stage_lines(
             ]
     elif missing:
         return [*lines, f"{p.name}: not finalized: {missing} row group(s) still missing"]
-    job = CliJob.build(
-        defs,
-        final_op_name(p),
-        dg.AssetSelection.assets(final_key(p)).without_checks(),
+    run_job(
+        defs.resolve_job_def(final_job_name(p)),
         instance,
+        assets=[final_key(p)],
+        tags={FRESH_START_TAG: token},
     )
-    job.run(tags={FRESH_START_TAG: token})
     final = read_final(store, p)
     used = final.info.get("target", {}).get("row_groups_used")
     reached = (

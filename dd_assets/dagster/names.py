@@ -1,5 +1,5 @@
-"""Every name dd-assets gives Dagster: asset keys, op, output, job and check names. One home, so
-the code location, the CLI's runs and the tests can never disagree on them."""
+"""Every name dd-assets gives Dagster: the code location, asset keys, op, output, job, check and
+tag names. One home, so the code location, the CLI's runs and the tests can never disagree."""
 
 from __future__ import annotations
 
@@ -7,8 +7,21 @@ from collections.abc import Sequence
 
 import dagster as dg
 
+from dd_assets.config.workflow import final_output_name
 from dd_assets.runners.plan import StagePlan, WorkflowPlan
 from dd_assets.store.layout import partition_key
+
+# The code location's name, pinned in workspace.yaml and in the workspace `dd-assets ui` starts:
+# a CLI run records it as its origin, so the UI finds the run's job ("View job", re-execute).
+LOCATION_NAME = "dd-assets"
+CODE_LOCATION_MODULE = "dd_assets.dagster.definitions"
+CODE_LOCATION_ATTRIBUTE = "defs"
+
+# Tags of every run a dd-assets command starts: which process runs it, so the next command can
+# tell a run whose process was killed (left "Started" forever) from one still going.
+HOST_TAG = "dd-assets/host"
+PID_TAG = "dd-assets/pid"
+PID_START_TAG = "dd-assets/pid-start"  # the process's start time: a reused pid is not the same run
 
 
 def asset_key(plan: StagePlan) -> dg.AssetKey:
@@ -16,7 +29,9 @@ def asset_key(plan: StagePlan) -> dg.AssetKey:
 
 
 def final_key(plan: StagePlan) -> dg.AssetKey:
-    return dg.AssetKey([plan.workflow.name, plan.name, "final"])
+    """`[workflow, <stage>_final]`: recognisable in the lineage graph and the catalog, where only
+    the last part of a key is shown."""
+    return dg.AssetKey([plan.workflow.name, final_output_name(plan.name)])
 
 
 def output_name(plan: StagePlan) -> str:

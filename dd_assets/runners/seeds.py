@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from dd_assets.config import FileSeed, JoinSeed, StageSeed
+from dd_assets.config.workflow import final_output_name
 from dd_assets.engine import join_row_group
 from dd_assets.engine.seeds import (
     SeedSource,
@@ -23,7 +24,7 @@ from dd_assets.runners.finalize import read_final
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
 from dd_assets.store.approvals import read_approval
-from dd_assets.store.layout import StageRef, keys_head, partition_key
+from dd_assets.store.layout import StageRef, key_ranges, keys_head, partition_key
 from dd_assets.store.partition_store import FinalMissingError, PartitionStore
 from dd_assets.store.seed_files import file_source
 
@@ -180,6 +181,33 @@ def skip_reason(store: PartitionStore, plan: StagePlan) -> str | None:
                 continue  # not finalized yet: running the stage will say so
             if final.rows == 0:
                 return f"its seed stage {up.name!r} finalized to 0 rows (allow_empty: true)"
+    return None
+
+
+def whole_input_gap(store: PartitionStore, plan: StagePlan) -> str | None:
+    """Why a stage that reads whole upstream stages (`mode: sample`, a final output) cannot run
+    now: what of its input is not there yet. None when it can run (or reads row group by row
+    group, or an approved output, or is skipped: see skip_reason)."""
+    if plan.pairs_row_groups or skip_reason(store, plan) is not None:
+        return None
+    for up in plan.upstreams:
+        if read_approval(store, up.ref) is not None:
+            continue  # it reads the approved output (runners/approve.py), which is whole
+        if up.finalizes:
+            try:
+                read_final(store, up)  # made from every row group, or enough (target_records)
+                continue
+            except FinalMissingError:
+                pass
+        missing = store.missing(up.ref)
+        name = final_output_name(up.name) if up.finalizes else up.name
+        if missing:
+            return (
+                f"it reads all of {name}, and {up.name} has {len(missing)} of"
+                f" {up.ref.num_row_groups} row groups missing ({key_ranges(missing, 3)})"
+            )
+        if up.finalizes:
+            return f"it reads {name}, which is not materialized"
     return None
 
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 
 from dd_assets.config.fingerprint import describe_change
 from dd_assets.config.run import ResumeMode
+from dd_assets.config.workflow import final_output_name
 from dd_assets.engine.drops import DROPS_SCHEMA
 from dd_assets.errors import StoreError
 from dd_assets.store import files, objects, parquet
@@ -887,7 +888,8 @@ class PartitionStore:
         ):
             raise FinalMissingError(
                 f"stage {ref.stage!r} has no complete final output for its current config under"
-                f" {self.final_dir(ref)}; materialize the asset {ref.workflow}/{ref.stage}/final"
+                f" {self.final_dir(ref)}; materialize the asset"
+                f" {ref.workflow}/{final_output_name(ref.stage)}"
                 " first"
             )
         return FinalOutput(data, info)

@@ -4,6 +4,7 @@ data root, and snapshots of what the store holds."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
@@ -161,20 +162,41 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def default_signals() -> None:
+    """preexec_fn for a process a test will signal: SIGINT and SIGTERM as a shell gives them.
+    A parent that ignores them (a background job, some CI runners) would pass that on."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def graphql(port: int, query: str, variables: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One query against a Dagster webserver's GraphQL API (what the UI sends); its `data`."""
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql",
+        data=json.dumps({"query": query, "variables": variables or {}}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(req, timeout=60) as resp:
+        body = json.loads(resp.read())
+    assert "errors" not in body, body
+    return body["data"]
+
+
 @contextlib.contextmanager
-def running_ui(workflow: Path, env: dict[str, str], cwd: Path) -> Iterator[tuple[int, Path]]:
-    """`dd-assets ui` (= `dagster dev`: webserver and daemon) on a free port, as a user starts it;
-    yields (port, log file) once the webserver answers, and stops the whole process group."""
+def serving(cmd: list[str], env: dict[str, str], cwd: Path) -> Iterator[tuple[int, Path]]:
+    """A Dagster webserver command (`cmd` + `--port N`) on a free port; yields (port, log file)
+    once it answers, and stops the whole process group."""
     port = free_port()
     log_path = cwd / "ui.log"
     with open(log_path, "w") as log:
         proc = subprocess.Popen(
-            [str(BIN / "dd-assets"), "ui", str(workflow), "--port", str(port)],
-            env=env,
+            [*cmd, "--port", str(port)],
+            env={**env, "PWD": str(cwd)},
             cwd=cwd,
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=default_signals,
         )
         try:
             deadline = time.monotonic() + 90
@@ -196,6 +218,22 @@ def running_ui(workflow: Path, env: dict[str, str], cwd: Path) -> Iterator[tuple
                     os.killpg(proc.pid, signal.SIGKILL)
 
 
+def running_ui(
+    workflow: Path, env: dict[str, str], cwd: Path
+) -> contextlib.AbstractContextManager[tuple[int, Path]]:
+    """`dd-assets ui` (= `dagster dev`: webserver and daemon), as a user starts it."""
+    return serving([str(BIN / "dd-assets"), "ui", str(workflow)], env, cwd)
+
+
+def running_dagster_dev(
+    env: dict[str, str], cwd: Path
+) -> contextlib.AbstractContextManager[tuple[int, Path]]:
+    """Plain `dagster dev -w workspace.yaml` in a project folder, as a Dagster user starts it."""
+    return serving(
+        [str(BIN / "dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1"], env, cwd
+    )
+
+
 def run_materialize(
     cfg: Path, env: dict[str, str], timeout: float = 180
 ) -> subprocess.CompletedProcess:
@@ -208,14 +246,18 @@ def run_materialize(
     )
 
 
-def kill_after(cfg: Path, env: dict[str, str], root: Path, files: int) -> None:
-    """Start `dd-assets materialize` and SIGKILL it once `files` row groups are on disk. Its
-    stderr is kept (next to the config): a run that dies early must say why."""
+def kill_after(
+    cfg: Path, env: dict[str, str], root: Path, files: int, cwd: Path | None = None
+) -> None:
+    """Start `dd-assets materialize` (in `cwd`, default the current folder) and SIGKILL it once
+    `files` row groups are on disk. Its stderr is kept (next to the config): a run that dies
+    early must say why."""
     errlog = cfg.with_suffix(".killed.stderr")
     with open(errlog, "wb") as err:
         proc = subprocess.Popen(
             [str(BIN / "dd-assets"), "materialize", str(cfg), "--no-progress"],
-            env=env,
+            env=env if cwd is None else {**env, "PWD": str(cwd)},
+            cwd=cwd,
             stdout=subprocess.DEVNULL,
             stderr=err,
         )

@@ -348,6 +348,17 @@ ERROR_CASES = {
         ("name: s", 2),
         "duplicate stage name 's'",
     ),
+    "stage named like another stage's final output": (
+        "name: w\nstages:\n"
+        "  - name: s\n    num_records: 1\n    columns:\n"
+        + _col_body(1)
+        + "    finalize: [{processor_type: dedupe, columns: [c0]}]\n"
+        + "  - name: s_final\n    num_records: 1\n    columns:\n"
+        + _col_body(1),
+        "stages[1].name",
+        "name: s_final",
+        "stage name 's_final' is the name of stage 's''s final output",
+    ),
     "unknown model alias": (
         one_stage(
             """

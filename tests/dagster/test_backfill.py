@@ -4,9 +4,8 @@ disk and generates only the rest."""
 
 from __future__ import annotations
 
-import json
+import shutil
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +14,15 @@ import dagster as dg
 import pytest
 
 from dd_assets.config import load_workflow
+from dd_assets.dagster.asset_checks import CURRENT_CHECK
+from dd_assets.dagster.names import LOCATION_NAME
+from dd_assets.runners.checks import ROW_GROUP_CHECK
 from dd_assets.runners.materialize import materialize
 from dd_assets.runners.plan import plan_workflow
 from dd_assets.store.partition_store import PartitionStore
 from dd_assets.testing.workflows import (
+    REPO,
+    graphql,
     isolated_env,
     people_config,
     running_ui,
@@ -63,15 +67,7 @@ class Dagster:
         self.home = home
 
     def gql(self, query: str, variables: dict) -> dict:
-        req = urllib.request.Request(
-            f"http://127.0.0.1:{self.port}/graphql",
-            data=json.dumps({"query": query, "variables": variables}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(req, timeout=60) as resp:
-            body = json.loads(resp.read())
-        assert "errors" not in body, body
-        return body["data"]
+        return graphql(self.port, query, variables)
 
 
 @pytest.fixture
@@ -135,79 +131,131 @@ def test_backfill_of_missing_partitions_reuses_row_groups_on_disk(
 
 
 STALENESS = """
-query($keys: [AssetKeyInput!], $partitions: [String!]) {
+query($keys: [AssetKeyInput!]) {
   assetNodes(assetKeys: $keys) {
     assetKey { path }
-    staleStatusByPartition(partitions: $partitions)
+    isPartitioned
+    partitionKeys
+    staleStatus
     partitionStats { numMaterialized numPartitions }
   }
 }"""
+STALE_BY_PARTITION = """
+query($keys: [AssetKeyInput!], $partitions: [String!]) {
+  assetNodes(assetKeys: $keys) { staleStatusByPartition(partitions: $partitions) }
+}"""
+BACKFILL_STATUS = """
+query($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    ... on PartitionBackfill {
+      status
+      assetBackfillData { assetBackfillStatuses {
+        ... on AssetPartitionsStatusCounts { assetKey { path } numPartitionsTargeted
+          numPartitionsMaterialized }
+        ... on UnpartitionedAssetStatus { assetKey { path } materialized }
+      } }
+    }
+  }
+}"""
+ASSETS = "{ assetNodes { assetKey { path } } }"
+LOCATIONS = "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"
 
 
-@pytest.fixture
-def two_stages(tmp_path: Path) -> Path:
-    return write_config(
-        tmp_path / "wf.yaml", people_config(num_records=1000, buffer_size=100, downstream=True)
-    )
-
-
-def test_backfill_records_each_partition_once_fails_no_check_and_shows_config_edits(
-    tmp_path: Path, two_stages: Path, monkeypatch: pytest.MonkeyPatch
+def test_materialize_all_of_the_chain_records_each_partition_once_fails_no_check_and_shows_edits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A UI backfill of two chained stages (three runs of four row groups, checks included, as
-    the UI launches them): each partition materialized once, nothing "Unsynced" through
-    GraphQL, no run records a failed whole-stage check for the row groups outside its range.
-    Then a config edit: after the code location reloads, the workflow's sensor (in the daemon)
-    turns `materializations_current` red for the asset, with no run."""
-    env = isolated_env(tmp_path, two_stages)
+    """The UI's "Materialize all" on examples/chain.yaml, through GraphQL, as the UI launches it
+    (a backfill of every asset over the root's partitions, checks included; the wave of four
+    stages in runs of 4 row groups, so one run covers part of each stage), run by a real daemon:
+    - every one of the 6 assets is targeted and materialized, the digest (which samples the
+      finalized reviews) after reviews_final;
+    - each partition has exactly one materialization per run, and nothing is "Unsynced";
+    - no run records a failed whole-stage check for the row groups outside its range; the run
+      that completes a stage records it passed; row_group_valid passed for every partition;
+    - then a config edit: once the code location reloads, the workflow's sensor (in the daemon)
+      turns `materializations_current` red for the edited stage, with no run.
+    One server and one backfill for all of it: starting them is most of the time."""
+    for name in ("chain.yaml", "seeds"):
+        src = REPO / "examples" / name
+        (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
+    chain = tmp_path / "chain.yaml"
+    env = isolated_env(tmp_path, chain)
     home = Path(env["DAGSTER_HOME"])
     (home / "dagster.yaml").write_text(DAGSTER_YAML)
-    keys = [f"{i:05d}" for i in range(10)]
-    stages = {s: dg.AssetKey(["wf", s]) for s in ("people", "notes")}
-    with running_ui(two_stages, env, tmp_path) as (port, _):
-        dagster = Dagster(port, home)
-        launched = dagster.gql(
+    with running_ui(chain, env, tmp_path) as (port, log):
+        locations = graphql(port, LOCATIONS)["workspaceOrError"]["locationEntries"]
+        assert [entry["name"] for entry in locations] == [LOCATION_NAME]
+        paths = [a["assetKey"]["path"] for a in graphql(port, ASSETS)["assetNodes"]]
+        assert len(paths) == 6 and ["chain", "reviews_final"] in paths
+        roots = [f"{i:05d}" for i in range(6)]  # the partitions of the root, reviews
+        launched = graphql(
+            port,
             LAUNCH,
-            {
-                "p": {
-                    "assetSelection": [{"path": k.path} for k in stages.values()],
-                    "partitionNames": keys,
-                }
-            },
+            {"p": {"assetSelection": [{"path": k} for k in paths], "partitionNames": roots}},
         )["launchPartitionBackfill"]
         assert launched["__typename"] == "LaunchBackfillSuccess", launched
-        deadline = time.monotonic() + 240
-        status = "REQUESTED"
-        while status == "REQUESTED":
-            assert time.monotonic() < deadline, f"backfill still {status} after 240 s"
+        deadline = time.monotonic() + 600
+        while True:
+            backfill = graphql(port, BACKFILL_STATUS, {"id": launched["backfillId"]})
+            backfill = backfill["partitionBackfillOrError"]
+            if backfill["status"] != "REQUESTED":
+                break
+            assert time.monotonic() < deadline, "backfill still running after 600 s"
             time.sleep(1)
-            status = dagster.gql(STATUS, {"id": launched["backfillId"]})[
-                "partitionBackfillOrError"
-            ]["status"]
-        assert status == "COMPLETED_SUCCESS", (tmp_path / "ui.log").read_text()[-3000:]
+        assert backfill["status"] == "COMPLETED_SUCCESS", log.read_text()[-3000:]
+        statuses = {
+            "/".join(s["assetKey"]["path"]): s
+            for s in backfill["assetBackfillData"]["assetBackfillStatuses"]
+        }
+        assert sorted(statuses) == sorted("/".join(k) for k in paths)
+        for name, s in statuses.items():
+            if "numPartitionsTargeted" in s:
+                expected = 3 if name == "chain/digest" else 6
+                assert s["numPartitionsTargeted"] == s["numPartitionsMaterialized"] == expected, s
+            else:
+                assert s["materialized"], s
 
-        nodes = dagster.gql(
-            STALENESS,
-            {"keys": [{"path": k.path} for k in stages.values()], "partitions": keys},
-        )["assetNodes"]
+        # Nothing "Unsynced", at asset level and per partition (what the UI shows).
+        nodes = graphql(port, STALENESS, {"keys": [{"path": k} for k in paths]})["assetNodes"]
         for node in nodes:
-            assert node["staleStatusByPartition"] == ["FRESH"] * 10, node
-            assert node["partitionStats"] == {"numMaterialized": 10, "numPartitions": 10}
+            assert node["staleStatus"] == "FRESH", node
+            if node["isPartitioned"]:
+                n = len(node["partitionKeys"])
+                assert node["partitionStats"] == {"numMaterialized": n, "numPartitions": n}
+                by_partition = graphql(
+                    port,
+                    STALE_BY_PARTITION,
+                    {
+                        "keys": [{"path": node["assetKey"]["path"]}],
+                        "partitions": node["partitionKeys"],
+                    },
+                )["assetNodes"][0]["staleStatusByPartition"]
+                assert by_partition == ["FRESH"] * n, node
 
         monkeypatch.setenv("DAGSTER_HOME", str(home))
         instance = dg.DagsterInstance.get()
         runs = instance.get_runs(
             filters=dg.RunsFilter(tags={"dagster/backfill": launched["backfillId"]})
         )
-        assert len(runs) == 3
-        for key in stages.values():
-            per = Counter(
-                (r.run_id, r.asset_materialization.partition)
-                for r in instance.fetch_materializations(
-                    dg.AssetRecordsFilter(asset_key=key), limit=100
-                ).records
+        ranges = {
+            (
+                r.tags.get("dagster/asset_partition_range_start"),
+                r.tags.get("dagster/asset_partition_range_end"),
             )
-            assert sorted(pk for _, pk in per) == keys and set(per.values()) == {1}, per
+            for r in runs
+        }
+        assert ("00000", "00003") in ranges, ranges  # a run over part of the stages
+        for path in paths:
+            key = dg.AssetKey(path)
+            records = instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=key), limit=100
+            ).records
+            per = Counter((r.run_id, r.asset_materialization.partition) for r in records)
+            assert set(per.values()) == {1}, per
+            if path[-1] == "reviews_final":
+                continue
+            partitions = sorted(pk for _, pk in per)
+            assert partitions == [f"{i:05d}" for i in range(len(partitions))], per
             # Whole-stage checks: never failed by a run covering part of the stage; evaluated
             # (and passed) by the run that completed it.
             history = instance.event_log_storage.get_asset_check_execution_history(
@@ -216,27 +264,34 @@ def test_backfill_records_each_partition_once_fails_no_check_and_shows_config_ed
             assert all(r.status.value != "FAILED" for r in history), history
             assert any(r.status.value == "SUCCEEDED" for r in history), history
             rg_checks = instance.event_log_storage.get_asset_check_partition_info(
-                [dg.AssetCheckKey(key, "row_group_valid")]
+                [dg.AssetCheckKey(key, ROW_GROUP_CHECK)]
             )
             assert {i.partition_key: i.latest_execution_status.value for i in rg_checks} == {
-                k: "SUCCEEDED" for k in keys
+                k: "SUCCEEDED" for k in partitions
             }
+        final = instance.get_latest_materialization_event(dg.AssetKey(["chain", "reviews_final"]))
+        first_digest = min(
+            r.event_log_entry.timestamp
+            for r in instance.fetch_materializations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(["chain", "digest"])), limit=10
+            ).records
+        )
+        assert final is not None and final.timestamp < first_digest
 
         # A config edit, seen by the code location on reload: no run needed.
-        write_config(
-            two_stages,
-            people_config(num_records=1000, buffer_size=100, downstream=True, score_high=99),
-        )
-        reloaded = dagster.gql("mutation { reloadWorkspace { __typename } }", {})
+        text = chain.read_text()
+        assert "{{ stars }} stars." in text
+        chain.write_text(text.replace("{{ stars }} stars.", "{{ stars }} stars!"))
+        reloaded = graphql(port, "mutation { reloadWorkspace { __typename } }")
         assert reloaded["reloadWorkspace"]["__typename"] == "Workspace", reloaded
-        check = dg.AssetCheckKey(stages["people"], "materializations_current")
+        check = dg.AssetCheckKey(dg.AssetKey(["chain", "reviews"]), CURRENT_CHECK)
         deadline = time.monotonic() + 120
         while True:
             record = instance.get_latest_asset_check_evaluation_record(check)
             if record is not None and record.status.value == "FAILED":
                 break
-            assert time.monotonic() < deadline, (tmp_path / "ui.log").read_text()[-3000:]
-            time.sleep(2)
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(1)
         assert record.run_id == "", "evaluated by the sensor, without a run"
         evaluation = record.event.asset_check_evaluation
-        assert "10 of 10 materialized partition(s) have no row group" in evaluation.description
+        assert "6 of 6 materialized partition(s) have no row group" in evaluation.description

@@ -90,7 +90,7 @@ def test_chain_records_each_partition_once_per_run_and_nothing_unsynced(
         latest = _records(instance, key)[0].asset_materialization
         assert latest.tags["dagster/code_version"] == stage.ref.fingerprint
         assert latest.metadata["reused"].value is True
-    final = dg.AssetKey(["chain", "reviews", "final"])
+    final = dg.AssetKey(["chain", "reviews_final"])
     resolver = get_stale_status_resolver(instance, list(defs.assets or []))
     assert resolver.get_status(final).value == "FRESH", resolver.get_stale_causes(final)
 

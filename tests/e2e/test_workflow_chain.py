@@ -52,13 +52,13 @@ def test_chain_finalize_sample_seal_unseal_export(env: Path, tmp_path: Path, cap
     assert "people: final: " in out and "picked: 3/3 row groups, 120 records" in out
 
     instance = dg.DagsterInstance.get()
-    assert instance.get_latest_materialization_event(dg.AssetKey(["wf", "people", "final"]))
+    assert instance.get_latest_materialization_event(dg.AssetKey(["wf", "people_final"]))
     assert len(instance.get_materialized_partitions(dg.AssetKey(["wf", "notes"]))) == 4
 
     # A user's Dagster asset downstream of the final asset gets it as a lazy pyarrow Dataset.
     seen: dict[str, object] = {}
 
-    @dg.asset(ins={"final": dg.AssetIn(key=dg.AssetKey(["wf", "people", "final"]))})
+    @dg.asset(ins={"final": dg.AssetIn(key=dg.AssetKey(["wf", "people_final"]))})
     def oslo_free(final: pads.Dataset) -> None:
         seen["rows"] = final.count_rows()
         seen["cities"] = set(final.to_table(columns=["city"]).column("city").to_pylist())
@@ -164,3 +164,39 @@ def test_example_chain_yaml_runs_end_to_end(env: Path, tmp_path: Path, capsys) -
     for r in rows[::50]:
         mood = "happy" if r["stars"] >= 4 else "neutral" if r["stars"] == 3 else "unhappy"
         assert r["thread"] == f"[{mood}] {r['text']} / {r['reply']}"
+
+
+CHAIN = Path(__file__).resolve().parents[2] / "examples" / "chain.yaml"
+
+
+def test_a_partition_range_never_runs_a_stage_whose_input_is_not_whole(
+    env: Path, tmp_path: Path, capsys
+) -> None:
+    """--partitions 0-2 of examples/chain.yaml: the row-group stages make row groups 0-2; the
+    digest, which samples the whole final output of reviews, is not run, said in one line; exit 0.
+    Without --partitions, a stage that cannot run is an error before any run starts."""
+    assert cli.main(["materialize", str(CHAIN), "--no-progress", "--partitions", "0-2"]) == 0
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.out + captured.err and captured.err == ""
+    for stage in ("reviews", "replies", "moods", "threads"):
+        assert f"{stage}: 3/6 row groups, 600 records" in captured.out
+    not_run = [line for line in captured.out.splitlines() if line.startswith("not run")]
+    assert not_run == [
+        "not run (input not whole in this --partitions run): digest: it reads all of"
+        " reviews_final, and reviews has 3 of 6 row groups missing (00003-00005)"
+    ]
+    assert not list((env / "chain" / "digest").rglob("batch_*.parquet"))
+    instance = dg.DagsterInstance.get()
+    assert {r.job_name for r in instance.get_runs()} == {"chain__reviews__job"}
+
+    # Asked for by name, the digest is an error: its input is not whole, and no run is started.
+    assert cli.main(["materialize", str(CHAIN), "--no-progress", "--stage", "digest"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: stage 'digest' cannot run yet: it reads all of reviews_final")
+    assert len(err.strip().splitlines()) == 1
+    assert {r.job_name for r in instance.get_runs()} == {"chain__reviews__job"}
+
+    # The rest of the row groups, then the final output, then the digest: all of it.
+    assert cli.main(["materialize", str(CHAIN), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "digest: 3/3 row groups, 30 records" in out and "not run" not in out

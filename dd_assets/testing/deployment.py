@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -22,7 +23,14 @@ import yaml
 
 from dd_assets.testing.mock_openai import MockOpenAI
 from dd_assets.testing.postgres import PgServer
-from dd_assets.testing.workflows import BIN, REPO, free_port, write_config
+from dd_assets.testing.workflows import (
+    BIN,
+    FAST_DAEMON,
+    REPO,
+    free_port,
+    pids_naming,
+    write_config,
+)
 
 LAUNCH = """
 mutation($p: LaunchBackfillParams!) {
@@ -141,10 +149,10 @@ class Deployment:
             )
 
 
-def _start(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+def _start(cmd: list[str], env: dict[str, str], log: Path, cwd: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(
-            cmd, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            cmd, env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
 
 
@@ -157,17 +165,6 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
 
-
-# dagster-daemon with its backfill loop every BACKFILL_TICK_S instead of Dagster's fixed 30 s
-# (dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SECONDS, not configurable in dagster.yaml):
-# a backfill waits up to one tick to have its runs submitted and another to be marked done,
-# which on one machine is most of a test's time and none of what it tests.
-BACKFILL_TICK_S = 2
-_FAST_DAEMON = (
-    "import sys; import dagster._daemon.controller as c;"
-    f" c.DEFAULT_DAEMON_INTERVAL_SECONDS = {BACKFILL_TICK_S};"
-    " from dagster._daemon.cli import main; sys.argv[0] = 'dagster-daemon'; sys.exit(main())"
-)
 
 # Runs launched with this tag run one at a time (a tag concurrency limit of the coordinator):
 # the same deployment then measures one worker against four.
@@ -222,6 +219,9 @@ def running_deployment(
         dg.DagsterInstance.get().dispose()  # tables created once, before the servers race
         port = free_port()
         log = tmp / "dagster.log"
+        # The repository's workspace.yaml, in a folder without the repository's ./.env (whose
+        # DAGSTER_HOME Dagster's tools would take over the exported one).
+        shutil.copy(REPO / "workspace.yaml", tmp / "workspace.yaml")
         web = _start(
             [
                 str(BIN / "dagster-webserver"),
@@ -229,9 +229,10 @@ def running_deployment(
             ],
             env,
             log,
+            tmp,
         )
         daemon = _start(
-            [str(BIN / "python"), "-c", _FAST_DAEMON, "run", "-w", "workspace.yaml"], env, log
+            [str(BIN / "python"), "-c", FAST_DAEMON, "run", "-w", "workspace.yaml"], env, log, tmp
         )
         deadline = time.monotonic() + 180
         while True:
@@ -249,7 +250,7 @@ def running_deployment(
                 _stop(proc)
         # Code servers the daemon or webserver started can outlive them (their own sessions);
         # each names this instance's folder on its command line.
-        for pid in _pids_naming(str(home)):
+        for pid in pids_naming(str(home)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for k, v in saved.items():
@@ -257,19 +258,6 @@ def running_deployment(
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-
-
-def _pids_naming(text: str) -> list[int]:
-    """Processes (not this one) whose command line contains `text`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            try:
-                if text.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def run_pids(run_id: str) -> list[int]:

@@ -218,6 +218,71 @@ def serving(cmd: list[str], env: dict[str, str], cwd: Path) -> Iterator[tuple[in
                     os.killpg(proc.pid, signal.SIGKILL)
 
 
+# dagster-daemon with its backfill loop every BACKFILL_TICK_S instead of Dagster's fixed 30 s
+# (dagster._daemon.controller.DEFAULT_DAEMON_INTERVAL_SECONDS, not configurable in dagster.yaml):
+# a backfill waits up to one tick to have its runs submitted and another to be marked done,
+# which on one machine is most of a test's time and none of what it tests.
+BACKFILL_TICK_S = 2
+FAST_DAEMON = (
+    "import sys; import dagster._daemon.controller as c;"
+    f" c.DEFAULT_DAEMON_INTERVAL_SECONDS = {BACKFILL_TICK_S};"
+    " from dagster._daemon.cli import main; sys.argv[0] = 'dagster-daemon'; sys.exit(main())"
+)
+
+
+def pids_naming(text: str) -> list[int]:
+    """Processes (not this one) whose command line contains `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                continue
+    return found
+
+
+@contextlib.contextmanager
+def running_webserver_and_fast_daemon(env: dict[str, str], cwd: Path) -> Iterator[tuple[int, Path]]:
+    """What `dd-assets ui` starts, as two processes: dagster-webserver and dagster-daemon on the
+    workspace it writes (the code location under its pinned name), the daemon's backfill loop
+    ticking every BACKFILL_TICK_S. For backfills over several dependency levels, where each level
+    waits for a tick: at Dagster's 30 s that is most of a test's time. Yields (port, log)."""
+    import dagster as dg
+
+    from dd_assets.dagster.workspace import write_workspace
+
+    home = env["DAGSTER_HOME"]
+    dg.DagsterInstance.from_config(home).dispose()  # created once, before the servers race
+    workspace = str(write_workspace(home))
+    with open(cwd / "daemon.log", "wb") as out:
+        daemon = subprocess.Popen(
+            [str(BIN / "python"), "-c", FAST_DAEMON, "run", "-w", workspace],
+            env=env,
+            cwd=cwd,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        web = [str(BIN / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1"]
+        with serving(web, env, cwd) as served:
+            yield served
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(daemon.pid, signal.SIGTERM)
+            try:
+                daemon.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(daemon.pid, signal.SIGKILL)
+        # Code servers the daemon started can outlive it (their own sessions); each names this
+        # instance's folder on its command line.
+        for pid in pids_naming(home):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
 def running_ui(
     workflow: Path, env: dict[str, str], cwd: Path
 ) -> contextlib.AbstractContextManager[tuple[int, Path]]:

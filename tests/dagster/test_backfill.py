@@ -26,6 +26,7 @@ from dd_assets.testing.workflows import (
     isolated_env,
     people_config,
     running_ui,
+    running_webserver_and_fast_daemon,
     snapshot,
     write_config,
 )
@@ -174,7 +175,8 @@ def test_materialize_all_of_the_chain_records_each_partition_once_fails_no_check
       that completes a stage records it passed; row_group_valid passed for every partition;
     - then a config edit: once the code location reloads, the workflow's sensor (in the daemon)
       turns `materializations_current` red for the edited stage, with no run.
-    One server and one backfill for all of it: starting them is most of the time."""
+    One server and one backfill for all of it (starting them is most of the time), with the
+    daemon's backfill loop ticking every 2 s: a level of the graph waits a tick for its runs."""
     for name in ("chain.yaml", "seeds"):
         src = REPO / "examples" / name
         (shutil.copytree if src.is_dir() else shutil.copy)(src, tmp_path / name)
@@ -182,7 +184,7 @@ def test_materialize_all_of_the_chain_records_each_partition_once_fails_no_check
     env = isolated_env(tmp_path, chain)
     home = Path(env["DAGSTER_HOME"])
     (home / "dagster.yaml").write_text(DAGSTER_YAML)
-    with running_ui(chain, env, tmp_path) as (port, log):
+    with running_webserver_and_fast_daemon(env, tmp_path) as (port, log):
         locations = graphql(port, LOCATIONS)["workspaceOrError"]["locationEntries"]
         assert [entry["name"] for entry in locations] == [LOCATION_NAME]
         paths = [a["assetKey"]["path"] for a in graphql(port, ASSETS)["assetNodes"]]
@@ -290,7 +292,7 @@ def test_materialize_all_of_the_chain_records_each_partition_once_fails_no_check
             record = instance.get_latest_asset_check_evaluation_record(check)
             if record is not None and record.status.value == "FAILED":
                 break
-            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            assert time.monotonic() < deadline, (tmp_path / "daemon.log").read_text()[-3000:]
             time.sleep(1)
         assert record.run_id == "", "evaluated by the sensor, without a run"
         evaluation = record.event.asset_check_evaluation

@@ -37,7 +37,6 @@ def test_python_reports_as_datadesigner_types_them() -> None:
 
 
 def test_sql_reports_parse_errors_of_the_dialect_only() -> None:
-    pytest.importorskip("sqlfluff", reason="an optional dependency: pip install -e '.[dev]'")
     assert sql_report("SELECT count(*) FROM stock WHERE level = 1;", "sql:postgres") == {
         "is_valid": True,
         "error_messages": "",

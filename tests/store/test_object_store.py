@@ -281,7 +281,7 @@ def test_cli_materialize_status_check_export_on_an_s3_root(
     @dg.asset(
         ins={
             "replies": dg.AssetIn(key=dg.AssetKey(["objchain", "replies"])),
-            "final": dg.AssetIn(key=dg.AssetKey(["objchain", "reviews", "final"])),
+            "final": dg.AssetIn(key=dg.AssetKey(["objchain", "reviews_final"])),
         }
     )
     def consumer(replies: pads.Dataset, final: pads.Dataset) -> None:

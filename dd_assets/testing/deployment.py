@@ -261,8 +261,10 @@ def running_deployment(
 
 
 def run_pids(run_id: str) -> list[int]:
-    """The run's processes: those whose command line names the run (its run worker) and all
-    their descendants (a step worker started by multiprocessing does not name it)."""
+    """The run's processes: its run worker and all its descendants. The run worker's command line
+    need not name the run (the code server starts it), but the `tail -F` processes that capture
+    its compute logs do (their files are under the run id): the worker is their parent. A process
+    that names the run itself counts too."""
     parent: dict[int, int] = {}
     named: list[int] = []
     for entry in Path("/proc").iterdir():
@@ -273,10 +275,11 @@ def run_pids(run_id: str) -> list[int]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        parent[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+        pid = int(entry.name)
+        parent[pid] = int(stat.rsplit(")", 1)[1].split()[1])
         if run_id.encode() in cmdline:
-            named.append(int(entry.name))
-    found = set(named)
+            named.append(-pid if cmdline.startswith(b"tail\0") else pid)
+    found = {parent[-pid] if pid < 0 else pid for pid in named}
     while True:
         more = {pid for pid, ppid in parent.items() if ppid in found} - found
         if not more:

@@ -31,7 +31,7 @@ import struct
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -451,8 +451,8 @@ class MockOpenAI:
                     await self._write(writer, _error(400, "malformed HTTP request"), False)
                     return
                 method, path, headers, body, keep_alive = request
-                reply = await self._dispatch(method, path, headers, body)
-                if isinstance(reply, _Disconnect):
+                reply = await self._unless_gone(reader, self._dispatch(method, path, headers, body))
+                if reply is None or isinstance(reply, _Disconnect):
                     return
                 if not await self._write(writer, reply, keep_alive) or not keep_alive:
                     return
@@ -467,6 +467,28 @@ class MockOpenAI:
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
+
+    @staticmethod
+    async def _unless_gone(
+        reader: asyncio.StreamReader, work: Awaitable[_Reply | _Disconnect]
+    ) -> _Reply | _Disconnect | None:
+        """The reply, or None once the client hung up: a provider such as vLLM aborts a request
+        whose connection closed, so an abandoned request (a SIGKILLed run worker's) stops
+        counting as in flight instead of looking like a breach of max_parallel_requests."""
+        task = asyncio.ensure_future(work)
+        try:
+            while True:
+                done, _ = await asyncio.wait({task}, timeout=0.05)
+                if done:
+                    return task.result()
+                if reader.at_eof():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    return None
+        except BaseException:
+            task.cancel()
+            raise
 
     @staticmethod
     async def _read_request(

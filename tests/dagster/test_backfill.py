@@ -20,6 +20,7 @@ from dd_assets.runners.checks import ROW_GROUP_CHECK
 from dd_assets.runners.materialize import materialize
 from dd_assets.runners.plan import plan_workflow
 from dd_assets.store.partition_store import PartitionStore
+from dd_assets.testing.deployment import LAUNCH, STATUS
 from dd_assets.testing.workflows import (
     REPO,
     graphql,
@@ -41,24 +42,6 @@ run_coordinator:
 telemetry:
   enabled: false
 """
-
-LAUNCH = """
-mutation($p: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $p) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-    ... on InvalidSubsetError { message }
-  }
-}"""
-
-STATUS = """
-query($id: String!) {
-  partitionBackfillOrError(backfillId: $id) {
-    __typename
-    ... on PartitionBackfill { status }
-  }
-}"""
 
 
 class Dagster:

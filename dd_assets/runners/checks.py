@@ -325,24 +325,40 @@ def check_schema_matches_config(sf: StageFiles) -> CheckOutcome:
     return CheckOutcome("schema_matches_config", not mismatches, True, text, numbers)
 
 
+def _files_outcome(
+    name: str, sf: StageFiles, bad: dict[str, str], checked: int, ok_text: str, problem: str
+) -> CheckOutcome:
+    """The file-level checks name the same things the same way: how many files, the first few by
+    name with what is wrong, and the one fix (move them out and regenerate)."""
+    if not bad:
+        text = ok_text
+    else:
+        shown = "; ".join(f"{n}: {e}" for n, e in list(bad.items())[:3])
+        text = (
+            f"{len(bad)} of {checked} file(s) in {sf.store.files_dir(sf.ref)} {problem}"
+            f" ({shown}{' …' if len(bad) > 3 else ''}); move them out of the folder and rerun"
+            " materialize to regenerate those row groups"
+        )
+    return CheckOutcome(name, not bad, True, text, {})
+
+
 def check_footer_fingerprint_matches(sf: StageFiles) -> CheckOutcome:
     bad = {f.path.name: p for f in sf.files if (p := f.mismatch(sf.ref)) is not None}
-    numbers: dict[str, Any] = {
-        "files": len(sf.files),
-        "mismatches": len(bad),
-        "fingerprint": sf.ref.fp12,
-        "first_mismatches": dict(list(bad.items())[:HEAD]),
-    }
-    if not bad:
-        text = f"{len(sf.files)} file footer(s) carry fingerprint {sf.ref.fp12}"
-    else:
-        shown = "; ".join(f"{n}: {p}" for n, p in list(bad.items())[:3])
-        text = (
-            f"{len(bad)} of {len(sf.files)} file(s) in {sf.store.files_dir(sf.ref)} do not belong"
-            f" to fingerprint {sf.ref.fp12} ({shown}{' …' if len(bad) > 3 else ''}); move them"
-            " out of the folder and rerun materialize to regenerate those row groups"
-        )
-    return CheckOutcome("footer_fingerprint_matches", not bad, True, text, numbers)
+    outcome = _files_outcome(
+        "footer_fingerprint_matches",
+        sf,
+        bad,
+        len(sf.files),
+        f"{len(sf.files)} file footer(s) carry fingerprint {sf.ref.fp12}",
+        f"do not belong to fingerprint {sf.ref.fp12}",
+    )
+    outcome.numbers.update(
+        files=len(sf.files),
+        mismatches=len(bad),
+        fingerprint=sf.ref.fp12,
+        first_mismatches=dict(list(bad.items())[:HEAD]),
+    )
+    return outcome
 
 
 def check_pages_intact(sf: StageFiles) -> CheckOutcome:
@@ -352,21 +368,18 @@ def check_pages_intact(sf: StageFiles) -> CheckOutcome:
     check's to report."""
     readable = [f for f in sf.files if f.error is None]
     bad = {f.path.name: err for f in readable if (err := files.verify_pages(f.path)) is not None}
-    numbers: dict[str, Any] = {
-        "files_checked": len(readable),
-        "corrupt": len(bad),
-        "first_corrupt": dict(list(bad.items())[:HEAD]),
-    }
-    if not bad:
-        text = f"every page of {len(readable)} file(s) reads back intact"
-    else:
-        shown = "; ".join(f"{n}: {e}" for n, e in list(bad.items())[:3])
-        text = (
-            f"{len(bad)} of {len(readable)} file(s) in {sf.store.files_dir(sf.ref)} have pages that"
-            f" do not read back intact ({shown}{' …' if len(bad) > 3 else ''}); move them out of"
-            " the folder and rerun materialize to regenerate those row groups"
-        )
-    return CheckOutcome("pages_intact", not bad, True, text, numbers)
+    outcome = _files_outcome(
+        "pages_intact",
+        sf,
+        bad,
+        len(readable),
+        f"every page of {len(readable)} file(s) reads back intact",
+        "have pages that do not read back intact",
+    )
+    outcome.numbers.update(
+        files_checked=len(readable), corrupt=len(bad), first_corrupt=dict(list(bad.items())[:HEAD])
+    )
+    return outcome
 
 
 def check_llm_failure_rate(sf: StageFiles) -> CheckOutcome:

@@ -251,14 +251,15 @@ REASONING_SUFFIX = "__reasoning_content"
 
 
 class ImageContext(BaseModel):
-    """DataDesigner's ImageContext: images sent with the prompt, from a column holding a URL or
-    base64 data (or a JSON list of them)."""
+    """DataDesigner's ImageContext: images sent with the prompt, from a column holding a URL,
+    base64 data or an image file's path (or a JSON list of them). `data_type: null` detects
+    which, per value, as DataDesigner does (engine/llm_cells.py, `image_parts`)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     column_name: str
     modality: Literal["image"] = "image"
-    data_type: Literal["url", "base64"]
+    data_type: Literal["url", "base64"] | None = added_field(None)
     image_format: Literal["png", "jpg", "jpeg", "gif", "webp"] | None = None
 
     @model_validator(mode="after")
@@ -382,6 +383,35 @@ class EmbeddingColumnConfig(_Column):
         return True
 
 
+class ImageColumnConfig(_Column):
+    """DataDesigner's image column: an image model draws `prompt` (a Jinja template), optionally
+    shown `multi_modal_context` images. The value is a list of images (a model may return
+    several): base64 data in a preview, in the store the paths of the image files written
+    beside the row group (docs/decisions.md, "Image columns")."""
+
+    column_type: Literal["image"] = "image"
+    prompt: str
+    model_alias: str
+    multi_modal_context: list[ImageContext] | None = None
+
+    @field_validator("prompt")
+    @classmethod
+    def _valid_prompt(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("prompt is empty; give a Jinja2 template")
+        template_names(v, "prompt")
+        return v
+
+    @property
+    def data_columns(self) -> set[str]:
+        names = template_names(self.prompt, "prompt")
+        return names | {c.column_name for c in self.multi_modal_context or []}
+
+    @property
+    def is_llm(self) -> bool:
+        return True
+
+
 VALIDATOR_LANGS = (
     "python", "sql:sqlite", "sql:postgres", "sql:mysql", "sql:tsql", "sql:bigquery", "sql:ansi",
 )  # fmt: skip
@@ -426,13 +456,14 @@ ColumnConfig = Annotated[
     | LLMStructuredColumnConfig
     | LLMJudgeColumnConfig
     | EmbeddingColumnConfig
+    | ImageColumnConfig
     | ValidationColumnConfig,
     Field(discriminator="column_type"),
 ]
 
 COLUMN_TYPES = (
     "sampler", "expression", "llm-text", "llm-code", "llm-structured", "llm-judge", "embedding",
-    "validation",
+    "image", "validation",
 )  # fmt: skip
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from dd_assets.config.errors import ConfigIssue
-from dd_assets.config.models import BUILTIN_PROVIDERS, ProviderConfig
+from dd_assets.config.models import BUILTIN_PROVIDERS, IMAGE_MAX_RESPONSE_BYTES, ProviderConfig
 from dd_assets.config.processors import SchemaTransformProcessorConfig
 from dd_assets.config.strict_yaml import YamlProblem, parse_json, parse_yaml, read_config_text
 
@@ -231,6 +231,7 @@ class _Mapper:
         "llm-structured": {**_LLM, "output_format": _REQUIRED},
         "llm-judge": {**_LLM, "scores": _REQUIRED},
         "embedding": {"target_column": _REQUIRED, "model_alias": _REQUIRED},
+        "image": {"prompt": _REQUIRED, "model_alias": _REQUIRED, "multi_modal_context": None},
         "validation": {
             "target_columns": _REQUIRED,
             "validator_type": _REQUIRED,
@@ -239,7 +240,6 @@ class _Mapper:
         },
     }
     _NOT_YET = {
-        "image": "image columns",
         "custom": "custom (Python function) columns",
     }
 
@@ -276,6 +276,13 @@ class _Mapper:
                 name,
             )
         out = {k: v for k, v in got.items() if k not in ("tool_alias",)}
+        if ctype == "image":
+            self.note(
+                f"column {name}",
+                "mapped",
+                "image column: images written as files beside each row group, the cells"
+                " holding their paths (images/<column>/...); base64 in a preview",
+            )
         if ctype == "sampler":
             return self.sampler(out, where, name)
         if ctype == "validation":
@@ -354,8 +361,8 @@ class _Mapper:
         return col
 
     def image_contexts(self, raw: list[Any], where: str, name: str) -> list[dict[str, Any]]:
-        """ImageContexts with an explicit data_type; auto-detection (null: local files read,
-        base64 guessed from bytes) is not supported."""
+        """ImageContexts; data_type null is DataDesigner's auto-detection, done the same way
+        (engine/images.py)."""
         out = []
         for k, ctx in enumerate(raw):
             if not isinstance(ctx, dict):
@@ -369,10 +376,12 @@ class _Mapper:
                 name,
             )  # fmt: skip
             if "data_type" not in got:
-                self.unsupported(
-                    f"{where}[{k}].data_type",
-                    "multi_modal_context without a data_type (auto-detection)",
-                    name,
+                self.note(
+                    f"column {name}",
+                    "same",
+                    f"multi_modal_context on {got.get('column_name')!r} without data_type: each"
+                    " value is an image URL, an image file's path (read and sent as base64) or"
+                    " base64, as DataDesigner detects it",
                 )
             out.append(got)
         return out
@@ -616,6 +625,13 @@ class _Mapper:
         "dimensions": None,
     }
 
+    _IMAGE = {
+        "generation_type": "image",
+        "max_parallel_requests": 4,
+        "timeout": None,
+        "extra_body": None,
+    }
+
     def models(self, raw: list[Any], used: set[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
         for k, m in enumerate(raw):
@@ -637,10 +653,15 @@ class _Mapper:
                 )
             )
             gen = inf.get("generation_type", "chat-completion")
-            if gen not in ("chat-completion", "embedding"):
+            specs = {
+                "chat-completion": self._CHAT,
+                "embedding": self._EMBEDDING,
+                "image": self._IMAGE,
+            }
+            if gen not in specs:
                 self.unsupported(f"{where}.inference_parameters", f"{gen} models", verb="are")
                 continue
-            spec = self._CHAT if gen == "chat-completion" else self._EMBEDDING
+            spec = specs[gen]
             params = self.take(inf, f"{where}.inference_parameters", spec)
             provider_name = self.shaped(got.get("provider"), str, f"{where}.provider", None)
             provider = self.providers.get(provider_name) if provider_name else None
@@ -675,6 +696,9 @@ class _Mapper:
             body = {**(provider.extra_body or {}), **extra_body}
             if body:
                 model["extra_body"] = body
+            if gen == "image":
+                # An image answer is far over the 2 MiB a text answer is allowed.
+                model["max_response_bytes"] = IMAGE_MAX_RESPONSE_BYTES
             if "skip_health_check" in got:
                 self.note(
                     f"model {alias}",

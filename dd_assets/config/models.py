@@ -13,6 +13,15 @@ from dd_assets.config.base import Float, Int, added_field, fingerprint_dump, is_
 # 2 MiB: far above any model's longest answer (128k output tokens are about 0.5 MB of text,
 # under 1 MB even with JSON escaping), far below what would blow up a row group.
 DEFAULT_MAX_RESPONSE_BYTES = 2 * 1024 * 1024
+# What `dd-assets import` gives DataDesigner's image models: a 2048x2048 PNG is ~8 MB, ~11 MB
+# in base64; several in one answer stay under this.
+IMAGE_MAX_RESPONSE_BYTES = 64 * 1024 * 1024
+
+# DataDesigner 0.9.7's test for an image model served by /images/generations (its
+# is_image_diffusion_model); any other image model is asked by chat completion.
+DIFFUSION_MODEL_PATTERNS = (
+    "dall-e-", "dalle", "stable-diffusion", "sd-", "sd_", "imagen", "gpt-image-",
+)  # fmt: skip
 
 
 class _UniformParams(BaseModel):
@@ -107,6 +116,12 @@ class ModelConfig(BaseModel):
     extra_body: dict[str, JsonValue] | None = Field(
         default=None, description="merged into every request body (DataDesigner's extra_body)"
     )
+    image_api: Literal["images", "chat"] | None = Field(
+        default=None,
+        description="how image columns ask this model: OpenAI's /images/generations, or a chat"
+        " completion answering with images; unset: DataDesigner's rule (diffusion model names,"
+        " e.g. dall-e-, gpt-image-, stable-diffusion, imagen: images; any other: chat)",
+    )
 
     @field_validator("base_url")
     @classmethod
@@ -148,7 +163,17 @@ class ModelConfig(BaseModel):
         }
         if self.extra_body is not None:  # only when set: models without it keep their identity
             out["extra_body"] = self.extra_body
+        if self.image_api is not None:  # likewise
+            out["image_api"] = self.image_api
         return out
+
+    @property
+    def images_endpoint(self) -> bool:
+        """Whether image columns use /images/generations (else a chat completion)."""
+        if self.image_api is not None:
+            return self.image_api == "images"
+        name = self.model.lower()
+        return any(p in name for p in DIFFUSION_MODEL_PATTERNS)
 
 
 class ProviderConfig(BaseModel):

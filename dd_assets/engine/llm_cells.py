@@ -27,6 +27,7 @@ from dd_assets.config.fingerprint import sha256_hex
 from dd_assets.config.models import ManualDistribution, ModelConfig, UniformDistribution
 from dd_assets.engine import rng
 from dd_assets.engine.expressions import CellError, render
+from dd_assets.engine.images import LoadImage, decode_image, detected_image_url
 from dd_assets.engine.schema import column_type
 
 
@@ -83,10 +84,13 @@ def _trace_parts(content: Any) -> list[dict[str, str]]:
     ]
 
 
-def image_parts(col: ColumnConfig, row: dict[str, Any]) -> list[dict[str, Any]]:
+def image_parts(
+    col: ColumnConfig, row: dict[str, Any], load: LoadImage | None = None
+) -> list[dict[str, Any]]:
     """The image_url parts of the column's multi_modal_context for this row: a cell holding a
     JSON list gives one image per item; base64 data becomes a data URI (kept as it is when it
-    already is one). Raises expressions.CellError for a cell with no image."""
+    already is one); `data_type: null` decides per value (images.detected_image_url, reading
+    files with `load`). Raises expressions.CellError for a cell with no image."""
     parts: list[dict[str, Any]] = []
     for ctx in getattr(col, "multi_modal_context", None) or []:
         raw = row.get(ctx.column_name)
@@ -103,7 +107,9 @@ def image_parts(col: ColumnConfig, row: dict[str, Any]) -> list[dict[str, Any]]:
         for v in values:
             if not isinstance(v, str) or not v:
                 raise CellError(f"multi_modal_context column {ctx.column_name!r} holds no image")
-            if ctx.data_type == "base64" and not v.startswith("data:"):
+            if ctx.data_type is None:
+                v = detected_image_url(ctx.column_name, v, load)
+            elif ctx.data_type == "base64" and not v.startswith("data:"):
                 fmt = "jpeg" if ctx.image_format == "jpg" else ctx.image_format
                 v = f"data:image/{fmt};base64,{v}"
             parts.append({"type": "image_url", "image_url": {"url": v}})
@@ -156,6 +162,18 @@ def embedding_value(vectors: list[list[float]]) -> dict[str, Any]:
     }
 
 
+def image_value(content: str) -> list[str]:
+    """An image cell's value from the client's answer (a JSON list of base64 images): each
+    checked to be an image, kept as base64 (the store writes them as files)."""
+    images = json.loads(content)
+    for b64 in images:
+        try:
+            decode_image(b64)
+        except ValueError as exc:
+            raise AnswerError(f"the model's image is unusable: {exc}") from None
+    return images
+
+
 @dataclass(frozen=True)
 class CellRequest:
     messages: list[dict[str, Any]]
@@ -181,12 +199,17 @@ def _schema_of(col: ColumnConfig) -> dict[str, Any] | None:
     return None
 
 
-def build_request(col: ColumnConfig, row: dict[str, Any]) -> CellRequest:
-    """Messages for one cell; raises expressions.CellError if a template cannot render."""
+def build_request(
+    col: ColumnConfig, row: dict[str, Any], load: LoadImage | None = None
+) -> CellRequest:
+    """Messages for one cell; raises expressions.CellError if a template cannot render.
+    An image column's request is its prompt alone (with its context images): the client
+    sends it as /images/generations or as a chat completion, as the model is asked."""
     prompt = render(col.prompt, row)  # type: ignore[union-attr]
     messages: list[dict[str, Any]] = []
-    if col.system_prompt:  # type: ignore[union-attr]
-        messages.append({"role": "system", "content": render(col.system_prompt, row)})  # type: ignore[union-attr]
+    system = getattr(col, "system_prompt", None)
+    if system:
+        messages.append({"role": "system", "content": render(system, row)})
     response_format = None
     if isinstance(col, LLMCodeColumnConfig):
         prompt += f"\n\nAnswer with {col.code_lang} code in a single fenced code block."
@@ -207,7 +230,7 @@ def build_request(col: ColumnConfig, row: dict[str, Any]) -> CellRequest:
         }
         if isinstance(col, LLMStructuredColumnConfig):
             prompt += "\n\nAnswer with JSON only, matching this JSON schema:\n" + json.dumps(schema)
-    images = image_parts(col, row)
+    images = image_parts(col, row, load)
     content: Any = [*images, {"type": "text", "text": prompt}] if images else prompt
     messages.append({"role": "user", "content": content})
     return CellRequest(messages, response_format)

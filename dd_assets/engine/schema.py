@@ -14,6 +14,7 @@ from dd_assets.config.columns import (
     ColumnConfig,
     EmbeddingColumnConfig,
     ExpressionColumnConfig,
+    ImageColumnConfig,
     LLMJudgeColumnConfig,
     LLMStructuredColumnConfig,
     SamplerColumnConfig,
@@ -51,6 +52,11 @@ TRACE_TYPE = pa.list_(
         ]
     )
 )
+
+
+# An image column's value: its images (DataDesigner keeps a list; a model may return several),
+# base64 in the engine and a preview, file paths once the store wrote them (docs/decisions.md).
+IMAGE_TYPE = pa.list_(pa.string())
 
 
 # An embedding column's value: DataDesigner's EmbeddingGenerationResult.
@@ -128,6 +134,8 @@ def column_type(col: ColumnConfig) -> pa.DataType:
         return json_schema_type(col.output_format)
     if isinstance(col, EmbeddingColumnConfig):
         return EMBEDDING_TYPE
+    if isinstance(col, ImageColumnConfig):
+        return IMAGE_TYPE
     if isinstance(col, ValidationColumnConfig):
         return report_type(col)
     if isinstance(col, LLMJudgeColumnConfig):

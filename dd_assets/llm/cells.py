@@ -29,10 +29,12 @@ from dd_assets.config import EarlyStopSettings, WorkflowConfig
 from dd_assets.config.columns import (
     ColumnConfig,
     EmbeddingColumnConfig,
+    ImageColumnConfig,
     LLMJudgeColumnConfig,
     LLMStructuredColumnConfig,
 )
 from dd_assets.engine import CellFailed, CellUnfinished
+from dd_assets.engine.images import LoadImage
 from dd_assets.engine.llm_cells import (
     AnswerError,
     build_request,
@@ -41,6 +43,7 @@ from dd_assets.engine.llm_cells import (
     embedding_inputs,
     embedding_value,
     glitch,
+    image_value,
     parse_answer,
     sampled_inference,
     with_sides,
@@ -60,6 +63,8 @@ from dd_assets.llm.client import (
 # The "response format" of an embedding request in its cache key (a chat request's is a dict of
 # another shape or None, so the two never share a key).
 EMBEDDINGS = {"type": "embeddings"}
+# Likewise for an image request (chat or /images/generations: the model config decides which).
+IMAGES = {"type": "images"}
 
 # A column whose first requests were all refused with the same message (digits aside: "your
 # prompt has 9120 tokens") before any was answered has a wrong request, not wrong rows.
@@ -152,9 +157,12 @@ class LLMCellRunner:
         cache: RequestCacheBase | None = None,
         outage: Outage | None = None,
         answered_before: bool = False,
+        load_image: LoadImage | None = None,
     ) -> None:
         """`answered_before`: the stage's LLM columns have been answered before (it has rows on
-        disk), so refusals are about rows, never the sign of a wrong request."""
+        disk), so refusals are about rows, never the sign of a wrong request. `load_image`
+        reads the image files multi_modal_context cells name (`data_type: null`)."""
+        self._load_image = load_image
         self.workflow = workflow
         self.stage = workflow.stage(stage)
         self.cache_path = cache_path
@@ -217,7 +225,9 @@ class LLMCellRunner:
         model = self.workflow.models[col.model_alias]  # type: ignore[union-attr]
         if isinstance(col, EmbeddingColumnConfig):
             return await self._embedding(col, row_index, row, model, usage)
-        req = build_request(col, row)
+        req = build_request(col, row, self._load_image)
+        if isinstance(col, ImageColumnConfig):
+            return await self._image(col, row_index, model, req.messages, usage)
         messages = list(req.messages)
         asks = 1 + (
             col.max_parse_retries
@@ -295,6 +305,34 @@ class LLMCellRunner:
         )
         self._window.record(True)
         return embedding_value(json.loads(result.content))
+
+    async def _image(
+        self,
+        col: ImageColumnConfig,
+        row_index: int,
+        model: Any,
+        messages: list[dict[str, Any]],
+        usage: UsageStats,
+    ) -> list[str]:
+        key = request_hash(model.identity(), messages, IMAGES)
+        result = await self._answer(
+            col,
+            row_index,
+            key,
+            lambda r: None,
+            lambda: self._client.generate_image(
+                col.model_alias, messages, usage=usage, priority=row_index
+            ),
+            usage,
+        )
+        try:
+            images = image_value(result.content)
+        except AnswerError as exc:
+            self._drop("unusable_answer", str(exc))
+        if not images:
+            self._drop("unusable_answer", "the model's answer holds no image")
+        self._window.record(True)
+        return images
 
     async def _chat(
         self,

@@ -31,6 +31,7 @@ import logging
 import math
 import os
 import random
+import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -579,6 +580,32 @@ class LLMClient:
             alias, model, "embeddings", payload, usage, priority, count, _embedding_result
         )
 
+    async def generate_image(
+        self,
+        alias: str,
+        messages: list[dict[str, Any]],
+        *,
+        usage: UsageStats | None = None,
+        priority: Any = 0,
+    ) -> ChatResult:
+        """The images a model draws for one user message (its prompt text and any context
+        images), with the same retries, limits and outcome contract as `chat`. As DataDesigner
+        asks: a diffusion model (ModelConfig.images_endpoint) gets OpenAI's
+        `/images/generations` with the prompt text alone; any other model a chat completion
+        whose answer carries the images. The images come back as a JSON list of base64 texts
+        in `content`, so the request cache keeps them like an answer."""
+        model = self._model(alias)
+        if model.images_endpoint:
+            content = messages[-1]["content"]
+            prompt = content if isinstance(content, str) else content[-1]["text"]
+            payload: dict[str, Any] = {"model": model.model, "prompt": prompt}
+            path, parse = "images/generations", _images_result
+        else:
+            payload = {"model": model.model, "messages": messages}
+            path, parse = "chat/completions", _chat_images_result
+        payload.update(model.extra_body or {})
+        return await self._call(alias, model, path, payload, usage, priority, None, parse)
+
     def _model(self, alias: str) -> ModelConfig:
         model = self._models.get(alias)
         if model is None:
@@ -938,6 +965,75 @@ def _embedding_result(data: Any, latency: float) -> ChatResult | _Failure:
         finish_reason="stop",
         raw_model=raw_model if isinstance(raw_model, str) else None,
     )
+
+
+def _image_of(item: Any) -> str | None:
+    """The base64 of one image as an answer gives it: `{b64_json}`, `{image_url: {url}}`,
+    `{url}` or a string, the URL or string a data URI or bare base64 (None: none there)."""
+    if isinstance(item, dict):
+        if isinstance(item.get("b64_json"), str):
+            return item["b64_json"]
+        inner = item.get("image_url", item.get("url"))
+        return _image_of(inner.get("url") if isinstance(inner, dict) else inner)
+    if not isinstance(item, str) or not item:
+        return None
+    if item.startswith("data:image/") and ";base64," in item:
+        return item.split(",", 1)[1]
+    if item.startswith(("http://", "https://")):
+        return None
+    return item if _BASE64_TEXT.fullmatch(item[:100]) and len(item) > 100 else None
+
+
+_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/=\s]+")
+
+
+def _images(items: list[Any], latency: float, data: dict[str, Any]) -> ChatResult | _Failure:
+    images = [b64 for item in items if (b64 := _image_of(item)) is not None]
+    if not images and any(
+        isinstance(i, dict) and str(i.get("url", "")).startswith("http") for i in items
+    ):
+        # Every row would be answered so: the run stops at once with what to change.
+        return _Failure(
+            "fatal",
+            200,
+            "the endpoint answered with image URLs, not image data; ask it for base64 (for"
+            " OpenAI's images API: extra_body: {response_format: b64_json} on the model)",
+        )
+    raw_model = data.get("model")
+    return ChatResult(
+        content=json.dumps(images),
+        tokens_in=0,
+        tokens_out=0,
+        latency_s=latency,
+        retries=0,
+        finish_reason="stop",
+        raw_model=raw_model if isinstance(raw_model, str) else None,
+    )
+
+
+def _images_result(data: Any, latency: float) -> ChatResult | _Failure:
+    """A 200 body of `/images/generations`: `data[i].b64_json` (or a data URI)."""
+    items = data.get("data") if isinstance(data, dict) else None
+    if not isinstance(items, list):
+        return _Failure("transient", 200, "malformed images response: no data list")
+    return _images(items, latency, data)
+
+
+def _chat_images_result(data: Any, latency: float) -> ChatResult | _Failure:
+    """A 200 chat completion of an image model: the message's `images` (OpenRouter's and
+    DataDesigner's reading: image_url parts or b64_json items), else its content when that is
+    a data URI or base64."""
+    choices = data.get("choices") if isinstance(data, dict) else None
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        return _Failure("transient", 200, "malformed chat response: no choices")
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        return _Failure("transient", 200, "malformed chat response: no message")
+    items = message.get("images") if isinstance(message.get("images"), list) else []
+    if not [i for i in items if _image_of(i) is not None]:
+        content = message.get("content")
+        items = [content.strip()] if isinstance(content, str) else []
+    return _images(items, latency, data)
 
 
 def _reasoning(message: dict[str, Any]) -> str | None:

@@ -34,6 +34,7 @@ import pyarrow.parquet as pq
 from dd_assets.config.columns import SamplerColumnConfig
 from dd_assets.config.drift import category_columns
 from dd_assets.config.workflow import FileSeed, StageConfig, StageSeed, column_output_name
+from dd_assets.engine.images import image_columns
 from dd_assets.engine.schema import joined_schema, stage_schema
 from dd_assets.errors import EXIT_DROP_BUDGET, RunError, StoreError
 from dd_assets.runners.finalize import needed_row_groups
@@ -382,6 +383,34 @@ def check_pages_intact(sf: StageFiles) -> CheckOutcome:
     return outcome
 
 
+def check_image_files_present(sf: StageFiles) -> CheckOutcome:
+    """Every image file the row groups' image cells name is on disk (store/images.py): a row
+    group without its images is missing data, whatever its parquet file says."""
+    columns = image_columns(sf.plan.compiled.stage)
+    lacking = {
+        rg: rel
+        for rg, f in sorted(sf.complete.items())
+        if (rel := sf.store.missing_image(sf.ref, f.path, columns)) is not None
+    }
+    numbers: dict[str, Any] = {
+        "row_groups_checked": len(sf.complete),
+        "row_groups_lacking_images": len(lacking),
+        "first_missing": [
+            str(sf.store.stage_dir(sf.ref) / r) for r in list(lacking.values())[:HEAD]
+        ],
+    }
+    if not lacking:
+        text = f"every image file of {len(sf.complete)} row group(s) is on disk"
+    else:
+        rg, rel = next(iter(lacking.items()))
+        text = (
+            f"{len(lacking)} row group(s) ({_keys(lacking)}) lack image files, e.g."
+            f" {sf.store.stage_dir(sf.ref) / rel} (row group {partition_key(rg)}); they count as"
+            " missing: rerun materialize to make them again (answers come from the request cache)"
+        )
+    return CheckOutcome("image_files_present", not lacking, True, text, numbers)
+
+
 def check_llm_failure_rate(sf: StageFiles) -> CheckOutcome:
     """Failed LLM cells over LLM cells, from footer stats. A cell that fails for good (refused,
     too large, unusable) drops its row with the reason `<column>: <kind>`, so failed cells = rows
@@ -655,6 +684,13 @@ CHECKS: tuple[CheckSpec, ...] = (
         " under an intact footer fails here, naming the file).",
         lambda plan: True,
         check_pages_intact,
+    ),
+    CheckSpec(
+        "image_files_present",
+        True,
+        "Every image file an image column's cells name is on disk beside its row group.",
+        lambda plan: bool(image_columns(plan.compiled.stage)),
+        check_image_files_present,
     ),
     CheckSpec(
         "llm_failure_rate",

@@ -14,8 +14,10 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 
 from dd_assets.engine import DROPS_SCHEMA
+from dd_assets.engine.images import image_columns
 from dd_assets.errors import RunError, StoreError, UsageError
 from dd_assets.runners.finalize import read_final
+from dd_assets.runners.images import copy_images, image_paths
 from dd_assets.runners.plan import StagePlan
 from dd_assets.store import files, parquet
 from dd_assets.store.approvals import read_approval
@@ -65,6 +67,29 @@ def _flatten_for_csv(batch: pa.RecordBatch) -> pa.RecordBatch:
 
 
 def export_stage(
+    plan: StagePlan, store: PartitionStore, fmt: str, output: str | Path
+) -> ExportResult:
+    """The stage's rows in one file; an image column's files are copied beside it first, under
+    the same relative paths its cells hold (`images/<column>/...`), so they resolve from the
+    exported file's folder as from DataDesigner's dataset folder."""
+    columns = image_columns(plan.compiled.stage)
+    if columns:
+        out = files.root_path(output)
+        copy_images(plan, store, image_paths(_source(plan, store), columns), out.parent)
+    return _export_rows(plan, store, fmt, output)
+
+
+def _source(plan: StagePlan, store: PartitionStore) -> Iterator[pa.RecordBatch]:
+    """The batches export_stage exports (for the image paths they hold)."""
+    approval = read_approval(store, plan.ref)
+    if approval is not None:
+        return _file_batches(approval.path, "approved output")
+    if plan.finalizes:
+        return _file_batches(read_final(store, plan).path, "final output")
+    return store.iter_batches(plan.ref)
+
+
+def _export_rows(
     plan: StagePlan, store: PartitionStore, fmt: str, output: str | Path
 ) -> ExportResult:
     stage = plan.name

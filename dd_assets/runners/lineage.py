@@ -21,6 +21,7 @@ from collections.abc import Iterable
 from typing import Protocol
 
 from dd_assets.errors import RunError
+from dd_assets.runners.images import without_missing_images
 from dd_assets.runners.plan import StagePlan
 from dd_assets.store.approvals import Approval, read_approval
 from dd_assets.store.footer import RowGroupInfo
@@ -117,7 +118,10 @@ class Lineage:
 
     def completed(self, plan: StagePlan) -> dict[int, RowGroupInfo]:
         if plan.name not in self._completed:
-            self._completed[plan.name] = self.store.completed(plan.ref)
+            # A row group whose image files are gone is missing data (runners/images.py).
+            self._completed[plan.name] = without_missing_images(
+                plan, self.store, self.store.completed(plan.ref)
+            )
         return self._completed[plan.name]
 
     def landed(self, plan: StagePlan, info: RowGroupInfo) -> None:

@@ -19,12 +19,14 @@ import pyarrow as pa
 
 from dd_assets.config import ResumeMode, output_columns
 from dd_assets.engine import RowGroupUnfinished, agenerate_row_group
+from dd_assets.engine.images import image_columns
 from dd_assets.errors import EXIT_UNFINISHED, GenerationError, LLMError
 from dd_assets.llm.cache import cache_path
 from dd_assets.llm.cells import LLMCellRunner, Outage
 from dd_assets.llm.client import LLMClient
 from dd_assets.llm.pg_cache import PostgresRequestCache
 from dd_assets.llm.slots import RequestSlots
+from dd_assets.runners.images import image_loader
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.profile import record_row_group
@@ -217,6 +219,7 @@ async def amaterialize(
                 inputs=seed.inputs,
                 dropped_columns=res.dropped_columns if plan.keeps_dropped_columns else None,
                 drops=res.drops_table(),
+                images=image_columns(plan.compiled.stage),
             )
             # Its profile partial, from the rows still in memory (a cache: recomputed from
             # the file if a crash comes first).
@@ -348,6 +351,7 @@ def materialize_wave(
                             cache=shared_cache,
                             outage=outage,
                             answered_before=any(i.rows for i in lineage.completed(p).values()),
+                            load_image=image_loader(store, p),
                         )
                     )
                 coros.append(

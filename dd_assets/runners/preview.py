@@ -8,6 +8,7 @@ from dd_assets.config import FileSeed
 from dd_assets.config.limits import MAX_BUFFER_SIZE
 from dd_assets.engine import RowGroupResult, RowGroupUnfinished, agenerate_rows
 from dd_assets.errors import GenerationError
+from dd_assets.runners.images import image_loader
 from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.seeds import file_seed
 
@@ -36,7 +37,9 @@ def preview_stage(plan: StagePlan, n: int = 10) -> RowGroupResult:
 
     async def with_llm() -> RowGroupResult:
         # No request cache: a preview leaves nothing on disk.
-        async with LLMCellRunner(plan.workflow, plan.name, cache_path=None) as runner:
+        async with LLMCellRunner(
+            plan.workflow, plan.name, cache_path=None, load_image=image_loader(None, plan)
+        ) as runner:
             try:
                 return await agenerate_rows(cs, 0, n, seed=seed, cells=runner)
             except RowGroupUnfinished as exc:

@@ -6,6 +6,7 @@ names, partition keys and row ranges.
                                      parquet-files/batch_00000.parquet
                                      dropped-columns/dropped_00000.<id>.parquet
                                      drops/drops_00000.<id>.parquet (its dropped rows)
+                                     images/<column>/00000/<sha256/32>.<png|jpeg|...>
                                      final/data.parquet, final/final.json
                                      profile/rg_00000.<data version>.json, final.<...>.json
                               <fp12>.approved/approval.json, approved-<version16>.parquet
@@ -17,6 +18,10 @@ of the data.
 Side tables (dropped columns, the drops table of dropped rows) live outside `parquet-files/`,
 so that whatever reads that folder as the dataset (pyarrow, pandas, DuckDB globbing `*.parquet`)
 never mixes them into the rows.
+An image column's images are files under `images/`, one folder per column and row group,
+each named by its content's hash; the row group's cells hold those paths relative to the
+fingerprint folder (DataDesigner's dataset keeps `images/<column>/<name>` the same way).
+
 An approval sits beside its fingerprint folder, not in it: `--resume never` moves the folder
 aside to regenerate the stage's own row groups, and the approval is not theirs to move.
 """
@@ -47,6 +52,7 @@ DROPPED_COLUMNS_DIR = "dropped-columns"
 APPROVED_SUFFIX = ".approved"  # <fp12>.approved/: a stage's approved output (review gate)
 APPROVAL_META = "approval.json"
 DROPS_DIR = "drops"
+IMAGES_DIR = "images"
 LOCK_SUFFIX = ".lock"
 REPLACED_MARK = ".replaced-"
 BATCH_RE = re.compile(r"^batch_(\d{5,})\.parquet\Z")
@@ -79,6 +85,16 @@ def side_name(kind: str, row_group: int, write_id: str) -> str:
 
 def side_prefix(kind: str, row_group: int) -> str:
     return f"{kind}_{row_group:05d}."
+
+
+def image_folder(column: str, row_group: int) -> str:
+    """The folder of one row group's images of one column, relative to the fingerprint folder
+    (the column name is an identifier, so it is a safe folder name)."""
+    return f"{IMAGES_DIR}/{column}/{row_group:05d}"
+
+
+def image_name(digest: str, fmt: str) -> str:
+    return f"{digest[:32]}.{fmt}"
 
 
 def partition_key(row_group: int) -> str:

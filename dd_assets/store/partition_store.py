@@ -50,6 +50,14 @@ from dd_assets.store.footer_index import (
     decoded,
     stamp,
 )
+from dd_assets.store.images import FOOTER_KEY as IMAGES_FOOTER_KEY
+from dd_assets.store.images import footer_value as images_footer_value
+from dd_assets.store.images import (
+    missing_image,
+    remove_other_images,
+    sweep_images,
+    write_images,
+)
 from dd_assets.store.layout import (
     APPROVED_SUFFIX,
     BATCH_RE,
@@ -620,13 +628,16 @@ class PartitionStore:
         inputs: dict[str, str] | None = None,
         dropped_columns: pa.Table | None = None,
         drops: pa.Table | None = None,
+        images: list[str] | None = None,
     ) -> RowGroupInfo:
         """Checkpoint one row group: atomically, with its identity in the footer: fingerprint,
         range, its content's data version and the data versions of what it was built from.
 
         Side tables go first, each committed and named in the footer, so a committed row group
         always has them: `dropped_columns` (row for row with `table`), and `drops`, its dropped
-        rows (engine.DROPS_SCHEMA; no file when there are none)."""
+        rows (engine.DROPS_SCHEMA; no file when there are none). The base64 images of the
+        `images` columns are written as files first too, their cells then holding the files'
+        paths (store/images.py)."""
         if not 0 <= row_group < ref.num_row_groups:
             raise StoreError(
                 f"stage {ref.stage!r} has row groups 00000-{ref.num_row_groups - 1:05d}; got {row_group}"
@@ -648,6 +659,9 @@ class PartitionStore:
             drops_file = side_name("drops", row_group, write_id)
             with files.atomic_path(self.drops_dir(ref) / drops_file) as tmp:
                 parquet.write_table(drops.cast(DROPS_SCHEMA), tmp)
+        image_counts = None
+        if images:
+            table, image_counts = write_images(self.stage_dir(ref), row_group, table, images)
         start, end = ref.row_range(row_group)
         kv = {
             "fingerprint": ref.fingerprint,
@@ -664,6 +678,8 @@ class PartitionStore:
             kv["dropped_columns"] = side
         if drops_file is not None:
             kv["drops"] = drops_file
+        if image_counts is not None:
+            kv[IMAGES_FOOTER_KEY] = images_footer_value(image_counts)
         # A seed read from another stage's file may carry that file's footer keys: never inherit.
         meta = {
             k: v for k, v in (table.schema.metadata or {}).items() if not k.startswith(META_PREFIX)
@@ -675,7 +691,14 @@ class PartitionStore:
             parquet.write_table(table, tmp)
         self._remove_other_sides(self.dropped_columns_dir(ref), "dropped", row_group, keep=side)
         self._remove_other_sides(self.drops_dir(ref), "drops", row_group, keep=drops_file)
+        if images:
+            remove_other_images(self.stage_dir(ref), row_group, table, images)
         return self._footer(path, ref)
+
+    def missing_image(self, ref: StageRef, path: StorePath, columns: list[str]) -> str | None:
+        """The first image file (of `columns`) a row group's cells name that is not on disk,
+        as a path under the stage folder; None when all are."""
+        return missing_image(self.stage_dir(ref), path, columns)
 
     @staticmethod
     def _remove_other_sides(folder: StorePath, kind: str, row_group: int, keep: str | None) -> None:
@@ -932,4 +955,4 @@ class PartitionStore:
             self.profile_dir(ref),
         ):
             removed += sweep_temp_files(folder)
-        return removed
+        return removed + sweep_images(self.stage_dir(ref))

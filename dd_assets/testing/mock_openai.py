@@ -1,4 +1,5 @@
-"""An OpenAI-compatible chat-completions server for tests and benchmarks.
+"""An OpenAI-compatible server (chat completions, embeddings, image generations) for tests and
+benchmarks.
 
 Real HTTP over real sockets, so tests exercise the actual client stack (connection pool, keep-alive,
 timeouts, headers) rather than a fake object. It runs an asyncio loop in one background thread (no
@@ -30,6 +31,7 @@ import re
 import struct
 import threading
 import time
+import zlib
 from collections import Counter, deque
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass
@@ -61,6 +63,9 @@ CONTEXT_LENGTH_MESSAGE = (
     "This model's maximum context length is 8192 tokens. However, your messages resulted in"
     " 9120 tokens. Please reduce the length of the messages."
 )
+
+# A chat model whose name holds this is an image model: its answers also carry an image.
+IMAGE_MODEL_MARK = "image"
 
 _MAX_HEAD = 1 << 20
 _CODE_RE = re.compile(r"\bcode\b", re.IGNORECASE)
@@ -577,7 +582,8 @@ class MockOpenAI:
         if path in ("/v1/models", "/models") and method == "GET":
             return _Reply(200, {"object": "list", "data": [{"id": "mock", "object": "model"}]}, {})
         embeddings = path in ("/v1/embeddings", "/embeddings")
-        if path not in ("/v1/chat/completions", "/chat/completions") and not embeddings:
+        images = path in ("/v1/images/generations", "/images/generations")
+        if path not in ("/v1/chat/completions", "/chat/completions") and not (embeddings or images):
             return _error(404, f"no route for {method} {path}")
         if method != "POST":
             return _error(405, f"{method} not allowed on {path}")
@@ -605,7 +611,8 @@ class MockOpenAI:
                 text = body.decode("utf-8", errors="replace")
                 fault = next((f for k, f in self.prompt_faults.items() if k in text), None)
         try:
-            return await self._answer(request, headers, digest, occurrence, fault, embeddings)
+            route = "embeddings" if embeddings else "images" if images else "chat"
+            return await self._answer(request, headers, digest, occurrence, fault, route)
         finally:
             with self._lock:
                 self._count_in_flight(-1)
@@ -637,7 +644,7 @@ class MockOpenAI:
         digest: str,
         occurrence: int,
         fault: int | str | None,
-        embeddings: bool = False,
+        route: str = "chat",
     ) -> _Reply | _Disconnect:
         if self.require_key is not None:
             auth = headers.get("authorization", "")
@@ -709,8 +716,10 @@ class MockOpenAI:
             return self._injected(pick)
 
         model = str(request.get("model", ""))
-        if embeddings:
+        if route == "embeddings":
             return _embeddings(request, model)
+        if route == "images":
+            return _images(request, model)
         messages = request.get("messages")
         if not isinstance(messages, list) or not messages:
             return _error(400, "'messages' must be a non-empty array")
@@ -732,6 +741,13 @@ class MockOpenAI:
         if forced is not None:
             content = forced
         body = _completion(request, content, digest, occurrence)
+        if IMAGE_MODEL_MARK in model and forced is None:
+            # An image model behind chat completions (OpenRouter's shape, which DataDesigner
+            # reads): the image in message.images, a data URI.
+            png = base64.b64encode(mock_png(model, content)).decode()
+            body["choices"][0]["message"]["images"] = [
+                {"type": "image_url", "image_url": {"url": f"data:image/png;base64,{png}"}}
+            ]
         if self.reasoning_template is not None:
             last = messages[-1] if isinstance(messages[-1], dict) else {}
             echo = " ".join(_text(last.get("content")).split())[:80]
@@ -846,6 +862,45 @@ def _embeddings(request: dict[str, Any], model: str) -> _Reply:
     tokens = sum(max(1, len(t) // 4) for t in texts)
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return _Reply(200, {"object": "list", "data": data, "model": model, "usage": usage}, {})
+
+
+def mock_png(model: str, prompt: str) -> bytes:
+    """A 4x4 PNG whose colour is a function of (model, prompt): the same request draws the
+    same image, different prompts (almost always) different ones."""
+    r, g, b = hashlib.sha256(f"{model}\0{prompt}".encode()).digest()[:3]
+    raw = b"".join(b"\x00" + bytes((r, g, b)) * 4 for _ in range(4))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    header = struct.pack(">IIBBBBB", 4, 4, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _images(request: dict[str, Any], model: str) -> _Reply:
+    """An `/images/generations` answer in the OpenAI wire format: `n` (default 1) images of
+    the prompt as b64_json PNGs (mock_png; the i-th of several drawn from prompt + i)."""
+    prompt = request.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        return _error(400, "'prompt' must be a non-empty string")
+    n = request.get("n", 1)
+    if not isinstance(n, int) or not 1 <= n <= 10:
+        return _error(400, "'n' must be an integer in [1, 10]")
+    data = [
+        {
+            "b64_json": base64.b64encode(
+                mock_png(model, prompt + ("" if i == 0 else f"#{i}"))
+            ).decode()
+        }
+        for i in range(n)
+    ]
+    return _Reply(200, {"created": 1700000000, "data": data}, {})
 
 
 def _text(content: Any) -> str:

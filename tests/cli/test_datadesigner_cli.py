@@ -4,6 +4,7 @@ distributions, extra_body), and `dd-assets import` writes a workflow that previe
 
 from __future__ import annotations
 
+import base64
 from pathlib import Path
 
 import pytest
@@ -81,10 +82,10 @@ def test_llm_fixture_validates_previews_and_imports_to_the_same_rows(
 # What of extras.yaml dd-assets does not run yet: taken out here, named by the refusal test
 # (tests/config/test_datadesigner.py::test_unsupported_features_are_named).
 EXTRAS_NOT_YET = {
-    "columns": {"product_image"},
+    "columns": set(),
     "column_keys": {"tool_alias": None},
     "top": {"tool_configs": []},
-    "models": {"mock-image"},
+    "models": set(),
 }
 
 
@@ -159,9 +160,16 @@ def test_extras_fixture_validates_previews_and_imports_what_is_supported(
             # propagate_skip: false, so rendered from the skipped value unless its own gate holds
             assert r["note_len"] == (0 if r["in_stock"] == 2 else len(r["restock_note"]))
             assert r["sql_query"] and r["image_caption"].startswith("[mock/text-model-1] Describe")
+            # image column (mock/image-model is not a diffusion name: a chat completion, as
+            # DataDesigner asks it); a preview holds the image as base64
+            (png,) = r["product_image"]
+            assert base64.b64decode(png)[:8] == b"\x89PNG\r\n\x1a\n"
             # the mock answers python, so the SQL validator finds parse errors
             assert r["sql_valid"]["is_valid"] is False
             assert r["sql_valid"]["error_messages"].startswith("PRS: "), r["sql_query"]
+        drawn = [b for b in mock.bodies if b.get("model") == "mock/image-model"]
+        assert len(drawn) == 18 and all(b["size"] == "512x512" for b in drawn)  # extra_body
+        assert all(b["messages"][0]["content"].startswith("A photo of [mock/") for b in drawn)
 
         out = tmp_path / "native.yaml"
         args = ["import", str(dd_file), "-o", str(out), "--name", "dd"]

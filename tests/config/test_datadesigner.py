@@ -198,7 +198,6 @@ def test_unsupported_features_are_named(tmp_path: Path, suffix: str) -> None:
     text = str(exc.value)
     for expected in (
         "tool_alias (tool calls) on column 'restock_note' is not supported yet",
-        "image columns are not supported yet (column 'product_image')",
         "tool_configs (MCP tools) are not supported yet",
     ):
         assert expected in text
@@ -314,7 +313,7 @@ def test_native_workflow_written_by_import_validates_through_cli(tmp_path: Path,
     assert cli.main(["validate", str(out)]) == 0
     assert cli.main(["import", str(FIXTURES / "extras.yaml"), "-o", str(tmp_path / "x.yaml")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "image columns are not supported yet" in err
+    assert err.startswith("error: ") and "tool_configs (MCP tools) are not supported yet" in err
     assert not (tmp_path / "x.yaml").exists()
 
 

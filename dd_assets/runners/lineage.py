@@ -113,8 +113,22 @@ class Lineage:
                     " its row_group descendants, or approve a shorter file"
                 )
             return approval.row_group_version(row_group)
+        return self.generated_version(plan, row_group)
+
+    def generated_version(self, plan: StagePlan, row_group: int) -> str | None:
+        """The data version of a completed row group on disk (None: not there). With
+        `generated_versions`, the one place lineage reads row groups' versions (status reads
+        them from columns instead: runners/status_columns.py)."""
         info = self.completed(plan).get(row_group)
         return info.data_version if info is not None else None
+
+    def generated_versions(self, plan: StagePlan) -> list[str] | None:
+        """The data versions of all the stage's row groups in order; None while one is not on
+        disk."""
+        done = self.completed(plan)
+        if any(rg not in done for rg in range(plan.ref.num_row_groups)):
+            return None
+        return [done[rg].data_version for rg in sorted(done)]
 
     def completed(self, plan: StagePlan) -> dict[int, RowGroupInfo]:
         if plan.name not in self._completed:
@@ -143,10 +157,8 @@ class Lineage:
             except FinalMissingError:
                 return None
             return str(final.info.get("data_version") or plan.fingerprint.final_hex)
-        done = self.completed(plan)
-        if any(rg not in done for rg in range(plan.ref.num_row_groups)):
-            return None
-        return _joined(done[rg].data_version for rg in sorted(done))
+        versions = self.generated_versions(plan)
+        return None if versions is None else _joined(versions)
 
     def inputs(self, plan: StagePlan, row_group: int) -> dict[str, str] | None:
         """Data versions row group `row_group` of `plan` is built from now ({} for a stage

@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from dd_assets.config.fingerprint import stale_reason
 from dd_assets.runners.finalize import target_used
 from dd_assets.runners.lineage import Lineage
-from dd_assets.runners.plan import WorkflowPlan
+from dd_assets.runners.plan import StagePlan, WorkflowPlan
+from dd_assets.runners.status_columns import ColumnLineage, CompletedSummary, summary_of_columns
 from dd_assets.store.layout import key_ranges
 from dd_assets.store.partition_store import PartitionStore
 
@@ -52,28 +53,57 @@ class StageStatus:
         return f"{len(self.missing)}: {key_ranges(self.missing, 4)}"
 
 
-def workflow_status(plan: WorkflowPlan, store: PartitionStore) -> list[StageStatus]:
+def summary_of_footers(plan: StagePlan, lineage: Lineage) -> CompletedSummary:
+    """The stage's completed row groups summed up from one RowGroupInfo each (the per-footer
+    path: an object store, a folder changed since its index was written)."""
+    done = lineage.completed(plan)
+    reasons: Counter[str] = Counter()
+    for info in done.values():
+        reasons.update({k: int(n) for k, n in (info.stats.get("drop_reasons") or {}).items()})
+    return CompletedSummary(
+        row_groups=set(done),
+        records=sum(i.rows for i in done.values()),
+        dropped=sum(int(i.stats.get("dropped_rows", 0) or 0) for i in done.values()),
+        planned=sum(
+            int(i.stats.get("planned_rows", i.row_end - i.row_start) or 0) for i in done.values()
+        ),
+        drop_reasons=reasons,
+        stale=lineage.stale(plan),
+    )
+
+
+def workflow_status(
+    plan: WorkflowPlan, store: PartitionStore, columns: bool = True
+) -> list[StageStatus]:
     """Per stage: what is done, missing, stale and why. Stale is either half of the same
     question, "does what is on disk still follow from the config and the upstream data?": the
     config changed (another fingerprint has the data), or row groups were built from upstream
-    data regenerated since (runners/lineage.py)."""
-    lineage = Lineage(store)
+    data regenerated since (runners/lineage.py).
+
+    Each stage is summed up from its footer index's columns (runners/status_columns.py) where
+    the index stands for its folder, else from its footers; `columns=False` always reads the
+    footers (the reference the tests compare with)."""
+    lineage = ColumnLineage(store) if columns else Lineage(store)
     out = []
     for name, sp in plan.stages.items():
         ref = sp.ref
-        done = lineage.completed(sp)
+        done = None
+        if isinstance(lineage, ColumnLineage):
+            done = summary_of_columns(sp, lineage)
+        if done is None:
+            done = summary_of_footers(sp, lineage)
         total = ref.num_row_groups
         state = store.state(ref)
-        others = [f.fp12 for f in store.fingerprints(ref.workflow, ref.stage) if f.fp12 != ref.fp12]
+        others = [fp for fp in store.fingerprint_names(ref.workflow, ref.stage) if fp != ref.fp12]
         stale, reason = False, None
-        if not done:
+        if not done.row_groups:
             newest = store.newest_other_fingerprint(ref)
             if newest is not None:
                 stale = True
                 ups = [up.name for up in sp.upstreams]
                 why = stale_reason(newest.identity, ref.identity, ups)
                 reason = f"{why} since {newest.fp12}"
-        stale_rgs = lineage.stale(sp)
+        stale_rgs = done.stale
         if stale_rgs:
             stale = True
             why = sorted(set(stale_rgs.values()))
@@ -102,29 +132,23 @@ def workflow_status(plan: WorkflowPlan, store: PartitionStore) -> list[StageStat
                 else f"target_records {target}: reached with row groups 00000-{used - 1:05d};"
                 f" the {total - used} after them are not needed"
             )
-        reasons: Counter[str] = Counter()
-        for info in done.values():
-            reasons.update({k: int(n) for k, n in (info.stats.get("drop_reasons") or {}).items()})
         out.append(
             StageStatus(
                 stage=name,
                 fingerprint=ref.fp12,
                 total=total,
-                done=len(done),
-                missing=[rg for rg in range(needed) if rg not in done],
-                records=sum(i.rows for i in done.values()),
+                done=len(done.row_groups),
+                missing=[rg for rg in range(needed) if rg not in done.row_groups],
+                records=done.records,
                 stale=stale,
                 stale_reason=reason,
                 finalize_state=state.get("finalize_state"),
                 other_fingerprints=others,
                 stale_row_groups=stale_rgs,
                 notes=notes,
-                dropped=sum(int(i.stats.get("dropped_rows", 0) or 0) for i in done.values()),
-                drop_reasons=dict(reasons),
-                planned=sum(
-                    int(i.stats.get("planned_rows", i.row_end - i.row_start) or 0)
-                    for i in done.values()
-                ),
+                dropped=done.dropped,
+                drop_reasons=dict(done.drop_reasons),
+                planned=done.planned,
             )
         )
     return out

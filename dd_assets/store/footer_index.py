@@ -26,7 +26,10 @@ is seen once the folder changes again, or when the index is deleted.
 On disk it is an Arrow IPC file, one row per file: name and stamp, then one column per footer
 key (every key: one added to the footer later is cached without a change here), text as in the
 footer, except the integer keys, kept as integers. Loading 100,000 rows takes milliseconds; the
-JSON keys (stats, inputs) are decoded in one pass.
+JSON keys (stats, inputs) are decoded in one pass. The stats that `status` adds up are also kept
+as columns of their own (STAT_COLUMNS), so a reader of the columns (runners/status_columns.py)
+decodes no JSON at all: an index without them (written before they were) is rewritten by the
+next scan that lists the folder, and meanwhile such readers decode the stats.
 """
 
 from __future__ import annotations
@@ -50,6 +53,14 @@ INDEX_SCHEME = b"1"
 REWRITE_SHARE = 1 / 300
 JSON_KEYS = ("stats", "inputs")  # footer keys whose values are JSON text
 INT_KEYS = ("row_group", "rows", "row_start", "row_end")  # footer keys whose values are integers
+# Stats kept as columns of their own as well: column name -> (stats key, integer or JSON text).
+# A stat absent or empty is null; an index whose stats do not fit (a non-integer count) has none
+# of these columns, and its readers decode the stats.
+STAT_COLUMNS = {
+    "stats.planned_rows": ("planned_rows", "int"),
+    "stats.dropped_rows": ("dropped_rows", "int"),
+    "stats.drop_reasons": ("drop_reasons", "json"),
+}
 _STAMP = ("ino", "size", "mtime_ns", "ctime_ns")
 SETTLE_NS = 2_000_000_000  # a folder still for this long before a listing is taken as settled
 
@@ -121,25 +132,52 @@ class FooterIndex:
     def __init__(self, path: Path, fingerprint: str) -> None:
         self.path = path
         self.fingerprint = fingerprint
+        self._table: pa.Table | None = None
+        self._read_done = False
+        self._has_stat_columns = False
+        self._written_from: FolderStamp | None = None  # the folder's stamp in the file
         self._columns: dict[str, list[Any]] | None = None
         self._entries: dict[str, tuple[Stamp, int]] | None = None  # made when asked for
         self.folder: FolderStamp | None = None  # the folder's, when the index was written
 
-    def _load(self) -> dict[str, list[Any]]:
-        if self._columns is not None:
-            return self._columns
-        self._columns = {}
+    def _read(self) -> pa.Table | None:
+        """The index as stored, nothing decoded; None when there is none, it is unreadable or
+        it is not this folder's."""
+        if self._read_done:
+            return self._table
+        self._read_done = True
         try:
             with pa.memory_map(str(self.path)) as source:
                 table = pa.ipc.open_file(source).read_all()
         except (OSError, pa.ArrowException):
-            return self._columns  # none yet, or unreadable: a cache, so read the footers
+            return None  # none yet, or unreadable: a cache, so read the footers
         meta = table.schema.metadata or {}
         if (
             meta.get(b"scheme") != INDEX_SCHEME
             or meta.get(b"fingerprint") != self.fingerprint.encode()
             or not {"name", *_STAMP} <= set(table.column_names)
         ):
+            return None
+        self._table = table
+        self._written_from = FolderStamp.parse(meta.get(b"folder"))
+        self._has_stat_columns = b"stat_columns" in meta  # tried (they may not have fitted)
+        return table
+
+    def table_if_describes(self, now: FolderStamp) -> pa.Table | None:
+        """The index's Arrow table, its JSON undecoded, when it stands for the folder as it is
+        now (as `describes`, for readers that compute from the columns)."""
+        table = self._read()
+        written = self._written_from
+        if table is None or written is None or not written.settled:
+            return None
+        return table if now.same_folder_state(written) else None
+
+    def _load(self) -> dict[str, list[Any]]:
+        if self._columns is not None:
+            return self._columns
+        self._columns = {}
+        table = self._read()
+        if table is None:
             return self._columns
         columns = {name: table.column(name).to_pylist() for name in table.column_names}
         try:
@@ -150,7 +188,7 @@ class FooterIndex:
         except (TypeError, ValueError):
             return self._columns
         self._columns = columns
-        self.folder = FolderStamp.parse(meta.get(b"folder"))
+        self.folder = self._written_from
         return self._columns
 
     def describes(self, now: FolderStamp) -> bool:
@@ -188,7 +226,7 @@ class FooterIndex:
         assert self._columns is not None
         out = {}
         for key, column in self._columns.items():
-            if key not in ("name", *_STAMP) and column[i] is not None:
+            if key not in ("name", *_STAMP, *STAT_COLUMNS) and column[i] is not None:
                 out[key] = column[i]
         return out
 
@@ -198,6 +236,8 @@ class FooterIndex:
         self._load()
         if read and read >= REWRITE_SHARE * seen:
             return True
+        if seen and self._table is not None and not self._has_stat_columns:
+            return True  # written before the stats had columns of their own
         return folder.settled and not folder.same_folder_state(self.folder)
 
     def save(self, seen: list[tuple[str, Stamp, dict[str, Any]]], folder: FolderStamp) -> None:
@@ -218,11 +258,14 @@ class FooterIndex:
                     columns[k] = pa.array(values, pa.int64())
                 else:
                     columns[k] = pa.array(values, pa.string())
+            stat_columns = _stat_columns([kv.get("stats") for _, _, kv in seen])
+            columns.update(stat_columns)
             table = pa.table(columns).replace_schema_metadata(
                 {
                     b"scheme": INDEX_SCHEME,
                     b"fingerprint": self.fingerprint.encode(),
                     b"folder": folder.text(),
+                    b"stat_columns": b"1" if stat_columns else b"0",
                 }
             )
             with (
@@ -231,3 +274,22 @@ class FooterIndex:
                 pa.ipc.new_file(sink, table.schema) as writer,
             ):
                 writer.write_table(table)
+
+
+def _stat_columns(stats: list[Any]) -> dict[str, pa.Array]:
+    """STAT_COLUMNS of the entries' decoded stats; none at all if one does not fit."""
+    out = {}
+    for column, (key, kind) in STAT_COLUMNS.items():
+        if any(isinstance(s, dict) and key in s and s[key] is None for s in stats):
+            return {}  # a null count is not an absent one (status reads absent as the default)
+        values = [s.get(key) if isinstance(s, dict) else None for s in stats]
+        if kind == "int":
+            if any(v is not None and type(v) is not int for v in values):
+                return {}
+            out[column] = pa.array(values, pa.int64())
+        else:
+            if any(v is not None and not isinstance(v, dict) for v in values):
+                return {}
+            text = [json.dumps(v, allow_nan=False) if v else None for v in values]
+            out[column] = pa.array(text, pa.string())
+    return out

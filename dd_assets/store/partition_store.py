@@ -593,6 +593,22 @@ class PartitionStore:
             entries.append((name, file_stamp, kv))
         index.save(entries, folder_stamp)
 
+    def footer_table(self, ref: StageRef) -> pa.Table | None:
+        """The footers of the stage's row-group files as columns, for readers that compute over
+        a whole stage at once (runners/status_columns.py): the footer index's Arrow table (one
+        row per file; a column per footer key, JSON undecoded, and its STAT_COLUMNS) when it
+        stands for the folder as it is now. None when it does not, or on an object store: then
+        `completed` is the way (and its scan rewrites the index). No folder: no rows."""
+        folder = self.files_dir(ref)
+        if isinstance(folder, ObjectPath):
+            return None
+        try:
+            now = FolderStamp.of(folder)
+        except (FileNotFoundError, NotADirectoryError):
+            return pa.table({"name": pa.array([], pa.string())})
+        index = FooterIndex(self.stage_dir(ref) / FOOTER_INDEX, ref.fingerprint)
+        return index.table_if_describes(now)
+
     def completed(self, ref: StageRef) -> dict[int, RowGroupInfo]:
         """Row groups on disk whose footer matches the current row ranges, by id.
 
@@ -842,6 +858,17 @@ class PartitionStore:
             raise _unreadable(info.path, exc) from None
 
     # ---- fingerprints on disk ----------------------------------------------------------------
+
+    def fingerprint_names(self, workflow: str, stage: str) -> list[str]:
+        """The fp12 of every fingerprint folder of a stage, as `fingerprints` lists them, without
+        counting their row groups (status lists the others; counting the current one's 100,000
+        files costs more than the rest of its status)."""
+        base = self.stage_base(workflow, stage)
+        return sorted(
+            name
+            for name in files.subfolders(base)
+            if REPLACED_MARK not in name and APPROVED_SUFFIX not in name
+        )
 
     def fingerprints(self, workflow: str, stage: str) -> list[FingerprintFolder]:
         """Every fingerprint folder of a stage (not those moved aside by `never`), for status and

@@ -709,6 +709,9 @@ class PartitionStore:
         self._remove_other_sides(self.drops_dir(ref), "drops", row_group, keep=drops_file)
         if images:
             remove_other_images(self.stage_dir(ref), row_group, table, images)
+        # The ETag a listing saw before this write is the old object's: asked again, not reused
+        # (it would return the replaced row group's footer).
+        self._etags.pop(str(path), None)
         return self._footer(path, ref)
 
     def missing_image(self, ref: StageRef, path: StorePath, columns: list[str]) -> str | None:

@@ -16,7 +16,14 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from dd_assets.cli.render import ProgressBars, console, err_console, print_table
+from dd_assets.cli.render import (
+    ProgressBars,
+    console,
+    err_console,
+    print_rows,
+    print_table,
+    print_title,
+)
 from dd_assets.config import FileSeed, JoinSeed, StageSeed, load_workflow
 from dd_assets.errors import ConfigError, Interrupted
 from dd_assets.runners.plan import StagePlan, WorkflowPlan, plan_workflow
@@ -103,16 +110,16 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_preview(args: argparse.Namespace) -> int:
-    from dd_assets.runners.preview import preview_stage
+    from dd_assets.runners.preview import preview_rows, preview_stage
 
     plan = _plan(args.config)
     stage = args.stage or plan.workflow.stages[0].name
-    result = preview_stage(plan[stage], args.n)
-    print_table(
-        result.table.to_pylist(),
-        f"{plan.name} / {stage}: first {result.table.num_rows} rows",
-        result.table.column_names,  # the header even when every row was dropped
-    )
+    n = preview_rows(plan[stage], args.n)  # a stage that cannot be previewed fails here
+    # The title first, as soon as it is known: generating the rows loads the engine (numpy,
+    # pyarrow, Faker: most of a preview's time); dropped rows are listed after the table.
+    print_title(f"{plan.name} / {stage}: first {n} rows")
+    result = preview_stage(plan[stage], n)
+    print_rows(result.table.to_pylist(), result.table.column_names)  # header even if all dropped
     if result.drops:
         err_console.print(f"[yellow]{len(result.drops)} row(s) dropped:[/yellow]")
         why = Counter(f"{d.label}: {d.message}" for d in result.drops)
@@ -222,11 +229,14 @@ class _Nothing:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    plan = _plan(args.config)
+    # The title first, as soon as the config is known to be valid: reading the store loads
+    # pyarrow and numpy (and a big stage's footer index), most of a status's time.
+    print_title(f"{plan.name}: status")
     from dd_assets.runners.status import workflow_status
 
-    plan = _plan(args.config)
     rows = workflow_status(plan, _store())
-    table = Table(title=f"{plan.name}: status")
+    table = Table()
     columns = ("stage", "fingerprint", "row groups", "missing", "records", "dropped")
     for c in (*columns, "stale", "finalize"):
         table.add_column(c, overflow="fold")

@@ -30,14 +30,37 @@ def print_table(rows: list[dict[str, Any]], title: str, columns: list[str] | Non
     if columns is None:
         columns = list(rows[0]) if rows else []
     if len(columns) * 14 <= console.width:
-        table = Table(title=title)
-        for c in columns:
-            table.add_column(c, overflow="fold")
-        for r in rows:
-            table.add_row(*(_cell(r.get(c)) for c in columns))
-        console.print(table)
+        _print_table(rows, columns, title)
         return
-    console.print(f"[bold]{title}[/bold]")
+    print_title(title)
+    print_rows(rows, columns)
+
+
+def print_title(title: str) -> None:
+    """A command's first line, printed (and flushed) before the work it announces, so that
+    the command answers at once; what follows is `print_rows`."""
+    console.print(Text(title, style="bold"))
+    console.file.flush()
+
+
+def print_rows(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    """The rows under a title already printed: one table, or one per record when wide."""
+    if len(columns) * 14 <= console.width:
+        _print_table(rows, columns, None)
+        return
+    _print_records(rows, columns)
+
+
+def _print_table(rows: list[dict[str, Any]], columns: list[str], title: str | None) -> None:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*(_cell(r.get(c)) for c in columns))
+    console.print(table)
+
+
+def _print_records(rows: list[dict[str, Any]], columns: list[str]) -> None:
     for i, r in enumerate(rows):
         table = Table(title=f"row {i}", show_header=False, title_justify="left")
         table.add_column("column", style="cyan", no_wrap=True)

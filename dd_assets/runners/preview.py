@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from typing import TYPE_CHECKING
 
 from dd_assets.config import FileSeed
 from dd_assets.config.limits import MAX_BUFFER_SIZE
-from dd_assets.engine import RowGroupResult, RowGroupUnfinished, agenerate_rows
 from dd_assets.errors import GenerationError
-from dd_assets.runners.images import image_loader
 from dd_assets.runners.plan import StagePlan
-from dd_assets.runners.seeds import file_seed
+
+if TYPE_CHECKING:
+    from dd_assets.engine import RowGroupResult
 
 
-def preview_stage(plan: StagePlan, n: int = 10) -> RowGroupResult:
-    cs = plan.compiled
-    seed_spec = cs.stage.seed
+def preview_rows(plan: StagePlan, n: int) -> int:
+    """How many rows a preview of `n` generates (the title says it before they are), or why
+    the stage cannot be previewed. Loads nothing heavy: `dd-assets preview` prints its title
+    before the engine (numpy, pyarrow, Faker) is imported (tests/cli/test_cli_imports.py)."""
     if plan.upstreams:
         names = " and ".join(repr(up.name) for up in plan.upstreams)
         raise GenerationError(
@@ -24,7 +26,16 @@ def preview_stage(plan: StagePlan, n: int = 10) -> RowGroupResult:
             f" and look at {plan.name!r} with `dd-assets export`"
         )
     # At most a row group's worth (MAX_BUFFER_SIZE): a preview holds its rows in memory.
-    n = max(1, min(n, cs.stage.num_records, MAX_BUFFER_SIZE))
+    return max(1, min(n, plan.compiled.stage.num_records, MAX_BUFFER_SIZE))
+
+
+def preview_stage(plan: StagePlan, n: int = 10) -> RowGroupResult:
+    from dd_assets.engine import RowGroupUnfinished, agenerate_rows
+    from dd_assets.runners.seeds import file_seed
+
+    cs = plan.compiled
+    seed_spec = cs.stage.seed
+    n = preview_rows(plan, n)
     seed = None
     if isinstance(seed_spec, FileSeed):
         seed = file_seed(plan, lambda _: (0, n))(0).table
@@ -33,6 +44,7 @@ def preview_stage(plan: StagePlan, n: int = 10) -> RowGroupResult:
 
     # Only now: a stage without LLM columns answers without loading the HTTP client.
     from dd_assets.llm.cells import LLMCellRunner
+    from dd_assets.runners.images import image_loader
     from dd_assets.runners.materialize import Unfinished, UnfinishedCellsError
 
     async def with_llm() -> RowGroupResult:

@@ -1,5 +1,8 @@
 """Commands that run no Dagster never import it (it costs seconds at every start): each is run
-with Dagster made unimportable, on a store with data in it, and must succeed without having tried."""
+with Dagster made unimportable, on a store with data in it, and must succeed without having tried.
+And the commands that must answer at once print their first line before the heavy part:
+`validate` never loads numpy, pyarrow or Faker, `status` prints its title before loading them,
+`preview` its title before the engine (docs/speed.md)."""
 
 from __future__ import annotations
 
@@ -32,13 +35,31 @@ BLOCK_DAGSTER = textwrap.dedent(
                 raise ImportError(f"dagster is blocked in this test ({name})")
             return None
 
+    class FirstWrite:  # stdout, noting what a command imported before it first wrote to it
+
+        def __init__(self, real):
+            self.real, self.before, self.first = real, set(), None
+
+        def write(self, text):
+            if self.first is None and text:
+                self.first = sorted(set(sys.modules) - self.before)
+            return self.real.write(text)
+
+        def __getattr__(self, name):
+            return getattr(self.real, name)
+
     sys.meta_path.insert(0, NoDagster())
     from dd_assets.cli import main
-    codes = {}
+    codes, before_first_output = {}, {}
+    out = sys.stdout = FirstWrite(sys.stdout)
     for argv in json.loads(sys.argv[1]):
+        out.before, out.first = set(sys.modules), None
         codes[argv[0]] = main(argv)
+        before_first_output[argv[0]] = out.first
+    sys.stdout = out.real
     loaded = sorted(m for m in sys.modules if m.split(".")[0] in ("dagster", "dagster_webserver"))
-    print(json.dumps({"codes": codes, "dagster_modules": loaded}))
+    result = {"codes": codes, "dagster_modules": loaded, "before_first_output": before_first_output}
+    print(json.dumps(result))
     """
 )
 
@@ -52,9 +73,9 @@ def test_every_command_is_listed() -> None:
 def _commands(tmp: Path) -> list[list[str]]:
     q = str(QUICKSTART)
     return [
-        ["validate", q],
+        ["validate", q],  # first: nothing heavy is loaded before it, nor by it
+        ["status", q],  # then: numpy and pyarrow are not loaded yet either
         ["preview", q, "-n", "3"],
-        ["status", q],
         ["export", q, "--format", "jsonl", "-o", str(tmp / "out.jsonl")],
         ["report", q, "--format", "text"],
         ["approve", q, "tickets", str(tmp / "out.jsonl")],
@@ -82,3 +103,14 @@ def test_commands_without_dagster_never_import_it(tmp_path: Path) -> None:
     assert result["dagster_modules"] == []
     # They ran (an error exit would still prove nothing about imports, but say so).
     assert all(code == 0 for code in result["codes"].values()), (result, out.stderr[-3000:])
+    # The first line comes before the heavy part (docs/speed.md: a command answers at once).
+    first = {cmd: _heavy(mods) for cmd, mods in result["before_first_output"].items()}
+    assert first["validate"] == set()
+    assert first["status"] == set() and "dd_assets.runners.status" not in result["before_first_output"]["status"]  # fmt: skip
+    assert first["preview"] == set()  # numpy and pyarrow were loaded by status; Faker was not
+    assert not any(m.startswith("dd_assets.engine.") and m != "dd_assets.engine.compiled" for m in result["before_first_output"]["preview"])  # fmt: skip
+
+
+def _heavy(modules: list[str]) -> set[str]:
+    """numpy, pyarrow and Faker: what costs a command ~0.2-0.5 s to import."""
+    return {m.split(".")[0] for m in modules} & {"numpy", "pyarrow", "faker"}

@@ -146,8 +146,10 @@ def test_image_columns_end_to_end(mock: MockOpenAI, tmp_path: Path) -> None:
     lost.unlink()
     (failed,) = run_checks(s, store, ["image_files_present"])
     assert not failed.passed and str(lost) in failed.description
-    status = {st.stage: st for st in workflow_status(plans, store)}
-    assert status["s"].missing == [1] and status["s"].done == 1
+    store.completed(s.ref)  # a scan: the footer index now stands for the folder
+    for columns in (True, False):  # the index's columns know nothing of image files
+        status = {st.stage: st for st in workflow_status(plans, PartitionStore(root), columns)}
+        assert status["s"].missing == [1] and status["s"].done == 1
     before = mock.requests
     _run(cfg, root)
     assert mock.requests == before

@@ -24,6 +24,7 @@ Each layer has one base class here; the concrete errors live beside the code tha
     │   ├── LLMRetryableExhausted      transient faults outlasted the retries
     │   ├── RequestCacheError          the request cache file cannot be used
     │   ├── RequestSlotsError          the shared request slots (lock files, PostgreSQL) fail
+    │   ├── ToolError                  an MCP provider or tool_alias cannot be used (llm.tools)
     │   ├── EarlyStopError             exit_code 3: too many cells dropped; partial result
     │   └── UnfinishedCellsError       exit_code 4: cells a transient fault left unanswered;
     │                                  their row groups were not saved (runners.materialize)

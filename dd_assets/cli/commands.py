@@ -73,7 +73,12 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     import yaml
 
-    from dd_assets.config.datadesigner import import_datadesigner, parse_provider_option
+    from dd_assets.config.datadesigner import (
+        import_datadesigner,
+        parse_function_option,
+        parse_mcp_provider_option,
+        parse_provider_option,
+    )
     from dd_assets.store.atomic import atomic_write_bytes
 
     providers = {}
@@ -83,11 +88,27 @@ def cmd_import(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
         providers[name] = spec
+    mcp_providers = {}
+    for option in args.mcp_provider:
+        try:
+            name, mcp = parse_mcp_provider_option(option)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        mcp_providers[name] = mcp
+    functions = {}
+    for option in args.function:
+        try:
+            name, where = parse_function_option(option)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        functions[name] = where
     output = Path(args.output)
     workflow, notes = import_datadesigner(
         Path(args.dd_config),
         output,
         providers=providers,
+        functions=functions,
+        mcp_providers=mcp_providers,
         name=args.name,
         num_records=args.num_records,
         buffer_size=args.buffer_size,

@@ -132,6 +132,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="endpoint of a provider the model configs name (repeatable; built in: nvidia,"
         " openai, openrouter)",
     )
+    im.add_argument(
+        "--mcp-provider",
+        action="append",
+        default=[],
+        metavar="NAME=URL[,api_key_env=VAR] | NAME=stdio:COMMAND [ARG ...]",
+        help="an MCP server the tool_configs name (repeatable)",
+    )
+    im.add_argument(
+        "--function",
+        action="append",
+        default=[],
+        metavar="NAME=package.module:function",
+        help="bind a custom column's generator_function (a bare name in the config) to a Python"
+        " function, or NAME=file.py:function (repeatable)",
+    )
     im.add_argument("--output", "-o", required=True, help="workflow YAML to write (atomically)")
     im.add_argument("--name", help="workflow and stage name (default: from the file name)")
     im.add_argument("--num-records", type=int, default=100)

@@ -281,6 +281,9 @@ class _LLMColumn(_Column):
     # `reasoning` / `reasoning_content`, stripped; null when it sent none) in
     # `<name>__reasoning_content`.
     extract_reasoning_content: Bool = added_field(False)
+    # DataDesigner's tool_alias: the MCP tools (workflow `tools:`) the model may call while
+    # answering (docs/llm.md#tool-calls).
+    tool_alias: str | None = added_field(None)
 
     @property
     def output_names(self) -> list[str]:
@@ -448,6 +451,39 @@ class ValidationColumnConfig(_Column):
         return set(self.target_columns)
 
 
+class CustomColumnConfig(_Column):
+    """DataDesigner's custom column: a Python function makes the value. `generator_function`
+        names an entry of the workflow's `functions:` (config/functions.py), which says where the
+        function lives; `required_columns`, `side_effect_columns` and `dtype` are filled in from
+        that binding when the config loads (they decide the column's place and schema): `input_columns`
+    is the function's required_columns."""
+
+    column_type: Literal["custom"] = "custom"
+    generator_function: str
+    generation_strategy: Literal["cell_by_cell", "full_column"] = "cell_by_cell"
+    generator_params: dict[str, JsonValue] | None = None
+    # The function's required_columns (DataDesigner's decorator metadata, or the binding's).
+    input_columns: list[str] = Field(default_factory=list)
+    side_effect_columns: list[str] = Field(default_factory=list)
+    # Output column (the column, its side-effect columns) -> its type; text when not given.
+    dtypes: dict[str, Literal["str", "int", "float", "bool"]] = Field(default_factory=dict)
+
+    def dtype_of(self, output: str) -> str:
+        return self.dtypes.get(output, "str")
+
+    _check_function = field_validator("generator_function")(
+        lambda v: check_identifier(v, "generator_function")
+    )
+
+    @property
+    def data_columns(self) -> set[str]:
+        return set(self.input_columns)
+
+    @property
+    def output_names(self) -> list[str]:
+        return [self.name, *self.side_effect_columns]
+
+
 ColumnConfig = Annotated[
     SamplerColumnConfig
     | ExpressionColumnConfig
@@ -457,13 +493,14 @@ ColumnConfig = Annotated[
     | LLMJudgeColumnConfig
     | EmbeddingColumnConfig
     | ImageColumnConfig
-    | ValidationColumnConfig,
+    | ValidationColumnConfig
+    | CustomColumnConfig,
     Field(discriminator="column_type"),
 ]
 
 COLUMN_TYPES = (
     "sampler", "expression", "llm-text", "llm-code", "llm-structured", "llm-judge", "embedding",
-    "image", "validation",
+    "image", "validation", "custom",
 )  # fmt: skip
 
 

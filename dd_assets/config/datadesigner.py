@@ -111,6 +111,7 @@ class _Mapper:
         self.base = base
         self.issues: list[ConfigIssue] = []
         self.notes: list[Note] = []
+        self.tools: dict[str, dict[str, Any]] = {}
 
     # -- helpers
 
@@ -175,8 +176,7 @@ class _Mapper:
                 "processors": None,
             },
         )
-        if top.get("tool_configs"):
-            self.unsupported("tool_configs", "tool_configs (MCP tools)", verb="are")
+        self.tool_configs(self.shaped(top.get("tool_configs"), list, "tool_configs", []))
         self.profilers(self.shaped(top.get("profilers"), list, "profilers", []))
         columns: list[dict[str, Any]] = []
         raw_columns = self.shaped(top.get("columns"), list, "columns", [])
@@ -239,9 +239,12 @@ class _Mapper:
             "batch_size": 10,
         },
     }
-    _NOT_YET = {
-        "custom": "custom (Python function) columns",
+    _BY_TYPE["custom"] = {
+        "generator_function": _REQUIRED,
+        "generation_strategy": "cell_by_cell",
+        "generator_params": None,
     }
+    _NOT_YET = {}
 
     def column(self, raw: Any, where: str) -> dict[str, Any] | None:
         if not isinstance(raw, dict):
@@ -268,14 +271,23 @@ class _Mapper:
                 "skip / propagate_skip: skipped cells are not generated and hold skip.value",
             )
         if "tool_alias" in got:
-            self.unsupported(f"{where}.tool_alias", "tool_alias (tool calls)", name)
+            if got["tool_alias"] not in self.tools:
+                self.issue(
+                    f"{where}.tool_alias",
+                    f"tool_alias {got['tool_alias']!r} on column {name!r} is not in tool_configs",
+                )
+            self.note(
+                f"column {name}",
+                "same",
+                f"tool_alias {got['tool_alias']!r}: MCP tool calls (providers under mcp_providers:)",
+            )
         if "multi_modal_context" in got:
             got["multi_modal_context"] = self.image_contexts(
                 self.shaped(got["multi_modal_context"], list, f"{where}.multi_modal_context", []),
                 f"{where}.multi_modal_context",
                 name,
             )
-        out = {k: v for k, v in got.items() if k not in ("tool_alias",)}
+        out = dict(got)
         if ctype == "image":
             self.note(
                 f"column {name}",
@@ -287,6 +299,13 @@ class _Mapper:
             return self.sampler(out, where, name)
         if ctype == "validation":
             return self.validation(out, where, name)
+        if ctype == "custom":
+            self.note(
+                f"column {name}",
+                "mapped",
+                f"custom: generator_function {out.get('generator_function')!r} is the function"
+                " bound under the workflow's functions: (generator_params passed as a mapping)",
+            )
         if ctype == "expression" and not any(n.where == "expressions" for n in self.notes):
             self.note(
                 "expressions",
@@ -385,6 +404,39 @@ class _Mapper:
                 )
             out.append(got)
         return out
+
+    def tool_configs(self, raw: list[Any]) -> None:
+        """DataDesigner's ToolConfigs -> the workflow's `tools:` (keyed by tool_alias); the MCP
+        providers they name come from the workflow's `mcp_providers:`."""
+        for k, t in enumerate(raw):
+            where = f"tool_configs[{k}]"
+            if not isinstance(t, dict):
+                self.issue(where, "a tool config must be a mapping")
+                continue
+            got = self.take(
+                t,
+                where,
+                {
+                    "tool_alias": _REQUIRED,
+                    "providers": _REQUIRED,
+                    "allow_tools": None,
+                    "max_tool_call_turns": 5,
+                    "timeout_sec": None,
+                },
+            )
+            alias = got.pop("tool_alias", None)
+            if not isinstance(alias, str):
+                self.issue(f"{where}.tool_alias", "the tool alias must be a string")
+                continue
+            if "timeout_sec" in got:
+                got["timeout_s"] = got.pop("timeout_sec")
+            self.tools[alias] = got
+            self.note(
+                f"tools {alias}",
+                "mapped",
+                "tool_configs -> tools: (the tool loop as DataDesigner's: tools listed from the"
+                " providers, filtered by allow_tools, at most max_tool_call_turns turns)",
+            )
 
     def profilers(self, raw: list[Any]) -> None:
         """A judge-score profiler writes DataDesigner's analysis report, never the data: the
@@ -722,9 +774,10 @@ def expand_stage(
     prefix: str,
     providers: dict[str, ProviderConfig],
     base: Path,
-) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[Note]]:
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]], list[Note], dict[str, dict[str, Any]]]:
     """A stage written with `data_designer:` as a native stage mapping, plus the models its
-    columns use and the report notes. Raises DataDesignerError with every issue found."""
+    columns use, the report notes and its tool configs (the workflow's `tools:`). Raises
+    DataDesignerError with every issue found."""
     spec = raw_stage["data_designer"]
     issues: list[ConfigIssue] = []
     extra = set(raw_stage) - STAGE_KEYS - {"data_designer"}
@@ -761,7 +814,7 @@ def expand_stage(
     if "finalize" in stage:
         own = raw_stage.get("finalize") or []
         native["finalize"] = stage["finalize"] + (own if isinstance(own, list) else [own])
-    return native, models, mapper.notes
+    return native, models, mapper.notes, mapper.tools
 
 
 def providers_of(data: dict[str, Any]) -> tuple[dict[str, ProviderConfig], list[ConfigIssue]]:
@@ -817,20 +870,26 @@ def expand_workflow(data: dict[str, Any], base: Path) -> tuple[list[Note], list[
         if not (isinstance(raw, dict) and "data_designer" in raw):
             continue
         try:
-            native, stage_models, stage_notes = expand_stage(raw, f"stages[{i}]", providers, base)
+            native, stage_models, stage_notes, stage_tools = expand_stage(
+                raw, f"stages[{i}]", providers, base
+            )
         except DataDesignerError as exc:
             issues += exc.issues
             continue
-        for alias, model in stage_models.items():
-            if alias in models and models[alias] != model:
-                issues.append(
-                    ConfigIssue(
-                        f"stages[{i}].data_designer.model_configs",
-                        f"model alias {alias!r} is also defined, differently, under models: or by"
-                        " another stage; rename one of them",
+        tools = data.setdefault("tools", {}) if stage_tools else {}
+        for kind, target, mapped in (("model", models, stage_models), ("tool", tools, stage_tools)):
+            if not isinstance(target, dict):
+                continue
+            for alias, spec in mapped.items():
+                if alias in target and target[alias] != spec:
+                    issues.append(
+                        ConfigIssue(
+                            f"stages[{i}].data_designer.{kind}_configs",
+                            f"{kind} alias {alias!r} is also defined, differently, in the workflow"
+                            " or by another stage; rename one of them",
+                        )
                     )
-                )
-            models[alias] = model
+                target[alias] = spec
         stages[i] = native
         notes += stage_notes
     return notes, issues
@@ -841,6 +900,8 @@ def import_datadesigner(
     output: Path,
     *,
     providers: dict[str, dict[str, Any]] | None = None,
+    functions: dict[str, str] | None = None,
+    mcp_providers: dict[str, dict[str, Any]] | None = None,
     name: str | None = None,
     num_records: int = 100,
     buffer_size: int = 100,
@@ -860,6 +921,14 @@ def import_datadesigner(
     workflow: dict[str, Any] = {"name": stem}
     if providers:
         workflow["providers"] = providers
+    if mcp_providers:
+        workflow["mcp_providers"] = mcp_providers
+    if functions:
+        # A file path given on the command line is relative to the working directory; in the
+        # workflow, to the workflow's folder.
+        workflow["functions"] = {
+            k: _function_relative(v, output.resolve().parent) for k, v in functions.items()
+        }
     workflow["stages"] = [
         {
             "name": stem,
@@ -878,9 +947,56 @@ def import_datadesigner(
     if seed is not None:
         seed["path"] = _relative(Path(seed["path"]), output.resolve().parent)
     # Reorder for reading: name, models, stages.
-    workflow = {k: workflow[k] for k in ("name", "models", "stages") if k in workflow}
+    workflow = {
+        k: workflow[k]
+        for k in ("name", "models", "mcp_providers", "tools", "functions", "stages")
+        if k in workflow
+    }
     parse_workflow(workflow, source=str(output), base=output.resolve().parent)
     return workflow, notes
+
+
+def _function_relative(where: str, folder: Path) -> str:
+    path, sep, name = where.rpartition(":")
+    if not sep or not path.endswith(".py"):
+        return where
+    return f"{_relative(Path(path).resolve(), folder)}:{name}"
+
+
+def parse_mcp_provider_option(text: str) -> tuple[str, dict[str, Any]]:
+    """`NAME=URL[,api_key_env=VAR]` (streamable HTTP) or `NAME=stdio:COMMAND [ARG ...]` (the
+    CLI's --mcp-provider) as an mcp_providers: entry."""
+    import shlex
+
+    name, sep, rest = text.partition("=")
+    if not sep or not name or not rest:
+        raise ValueError(
+            f"--mcp-provider {text!r}: expected NAME=URL[,api_key_env=VAR] or"
+            " NAME=stdio:COMMAND [ARG ...]"
+        )
+    if rest.startswith("stdio:"):
+        words = shlex.split(rest.removeprefix("stdio:"))
+        if not words:
+            raise ValueError(f"--mcp-provider {name}: stdio: needs a command")
+        return name, {"provider_type": "stdio", "command": words[0], "args": words[1:]}
+    url, *extras = rest.split(",")
+    spec: dict[str, Any] = {"provider_type": "streamable_http", "endpoint": url}
+    for extra in extras:
+        key, _, value = extra.partition("=")
+        if key != "api_key_env" or not value:
+            raise ValueError(f"--mcp-provider {name}: unknown option {key!r}; only api_key_env=VAR")
+        spec["api_key"] = value
+    return name, spec
+
+
+def parse_function_option(text: str) -> tuple[str, str]:
+    """`NAME=package.module:function` or `NAME=file.py:function` (the CLI's --function)."""
+    name, sep, where = text.partition("=")
+    if not sep or not name or ":" not in where:
+        raise ValueError(
+            f"--function {text!r}: expected NAME=package.module:function or NAME=file.py:function"
+        )
+    return name, where
 
 
 def _relative(path: Path, folder: Path) -> str:

@@ -14,6 +14,7 @@ from pathlib import PurePath
 from typing import Any
 
 from dd_assets.config.base import fingerprint_dump
+from dd_assets.config.functions import identity as function_identity
 from dd_assets.config.workflow import FileSeed, JoinSeed, StageConfig, StageSeed, WorkflowConfig
 
 SCHEME_VERSION = 1
@@ -76,7 +77,7 @@ def stage_payload(
         for part in ("rows", "shard"):
             if getattr(stage.seed, part) is not None:
                 seed[part] = getattr(stage.seed, part).model_dump(mode="json")
-    return {
+    payload = {
         "scheme": SCHEME_VERSION,
         "columns": _dump(stage.columns),
         "post_batch": _dump(stage.post_batch),
@@ -84,6 +85,14 @@ def stage_payload(
         "buffer_size": stage.buffer_size,
         "seed": seed,
     }
+    # Only for stages that use them, so other stages keep their fingerprints.
+    names = sorted({c.generator_function for c in stage.columns if c.column_type == "custom"})  # type: ignore[union-attr]
+    if names:
+        payload["functions"] = {n: function_identity(workflow.functions[n]) for n in names}
+    aliases = sorted({a for c in stage.columns if (a := getattr(c, "tool_alias", None))})
+    if aliases:
+        payload["tools"] = {a: workflow.tools[a].identity(workflow.mcp_providers) for a in aliases}
+    return payload
 
 
 def workflow_fingerprints(

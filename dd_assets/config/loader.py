@@ -16,6 +16,7 @@ from dd_assets.config.base import is_identifier
 from dd_assets.config.columns import SamplerColumnConfig
 from dd_assets.config.datadesigner import expand_workflow
 from dd_assets.config.errors import ConfigIssue, WorkflowConfigError, format_loc
+from dd_assets.config.functions import bind_functions
 from dd_assets.config.limits import MAX_CONFIG_BYTES
 from dd_assets.config.models import ModelConfig
 from dd_assets.config.strict_yaml import YamlProblem, parse_yaml, read_config_text
@@ -315,6 +316,9 @@ def parse_workflow(
     env_issues = _with_lines(_expand_env(data), lines)
     if env_issues:
         raise WorkflowConfigError(env_issues, source)
+    fn_issues = _with_lines(bind_functions(data, base or Path.cwd()), lines)
+    if fn_issues:
+        raise WorkflowConfigError(fn_issues, source)
     try:
         workflow = WorkflowConfig.model_validate(data)
     except WorkflowConfigError as exc:
@@ -329,6 +333,8 @@ def parse_workflow(
         ]
         raise WorkflowConfigError(issues + extra, source) from None
     workflow._source, workflow._lines = source, lines
+    for binding in workflow.functions.values():
+        binding.bind(base or Path.cwd())
     return workflow
 
 

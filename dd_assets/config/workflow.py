@@ -29,6 +29,7 @@ from dd_assets.config.columns import (
 )
 from dd_assets.config.drift import DriftSettings, drift_issues
 from dd_assets.config.errors import ConfigIssue, WorkflowConfigError
+from dd_assets.config.functions import FunctionBinding
 from dd_assets.config.limits import MAX_BUFFER_SIZE, MAX_NUM_RECORDS, MAX_ROW_GROUPS
 from dd_assets.config.models import ModelConfig, ProviderConfig
 from dd_assets.config.processors import (
@@ -41,6 +42,7 @@ from dd_assets.config.processors import (
     SchemaTransformProcessorConfig,
 )
 from dd_assets.config.run import RunSettings
+from dd_assets.config.tools import McpProvider, ToolsConfig
 from dd_assets.errors import unknown_stages
 
 
@@ -258,6 +260,11 @@ class WorkflowConfig(BaseModel):
     # DataDesigner's model providers, which its model_configs name (see config/datadesigner.py);
     # resolved into `models` when the config loads, so nothing downstream reads them.
     providers: dict[str, ProviderConfig] = Field(default_factory=dict)
+    # Python functions custom columns name by `generator_function` (config/functions.py).
+    functions: dict[str, FunctionBinding] = Field(default_factory=dict)
+    # MCP servers and the tools LLM columns may call (`tool_alias`): config/tools.py.
+    mcp_providers: dict[str, McpProvider] = Field(default_factory=dict)
+    tools: dict[str, ToolsConfig] = Field(default_factory=dict)
     stages: list[StageConfig] = Field(min_length=1)
     run: RunSettings = RunSettings()
     # Where it was read from, so an issue found later (against seed files) names file and line.
@@ -265,6 +272,14 @@ class WorkflowConfig(BaseModel):
     _lines: dict[tuple[Any, ...], int] = PrivateAttr(default_factory=dict)
 
     _check_name = field_validator("name")(lambda v: check_identifier(v, "workflow name"))
+
+    @field_validator("mcp_providers", mode="before")
+    @classmethod
+    def _provider_list(cls, v: Any) -> Any:
+        """DataDesigner's list of providers, each with its `name`, as a mapping."""
+        if isinstance(v, list) and all(isinstance(p, dict) and "name" in p for p in v):
+            return {p["name"]: {k: x for k, x in p.items() if k != "name"} for p in v}
+        return v
 
     @model_validator(mode="after")
     def _semantics(self) -> WorkflowConfig:
@@ -316,15 +331,28 @@ def pairs_row_groups(stage: StageConfig) -> bool:
 # Cross-field rules
 
 
+def column_owners(stage: StageConfig) -> dict[str, str]:
+    """Each output column of the stage's columns (side columns included) -> the column that
+    makes it: reading a side column waits for its column."""
+    out: dict[str, str] = {}
+    for c in stage.columns:
+        for n in reversed(c.output_names):
+            out.setdefault(n, c.name)
+    return out
+
+
 def column_order(stage: StageConfig, available: set[str] | None = None) -> list[str]:
     """Columns in dependency order; ties keep config order so generation is reproducible.
     Raises ValueError naming the cycle."""
     # Unique names: a duplicate is reported on its own and must not look like a cycle. Self
     # references are reported on their own too, so they do not hide a real cycle elsewhere.
     names = list(dict.fromkeys(c.name for c in stage.columns))
+    owner = column_owners(stage)
     deps: dict[str, set[str]] = {}
     for c in stage.columns:
-        deps.setdefault(c.name, {d for d in c.required_columns if d in names and d != c.name})
+        deps.setdefault(
+            c.name, {owner[d] for d in c.required_columns if d in owner and owner[d] != c.name}
+        )
     order: list[str] = []
     done: set[str] = set()
     while len(order) < len(names):
@@ -524,6 +552,15 @@ def _stage_issues(
                     f"unknown model alias {col.model_alias!r}; models: {known_models}",  # type: ignore[union-attr]
                 )
             )
+        alias = getattr(col, "tool_alias", None)
+        if alias is not None and alias not in workflow.tools:
+            issues.append(
+                ConfigIssue(
+                    f"{path}.tool_alias",
+                    f"unknown tool_alias {alias!r} on column {col.name!r}; define it under"
+                    f" tools: (known: {', '.join(sorted(workflow.tools)) or 'none'})",
+                )
+            )
     try:
         column_order(stage)
     except ValueError as exc:
@@ -648,6 +685,16 @@ def semantic_issues(
     files' columns reveal (a rename onto a column a seed file has, a reference to a column it
     lacks)."""
     issues: list[ConfigIssue] = []
+    for alias, tools in workflow.tools.items():
+        for k, p in enumerate(tools.providers):
+            if p not in workflow.mcp_providers:
+                issues.append(
+                    ConfigIssue(
+                        f"tools.{alias}.providers[{k}]",
+                        f"MCP provider {p!r} of tool_alias {alias!r} is not defined; add it under"
+                        " mcp_providers: (a stdio command or a streamable_http endpoint)",
+                    )
+                )
     index: dict[str, int] = {}
     for i, stage in enumerate(workflow.stages):
         if stage.name in index:

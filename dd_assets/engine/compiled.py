@@ -8,7 +8,11 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from dd_assets.config.columns import SamplerColumnConfig, ValidationColumnConfig
+from dd_assets.config.columns import (
+    CustomColumnConfig,
+    SamplerColumnConfig,
+    ValidationColumnConfig,
+)
 from dd_assets.config.fingerprint import column_key, workflow_fingerprints
 from dd_assets.config.workflow import StageConfig, WorkflowConfig, column_order
 from dd_assets.errors import GenerationError
@@ -37,17 +41,23 @@ def compile_stage(
     order = column_order(stage)
     by_name = {c.name: c for c in stage.columns}
     cell: list[str] = []
+    made_in_cells: set[str] = set()  # output columns (side columns too) of the cell columns
     for name in order:
         col = by_name[name]
         if isinstance(col, ValidationColumnConfig):
             _check_validator(col, stage_name)
-        # Validation cells run a linter each: in the cell phase, in a thread, beside the others.
+        if isinstance(col, CustomColumnConfig) and col.generation_strategy == "full_column":
+            _check_full_column(col, stage_name, col.required_columns & made_in_cells)
+        # Validation cells run a linter each, custom cells the user's function: in the cell
+        # phase, in a thread, beside the others.
         if (
             col.is_llm
             or isinstance(col, ValidationColumnConfig)
-            or col.required_columns & set(cell)
+            or (isinstance(col, CustomColumnConfig) and col.generation_strategy == "cell_by_cell")
+            or col.required_columns & made_in_cells
         ):
             cell.append(name)
+            made_in_cells.update(col.output_names)
     late = [n for n in cell if isinstance(by_name[n], SamplerColumnConfig)]
     if late:
         raise GenerationError(
@@ -75,4 +85,21 @@ def _check_validator(col: ValidationColumnConfig, stage_name: str) -> None:
             f"validation column {col.name!r} of stage {stage_name!r}"
             f" ({col.validator_params.code_lang}) needs {tool}, which is not installed:"
             " pip install 'dd-assets[validation]'"
+        )
+
+
+def _check_full_column(col: CustomColumnConfig, stage_name: str, late: set[str]) -> None:
+    """A full_column function sees the whole row group at once, so it runs with the samplers
+    and expressions, before any LLM cell: it cannot read LLM output. It gets a pandas
+    DataFrame, as in DataDesigner."""
+    if late:
+        raise GenerationError(
+            f"custom column {col.name!r} of stage {stage_name!r} is full_column but reads"
+            f" {sorted(late)}, made cell by cell (LLM output); use generation_strategy:"
+            " cell_by_cell"
+        )
+    if importlib.util.find_spec("pandas") is None:
+        raise GenerationError(
+            f"custom column {col.name!r} of stage {stage_name!r} is full_column, which hands the"
+            " function a pandas DataFrame: pip install pandas"
         )

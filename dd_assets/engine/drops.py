@@ -16,6 +16,8 @@ DROP_KINDS = (
     "too_large",  # the response body was over max_response_bytes
     "unusable_answer",  # no usable value after max_parse_retries (schema, refusal, cut off)
     "expression",  # a Jinja expression or prompt template failed on this row
+    "custom",  # a custom column's function raised or returned no usable value for this row
+    "tool_call",  # the model's tool call was wrong (unknown tool, bad arguments) or refused
 )
 
 # One row per dropped row: where, which column, why (the drops table beside each row group).

@@ -63,17 +63,29 @@ class SideAnswer:
     sides: dict[str, Any]
 
 
-def _trace(mode: str, messages: list[dict[str, Any]], answer: str) -> list[dict[str, Any]]:
+def _trace(
+    mode: str, messages: list[dict[str, Any]], answer: str, tools: bool = False
+) -> list[dict[str, Any]]:
     """The trace DataDesigner keeps: the last assistant message, or the whole conversation
-    (system, user, assistant and correction turns), each message's content as text parts."""
+    (system, user, assistant, tool and correction turns), each message's content as text
+    parts; a column with tools also keeps each message's `tool_calls` and `tool_call_id`."""
     turns = [*messages, {"role": "assistant", "content": answer}]
     if mode == "last_message":
         turns = turns[-1:]
-    return [{"role": m["role"], "content": _trace_parts(m["content"])} for m in turns]
+    out = []
+    for m in turns:
+        kept: dict[str, Any] = {"role": m["role"], "content": _trace_parts(m.get("content"))}
+        if tools:
+            kept["tool_calls"] = m.get("tool_calls")
+            kept["tool_call_id"] = m.get("tool_call_id")
+        out.append(kept)
+    return out
 
 
 def _trace_parts(content: Any) -> list[dict[str, str]]:
     """A message's content as trace parts `{type, text}`; an image part keeps its URL as text."""
+    if content is None:
+        return []
     if isinstance(content, str):
         return [{"type": "text", "text": content}]
     return [
@@ -128,7 +140,8 @@ def with_sides(
     sides: dict[str, Any] = {}
     mode = getattr(col, "with_trace", "none")
     if mode != "none":
-        sides[col.name + TRACE_SUFFIX] = _trace(mode, messages, answer)
+        tools = getattr(col, "tool_alias", None) is not None
+        sides[col.name + TRACE_SUFFIX] = _trace(mode, messages, answer, tools)
     if getattr(col, "extract_reasoning_content", False):
         sides[col.name + REASONING_SUFFIX] = (reasoning or "").strip() or None
     return SideAnswer(value, sides) if sides else value

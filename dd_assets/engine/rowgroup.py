@@ -20,11 +20,13 @@ import pyarrow as pa
 
 from dd_assets.config.columns import (
     ColumnConfig,
+    CustomColumnConfig,
     ExpressionColumnConfig,
     SamplerColumnConfig,
     ValidationColumnConfig,
 )
-from dd_assets.engine import expressions, rng, samplers, skips, validators
+from dd_assets.config.workflow import column_owners
+from dd_assets.engine import custom_columns, expressions, rng, samplers, skips, validators
 from dd_assets.engine.compiled import CompiledStage
 from dd_assets.engine.drops import DROP_KINDS, DROPS_SCHEMA, MESSAGE_EXCERPT, Drop
 from dd_assets.engine.llm_cells import SideAnswer
@@ -234,14 +236,36 @@ def _batch_phase(cs: CompiledStage, start: int, end: int, rows: _Rows) -> None:
                     f"expression column {name!r} of stage {cs.stage.name!r} failed on every row of"
                     f" rows {start}..{end - 1}; first error: {first}"
                 )
+        elif isinstance(col, CustomColumnConfig):  # full_column (compile_stage)
+            skipped = _skipped_rows(col, inputs, n, rows, pos)
+            keep = [i for i in range(n) if i not in skipped]
+            made = custom_columns.run_column(
+                cs.workflow, col, {k: [v[i] for i in keep] for k, v in inputs.items()}, len(keep)
+            )
+            for side, side_values in made.items():
+                if side == name:
+                    continue
+                full_side: list[Any] = [None] * n
+                for i, v in zip(keep, side_values, strict=True):
+                    full_side[i] = v
+                columns[side] = _spread(full_side, pos, rows.n)
+            values = [skips.skipped_value(col)] * n
+            for i, v in zip(keep, made[name], strict=True):
+                values[i] = v
         else:  # pragma: no cover - compile_stage puts LLM columns in cell_columns
             raise GenerationError(f"column {name!r} cannot be generated in batch")
-        if pos is not None:  # None in the rows dropped before this column
-            full: list[Any] = [None] * rows.n
-            for i, v in zip(pos, values, strict=True):
-                full[i] = v
-            values = full
-        columns[name] = values
+        columns[name] = _spread(values, pos, rows.n)
+
+
+def _spread(values: list[Any], pos: list[int] | None, n: int) -> list[Any]:
+    """Values of the live rows at positions `pos` as a full column (None in the rows dropped
+    before it)."""
+    if pos is None:
+        return values
+    full: list[Any] = [None] * n
+    for i, v in zip(pos, values, strict=True):
+        full[i] = v
+    return full
 
 
 def _skipped_rows(
@@ -264,6 +288,7 @@ def _skipped_rows(
 async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) -> None:
     by_name = {c.name: c for c in cs.stage.columns}
     cell_set = set(cs.cell_columns)
+    owner = column_owners(cs.stage)
     if cells is None and any(by_name[n].is_llm for n in cs.cell_columns):
         raise GenerationError(
             f"stage {cs.stage.name!r} has LLM columns {[n for n in cs.cell_columns if by_name[n].is_llm]};"
@@ -276,7 +301,7 @@ async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) 
 
         async def run_cell(name: str) -> None:
             col = by_name[name]
-            for dep in col.required_columns & cell_set:
+            for dep in {owner.get(d, d) for d in col.required_columns} & cell_set:
                 await tasks[dep]
             if skips.has_skips(col) and skips.is_skipped(col, row, rows.skipped[i]):
                 rows.skipped[i].update(col.output_names)
@@ -287,6 +312,12 @@ async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) 
                 row[name] = expressions.cast(expressions.render(col.expr, row), col.dtype)
             elif isinstance(col, ValidationColumnConfig):
                 row[name] = await asyncio.to_thread(validators.validate, col, dict(row))
+            elif isinstance(col, CustomColumnConfig):
+                value = await custom_columns.run_cell(cs.workflow, col, row)
+                if isinstance(value, SideAnswer):
+                    row.update(value.sides)
+                    value = value.value
+                row[name] = value
             else:
                 assert cells is not None
                 value = await cells(col, rows.start + i, row)
@@ -317,6 +348,9 @@ async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) 
                         return
                     if isinstance(exc, expressions.CellError):
                         rows.drop(i, name, "expression", str(exc))
+                        return
+                    if isinstance(exc, custom_columns.CustomValueError):
+                        rows.drop(i, name, "custom", str(exc))
                         return
                     if isinstance(exc, CellUnfinished):
                         # The row's other cells go on: their answers are cached for the next
@@ -361,7 +395,7 @@ def _to_table(cs: CompiledStage, rows: _Rows, seed: pa.Table | None) -> pa.Table
                 fields.append(pa.field(f.name, f.type))
     for c in cs.stage.columns:
         for name in c.output_names:
-            t = column_type(c) if name == c.name else side_type(name)
+            t = column_type(c) if name == c.name else side_type(c, name)
             try:
                 arrays[name] = pa.array(rows.live(name), type=t)
             except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:

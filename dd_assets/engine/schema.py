@@ -12,6 +12,7 @@ from dd_assets.config.columns import (
     DATETIME_SAMPLERS,
     REASONING_SUFFIX,
     ColumnConfig,
+    CustomColumnConfig,
     EmbeddingColumnConfig,
     ExpressionColumnConfig,
     ImageColumnConfig,
@@ -59,6 +60,34 @@ TRACE_TYPE = pa.list_(
 IMAGE_TYPE = pa.list_(pa.string())
 
 
+# The trace of an LLM column with a tool_alias: each message also keeps the calls it asked for
+# and the call it answers (DataDesigner's trace messages).
+TRACE_TOOLS_TYPE = pa.list_(
+    pa.struct(
+        [
+            ("role", pa.string()),
+            ("content", pa.list_(pa.struct([("type", pa.string()), ("text", pa.string())]))),
+            (
+                "tool_calls",
+                pa.list_(
+                    pa.struct(
+                        [
+                            ("id", pa.string()),
+                            ("type", pa.string()),
+                            (
+                                "function",
+                                pa.struct([("name", pa.string()), ("arguments", pa.string())]),
+                            ),
+                        ]
+                    )
+                ),
+            ),
+            ("tool_call_id", pa.string()),
+        ]
+    )
+)
+
+
 # An embedding column's value: DataDesigner's EmbeddingGenerationResult.
 EMBEDDING_TYPE = pa.struct(
     [
@@ -69,9 +98,14 @@ EMBEDDING_TYPE = pa.struct(
 )
 
 
-def side_type(name: str) -> pa.DataType:
-    """The type of an LLM column's side column: its trace, or its reasoning text."""
-    return pa.string() if name.endswith(REASONING_SUFFIX) else TRACE_TYPE
+def side_type(col: ColumnConfig, name: str) -> pa.DataType:
+    """The type of a column's side column: an LLM column's trace or reasoning text; a custom
+    column's side-effect column as its binding says."""
+    if isinstance(col, CustomColumnConfig):
+        return _DTYPE[col.dtype_of(name)]
+    if name.endswith(REASONING_SUFFIX):
+        return pa.string()
+    return TRACE_TOOLS_TYPE if getattr(col, "tool_alias", None) else TRACE_TYPE
 
 
 def _values_type(values: list[Any]) -> pa.DataType:
@@ -130,6 +164,8 @@ def column_type(col: ColumnConfig) -> pa.DataType:
         return _sampler_type(col)
     if isinstance(col, ExpressionColumnConfig):
         return _DTYPE[col.dtype]
+    if isinstance(col, CustomColumnConfig):
+        return _DTYPE[col.dtype_of(col.name)]
     if isinstance(col, LLMStructuredColumnConfig):
         return json_schema_type(col.output_format)
     if isinstance(col, EmbeddingColumnConfig):
@@ -167,7 +203,7 @@ def stage_schema(
     fields: list[pa.Field] = [f for f in seed_schema or [] if f.name not in own]
     for c in stage.columns:
         fields.append(pa.field(c.name, column_type(c)))
-        fields += [pa.field(n, side_type(n)) for n in c.output_names[1:]]
+        fields += [pa.field(n, side_type(c, n)) for n in c.output_names[1:]]
     return apply_post_batch(stage, pa.schema(fields).empty_table()).schema
 
 

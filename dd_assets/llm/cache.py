@@ -100,6 +100,7 @@ def request_hash(
     model_identity: Mapping[str, Any],
     messages: list[dict[str, Any]],
     response_format: Mapping[str, Any] | None,
+    tools: list[dict[str, Any]] | None = None,
 ) -> str:
     """sha256 of canonical JSON of everything that decides the answer: the model identity
     (`ModelConfig.identity()`: endpoint, model, sampling params, never the key), the exact
@@ -111,6 +112,8 @@ def request_hash(
         "messages": messages,
         "response_format": response_format,
     }
+    if tools:  # only when offered: requests without tools keep their keys
+        doc["tools"] = tools
     return hashlib.sha256(_canonical(doc).encode("utf-8")).hexdigest()
 
 

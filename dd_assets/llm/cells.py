@@ -59,6 +59,7 @@ from dd_assets.llm.client import (
     LLMRetryableExhausted,
     UsageStats,
 )
+from dd_assets.llm.tools import REFUSAL, ToolBox, ToolCallRefused, ToolCallUnfinished
 
 # The "response format" of an embedding request in its cache key (a chat request's is a dict of
 # another shape or None, so the two never share a key).
@@ -187,6 +188,7 @@ class LLMCellRunner:
             else {}
         )
         self._fresh: set[tuple[int, str]] = set()
+        self._tools: ToolBox | None = None  # MCP sessions, opened by the first tool column
 
     async def __aenter__(self) -> LLMCellRunner:
         if self._owns_client:
@@ -196,6 +198,8 @@ class LLMCellRunner:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        if self._tools is not None:
+            await self._tools.aclose()
         if self._owns_client:
             await self._client.aclose()
         if self._cache is not None and self._given_cache is None:
@@ -234,9 +238,21 @@ class LLMCellRunner:
             if isinstance(col, LLMStructuredColumnConfig | LLMJudgeColumnConfig)
             else 0
         )
+        alias = getattr(col, "tool_alias", None)
+        tools = await self._toolbox().offered(alias) if alias else None
+        turns = 0
         error: AnswerError | None = None
         for ask in range(asks):
-            result = await self._chat(col, row_index, model, messages, req.response_format, usage)
+            while True:
+                result = await self._chat(
+                    col, row_index, model, messages, req.response_format, usage, tools
+                )
+                if not (tools and result.tool_calls):
+                    break
+                # The tool loop (DataDesigner's): run the calls, hand the results back; past
+                # max_tool_call_turns the calls are refused and the model asked to answer.
+                turns += 1
+                messages = [*messages, *(await self._tool_turn(col, alias, result, turns))]
             try:
                 check_answer(result.content, result.finish_reason, result.refusal)
                 value = parse_answer(col, result.content)
@@ -253,6 +269,33 @@ class LLMCellRunner:
             self._window.record(True)
             return with_sides(col, value, messages, result.content, result.reasoning)
         self._drop("unusable_answer", f"no usable answer after {asks} attempt(s): {error}")
+
+    def _toolbox(self) -> ToolBox:
+        if self._tools is None:
+            self._tools = ToolBox(self.workflow.tools, self.workflow.mcp_providers)
+        return self._tools
+
+    async def _tool_turn(
+        self, col: ColumnConfig, alias: str, result: ChatResult, turn: int
+    ) -> list[dict[str, Any]]:
+        """The assistant's tool-calling message and the tool messages answering it."""
+        calls = result.tool_calls or []
+        assistant: dict[str, Any] = {
+            "role": "assistant",
+            "content": result.content,
+            "tool_calls": calls,
+        }
+        if turn > self._toolbox().config(alias).max_tool_call_turns:
+            answers = [{"role": "tool", "tool_call_id": c["id"], "content": REFUSAL} for c in calls]
+            return [assistant, *answers]
+        try:
+            answers = await self._toolbox().call(alias, calls)
+        except ToolCallRefused as exc:
+            self._drop("tool_call", str(exc))
+        except ToolCallUnfinished as exc:
+            self.outage.unfinished()
+            raise CellUnfinished(str(exc)) from None
+        return [assistant, *answers]
 
     def _drop(self, kind: str, message: str, status: int | None = None) -> NoReturn:
         """Drop the cell's row, unless this drop trips the early stop: then the whole row
@@ -342,12 +385,13 @@ class LLMCellRunner:
         messages: list[dict[str, Any]],
         response_format: dict[str, Any] | None,
         usage: UsageStats,
+        tools: list[dict[str, Any]] | None = None,
     ) -> ChatResult:
         accept = self._accept(col)
         return await self._answer(
             col,
             row_index,
-            request_hash(model.identity(), messages, response_format),
+            request_hash(model.identity(), messages, response_format, tools),
             accept,
             lambda: self._client.chat(
                 col.model_alias,  # type: ignore[union-attr]
@@ -357,6 +401,7 @@ class LLMCellRunner:
                 priority=row_index,
                 sampled=sampled_inference(model, col.name, row_index) or None,
                 accept=accept,
+                tools=tools,
             ),
             usage,
         )
@@ -392,7 +437,7 @@ class LLMCellRunner:
         self._first.setdefault(col.name, _FirstRejections()).answered = True
         # Only answers with content: a refusal or an answer cut off before any text is asked
         # again by --retry-dropped, and an empty answer must never be served as one.
-        if self._cache is not None and result.content.strip():
+        if self._cache is not None and (result.content.strip() or result.tool_calls):
             await self._cache.aput(self.stage.name, col.name, row_index, key, result.to_dict())
         return result
 
@@ -400,6 +445,8 @@ class LLMCellRunner:
 def _cached(hit: dict[str, Any] | None) -> ChatResult | None:
     """A cache entry as a result, or None when it holds no answer (older versions cached
     empty ones)."""
-    if hit is None or not isinstance(hit.get("content"), str) or not hit["content"].strip():
+    if hit is None or not isinstance(hit.get("content"), str):
+        return None
+    if not hit["content"].strip() and not hit.get("tool_calls"):
         return None
     return ChatResult.from_dict(hit)

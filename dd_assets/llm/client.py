@@ -174,6 +174,9 @@ class ChatResult:
     # The model's reasoning, where the provider sends it beside the answer (`reasoning`, as
     # vLLM >= 0.16 names it, else `reasoning_content`): kept for extract_reasoning_content.
     reasoning: str | None = None
+    # The tools the model asked to call (OpenAI's `tool_calls`: id, type, function name and
+    # arguments), when the request offered tools; its content may then be empty.
+    tool_calls: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, e.g. for the request cache."""
@@ -192,6 +195,7 @@ class ChatResult:
             raw_model=data.get("raw_model"),
             refusal=data.get("refusal"),
             reasoning=data.get("reasoning"),
+            tool_calls=data.get("tool_calls") or None,
         )
 
 
@@ -543,6 +547,7 @@ class LLMClient:
         priority: Any = 0,
         sampled: dict[str, float] | None = None,
         accept: AcceptFn | None = None,
+        tools: list[dict[str, Any]] | None = None,
     ) -> ChatResult:
         """One chat completion with retries; see the module docstring for the outcome contract.
 
@@ -551,6 +556,8 @@ class LLMClient:
         `accept` sees each answer in the wire format and may call it a glitch (retried)."""
         model = self._model(alias)
         payload = self._payload(model, messages, response_format, sampled)
+        if tools:
+            payload["tools"] = tools
         return await self._call(alias, model, "chat/completions", payload, usage, priority, accept)
 
     async def embed(
@@ -898,7 +905,15 @@ class LLMClient:
         finish = choices[0].get("finish_reason")
         finish = finish if isinstance(finish, str) else None
         refusal = message.get("refusal") if isinstance(message.get("refusal"), str) else None
-        if not (content or "").strip() and not refusal and finish not in _EMPTY_FOR_A_REASON:
+        tool_calls = _tool_calls(message.get("tool_calls"))
+        if tool_calls == "bad":
+            return bad("tool_calls are not function calls with a name and arguments")
+        if (
+            not (content or "").strip()
+            and not refusal
+            and not tool_calls
+            and finish not in _EMPTY_FOR_A_REASON
+        ):
             return bad("empty answer" if content is not None else "null message content")
         usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
 
@@ -917,7 +932,37 @@ class LLMClient:
             raw_model=raw_model if isinstance(raw_model, str) else None,
             refusal=_truncate(refusal) if refusal else None,
             reasoning=_reasoning(message),
+            tool_calls=tool_calls or None,
         )
+
+
+def _tool_calls(raw: Any) -> list[dict[str, Any]] | str | None:
+    """A message's `tool_calls` in the one shape the tool loop reads ({id, type: function,
+    function: {name, arguments}}), None when there are none, "bad" when they are malformed."""
+    if not raw:
+        return None
+    if not isinstance(raw, list):
+        return "bad"
+    out = []
+    for k, tc in enumerate(raw):
+        fn = tc.get("function") if isinstance(tc, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            return "bad"
+        args = fn.get("arguments")
+        if isinstance(args, dict):  # some servers send the object itself
+            args = json.dumps(args)
+        call_id = tc.get("id") if isinstance(tc.get("id"), str) and tc.get("id") else f"call_{k}"
+        out.append(
+            {
+                "id": call_id,
+                "type": "function",
+                "function": {
+                    "name": fn["name"],
+                    "arguments": args if isinstance(args, str) else "",
+                },
+            }
+        )
+    return out
 
 
 def _embedding_result(data: Any, latency: float) -> ChatResult | _Failure:

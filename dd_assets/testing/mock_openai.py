@@ -241,7 +241,9 @@ class MockOpenAI:
     `prompt_faults` ({substring: fault}: every request whose messages contain the substring gets
     the fault; a 400 says the prompt is over the context length), `reasoning_template` (a
     reasoning model's thinking, sent as the message's `reasoning_content`; `{model}` and
-    `{prompt}` are substituted).
+    `{prompt}` are substituted), `tool_turns` (when a request offers `tools`: how many
+    tool-calling turns to ask for before answering, each one call of `tool_name` (even when
+    not offered, as a confused model does) or the first tool offered, with arguments made from its schema; the answer then quotes the tool results).
     `queue_faults(...)` scripts the next requests exactly, `fail_for(seconds, ...)` every request
     for a while (then the provider recovers); both come before everything except the key check.
     """
@@ -264,6 +266,8 @@ class MockOpenAI:
         huge_bytes: int = 10 * 1024 * 1024,
         prompt_faults: dict[str, int | str] | None = None,
         reasoning_template: str | None = None,
+        tool_turns: int = 1,
+        tool_name: str | None = None,
         seed: int = 0,
         host: str = "127.0.0.1",
         port: int = 0,
@@ -283,6 +287,8 @@ class MockOpenAI:
         self.huge_bytes = huge_bytes
         self.prompt_faults: dict[str, int | str] = dict(prompt_faults or {})
         self.reasoning_template = reasoning_template
+        self.tool_turns = tool_turns
+        self.tool_name = tool_name
         self.seed = seed
         self.host = host
         self._port = port
@@ -733,6 +739,14 @@ class MockOpenAI:
             and self._draw("schema", digest, occurrence) < self.wrong_schema_rate
         ):
             wrong_schema = True
+        tools = request.get("tools")
+        if isinstance(tools, list) and tools:
+            calls = self._tool_calls(messages, tools, digest)
+            if calls:
+                body = _completion(request, None, digest, occurrence)
+                body["choices"][0]["message"]["tool_calls"] = calls
+                body["choices"][0]["finish_reason"] = "tool_calls"
+                return _Reply(200, body, {})
         content, is_json = self._content(model, messages, request.get("response_format"))
         if broken_json and is_json:
             content = content[: max(1, len(content) // 2)]
@@ -755,6 +769,50 @@ class MockOpenAI:
                 "{model}", model
             ).replace("{prompt}", echo)
         return _Reply(200, body, {}, drip_s=drip_s)
+
+    def _tool_calls(
+        self, messages: list[Any], tools: list[Any], digest: str
+    ) -> list[dict[str, Any]]:
+        """While fewer than `tool_turns` tool-calling turns follow the last user message: one
+        call of `tool_name` (default: the first tool offered), its arguments made from its JSON
+        schema (text: the prompt's first 40 characters; integers: the turn number)."""
+        last_user = max(
+            (i for i, m in enumerate(messages) if isinstance(m, dict) and m.get("role") == "user"),
+            default=0,
+        )
+        turns = sum(
+            1
+            for m in messages[last_user:]
+            if isinstance(m, dict) and m.get("role") == "assistant" and m.get("tool_calls")
+        )
+        if turns >= self.tool_turns:
+            return []
+        offered = [t.get("function") for t in tools if isinstance(t, dict)]
+        offered = [f for f in offered if isinstance(f, dict) and isinstance(f.get("name"), str)]
+        pick = next((f for f in offered if f["name"] == self.tool_name), None)
+        if pick is None and self.tool_name is not None:
+            pick = {"name": self.tool_name}  # a model calling a tool it was not offered
+        pick = pick or (offered[0] if offered else None)
+        if pick is None:
+            return []
+        echo = " ".join(_text(messages[last_user].get("content")).split())[:40]
+        schema = pick.get("parameters") if isinstance(pick.get("parameters"), dict) else {}
+        args: dict[str, Any] = {}
+        for name, prop in (schema.get("properties") or {}).items():
+            kind = prop.get("type") if isinstance(prop, dict) else None
+            if kind == "string":
+                args[name] = echo
+            elif kind in ("integer", "number"):
+                args[name] = turns + 1
+            elif kind == "boolean":
+                args[name] = True
+        return [
+            {
+                "id": f"call_{digest[:8]}_{turns}",
+                "type": "function",
+                "function": {"name": pick["name"], "arguments": json.dumps(args)},
+            }
+        ]
 
     def _injected(self, status: int) -> _Reply:
         reply = _error(status, f"Mock provider injected failure {status}", "mock_injected")
@@ -795,6 +853,13 @@ class MockOpenAI:
                 f"```python\n# [{model}] {echo}\ndef answer() -> str:\n    return {echo!r}\n```",
                 False,
             )
+        results = [
+            _text(m.get("content"))
+            for m in messages
+            if isinstance(m, dict) and m.get("role") == "tool"
+        ]
+        if results:  # the answer shows what the tools said
+            return f"[{model}] {echo} | tools: {' / '.join(results)[:200]}", False
         return f"[{model}] {echo}", False
 
 

@@ -14,6 +14,7 @@ from dd_assets import cli
 from dd_assets.config import load_workflow
 from dd_assets.runners.plan import plan_workflow
 from dd_assets.runners.preview import preview_stage
+from dd_assets.testing.mcp_server import stdio_provider
 from dd_assets.testing.mock_openai import MockOpenAI
 from dd_assets.testing.workflows import write_config
 
@@ -83,10 +84,13 @@ def test_llm_fixture_validates_previews_and_imports_to_the_same_rows(
 # (tests/config/test_datadesigner.py::test_unsupported_features_are_named).
 EXTRAS_NOT_YET = {
     "columns": set(),
-    "column_keys": {"tool_alias": None},
-    "top": {"tool_configs": []},
+    "column_keys": {},
+    "top": {},
     "models": set(),
 }
+# The MCP server extras.yaml's tool_configs name (DataDesigner takes MCP providers beside the
+# config): a FastMCP server offering search_docs, started over stdio.
+DOC_SEARCH = {"doc-search-mcp": stdio_provider()}
 
 
 def _extras_supported(tmp_path: Path) -> Path:
@@ -107,6 +111,7 @@ def _extras_supported(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow  # restock_note calls MCP tools: each preview starts the MCP server (3 runs)
 def test_extras_fixture_validates_previews_and_imports_what_is_supported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -119,6 +124,7 @@ def test_extras_fixture_validates_previews_and_imports_what_is_supported(
             {
                 "name": "dd",
                 "providers": {"mock": provider, "nvidia": provider},
+                "mcp_providers": DOC_SEARCH,
                 "stages": [
                     {"name": "x", "num_records": 9, "buffer_size": 9, "data_designer": str(dd_file)}
                 ],
@@ -141,7 +147,12 @@ def test_extras_fixture_validates_previews_and_imports_what_is_supported(
         chats = [b["messages"][0]["content"] for b in mock.bodies if "messages" in b]
         chats = [c if isinstance(c, str) else "" for c in chats]
         notes_asked = [c for c in chats if c.startswith("Write a restock")]
-        assert len(notes_asked) == sum(r["in_stock"] == 0 for r in rows) * 2  # preview + this
+        # preview + this, each a tool-calling turn and the answer
+        assert len(notes_asked) == sum(r["in_stock"] == 0 for r in rows) * 4
+        offered = [b.get("tools") for b in mock.bodies if str(b.get("messages", [{}])[0].get(
+            "content")).startswith("Write a restock")]  # fmt: skip
+        assert len(offered) == len(notes_asked)
+        assert all([t["function"]["name"] for t in o] == ["search_docs"] for o in offered)
         assert {r["in_stock"] for r in rows} == {0, 1, 2}
         for r in rows:
             if r["in_stock"] > 0:  # skipped: value written, side columns and readers null
@@ -152,8 +163,10 @@ def test_extras_fixture_validates_previews_and_imports_what_is_supported(
                 assert r["note_embedding"] is None
             else:
                 assert r["restock_note"].startswith("[nvidia/nemotron-3-nano-30b-a3b] Write a")
+                assert "| tools: doc hit for" in r["restock_note"]  # tool_alias: search_docs ran
                 assert r["restock_note__trace"][0]["role"] == "assistant"
-                assert r["restock_note__reasoning_content"].startswith("why: Write a restock note")
+                # the mock's reasoning echoes the last message: here the tool's result
+                assert r["restock_note__reasoning_content"].startswith("why: doc hit for 'Write a")
                 assert isinstance(r["tags"]["tags"], list)
                 emb = r["note_embedding"]  # dimensions: 256 in the fixture's mock-embed model
                 assert (emb["num_embeddings"], emb["dimension"]) == (1, 256)
@@ -175,6 +188,11 @@ def test_extras_fixture_validates_previews_and_imports_what_is_supported(
         args = ["import", str(dd_file), "-o", str(out), "--name", "dd"]
         args += ["--provider", f"mock={mock.url},api_key_env=DD_TEST_MOCK_KEY"]
         args += ["--provider", f"nvidia={mock.url},api_key_env=DD_TEST_MOCK_KEY"]
+        server = DOC_SEARCH["doc-search-mcp"]
+        args += [
+            "--mcp-provider",
+            f"doc-search-mcp=stdio:{server['command']} {' '.join(server['args'])}",
+        ]
         capsys.readouterr()
         assert cli.main(args) == 0
         assert "judge-score profiler" in capsys.readouterr().out  # reported as lost

@@ -196,14 +196,15 @@ def test_unsupported_features_are_named(tmp_path: Path, suffix: str) -> None:
     with pytest.raises(WorkflowConfigError) as exc:
         _load(tmp_path, str(FIXTURES / f"extras{suffix}"))
     text = str(exc.value)
-    for expected in (
-        "tool_alias (tool calls) on column 'restock_note' is not supported yet",
-        "tool_configs (MCP tools) are not supported yet",
-    ):
+    # The one thing extras lacks: the MCP server its tool_configs name (given beside the config).
+    for expected in ("MCP provider 'doc-search-mcp' of tool_alias 'search-tools' is not defined",):
         assert expected in text
     assert "unknown key" not in text
-    with pytest.raises(WorkflowConfigError, match=re.escape("custom (Python function) columns")):
-        _load(tmp_path, str(FIXTURES / f"extras_custom{suffix}"))
+    dd = yaml.safe_load((FIXTURES / "extras.yaml").read_text())
+    valid = next(c for c in dd["data_designer"]["columns"] if c["name"] == "sql_valid")
+    valid["validator_type"] = "remote"
+    with pytest.raises(WorkflowConfigError, match=r"remote validators .* on column 'sql_valid'"):
+        _load(tmp_path, dd)
 
 
 def test_an_unknown_key_is_named_with_its_column(tmp_path: Path) -> None:
@@ -313,7 +314,7 @@ def test_native_workflow_written_by_import_validates_through_cli(tmp_path: Path,
     assert cli.main(["validate", str(out)]) == 0
     assert cli.main(["import", str(FIXTURES / "extras.yaml"), "-o", str(tmp_path / "x.yaml")]) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "tool_configs (MCP tools) are not supported yet" in err
+    assert err.startswith("error: ") and "names provider 'mock', which is not defined" in err
     assert not (tmp_path / "x.yaml").exists()
 
 

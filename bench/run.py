@@ -92,6 +92,7 @@ BENCHES = [
             Bound("validate_first_output_s_pyc", "validate, first output", 0.5, "s"),
             Bound("preview_first_output_s_pyc", "preview -n 5, first output", 0.5, "s"),
             Bound("status_first_output_s_pyc", "status, first output", 0.5, "s"),
+            Bound("status_data_first_output_s_pyc", "status with data, first output", 0.5, "s"),
             Bound("status_100k_s", "status of 100,000 row groups", 1.0, "s"),
         ),
     ),

@@ -7,7 +7,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from dd_assets.config.fingerprint import stale_reason
-from dd_assets.engine.images import image_columns
 from dd_assets.runners.finalize import target_used
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan, WorkflowPlan
@@ -89,9 +88,7 @@ def workflow_status(
     for name, sp in plan.stages.items():
         ref = sp.ref
         done = None
-        # Image stages from their footers: a row group lacking image files is missing, which
-        # only Lineage.completed looks at (runners/images.py); such stages are small.
-        if isinstance(lineage, ColumnLineage) and not image_columns(sp.compiled.stage):
+        if isinstance(lineage, ColumnLineage):  # None for some stages (image columns)
             done = summary_of_columns(sp, lineage)
         if done is None:
             done = summary_of_footers(sp, lineage)

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from dd_assets.engine.images import image_columns
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
 from dd_assets.store.footer import legacy_data_version
@@ -159,7 +160,13 @@ class ColumnLineage(Lineage):
         self.columns: dict[str, DoneColumns | None] = {}
 
     def done_columns(self, plan: StagePlan) -> DoneColumns | None:
+        """None for a stage with image columns: a row group lacking its image files is missing
+        (Lineage.completed, runners/images.py), which the index does not know; such stages are
+        small, so they are read from their footers, as upstreams too."""
         if plan.name not in self.columns:
+            if image_columns(plan.compiled.stage):
+                self.columns[plan.name] = None
+                return None
             table = self.store.footer_table(plan.ref)
             self.columns[plan.name] = None if table is None else DoneColumns.of(plan, table)
         return self.columns[plan.name]

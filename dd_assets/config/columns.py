@@ -426,6 +426,22 @@ class CodeValidatorParams(BaseModel):
     code_lang: Literal[VALIDATOR_LANGS]  # type: ignore[valid-type]
 
 
+class LocalCallableValidatorParams(BaseModel):
+    """DataDesigner's local_callable validator: `validation_function` names an entry of the
+    workflow's `functions:` (a function of a DataFrame of the target columns that returns one
+    with `is_valid`). `report_fields` types the other fields of its report: filled in from the
+    binding's dtype mapping when the config loads."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    validation_function: str
+    report_fields: dict[str, Literal["str", "int", "float", "bool"]] = Field(default_factory=dict)
+
+    _check_function = field_validator("validation_function")(
+        lambda v: check_identifier(v, "validation_function")
+    )
+
+
 class ValidationColumnConfig(_Column):
     """DataDesigner's code validation column: each target cell's code checked by a linter
     (python: ruff, SQL: sqlfluff's parser, as DataDesigner does). The value is the validator's
@@ -433,11 +449,21 @@ class ValidationColumnConfig(_Column):
 
     column_type: Literal["validation"] = "validation"
     target_columns: list[str] = Field(min_length=1)
-    validator_type: Literal["code"] = "code"
-    validator_params: CodeValidatorParams
+    validator_type: Literal["code", "local_callable"] = "code"
+    validator_params: CodeValidatorParams | LocalCallableValidatorParams
     # DataDesigner's rows per validator call; here each cell is checked on its own, so it
     # changes no value (kept so a config carries over unchanged).
     batch_size: Int = Field(default=10, ge=1, le=100_000)
+
+    @model_validator(mode="after")
+    def _params_of_type(self) -> ValidationColumnConfig:
+        local = isinstance(self.validator_params, LocalCallableValidatorParams)
+        if local != (self.validator_type == "local_callable"):
+            raise ValueError(
+                "validator_params must be {code_lang} for validator_type code and"
+                " {validation_function} for local_callable"
+            )
+        return self
 
     @field_validator("target_columns")
     @classmethod

@@ -456,13 +456,40 @@ class _Mapper:
             )
 
     def validation(self, col: dict[str, Any], where: str, name: str) -> dict[str, Any] | None:
-        """Code validators only; their params lose the copy of validator_type."""
+        """Code and local_callable validators; their params lose the copy of validator_type."""
         kind = col.get("validator_type")
         params = self.shaped(col.get("validator_params"), dict, f"{where}.validator_params", {})
+        if kind == "local_callable" and params.get("validator_type", kind) == kind:
+            got = self.take(
+                params,
+                f"{where}.validator_params",
+                {
+                    "validator_type": "local_callable",
+                    "validation_function": _REQUIRED,
+                    "output_schema": None,
+                },
+                name,
+            )
+            if "output_schema" in got:
+                self.unsupported(
+                    f"{where}.validator_params.output_schema",
+                    "a local_callable validator's output_schema",
+                    name,
+                )
+            col["validator_params"] = {"validation_function": got.get("validation_function")}
+            self.note(
+                f"column {name}",
+                "mapped",
+                f"local_callable validator: validation_function"
+                f" {got.get('validation_function')!r} is the function bound under the workflow's"
+                " functions:, called per row (DataDesigner: batch_size rows at once)",
+            )
+            return col
         if kind != "code" or params.get("validator_type", "code") != "code":
             self.unsupported(
-                f"{where}.validator_type", f"{kind} validators (only code ones)", name, "are"
-            )
+                f"{where}.validator_type", f"{kind} validators (only code and local_callable)",
+                name, "are",
+            )  # fmt: skip
             return None
         col["validator_params"] = {k: v for k, v in params.items() if k != "validator_type"}
         self.note(

@@ -223,6 +223,9 @@ def bind_functions(data: dict[str, Any], base: Path) -> list[Any]:
     for i, stage in enumerate(stages if isinstance(stages, list) else []):
         columns = stage.get("columns") if isinstance(stage, dict) else None
         for j, col in enumerate(columns if isinstance(columns, list) else []):
+            if isinstance(col, dict) and col.get("validator_type") == "local_callable":
+                issues += _bind_validator(col, f"stages[{i}].columns[{j}]", bindings, raw)
+                continue
             if not (isinstance(col, dict) and col.get("column_type") == "custom"):
                 continue
             where = f"stages[{i}].columns[{j}]"
@@ -264,3 +267,43 @@ def bind_functions(data: dict[str, Any], base: Path) -> list[Any]:
                 dtypes = {str(col.get("name")): binding.dtype}
             col["dtypes"] = dtypes
     return issues
+
+
+def _bind_validator(
+    col: dict[str, Any], where: str, bindings: dict[str, FunctionBinding], raw: dict[str, Any]
+) -> list[Any]:
+    """A local_callable validator: its validation_function bound and taking one DataFrame; the
+    binding's dtype mapping types the report's fields beside is_valid."""
+    from dd_assets.config.errors import ConfigIssue
+
+    params = col.get("validator_params")
+    name = params.get("validation_function") if isinstance(params, dict) else None
+    if not isinstance(name, str):
+        return []  # the column's own validation reports it
+    binding = bindings.get(name)
+    if binding is None:
+        if name in raw:
+            return []  # the binding itself is wrong: reported above
+        return [
+            ConfigIssue(
+                f"{where}.validator_params.validation_function",
+                f"local_callable validator of column {col.get('name')!r}: validation_function"
+                f" {name!r} is not bound to a Python function; add to the workflow `functions:"
+                f" {{{name}: 'package.module:{name}'}}` (or 'path/to/file.py:{name}')",
+            )
+        ]
+    try:
+        r = resolve(binding)
+    except FunctionError as exc:
+        return [ConfigIssue(f"functions.{name}", str(exc))]
+    if r.params != ("df",):
+        return [
+            ConfigIssue(
+                f"functions.{name}",
+                f"{binding.function} is a local_callable validator: it must take one DataFrame"
+                f" (df), as DataDesigner calls it; it takes ({', '.join(r.params)})",
+            )
+        ]
+    fields = binding.dtype if isinstance(binding.dtype, dict) else {}
+    params["report_fields"] = {k: v for k, v in fields.items() if k != "is_valid"}
+    return []

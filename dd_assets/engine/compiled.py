@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from dd_assets.config.columns import (
     CustomColumnConfig,
+    LocalCallableValidatorParams,
     SamplerColumnConfig,
     ValidationColumnConfig,
 )
@@ -78,7 +79,14 @@ def compile_stage(
 
 def _check_validator(col: ValidationColumnConfig, stage_name: str) -> None:
     """A validation column's linter is an optional dependency: say so before any row is made
-    (found, not imported: planning stays cheap)."""
+    (found, not imported: planning stays cheap). A local_callable one gets a pandas DataFrame."""
+    if isinstance(col.validator_params, LocalCallableValidatorParams):
+        if importlib.util.find_spec("pandas") is None:
+            raise GenerationError(
+                f"validation column {col.name!r} of stage {stage_name!r} is local_callable, which"
+                " hands the function a pandas DataFrame: pip install 'dd-assets[custom]'"
+            )
+        return
     tool = "ruff" if col.validator_params.code_lang == "python" else "sqlfluff"
     if importlib.util.find_spec(tool) is None:
         raise GenerationError(

@@ -33,13 +33,17 @@ def _text(value: Any) -> Any:
 
 
 def convert(col: CustomColumnConfig, output: str, value: Any) -> Any:
-    """A returned value of output column `output` as its dtype; CustomValueError when it is
+    """A returned value of output column `output` as its dtype."""
+    return convert_value(col.dtype_of(output), output, value)
+
+
+def convert_value(dtype: str, output: str, value: Any) -> Any:
+    """`value` as `dtype` (str: text, or the JSON of anything else); CustomValueError when it is
     not one."""
     if value is None:
         return None
     if hasattr(value, "item") and not isinstance(value, list | dict | str):
         value = value.item()  # a numpy scalar from a DataFrame
-    dtype = col.dtype_of(output)
     if dtype == "str":
         return _text(value)
     ok = {
@@ -114,13 +118,13 @@ def run_column(
     out: dict[str, list[Any]] = {}
     try:
         for name in col.output_names:
-            out[name] = [convert(col, name, _none(v)) for v in result[name].tolist()]
+            out[name] = [convert(col, name, from_pandas(v)) for v in result[name].tolist()]
     except CustomValueError as exc:
         raise GenerationError(f"{where}: {exc}") from None
     return out
 
 
-def _none(v: Any) -> Any:
+def from_pandas(v: Any) -> Any:
     """pandas' missing values (NaN, NA, NaT) as None."""
     try:
         import pandas as pd

@@ -311,7 +311,9 @@ async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) 
             elif isinstance(col, ExpressionColumnConfig):
                 row[name] = expressions.cast(expressions.render(col.expr, row), col.dtype)
             elif isinstance(col, ValidationColumnConfig):
-                row[name] = await asyncio.to_thread(validators.validate, col, dict(row))
+                row[name] = await asyncio.to_thread(
+                    validators.validate, col, dict(row), cs.workflow
+                )
             elif isinstance(col, CustomColumnConfig):
                 value = await custom_columns.run_cell(cs.workflow, col, row)
                 if isinstance(value, SideAnswer):

@@ -23,7 +23,8 @@ from typing import Any
 
 import pyarrow as pa
 
-from dd_assets.config.columns import ValidationColumnConfig
+from dd_assets.config.columns import LocalCallableValidatorParams, ValidationColumnConfig
+from dd_assets.config.workflow import WorkflowConfig
 from dd_assets.errors import GenerationError
 
 RUFF_SELECT = "E,F6,F7,F8,SIM,PLC,PLE,PLR,PLW"  # DataDesigner's selection
@@ -64,16 +65,29 @@ PYTHON_REPORT = pa.struct(
 SQL_REPORT = pa.struct([("is_valid", pa.bool_()), ("error_messages", pa.string())])
 
 
+_FIELD_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_()}
+
+
 def report_type(col: ValidationColumnConfig) -> pa.DataType:
-    one = PYTHON_REPORT if col.validator_params.code_lang == "python" else SQL_REPORT
+    params = col.validator_params
+    if isinstance(params, LocalCallableValidatorParams):
+        fields = [(k, _FIELD_TYPES[t]) for k, t in params.report_fields.items()]
+        return pa.struct([("is_valid", pa.bool_()), *fields])
+    one = PYTHON_REPORT if params.code_lang == "python" else SQL_REPORT
     if len(col.target_columns) == 1:
         return one
     return pa.struct([(t, one) for t in col.target_columns])
 
 
-def validate(col: ValidationColumnConfig, row: dict[str, Any]) -> dict[str, Any] | None:
+def validate(
+    col: ValidationColumnConfig, row: dict[str, Any], workflow: WorkflowConfig | None = None
+) -> dict[str, Any] | None:
     """The report for this row (blocking: run it in a thread). A null target cell (a skipped
-    one read with propagate_skip: false) has no report."""
+    one read with propagate_skip: false) has no report. `workflow`: where a local_callable
+    validator's function is bound."""
+    if isinstance(col.validator_params, LocalCallableValidatorParams):
+        assert workflow is not None
+        return local_callable_report(col, col.validator_params, row, workflow)
     lang = col.validator_params.code_lang
     check = python_report if lang == "python" else (lambda code: sql_report(code, lang))
     reports = {}
@@ -151,3 +165,38 @@ def python_report(code: str) -> dict[str, Any]:
         "python_linter_severity": severity,
         "python_linter_messages": messages,
     }
+
+
+def local_callable_report(
+    col: ValidationColumnConfig,
+    params: LocalCallableValidatorParams,
+    row: dict[str, Any],
+    workflow: WorkflowConfig,
+) -> dict[str, Any]:
+    """The user's validation function on this row's target columns as a one-row DataFrame
+    (DataDesigner passes `batch_size` rows at once; a function judging each row by itself gives
+    the same reports). Its `is_valid` and the fields the binding types make the report; a
+    function that fails, or returns no such row, fails the row group (DataDesigner fails the
+    column)."""
+    import pandas as pd
+
+    from dd_assets.config.functions import resolve
+    from dd_assets.engine.custom_columns import CustomValueError, convert_value, from_pandas
+
+    binding = workflow.functions[params.validation_function]
+    where = f"local_callable validator of column {col.name!r} ({binding.function})"
+    df = pd.DataFrame([{t: row.get(t) for t in col.target_columns}])
+    try:
+        out = resolve(binding).fn(df)
+    except Exception as exc:
+        raise GenerationError(f"{where} raised {type(exc).__name__}: {exc}") from None
+    if not isinstance(out, pd.DataFrame) or len(out) != 1 or "is_valid" not in out.columns:
+        raise GenerationError(f"{where} must return the DataFrame with an is_valid column")
+    record = out.iloc[0].to_dict()
+    try:
+        report = {"is_valid": convert_value("bool", "is_valid", from_pandas(record["is_valid"]))}
+        for name, dtype in params.report_fields.items():
+            report[name] = convert_value(dtype, name, from_pandas(record.get(name)))
+    except CustomValueError as exc:
+        raise GenerationError(f"{where}: {exc}") from None
+    return report

@@ -171,3 +171,45 @@ def test_a_binding_that_does_not_load_is_one_error_line(
     assert err.startswith("error: ") and "Traceback" not in err
     assert "fns.py:scaled must take (row) or (df)" in err
     assert "has no function 'label'" in err
+
+
+@pytest.mark.parametrize("suffix", [".yaml", ".json"])
+def test_local_callable_validator_of_the_fixture_gives_datadesigner_reports(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], suffix: str
+) -> None:
+    fixture = FIXTURES / f"extras_local_callable{suffix}"
+    wf: dict = {
+        "name": "dd",
+        "stages": [
+            {"name": "v", "num_records": 9, "buffer_size": 9, "data_designer": str(fixture)}
+        ],
+    }
+    cfg = write_config(tmp_path / "wf.yaml", wf)
+    assert cli.main(["validate", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "local_callable validator of column 'stock_valid'" in err
+    assert "functions: {check_stock: 'package.module:check_stock'}" in err
+
+    where = f"{FIXTURES / 'custom_functions.py'}:check_stock"
+    wf["functions"] = {"check_stock": {"function": where, "dtype": {"units": "int"}}}
+    cfg = write_config(tmp_path / "wf.yaml", wf)
+    assert cli.main(["validate", str(cfg)]) == 0
+    assert cli.main(["preview", str(cfg), "-n", "3"]) == 0
+    rows = generate_rows(compile_stage(load_workflow(cfg), "v"), 0, 9).table.to_pylist()
+    # DataDesigner's preview of the same config: the report is the function's row.
+    theirs = [
+        yaml.safe_load(line) for line in (FIXTURES / "extras_local_callable_preview.jsonl").open()
+    ]
+    for r in [*rows, *theirs]:
+        assert r["stock_valid"] == {"is_valid": r["in_stock"] > 0, "units": r["in_stock"] * 10}
+    assert {r["in_stock"] for r in rows} == {0, 1, 2}
+
+    out = tmp_path / "native.yaml"
+    args = ["import", str(fixture), "-o", str(out), "--name", "dd", "--function"]
+    assert cli.main([*args, f"check_stock={where}"]) == 0
+    native = yaml.safe_load(out.read_text())
+    native["functions"] = wf["functions"]  # the dtype mapping is the binding's, as above
+    native["stages"][0].update(name="v", num_records=9, buffer_size=9)
+    out.write_text(yaml.safe_dump(native, sort_keys=False))
+    again = generate_rows(compile_stage(load_workflow(out), "v"), 0, 9).table.to_pylist()
+    assert again == rows

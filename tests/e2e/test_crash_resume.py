@@ -11,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from dd_assets.config import load_workflow
+from dd_assets.runners.materialize import materialize
+from dd_assets.runners.plan import plan_workflow
+from dd_assets.store.partition_store import PartitionStore
 from dd_assets.testing.workflows import (
     isolated_env,
     kill_after,
@@ -57,11 +61,11 @@ def test_kill9_mid_run_then_resume(tmp_path: Path) -> None:
     assert table.num_rows == NUM_RECORDS
     assert len(set(table.column("person_id").to_pylist())) == NUM_RECORDS
 
-    # The interrupted-and-resumed dataset equals an uninterrupted one, row for row.
+    # The interrupted-and-resumed dataset equals an uninterrupted one, row for row (made in this
+    # process by the runner the CLI drives: the data is the runner's; a third CLI process here
+    # would only repeat the Dagster run the resume above already went through).
     ref_root = tmp_path / "reference"
-    ref_env = isolated_env(tmp_path / "ref_home_parent", cfg) | {"DD_ASSETS_ROOT": str(ref_root)}
-    ref = run_materialize(cfg, ref_env)
-    assert ref.returncode == 0, ref.stderr
+    materialize(plan_workflow(load_workflow(cfg))["people"], PartitionStore(ref_root), range(20))
     assert stage_table(ref_root).equals(table)
 
 

@@ -241,7 +241,8 @@ def bind_functions(data: dict[str, Any], base: Path) -> list[Any]:
                             f"custom column {col.get('name')!r}: generator_function {fn_name!r} is"
                             f" not bound to a Python function; add to the workflow `functions:"
                             f" {{{fn_name}: 'package.module:{fn_name}'}}` (or"
-                            f" 'path/to/file.py:{fn_name}')",
+                            f" 'path/to/file.py:{fn_name}'; dd-assets import: --function"
+                            f" {fn_name}=WHERE)",
                         )
                     )
                 continue
@@ -289,7 +290,8 @@ def _bind_validator(
                 f"{where}.validator_params.validation_function",
                 f"local_callable validator of column {col.get('name')!r}: validation_function"
                 f" {name!r} is not bound to a Python function; add to the workflow `functions:"
-                f" {{{name}: 'package.module:{name}'}}` (or 'path/to/file.py:{name}')",
+                f" {{{name}: 'package.module:{name}'}}` (or 'path/to/file.py:{name}'; dd-assets"
+                f" import: --function {name}=WHERE)",
             )
         ]
     try:

@@ -692,7 +692,8 @@ def semantic_issues(
                     ConfigIssue(
                         f"tools.{alias}.providers[{k}]",
                         f"MCP provider {p!r} of tool_alias {alias!r} is not defined; add it under"
-                        " mcp_providers: (a stdio command or a streamable_http endpoint)",
+                        " mcp_providers: (a stdio command or a streamable_http endpoint; dd-assets"
+                        " import: --mcp-provider NAME=URL or NAME=stdio:COMMAND)",
                     )
                 )
     index: dict[str, int] = {}

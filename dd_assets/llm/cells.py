@@ -285,7 +285,15 @@ class LLMCellRunner:
             "content": result.content,
             "tool_calls": calls,
         }
-        if turn > self._toolbox().config(alias).max_tool_call_turns:
+        budget = self._toolbox().config(alias).max_tool_call_turns
+        if turn > 2 * budget:
+            # Refused as many turns as it was allowed and still calling: it will not stop.
+            self._drop(
+                "tool_call",
+                f"the model went on calling tools after {budget} refused turn(s) past"
+                f" max_tool_call_turns ({budget})",
+            )
+        if turn > budget:
             answers = [{"role": "tool", "tool_call_id": c["id"], "content": REFUSAL} for c in calls]
             return [assistant, *answers]
         try:

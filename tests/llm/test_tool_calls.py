@@ -1,6 +1,9 @@
 """Tool calls (DataDesigner's tool_alias / tool_configs) against real parts: a FastMCP server
 started over stdio (dd_assets.testing.mcp_server) and the mock OpenAI server answering with
-tool_calls. One workflow, several runs of its LLM runner, so the server starts few times."""
+tool_calls. Why it takes seconds: a run starts its MCP server (a Python process importing the
+SDK, ~1 s) as a real run does; the loop test makes 8 short runs (loop, cache replay, a changing
+tool, the turn budget, an endless caller, a wrong tool, a bad allow_tools) in one test, the HTTP
+test one server in a thread."""
 
 from __future__ import annotations
 
@@ -137,6 +140,12 @@ def test_tool_loop_trace_cache_turn_limit_and_faults(
         trace = refused[0]["note__trace"]
         tool_texts = [m["content"][0]["text"] for m in trace if m["role"] == "tool"]
         assert len(tool_texts) == 4 and tool_texts[2:] == [REFUSAL, REFUSAL]
+
+        # A model that goes on calling tools as many turns past the budget as it had: dropped.
+        mock.tool_turns = 10
+        endless = _run(cfg, tmp_path / "cache4.sqlite")
+        assert endless.table.num_rows == 0 and {d.kind for d in endless.drops} == {"tool_call"}
+        assert "went on calling tools after 2 refused turn(s)" in endless.drops[0].message
 
         # A tool the column was not offered: that row's call is wrong, the row is dropped.
         mock.tool_turns, mock.tool_name = 1, "stock_level"

@@ -8,7 +8,16 @@ import re
 from typing import Annotated, Any, Literal
 
 import jinja2
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    JsonValue,
+    Tag,
+    field_validator,
+    model_validator,
+)
 
 from dd_assets.config.base import Bool, Float, Int, Scalar, added_field, is_identifier
 from dd_assets.config.samplers import SamplerParams, inject_sampler_type
@@ -442,6 +451,21 @@ class LocalCallableValidatorParams(BaseModel):
     )
 
 
+def _validator_kind(v: Any) -> str:
+    """Which validator params a mapping is (DataDesigner's params have no tag of their own), so
+    an error names the fields of that one only."""
+    if isinstance(v, dict):
+        return "local_callable" if "validation_function" in v else "code"
+    return "local_callable" if isinstance(v, LocalCallableValidatorParams) else "code"
+
+
+ValidatorParams = Annotated[
+    Annotated[CodeValidatorParams, Tag("code")]
+    | Annotated[LocalCallableValidatorParams, Tag("local_callable")],
+    Discriminator(_validator_kind),
+]
+
+
 class ValidationColumnConfig(_Column):
     """DataDesigner's code validation column: each target cell's code checked by a linter
     (python: ruff, SQL: sqlfluff's parser, as DataDesigner does). The value is the validator's
@@ -450,7 +474,7 @@ class ValidationColumnConfig(_Column):
     column_type: Literal["validation"] = "validation"
     target_columns: list[str] = Field(min_length=1)
     validator_type: Literal["code", "local_callable"] = "code"
-    validator_params: CodeValidatorParams | LocalCallableValidatorParams
+    validator_params: ValidatorParams
     # DataDesigner's rows per validator call; here each cell is checked on its own, so it
     # changes no value (kept so a config carries over unchanged).
     batch_size: Int = Field(default=10, ge=1, le=100_000)

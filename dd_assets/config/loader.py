@@ -82,7 +82,8 @@ _UNION_TAGS = {
     "sampler", "expression", "llm-text", "llm-code", "llm-structured", "llm-judge",
     "category", "subcategory", "uniform", "gaussian", "bernoulli", "poisson", "uuid", "datetime",
     "person_from_faker", "binomial", "scipy", "bernoulli_mixture", "timedelta", "drop_columns", "rename", "filter", "dedupe", "schema_transform",
-    "StageSeed", "JoinSeed", "FileSeed",
+    "StageSeed", "JoinSeed", "FileSeed", "embedding", "validation", "image", "custom", "code",
+    "local_callable",
 }  # fmt: skip
 
 

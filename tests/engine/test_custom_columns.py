@@ -213,3 +213,40 @@ def test_local_callable_validator_of_the_fixture_gives_datadesigner_reports(
     out.write_text(yaml.safe_dump(native, sort_keys=False))
     again = generate_rows(compile_stage(load_workflow(out), "v"), 0, 9).table.to_pylist()
     assert again == rows
+
+
+def test_unknown_keys_in_custom_and_validator_columns_are_named_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "fns.py").write_text("def f(row):\n    return row\n\ndef g(df):\n    return df\n")
+    col = {"column_type": "validation", "target_columns": ["n"], "validator_type": "local_callable"}
+    cfg = write_config(
+        tmp_path / "wf.yaml",
+        {
+            "name": "w",
+            "functions": {"f": "fns.py:f", "g": "fns.py:g"},
+            "stages": [
+                {
+                    "name": "s",
+                    "num_records": 2,
+                    "buffer_size": 2,
+                    "columns": [
+                        {"name": "n", "column_type": "sampler", "sampler_type": "category",
+                         "params": {"values": [1]}},
+                        {"name": "c", "column_type": "custom", "generator_function": "f",
+                         "generation_strategy": "sideways"},
+                        {"name": "v", **col, "validator_params": {"validation_function": "g",
+                                                                  "bogus": 1}},
+                        {"name": "e", "column_type": "embedding", "target_column": "n",
+                         "model_alias": "m", "colour": "red"},
+                    ],
+                }
+            ],
+        },
+    )  # fmt: skip
+    assert cli.main(["validate", str(cfg)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "Traceback" not in err
+    assert "stages[0].columns[1].generation_strategy: Input should be" in err
+    assert "stages[0].columns[2].validator_params.bogus: unknown key" in err
+    assert "stages[0].columns[3].colour: unknown key" in err

@@ -1,7 +1,7 @@
 """Benchmark: examples/llm-chain.yaml (2,000 records, buffer 200, two chained LLM columns, one
 more in a row-group-seeded second stage) against the mock OpenAI server.
 
-    .venv/bin/python bench/llm_chain.py [--latency 0.05] [--fail-rate 0.0] [--mode both]
+    .venv/bin/python bench/llm_chain.py [--latency 0.05] [--fail-rate 0.0] [--mode both] [--timeline]
 
 Prints wall time / ideal bound, where the ideal bound is requests x latency / parallelism: what a
 dispatcher that kept `max_parallel_requests` requests on the wire at every instant would take.
@@ -11,6 +11,10 @@ Bound (issue 17): at or under 1.05 at 100 and 200 ms, mean in flight >= 0.95 x p
   as a Dagster run would: what the dispatcher itself achieves.
 - `dagster`: `dd-assets materialize` end to end on a temp SQLite instance: adds Dagster's
   per-run overhead and the per-chunk tail (runs of `partitions_per_run` row groups).
+
+`--timeline` also prints where the budget went idle: the time before the first request and
+after the last answer, the mean in flight per tenth of the run, the dips under 3/4 of the budget,
+and when each row group file landed (all on the clock the mock server's timeline uses).
 """
 
 from __future__ import annotations
@@ -68,13 +72,71 @@ def _dagster(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def _mock_server(latency: float, fail_rate: float) -> Iterator[MockProcess]:
+def _mock_server(latency: float, fail_rate: float, *args: str) -> Iterator[MockProcess]:
     """The mock provider in its own process, the workflow's endpoint pointed at it."""
-    with mock_process(latency, fail_rate) as mock:
+    with mock_process(latency, fail_rate, *args) as mock:
         os.environ["DD_LLM_BASE_URL"] = mock.url
         os.environ["DD_LLM_MODEL"] = "mock-model"
         os.environ.setdefault("NVIDIA_API_KEY", "bench-not-a-secret")
         yield mock
+
+
+def _landings(root: Path) -> list[tuple[float, str]]:
+    """(monotonic time, stage/file) of every row-group file under root, from its mtime (files
+    are renamed into place whole, so the mtime is when the row group was written)."""
+    offset = time.time() - time.monotonic()
+    out = []
+    for f in root.rglob("*.parquet"):
+        out.append((f.stat().st_mtime - offset, f"{f.parent.parent.name}/{f.stem}"))
+    return sorted(out)
+
+
+def _timeline_report(log: list[list[float]], t0: float, t1: float, budget: int, root: Path) -> None:
+    """Where the budget went idle, in seconds from the start of the timed call."""
+    if not log:
+        print("  timeline: no requests", flush=True)
+        return
+    first, last = log[0][0], log[-1][0]
+    print(
+        f"  timeline: first request at {first - t0:.2f} s, last answer {last - t0:.2f} s,"
+        f" end {t1 - t0:.2f} s (idle before {first - t0:.2f} s, after {t1 - last:.2f} s)",
+        flush=True,
+    )
+    bins = 10
+    width = (last - first) / bins or 1.0
+    busy = [0.0] * bins
+    dips: list[tuple[float, float, int]] = []
+    low_from: float | None = None
+    low_min = budget
+    for (t, n), (t_next, _) in zip(log, log[1:], strict=False):
+        # integrate n over [t, t_next), split across bins
+        a = t
+        while a < t_next:
+            i = min(bins - 1, int((a - first) / width))
+            b = min(t_next, first + (i + 1) * width) if i < bins - 1 else t_next
+            busy[i] += n * (b - a)
+            a = b
+        if n < budget * 0.75:
+            low_from = t if low_from is None else low_from
+            low_min = min(low_min, n)
+        elif low_from is not None:
+            if t - low_from > 0.02:
+                dips.append((low_from, t, low_min))
+            low_from, low_min = None, budget
+    print(
+        "  mean in flight per tenth: " + " ".join(f"{b / width:.1f}" for b in busy), flush=True
+    )
+    lost = sum(budget * width - b for b in busy)
+    print(f"  idle slot-seconds between first and last: {lost:.1f} ({lost / budget:.2f} s of budget)")
+    for a, b, n in dips[:15]:
+        print(f"  dip: {a - t0:.2f}-{b - t0:.2f} s, down to {n}", flush=True)
+    if len(dips) > 15:
+        print(f"  ... {len(dips) - 15} more dips", flush=True)
+    lands = _landings(root)
+    if lands:
+        print(
+            "  landed: " + ", ".join(f"{name} {t - t0:.1f}" for t, name in lands), flush=True
+        )
 
 
 def main() -> int:
@@ -84,6 +146,7 @@ def main() -> int:
     p.add_argument("--latency", type=float, default=0.2, help="mock latency per request (s)")
     p.add_argument("--fail-rate", type=float, default=0.0, help="injected 429/500 rate")
     p.add_argument("--mode", choices=["engine", "dagster", "both"], default="both")
+    p.add_argument("--timeline", action="store_true", help="print where the budget went idle")
     args = p.parse_args()
 
     import dd_assets.dagster.materialize  # noqa: F401  (imported before timing: import time is not run time)
@@ -96,23 +159,27 @@ def main() -> int:
     for mode in modes:
         # The provider runs in its own process, as a real one would: sharing this process's GIL
         # would charge the server's CPU time to our dispatcher.
-        with (
-            _mock_server(args.latency, args.fail_rate) as mock,
-            tempfile.TemporaryDirectory() as tmp,
-        ):
-            if mode == "dagster":
-                # A user's instance exists already; creating a fresh SQLite one (~2 s of schema
-                # setup) is not part of a run.
-                import dagster as dg
+        with tempfile.TemporaryDirectory() as tmp:
+            timeline = Path(tmp) / "timeline.json"
+            extra = ("--timeline", str(timeline)) if args.timeline else ()
+            with _mock_server(args.latency, args.fail_rate, *extra) as mock:
+                if mode == "dagster":
+                    # A user's instance exists already; creating a fresh SQLite one (~2 s of
+                    # schema setup) is not part of a run.
+                    import dagster as dg
 
-                from dd_assets.dagster.instance import ensure_dagster_home
+                    from dd_assets.dagster.instance import ensure_dagster_home
 
-                os.environ["DAGSTER_HOME"] = str(Path(tmp) / "dagster_home")
-                ensure_dagster_home()
-                dg.DagsterInstance.get()
-            t0 = time.perf_counter()
-            (_engine if mode == "engine" else _dagster)(Path(tmp))
-            wall = time.perf_counter() - t0
+                    os.environ["DAGSTER_HOME"] = str(Path(tmp) / "dagster_home")
+                    ensure_dagster_home()
+                    dg.DagsterInstance.get()
+                t0 = time.monotonic()
+                (_engine if mode == "engine" else _dagster)(Path(tmp))
+                t1 = time.monotonic()
+                wall = t1 - t0
+            if args.timeline:
+                log = json.loads(timeline.read_text())
+                _timeline_report(log, t0, t1, wf.models["writer"].max_parallel_requests, Path(tmp))
         ok, total, peak = mock.ok, mock.requests, mock.peak_concurrency
         ideal = ok * args.latency / parallel
         ratio = wall / ideal if ideal else float("nan")

@@ -307,6 +307,9 @@ class MockOpenAI:
         # last one's answer: the mean in flight is what a provider sees of a client's dispatch
         self._busy = 0.0
         self._first = self._changed = 0.0
+        # (time.monotonic(), requests in flight) after each change: where a dispatcher leaves
+        # the budget idle (bench/llm_chain.py --timeline)
+        self.in_flight_log: list[tuple[float, int]] = []
         self._bodies: list[dict[str, Any]] = []
         self._auth: list[str | None] = []
 
@@ -392,6 +395,7 @@ class MockOpenAI:
             self._by_status.clear()
             self._peak = self._current
             self._busy, self._first = 0.0, 0.0
+            self.in_flight_log.clear()
             self._bodies.clear()
             self._auth.clear()
 
@@ -630,6 +634,7 @@ class MockOpenAI:
         self._busy += self._current * (now - self._changed)
         self._changed = now
         self._current += change
+        self.in_flight_log.append((now, self._current))
 
     @property
     def mean_concurrency(self) -> float:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import re
 import signal
@@ -43,6 +44,11 @@ def main(argv: list[str] | None = None) -> int:
         help="NAME of an env var holding the key to require (keys never go on the command line)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--timeline",
+        default=None,
+        help="write [[monotonic time, requests in flight], ...] (each change) as JSON here",
+    )
     args = p.parse_args(argv)
 
     require_key = None
@@ -76,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
+    if args.timeline:
+        with open(args.timeline, "w", encoding="utf-8") as f:
+            json.dump(mock.in_flight_log, f)
     return 0
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import pyarrow as pa
 
 from dd_assets.config import ResumeMode, output_columns
-from dd_assets.engine import RowGroupUnfinished, agenerate_row_group
+from dd_assets.engine import RowGroupResult, RowGroupUnfinished, agenerate_row_group
 from dd_assets.engine.images import image_columns
 from dd_assets.errors import EXIT_UNFINISHED, GenerationError, LLMError
 from dd_assets.llm.cache import cache_path
@@ -30,7 +30,7 @@ from dd_assets.runners.images import image_loader
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.profile import record_row_group
-from dd_assets.runners.seeds import SeedProvider, no_seed, seed_provider
+from dd_assets.runners.seeds import SeedProvider, SeedRows, no_seed, seed_provider
 from dd_assets.store.footer import RowGroupInfo
 from dd_assets.store.layout import key_ranges, partition_key
 from dd_assets.store.partition_store import PartitionStore
@@ -156,15 +156,14 @@ async def amaterialize(
     """Produce the given row groups, at most `in_flight` at a time, checkpointing each.
 
     A row group on disk is reused when `reusable`. `wait_for(rg)` is awaited before row group
-    rg is looked at: a pipelined downstream stage waits there for its upstream row group to land
-    (without holding a slot), and only then can tell whether its own row group on disk still
+    rg is looked at: a pipelined downstream stage waits there for its upstream row group to land,
+    and only then can tell whether its own row group on disk still
     matches it; False means the upstream row group will not land (its cells are unfinished),
     so rg is not started. A row group with unfinished cells is recorded in `unfinished` and
     `on_missed(rg)` is called; nothing is written for it."""
     store = lineage.store
     unfinished = unfinished if unfinished is not None else Unfinished()
     outcomes: dict[int, RowGroupOutcome] = {}
-    sem = asyncio.Semaphore(max(1, in_flight))
 
     def reuse(rg: int) -> bool:
         info = reusable(lineage, plan, rg, retry_dropped)
@@ -179,59 +178,85 @@ async def amaterialize(
         if on_missed:
             on_missed(rg)
 
-    async def one(rg: int) -> None:
+    async def one(rg: int) -> Callable[[], Awaitable[None]] | None:
+        """Generate row group rg; what is left to do is saving it (None: nothing to save)."""
         if wait_for is not None:
             if not await wait_for(rg):
                 unfinished.not_started.setdefault(plan.name, set()).add(rg)
                 return missed(rg)
             if reuse(rg):
                 return
-        async with sem:
-            if cells is not None and cells.outage.tripped:
-                unfinished.not_started.setdefault(plan.name, set()).add(rg)
-                unfinished.stopped = cells.outage.tripped
-                return missed(rg)
-            before = lineage.completed(plan).get(rg)
-            if cells is not None and retry_dropped and before and before.stats.get("dropped_rows"):
-                drops = await asyncio.to_thread(store.drops, plan.ref, before)
-                cells.ask_fresh(
-                    zip(drops["row"].to_pylist(), drops["column"].to_pylist(), strict=True)
-                )
-            seed = await asyncio.to_thread(seeds, rg)
-            try:
-                res = await agenerate_row_group(plan.compiled, rg, seed=seed.table, cells=cells)
-            except RowGroupUnfinished as exc:
-                unfinished.cells.setdefault(plan.name, {})[rg] = exc.cells
-                unfinished.last_error = exc.reason
-                if cells is not None:
-                    unfinished.stopped = cells.outage.tripped
-                return missed(rg)
-            refuse_unexpected_columns(plan, rg, res.table, seed.table)
-            stats = res.stats()
+        if cells is not None and cells.outage.tripped:
+            unfinished.not_started.setdefault(plan.name, set()).add(rg)
+            unfinished.stopped = cells.outage.tripped
+            return missed(rg)
+        before = lineage.completed(plan).get(rg)
+        if cells is not None and retry_dropped and before and before.stats.get("dropped_rows"):
+            drops = await asyncio.to_thread(store.drops, plan.ref, before)
+            cells.ask_fresh(zip(drops["row"].to_pylist(), drops["column"].to_pylist(), strict=True))
+        seed = await asyncio.to_thread(seeds, rg)
+        try:
+            res = await agenerate_row_group(plan.compiled, rg, seed=seed.table, cells=cells)
+        except RowGroupUnfinished as exc:
+            unfinished.cells.setdefault(plan.name, {})[rg] = exc.cells
+            unfinished.last_error = exc.reason
             if cells is not None:
-                stats["llm"] = cells.row_group_stats(rg)
-            info = await asyncio.to_thread(
-                store.write_row_group,
-                plan.ref,
-                rg,
-                res.table,
-                stats,
-                inputs=seed.inputs,
-                dropped_columns=res.dropped_columns if plan.keeps_dropped_columns else None,
-                drops=res.drops_table(),
-                images=image_columns(plan.compiled.stage),
-            )
-            # Its profile partial, from the rows still in memory (a cache: recomputed from
-            # the file if a crash comes first).
-            await asyncio.to_thread(record_row_group, store, plan.ref, info, res.table)
-            lineage.landed(plan, info)
-            outcomes[rg] = RowGroupOutcome(rg, info, reused=False, stats=info.stats)
-            if on_done:
-                on_done(outcomes[rg])
+                unfinished.stopped = cells.outage.tripped
+            return missed(rg)
+        refuse_unexpected_columns(plan, rg, res.table, seed.table)
+        stats = res.stats()
+        if cells is not None:
+            stats["llm"] = cells.row_group_stats(rg)
+        return lambda: save(rg, res, seed, stats)
 
-    # Without an upstream in this run, what is on disk is final: decide at once, no task each.
-    todo = [rg for rg in row_groups if wait_for is not None or not reuse(rg)]
-    tasks = [asyncio.ensure_future(one(rg)) for rg in todo]
+    async def save(rg: int, res: RowGroupResult, seed: SeedRows, stats: dict[str, Any]) -> None:
+        info = await asyncio.to_thread(
+            store.write_row_group,
+            plan.ref,
+            rg,
+            res.table,
+            stats,
+            inputs=seed.inputs,
+            dropped_columns=res.dropped_columns if plan.keeps_dropped_columns else None,
+            drops=res.drops_table(),
+            images=image_columns(plan.compiled.stage),
+        )
+        # Its profile partial, from the rows still in memory (a cache: recomputed from
+        # the file if a crash comes first).
+        await asyncio.to_thread(record_row_group, store, plan.ref, info, res.table)
+        lineage.landed(plan, info)
+        outcomes[rg] = RowGroupOutcome(rg, info, reused=False, stats=info.stats)
+        if on_done:
+            on_done(outcomes[rg])
+
+    # Without an upstream in this run, what is on disk is final: decide at once.
+    todo = iter([rg for rg in row_groups if wait_for is not None or not reuse(rg)])
+
+    async def worker() -> None:
+        # `in_flight` workers take the row groups in order from one iterator: a run of 100,000
+        # row groups holds `in_flight` coroutines, not one task per row group. A worker starts
+        # its next row group's requests while the last one is written (parquet, profile
+        # partial, events), so saving never leaves the request budget waiting; at most one row
+        # group per worker waits to be written.
+        saving: asyncio.Future[None] | None = None
+        try:
+            for rg in todo:
+                save_it = await one(rg)
+                if saving is not None:
+                    await asyncio.shield(saving)
+                    saving = None
+                if save_it is not None:
+                    saving = asyncio.ensure_future(save_it())
+            if saving is not None:
+                await asyncio.shield(saving)
+        except BaseException:
+            if saving is not None:
+                # Never cancelled: its file may be on disk already, and a row group on disk
+                # gets its lineage, profile partial and event (on_done) even when the run fails.
+                await asyncio.gather(saving, return_exceptions=True)
+            raise
+
+    tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, in_flight))]
     try:
         await asyncio.gather(*tasks)
     except BaseException:

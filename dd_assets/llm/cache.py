@@ -1,6 +1,9 @@
-"""Request cache: every LLM answer is committed the moment it arrives, keyed by where it is used
+"""Request cache: every LLM answer is committed as soon as it arrives, keyed by where it is used
 (stage, column, row) and by what was asked (`request_hash`). A crash mid row group, or a config edit
-that leaves a column's prompts unchanged, therefore costs no repeat call.
+that leaves a column's prompts unchanged, therefore costs no repeat call. The cell runner
+(llm/cells.py) reads a row group's entries in one query (`get_rows`) and commits answers from one
+writer task, all that arrived during the previous commit in one transaction (`put_many`): the
+cells never wait on the disk, and a kill loses at most the answers of one commit in progress.
 
 SQLite in WAL mode with `synchronous=NORMAL`: a committed `put` survives the process being killed
 (the WAL is in the OS page cache, which outlives the process); only a power loss or kernel crash
@@ -129,6 +132,13 @@ class RequestCacheBase:
         """Several entries in one transaction (one commit); returns how many were written."""
         raise NotImplementedError
 
+    def get_rows(
+        self, stage: str, columns: Iterable[str], start: int, end: int
+    ) -> dict[tuple[str, int, str], dict[str, Any]]:
+        """Every entry of `columns` of a stage for rows start <= row < end, keyed by (column,
+        row, request_hash): one query for a row group's cells instead of one per cell."""
+        raise NotImplementedError
+
     def count(self, stage: str | None = None) -> int:
         """Entries in the cache, optionally of one stage."""
         raise NotImplementedError
@@ -160,6 +170,11 @@ class RequestCacheBase:
 
     async def aput_many(self, entries: Iterable[CacheEntry]) -> int:
         return await asyncio.to_thread(self.put_many, list(entries))
+
+    async def aget_rows(
+        self, stage: str, columns: Iterable[str], start: int, end: int
+    ) -> dict[tuple[str, int, str], dict[str, Any]]:
+        return await asyncio.to_thread(self.get_rows, stage, list(columns), start, end)
 
 
 def encode_entries(entries: Iterable[CacheEntry]) -> list[tuple[str, str, int, str, str, float]]:
@@ -270,6 +285,32 @@ class RequestCache(RequestCacheBase):
         return decode_response(
             found[0], f"{self.path} (stage {stage!r}, column {column!r}, row {row})"
         )
+
+    def get_rows(
+        self, stage: str, columns: Iterable[str], start: int, end: int
+    ) -> dict[tuple[str, int, str], dict[str, Any]]:
+        columns = list(columns)
+        if not columns:
+            return {}
+        marks = ",".join("?" * len(columns))
+        with self._lock:
+            found = (
+                self._db()
+                .execute(
+                    f"SELECT column_name, row, request_hash, response FROM {_TABLE}"
+                    f" WHERE stage=? AND column_name IN ({marks}) AND row>=? AND row<?",
+                    (stage, *columns, int(start), int(end)),
+                )
+                .fetchall()
+            )
+        out: dict[tuple[str, int, str], dict[str, Any]] = {}
+        for column, row, digest, text in found:
+            value = decode_response(
+                text, f"{self.path} (stage {stage!r}, column {column!r}, row {row})"
+            )
+            if value is not None:
+                out[(column, int(row), digest)] = value
+        return out
 
     def put_many(self, entries: Iterable[CacheEntry]) -> int:
         rows = encode_entries(entries)

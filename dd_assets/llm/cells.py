@@ -17,6 +17,7 @@ An endpoint that fails `early_stop.window` cells in a row after all retries is d
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from collections import deque
@@ -49,7 +50,7 @@ from dd_assets.engine.llm_cells import (
     with_sides,
 )
 from dd_assets.errors import EXIT_PARTIAL, LLMError
-from dd_assets.llm.cache import RequestCache, RequestCacheBase, request_hash
+from dd_assets.llm.cache import CacheEntry, RequestCache, RequestCacheBase, request_hash
 from dd_assets.llm.client import (
     AcceptFn,
     ChatResult,
@@ -188,6 +189,16 @@ class LLMCellRunner:
             else {}
         )
         self._fresh: set[tuple[int, str]] = set()
+        # The cache read once per row group (one query, one thread hop) instead of once per
+        # cell: row group -> its cached answers, dropped when the row group's stats are taken.
+        self._llm_columns = [c.name for c in self.stage.columns]  # any may hold answers
+        self._cached_rows: dict[int, asyncio.Future[dict[tuple[str, int, str], Any]]] = {}
+        # Answers are committed by one writer task, many per transaction (group commit), so a
+        # row's next cell never waits on a commit; `__aexit__` commits what is left.
+        self._unsaved: list[CacheEntry] = []
+        self._saving: asyncio.Task[None] | None = None
+        self._save_error: BaseException | None = None
+        self._identities: dict[int, tuple[Any, dict[str, object]]] = {}
         self._tools: ToolBox | None = None  # MCP sessions, opened by the first tool column
 
     async def __aenter__(self) -> LLMCellRunner:
@@ -198,17 +209,69 @@ class LLMCellRunner:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._tools is not None:
-            await self._tools.aclose()
-        if self._owns_client:
-            await self._client.aclose()
-        if self._cache is not None and self._given_cache is None:
-            self._cache.close()
+        try:
+            await self.flush()
+        finally:
+            for fut in self._cached_rows.values():
+                fut.cancel()
+            if self._tools is not None:
+                await self._tools.aclose()
+            if self._owns_client:
+                await self._client.aclose()
+            if self._cache is not None and self._given_cache is None:
+                self._cache.close()
+
+    async def flush(self) -> None:
+        """Wait until every answer received so far is committed to the cache."""
+        while self._saving is not None:
+            await asyncio.shield(self._saving)
+        if self._save_error is not None:
+            raise self._save_error
+
+    def _save(self, entry: CacheEntry) -> None:
+        if self._save_error is not None:
+            raise self._save_error
+        self._unsaved.append(entry)
+        if self._saving is None:
+            self._saving = asyncio.ensure_future(self._save_loop())
+
+    async def _save_loop(self) -> None:
+        assert self._cache is not None
+        try:
+            while self._unsaved:
+                batch, self._unsaved = self._unsaved, []
+                await self._cache.aput_many(batch)
+        except Exception as exc:  # the next cell (or the flush) raises it
+            self._save_error = exc
+        finally:
+            self._saving = None
+
+    def _identity(self, model: Any) -> dict[str, object]:
+        """The model's identity, computed once per model (a frozen config), not per request."""
+        found = self._identities.get(id(model))
+        if found is None or found[0] is not model:
+            found = self._identities[id(model)] = (model, model.identity())
+        return found[1]
+
+    async def _cached(self, row_index: int) -> dict[tuple[str, int, str], Any]:
+        assert self._cache is not None
+        rg = row_index // self.stage.buffer_size
+        fut = self._cached_rows.get(rg)
+        if fut is None:
+            start = rg * self.stage.buffer_size
+            fut = self._cached_rows[rg] = asyncio.ensure_future(
+                self._cache.aget_rows(
+                    self.stage.name, self._llm_columns, start, start + self.stage.buffer_size
+                )
+            )
+        return await asyncio.shield(fut)
 
     def usage(self, row_group: int) -> UsageStats:
         return self._usage.setdefault(row_group, UsageStats())
 
     def row_group_stats(self, row_group: int) -> dict[str, Any]:
+        """Its LLM usage, taken once its cells are done (which also frees its cached answers)."""
+        self._cached_rows.pop(row_group, None)
         md = self.usage(row_group).to_metadata()
         md["llm_parse_retries"] = self._parse_retries.get(row_group, 0)
         return md
@@ -345,7 +408,7 @@ class LLMCellRunner:
         texts = embedding_inputs(row.get(col.target_column))
         if not texts:  # nothing to embed: no request
             return embedding_value([])
-        key = request_hash(model.identity(), [{"role": "input", "content": texts}], EMBEDDINGS)
+        key = request_hash(self._identity(model), [{"role": "input", "content": texts}], EMBEDDINGS)
         result = await self._answer(
             col,
             row_index,
@@ -365,7 +428,7 @@ class LLMCellRunner:
         messages: list[dict[str, Any]],
         usage: UsageStats,
     ) -> list[str]:
-        key = request_hash(model.identity(), messages, IMAGES)
+        key = request_hash(self._identity(model), messages, IMAGES)
         result = await self._answer(
             col,
             row_index,
@@ -399,7 +462,7 @@ class LLMCellRunner:
         return await self._answer(
             col,
             row_index,
-            request_hash(model.identity(), messages, response_format, tools),
+            request_hash(self._identity(model), messages, response_format, tools),
             accept,
             lambda: self._client.chat(
                 col.model_alias,  # type: ignore[union-attr]
@@ -427,7 +490,7 @@ class LLMCellRunner:
         its cell outcome (module docstring)."""
         fresh = (row_index, col.name) in self._fresh
         if self._cache is not None and self.read_cache and not fresh:
-            hit = _cached(await self._cache.aget(self.stage.name, col.name, row_index, key))
+            hit = _cached((await self._cached(row_index)).get((col.name, row_index, key)))
             # A glitch cached by an older version is asked again, never used.
             if hit is not None and accept(hit) is None:
                 usage.cache_hits += 1
@@ -446,7 +509,7 @@ class LLMCellRunner:
         # Only answers with content: a refusal or an answer cut off before any text is asked
         # again by --retry-dropped, and an empty answer must never be served as one.
         if self._cache is not None and (result.content.strip() or result.tool_calls):
-            await self._cache.aput(self.stage.name, col.name, row_index, key, result.to_dict())
+            self._save(CacheEntry(self.stage.name, col.name, row_index, key, result.to_dict()))
         return result
 
 

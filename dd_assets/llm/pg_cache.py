@@ -130,6 +130,29 @@ class PostgresRequestCache(RequestCacheBase):
             f" column {column!r}, row {row})",
         )
 
+    def get_rows(
+        self, stage: str, columns: Iterable[str], start: int, end: int
+    ) -> dict[tuple[str, int, str], dict[str, Any]]:
+        columns = list(columns)
+        if not columns:
+            return {}
+        found = self._run(
+            f"SELECT column_name, row, request_hash, response FROM {TABLE} WHERE workflow = %s"
+            " AND stage = %s AND column_name = ANY(%s) AND row >= %s AND row < %s",
+            (self.workflow, stage, columns, int(start), int(end)),
+            fetch=True,
+        )
+        out: dict[tuple[str, int, str], dict[str, Any]] = {}
+        for column, row, digest, text in found:
+            value = decode_response(
+                text,
+                f"{TABLE} at {safe_url(self._url)} (workflow {self.workflow!r}, stage {stage!r},"
+                f" column {column!r}, row {row})",
+            )
+            if value is not None:
+                out[(column, int(row), digest)] = value
+        return out
+
     def put_many(self, entries: Iterable[CacheEntry]) -> int:
         # The last entry of a key wins, as with SQLite's INSERT OR REPLACE (one statement may not
         # update a row twice).

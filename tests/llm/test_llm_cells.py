@@ -33,7 +33,7 @@ from dd_assets.config.loader import loads_workflow, parse_workflow
 from dd_assets.config.models import ModelConfig
 from dd_assets.llm import LLMClient, LLMFatalError, request_hash
 from dd_assets.llm import client as llm_client
-from dd_assets.llm.cache import CACHE_DIR_ENV, cache_path
+from dd_assets.llm.cache import CACHE_DIR_ENV, RequestCache, cache_path
 from dd_assets.llm.cells import SAME_REJECTIONS_FATAL, EarlyStopError
 from dd_assets.runners.materialize import RowGroupOutcome, UnfinishedCellsError, materialize
 from dd_assets.runners.plan import StagePlan, plan_workflow
@@ -686,13 +686,23 @@ def test_fatal_status_stops_the_run_at_once(
 
 
 def test_lost_checkpoint_is_rebuilt_from_the_cache_without_requests(
-    mock: MockOpenAI, tmp_path: Path
+    mock: MockOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
+    # The cache is read once per row group (one query), never once per cell.
+    reads: list[str] = []
+    for name in ("get", "get_rows"):
+        real = getattr(RequestCache, name)
+        monkeypatch.setattr(
+            RequestCache, name, lambda self, *a, _r=real, _n=name: reads.append(_n) or _r(self, *a)
+        )
     root = tmp_path / "dd-data"
     wf = make_workflow(mock.url, [TEXT_A, TEXT_B, structured()], num_records=8, buffer_size=4)
     plan, _ = run_stage(wf, root)
     first = read_rows(root, plan)
     assert len(first) == 8 and mock.requests == 24
+    assert reads == ["get_rows", "get_rows"]
+    # every answer committed by the end of the run (the writer's group commits)
+    assert len(cached_contents(root, "cells")) == 24
 
     # a crash after the answers arrived but before the checkpoint: no parquet file survives
     for path in parquet_files(root, plan).values():
@@ -700,7 +710,7 @@ def test_lost_checkpoint_is_rebuilt_from_the_cache_without_requests(
     mock.reset()
     plan, outcomes = run_stage(wf, root)
 
-    assert mock.requests == 0
+    assert mock.requests == 0 and reads == ["get_rows"] * 4
     assert [o.reused for o in outcomes] == [False, False]
     assert read_rows(root, plan) == first
     for path in parquet_files(root, plan).values():

@@ -1,6 +1,7 @@
 """`dd-assets materialize`: run stages through the real Dagster instance (DAGSTER_HOME), wave by
-wave, one run of the wave's job per chunk of row groups, as a backfill with the multi_run policy
-would; then each stage's final job once the stage is whole."""
+wave, one run of the wave's job per contiguous range of row groups (per chunk of
+`partitions_per_run` for `target_records` stages, as a backfill with the multi_run policy would);
+then each stage's final job once the stage is whole."""
 
 from __future__ import annotations
 
@@ -46,6 +47,16 @@ def _chunks(row_groups: list[int], size: int) -> list[list[int]]:
         else:
             chunks.append([rg])
     return chunks
+
+
+def _per_run(plan: WorkflowPlan, wave: list[StagePlan], wanted: int) -> int:
+    """Row groups per run: all of the wave's (one run per contiguous range), so the request
+    budget never drains between runs; `partitions_per_run` only for a wave with a
+    `target_records` stage, which counts its passing rows before each run to stop in time.
+    (`partitions_per_run` still sizes the runs of a backfill launched from the UI.)"""
+    if any(p.compiled.stage.target_records is not None for p in wave):
+        return plan.workflow.run.partitions_per_run
+    return max(1, wanted)
 
 
 def _count_files(store: PartitionStore, plans: list[StagePlan], names: set[str]) -> int:
@@ -136,7 +147,7 @@ def materialize_workflow(
             label = ", ".join(p.name for p in wave_plans)
             unfinished: UnfinishedCellsError | None = None
             with _Watcher(progress, label, store, wave_plans, names, goal):
-                chunks = _chunks(row_groups, plan.workflow.run.partitions_per_run)
+                chunks = _chunks(row_groups, _per_run(plan, wave_plans, len(row_groups)))
                 for i, chunk in enumerate(chunks):
                     running = [p for p in wave_plans if not reached(p, first=i == 0)]
                     if not running:

@@ -35,7 +35,8 @@ pytestmark = [pytest.mark.slow]
 
 def _chain() -> dict:
     """people (finalized) -> notes (row group by row group), and picked sampling people_final."""
-    cfg = people_config(num_records=400, buffer_size=100, downstream=True)
+    # partitions_per_run sizes a backfill's runs; `materialize` runs a wave in one run anyway.
+    cfg = people_config(num_records=400, buffer_size=100, downstream=True, partitions_per_run=2)
     cfg["stages"][0]["finalize"] = [{"processor_type": "filter", "expr": "{{ city != 'Oslo' }}"}]
     cfg["stages"].append(
         {
@@ -64,7 +65,7 @@ def test_cli_runs_are_runs_of_the_code_locations_jobs(data_root: Path, tmp_path:
     runs = _runs(dg.DagsterInstance.get())
     seen = [(r.job_name, sorted(k.to_user_string() for k in r.asset_selection or ())) for r in runs]
     assert seen == [
-        ("wf__people__job", ["wf/notes", "wf/people"]),  # row groups 0-3: one run of 4
+        ("wf__people__job", ["wf/notes", "wf/people"]),  # row groups 0-3: one run, not 2 x 2
         ("wf__people_final__job", ["wf/people_final"]),
         ("wf__picked__job", ["wf/picked"]),
         ("wf__people__job", ["wf/notes"]),  # --stage notes: a subset of the wave's job

@@ -191,7 +191,7 @@ class LLMCellRunner:
         self._fresh: set[tuple[int, str]] = set()
         # The cache read once per row group (one query, one thread hop) instead of once per
         # cell: row group -> its cached answers, dropped when the row group's stats are taken.
-        self._llm_columns = [c.name for c in self.stage.columns]  # any may hold answers
+        self._cache_columns = [c.name for c in self.stage.columns]  # any may hold answers
         self._cached_rows: dict[int, asyncio.Future[dict[tuple[str, int, str], Any]]] = {}
         # Answers are committed by one writer task, many per transaction (group commit), so a
         # row's next cell never waits on a commit; `__aexit__` commits what is left.
@@ -261,7 +261,7 @@ class LLMCellRunner:
             start = rg * self.stage.buffer_size
             fut = self._cached_rows[rg] = asyncio.ensure_future(
                 self._cache.aget_rows(
-                    self.stage.name, self._llm_columns, start, start + self.stage.buffer_size
+                    self.stage.name, self._cache_columns, start, start + self.stage.buffer_size
                 )
             )
         return await asyncio.shield(fut)

@@ -234,27 +234,19 @@ async def amaterialize(
 
     async def worker() -> None:
         # `in_flight` workers take the row groups in order from one iterator: a run of 100,000
-        # row groups holds `in_flight` coroutines, not one task per row group. A worker starts
-        # its next row group's requests while the last one is written (parquet, profile
-        # partial, events), so saving never leaves the request budget waiting; at most one row
-        # group per worker waits to be written.
-        saving: asyncio.Future[None] | None = None
-        try:
-            for rg in todo:
-                save_it = await one(rg)
-                if saving is not None:
-                    await asyncio.shield(saving)
-                    saving = None
-                if save_it is not None:
-                    saving = asyncio.ensure_future(save_it())
-            if saving is not None:
+        # row groups holds `in_flight` coroutines, not one task per row group.
+        for rg in todo:
+            save_it = await one(rg)
+            if save_it is None:
+                continue
+            saving = asyncio.ensure_future(save_it())
+            try:
                 await asyncio.shield(saving)
-        except BaseException:
-            if saving is not None:
+            except BaseException:
                 # Never cancelled: its file may be on disk already, and a row group on disk
                 # gets its lineage, profile partial and event (on_done) even when the run fails.
                 await asyncio.gather(saving, return_exceptions=True)
-            raise
+                raise
 
     tasks = [asyncio.ensure_future(worker()) for _ in range(max(1, in_flight))]
     try:

@@ -137,8 +137,9 @@ def test_early_stop_is_exit_3_and_keeps_completed_row_groups(
         code, _, err = _run(capsys, "materialize", str(cfg), "--no-progress")
     assert code == 3, err
     assert "stopped early (partial result)" in err
-    # Row groups 2-3 are a run of their own: its window fills with row group 2's refusals.
-    assert "early stop: 10 of the last 10 LLM cells were dropped" in err and "rejected" in err
+    # One run for the wave (not runs of partitions_per_run: 2): the window still holds row group
+    # 1's answers when row group 2's refusals reach half of it.
+    assert "early stop: 5 of the last 10 LLM cells were dropped" in err and "rejected" in err
     names = sorted(Path(k).name for k in batch_files(env))
     assert names == ["batch_00000.parquet", "batch_00001.parquet"]  # nothing half-written
     assert SECRET not in err

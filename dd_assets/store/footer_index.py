@@ -14,14 +14,17 @@ lock is needed, since each scan writes a complete, valid cache atomically (the l
 It is rewritten when the footers a scan had to read cost more than rewriting it would (a store on
 a read-only mount just reads footers). Deleting it costs one full read of the footers.
 
-A folder that has not changed since the index was written is not even listed: the index records
-the folder's own stamp (inode, mtime, ctime), taken before the scan listed it, and every file
-created, renamed or removed in the folder moves that stamp. The index then stands for the files,
-with no stat of each (a stat of 100,000 files alone takes ~0.3 s). Only a folder that had been
-still for SETTLE_NS before that listing counts, so a change within the same timestamp tick as the
-recorded one cannot go unseen. What this does not see is a file's bytes rewritten in place under
-the same name (dd-assets never does that; `cp` onto an existing row-group file would): such a file
-is seen once the folder changes again, or when the index is deleted.
+The index also records the folder's own stamp (inode, mtime, ctime), taken before the scan
+listed it; every file created, renamed or removed in the folder moves that stamp. For `status`
+alone (PartitionStore.footer_table), an index whose folder has not changed stands for the files
+with no stat of each (a stat of 100,000 files alone takes ~0.3 s quiet, seconds under load). Only
+a folder that had been still for SETTLE_NS before that listing counts, so a change within the same
+timestamp tick as the recorded one cannot go unseen. What the folder stamp does not see is a file's
+bytes rewritten in place under the same name (dd-assets never does that; `cp` or a crashed copy
+onto an existing row-group file would). So every other reader (materialize, check, finalize,
+export: PartitionStore._scan) stats each file, and the first of them to find a file that differs
+from its entry under an unchanged folder removes the index (`retire`): from then on `status`
+reads what they read.
 
 On disk it is an Arrow IPC file, one row per file: name and stamp, then one column per footer
 key (every key: one added to the footer later is cached without a change here), text as in the
@@ -198,6 +201,13 @@ class FooterIndex:
         return (
             self.folder is not None and self.folder.settled and now.same_folder_state(self.folder)
         )
+
+    def retire(self) -> None:
+        """Remove the index from disk: it no longer stands for the folder it claims to (a file
+        rewritten in place moved no folder stamp). Its loaded entries stay usable in memory,
+        matched by each file's own stamp."""
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path)
 
     def entries(self) -> dict[str, tuple[Stamp, int]]:
         """Per file name: the stamp its entry was read from, and the entry's number."""

@@ -529,15 +529,11 @@ class PartitionStore:
             folder_stamp = FolderStamp.of(folder)
         except (FileNotFoundError, NotADirectoryError):
             return {}
+        # Every file is listed and stat'ed here, even when the index stands for the folder (as
+        # `footer_table` trusts it): a file rewritten in place moves no folder stamp, and the
+        # runs and checks that call this must see it (a truncated row group is not done).
         index = FooterIndex(self.stage_dir(ref) / FOOTER_INDEX, ref.fingerprint)
-        if index.describes(folder_stamp):
-            described = {}
-            for info in _infos_of_index(index, folder, ref.fingerprint):
-                if info is None:  # an entry that is not a row group: check the files
-                    break
-                described[info.row_group] = info
-            else:
-                return described
+        trusted = index.describes(folder_stamp)
         try:
             listed = os.listdir(folder)
         except (FileNotFoundError, NotADirectoryError):
@@ -566,6 +562,11 @@ class PartitionStore:
                     info = from_index[entry[1]]
                     if info is not None:  # else: the entry does not describe a row group; read
                         found = footers[key] = (info, None)
+                elif entry is not None and trusted:
+                    # Rewritten in place: the index would go on standing for the old bytes in
+                    # `footer_table` (status); retired, status reads the footers as this does.
+                    index.retire()
+                    trusted = False
             if found is None:
                 found = self._read_footer(folder / name, ref, file_stamp)
                 read += 1

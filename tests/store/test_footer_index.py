@@ -191,17 +191,23 @@ def listings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-def test_a_settled_folder_is_not_even_listed_until_it_changes(
+def test_a_settled_folder_spares_status_the_listing_but_not_the_runs(
     tmp_path: Path, reads: list[Path], listings: list[str]
 ) -> None:
+    """`status` (footer_table) trusts an index whose folder has not changed; the runs and checks
+    (completed) stat every file, so a file rewritten in place, which moves no folder stamp, is
+    seen by them, and from then on by status too."""
     ref = make_ref()
     store = PartitionStore(tmp_path)
     fill(store, ref)
     first = PartitionStore(tmp_path).completed(ref)  # lists, and records the folder's stamp
     listings.clear()
     reads.clear()
-    second = PartitionStore(tmp_path).completed(ref)
+    table = PartitionStore(tmp_path).footer_table(ref)
+    assert table is not None and table.num_rows == 5
     assert (listings, reads) == ([], [])
+    second = PartitionStore(tmp_path).completed(ref)
+    assert len(listings) == 1 and reads == []  # listed and stat'ed, no footer read
     for rg in first:
         for f in dataclasses.fields(RowGroupInfo):
             assert getattr(second[rg], f.name) == getattr(first[rg], f.name), f.name
@@ -209,13 +215,19 @@ def test_a_settled_folder_is_not_even_listed_until_it_changes(
     folder = store.files_dir(ref)
     os.remove(folder / "batch_00004.parquet")
     assert sorted(PartitionStore(tmp_path).completed(ref)) == [0, 1, 2, 3]
-    assert len(listings) == 1
     store.write_row_group(ref, 2, rows(ref, 2, tag="new"), stats={"rg": "new"})
     assert PartitionStore(tmp_path).completed(ref)[2].stats == {"rg": "new"}
+    PartitionStore(tmp_path).completed(ref)  # the index stands for the folder as it is
+    assert PartitionStore(tmp_path).footer_table(ref) is not None
+    # Bytes rewritten in place (a crashed copy onto a row group): no folder stamp moves.
+    victim = folder / "batch_00001.parquet"
+    victim.write_bytes(victim.read_bytes()[:-30])
+    with pytest.raises(CorruptStageError, match=r"batch_00001\.parquet"):
+        PartitionStore(tmp_path).completed(ref)
+    assert not (store.stage_dir(ref) / FOOTER_INDEX).exists()  # retired: status reads footers
+    assert PartitionStore(tmp_path).footer_table(ref) is None
     pq.write_table(rows(ref, 0), folder / "batch_00004.parquet")  # no dd-assets footer: refused
     with pytest.raises(CorruptStageError):
-        PartitionStore(tmp_path).completed(ref)
-    with pytest.raises(CorruptStageError):  # and on every scan after (no index is written)
         PartitionStore(tmp_path).completed(ref)
 
 

@@ -271,7 +271,7 @@ class _Mapper:
                 "skip / propagate_skip: skipped cells are not generated and hold skip.value",
             )
         if "tool_alias" in got:
-            if got["tool_alias"] not in self.tools:
+            if not isinstance(got["tool_alias"], str) or got["tool_alias"] not in self.tools:
                 self.issue(
                     f"{where}.tool_alias",
                     f"tool_alias {got['tool_alias']!r} on column {name!r} is not in tool_configs",

@@ -41,6 +41,14 @@ NEW_INSTANCE_YAML = (
     "# See resources/dagster/ in the dd-assets repository for PostgreSQL and queued runs.\n"
     "telemetry:\n"
     "  enabled: false\n"
+    "# Dagster's SQLite storage (same files), with cheaper writes: dd_assets/dagster/sqlite_storage.py\n"
+    "storage:\n"
+    "  custom:\n"
+    "    module: dd_assets.dagster.sqlite_storage\n"
+    "    class: DdSqliteStorage\n"
+    "    config:\n"
+    "      base_dir:\n"
+    "        env: DAGSTER_HOME\n"
 )
 
 

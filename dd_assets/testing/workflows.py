@@ -108,7 +108,9 @@ def isolated_env(tmp_path: Path, config: Path | None = None) -> dict[str, str]:
     """Environment for a subprocess (or monkeypatched in-process) run with its own instance/store."""
     home = tmp_path / "dagster_home"
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    from dd_assets.dagster.instance import NEW_INSTANCE_YAML  # what a user's new instance gets
+
+    (home / "dagster.yaml").write_text(NEW_INSTANCE_YAML)
     env = dict(os.environ)
     env.update(
         DAGSTER_HOME=str(home),

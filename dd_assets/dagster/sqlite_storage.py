@@ -1,0 +1,316 @@
+"""Dagster's SQLite storage, same files, cheaper writes (issue 17: Dagster overhead per partition).
+
+Dagster's own SQLite storage opens a new SQLAlchemy engine for every statement block
+(`create_engine(..., poolclass=NullPool)` in `_connect`), so each event write pays an engine, a
+connection, a cold statement compile (SQLAlchemy's compiled cache lives on the engine) and a
+commit with `synchronous=FULL`; and it has no batched write (`store_event_batch` stores events one
+by one). Profiled on a 40-row-group run: ~20 ms of CPU and several fsyncs per event, most of a
+partition's cost.
+
+This storage keeps Dagster's classes, schema and file layout (`history/runs.db`,
+`history/runs/<run id>.db` and `index.db`, `schedules/`: an instance can switch to it and back
+and keep its history) and changes only how they are opened:
+
+- one engine per database file, kept, so statements compile once per process;
+- the shared databases (`index.db`, `runs.db`) keep a pooled connection; a run's own event log
+  keeps Dagster's open-write-close, because closing the last connection checkpoints the WAL into
+  `<run id>.db`, and that file's modification is what the webserver watches to stream a run's logs;
+- `PRAGMA synchronous=NORMAL` (the databases are in WAL mode already): a commit no longer waits for
+  an fsync; a process crash loses nothing, a power loss may lose the last transactions, never
+  corrupts the database (https://www.sqlite.org/pragma.html#pragma_synchronous);
+- `store_event_batch` writes a batch of asset and asset-check events in one transaction per
+  database, and
+  `DAGSTER_EVENT_BATCH_SIZE` (Dagster's switch for batched writes, read per event) defaults to
+  on where this storage is used, so a run's "planned" events (one per partition) are one write.
+
+dd-assets writes it into the dagster.yaml of every instance it creates (instance.py);
+docs/dagster.md says how an existing instance opts in."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS
+from dagster._core.events.log import EventLogEntry
+from dagster._core.storage.event_log.schema import AssetKeyTable, SqlEventLogStorageTable
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
+    INDEX_SHARD_NAME,
+    SqliteEventLogStorage,
+)
+from dagster._core.storage.runs.sqlite.sqlite_run_storage import SqliteRunStorage
+from dagster._core.storage.schedules.sqlite.sqlite_schedule_storage import SqliteScheduleStorage
+from dagster._core.storage.sql import create_engine
+from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
+from dagster._core.storage.sqlite_storage import (
+    DagsterSqliteStorage,
+    _event_logs_directory,
+    _runs_directory,
+    _schedule_directory,
+)
+from dagster._serdes import ConfigurableClassData
+from dagster.version import __version__ as dagster_version
+from sqlalchemy import event as sa_event
+from sqlalchemy import exc as db_exc
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool, QueuePool
+
+BATCH_SIZE_ENV = "DAGSTER_EVENT_BATCH_SIZE"
+BATCH_SIZE = "10000"
+RUN_ENGINES_KEPT = 8  # run event logs this process wrote last (one per run, in practice)
+
+
+def _engine(conn_string: str, pooled: bool) -> Engine:
+    kwargs: dict[str, Any] = (
+        {"poolclass": QueuePool, "pool_size": 1, "max_overflow": 8}
+        if pooled
+        else {"poolclass": NullPool}
+    )
+    engine = create_engine(
+        conn_string, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}, **kwargs
+    )
+
+    @sa_event.listens_for(engine, "connect")
+    def _normal(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.execute("PRAGMA synchronous=NORMAL")
+
+    return engine
+
+
+class _Engines:
+    """Engines by database, per process (a forked child opens its own: a SQLite connection must
+    not cross a fork)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.by_name: OrderedDict[str, Engine] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, name: str, conn_string: str, pooled: bool) -> tuple[Engine, bool]:
+        with self.lock:
+            if self.pid != os.getpid():
+                self.pid, self.by_name = os.getpid(), OrderedDict()
+            engine = self.by_name.get(name)
+            if engine is not None:
+                self.by_name.move_to_end(name)
+                return engine, False
+            engine = self.by_name[name] = _engine(conn_string, pooled)
+            runs = [k for k in self.by_name if k != INDEX_SHARD_NAME]
+            for old in runs[:-RUN_ENGINES_KEPT]:
+                self.by_name.pop(old).dispose()
+            return engine, True
+
+    def dispose(self) -> None:
+        with self.lock:
+            for engine in self.by_name.values():
+                engine.dispose()
+            self.by_name.clear()
+
+
+class DdSqliteEventLogStorage(SqliteEventLogStorage):
+    """SqliteEventLogStorage with kept engines and batched asset-event writes."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
+        self._engines = _Engines()
+        self._batch = threading.local()
+        self._schema_seen: set[str] = set()
+        super().__init__(base_dir, inst_data)
+
+    @contextmanager
+    def _connect(self, shard: str) -> Iterator[Connection]:
+        held = getattr(self._batch, "index", None)
+        if held is not None and shard == INDEX_SHARD_NAME:
+            # Inside a batch's index transaction (this thread holds the lock): Dagster's own
+            # helpers called from it (asset-check rows) write in that same transaction.
+            yield held
+            return
+        with self._db_lock:
+            engine, _ = self._engines.get(
+                shard, self.conn_string_for_shard(shard), pooled=shard == INDEX_SHARD_NAME
+            )
+            if shard not in self._initialized_dbs:
+                if shard == INDEX_SHARD_NAME or not self._copy_template(shard):
+                    self._initdb(engine)
+                self._initialized_dbs.add(shard)
+            with engine.connect() as conn, conn.begin():
+                yield conn
+
+    def has_table(self, table_name: str) -> bool:
+        """Dagster asks before every asset-event write (a new engine and a schema read each
+        time); a table that exists stays (migrations only add), so a yes is kept."""
+        if table_name in self._schema_seen:
+            return True
+        found = super().has_table(table_name)
+        if found:
+            self._schema_seen.add(table_name)
+        return found
+
+    def _has_asset_key_col_on_connection(self, conn: Connection, column_name: str) -> bool:
+        """As `has_table`, for the asset-key columns Dagster checks on every asset event."""
+        seen = f"asset_keys.{column_name}"
+        if seen in self._schema_seen:
+            return True
+        found = super()._has_asset_key_col_on_connection(conn, column_name)
+        if found:
+            self._schema_seen.add(seen)
+        return found
+
+    def _copy_template(self, shard: str) -> bool:
+        """A new run's event log as a copy of an empty one made once by Dagster's own `_initdb`
+        (per Dagster version): creating the tables and stamping the schema version (alembic reads
+        all its revision scripts) is most of a run's fixed cost otherwise. False when the file
+        exists (another process made it: Dagster's `_initdb` checks it as usual)."""
+        path = self.path_for_shard(shard)
+        if os.path.exists(path):
+            return False
+        template = os.path.join(self._base_dir, f".dd-assets-run-log-{dagster_version}.sqlite")
+        if not os.path.exists(template):
+            tmp = f"{template}.{os.getpid()}.tmp"
+            engine = create_engine(f"sqlite:///{tmp}", poolclass=NullPool)
+            try:
+                self._initdb(engine)
+            finally:
+                engine.dispose()  # the last connection: the WAL is checkpointed into the file
+            os.replace(tmp, template)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        shutil.copyfile(template, tmp)
+        try:
+            os.link(tmp, path)  # never over a log another process just created
+        except FileExistsError:
+            return False
+        finally:
+            os.unlink(tmp)
+        return True
+
+    def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
+        """Consecutive asset and asset-check events of one run in one transaction per database;
+        anything else as Dagster stores it, in order."""
+        chunk: list[EventLogEntry] = []
+        for event in events:
+            if _batchable(event) and (not chunk or chunk[0].run_id == event.run_id):
+                chunk.append(event)
+                continue
+            self._store_batch(chunk)
+            chunk = []
+            if _batchable(event):
+                chunk.append(event)
+            else:
+                self.store_event(event)
+        self._store_batch(chunk)
+
+    def _store_batch(self, events: list[EventLogEntry]) -> None:
+        """What `store_event` does for asset and asset-check events (the run's log, then the
+        index: the event, its tags and the asset's record, or the check's execution row), for
+        several events at once: each event serialized once, the inserts as one executemany per
+        database, and each asset's record updated once to what the events in order leave."""
+        if not events:
+            return
+        if len(events) == 1:
+            self.store_event(events[0])
+            return
+        rows = [self._event_to_row(e) for e in events]
+        with self.run_connection(events[0].run_id) as conn:
+            conn.execute(SqlEventLogStorageTable.insert(), rows)
+        insert = SqlEventLogStorageTable.insert().returning(
+            SqlEventLogStorageTable.c.id, sort_by_parameter_order=True
+        )
+        with self.index_transaction() as conn:
+            self._batch.index = conn
+            try:
+                ids = [row[0] for row in conn.execute(insert, rows)]
+                assets = [
+                    (e, i)
+                    for e, i in zip(events, ids, strict=True)
+                    if e.get_dagster_event().event_type not in ASSET_CHECK_EVENTS
+                ]
+                if assets:
+                    self._store_asset_event_tags(
+                        conn, [e for e, _ in assets], [i for _, i in assets]
+                    )
+                    self._store_asset_records(conn, assets)
+                for event, event_id in zip(events, ids, strict=True):
+                    if event.get_dagster_event().event_type in ASSET_CHECK_EVENTS:
+                        self.store_asset_check_event(event, event_id)
+            finally:
+                self._batch.index = None
+
+    def _store_asset_records(
+        self, conn: Connection, events: list[tuple[EventLogEntry, int]]
+    ) -> None:
+        """`_store_asset_event` once per asset: the values the batch's events would leave one
+        after the other (each event sets its columns; the last one of each kind wins)."""
+        last: dict[tuple[str, Any], int] = {}
+        for n, (event, _) in enumerate(events):
+            dagster_event = event.get_dagster_event()
+            last[(dagster_event.asset_key.to_string(), dagster_event.event_type)] = n
+        has_index_cols = self._has_asset_key_index_cols_on_connection(conn)
+        values: dict[str, dict[str, Any]] = {}
+        for (key, _), n in sorted(last.items(), key=lambda kv: kv[1]):
+            event, event_id = events[n]
+            entry = self._get_asset_entry_values(event, event_id, has_index_cols)
+            values.setdefault(key, {}).update(entry)
+        for key, entry in values.items():
+            if not entry:
+                continue
+            try:  # as Dagster does it: SQLite undoes the failed statement, not the transaction
+                conn.execute(AssetKeyTable.insert().values(asset_key=key, **entry))
+            except db_exc.IntegrityError:
+                conn.execute(
+                    AssetKeyTable.update().values(**entry).where(AssetKeyTable.c.asset_key == key)
+                )
+
+    def dispose(self) -> None:
+        super().dispose()
+        self._engines.dispose()
+
+
+def _batchable(event: EventLogEntry) -> bool:
+    if not event.is_dagster_event:
+        return False
+    kind = event.get_dagster_event().event_type
+    if kind in ASSET_CHECK_EVENTS:
+        return bool(event.run_id)  # a runless evaluation is stored another way
+    return kind in ASSET_EVENTS and bool(event.get_dagster_event().asset_key)
+
+
+class DdSqliteRunStorage(SqliteRunStorage):
+    """SqliteRunStorage with one kept engine and a pooled connection."""
+
+    def __init__(self, conn_string: str, inst_data: ConfigurableClassData | None = None) -> None:
+        super().__init__(conn_string, inst_data)
+        self._engines = _Engines()
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        engine, _ = self._engines.get("runs", self._conn_string, pooled=True)
+        with engine.connect() as conn, conn.begin():
+            yield conn
+
+    def dispose(self) -> None:
+        super().dispose()
+        self._engines.dispose()
+
+
+class DdSqliteStorage(DagsterSqliteStorage):
+    """`storage: custom:` in dagster.yaml; config `base_dir` as Dagster's `storage: sqlite:`."""
+
+    def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
+        os.environ.setdefault(BATCH_SIZE_ENV, BATCH_SIZE)
+        self.base_dir = base_dir
+        self._run_storage = DdSqliteRunStorage.from_local(_runs_directory(base_dir))
+        self._event_log_storage = DdSqliteEventLogStorage(_event_logs_directory(base_dir))
+        self._schedule_storage = SqliteScheduleStorage.from_local(_schedule_directory(base_dir))
+        self._inst_data = inst_data
+        super(DagsterSqliteStorage, self).__init__()
+
+    @classmethod
+    def from_config_value(  # type: ignore[override]
+        cls, inst_data: ConfigurableClassData, config_value: dict[str, Any]
+    ) -> DdSqliteStorage:
+        os.makedirs(config_value["base_dir"], exist_ok=True)
+        return cls(config_value["base_dir"], inst_data=inst_data)

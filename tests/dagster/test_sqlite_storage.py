@@ -1,0 +1,131 @@
+"""dd-assets' SQLite storage (dd_assets/dagster/sqlite_storage.py: kept engines, batched writes)
+against Dagster's own, on the same CLI runs: the same events, materializations and provenance per
+partition, asset records, check executions and staleness; and an instance switches from one to
+the other keeping its history (same files).
+
+One test for all of it (a two-stage chained workflow of 6 row groups, five `materialize`
+commands; 129 s at load 14 on two cores): every assertion compares the same runs on both
+storages, so they share those runs rather than each starting its own."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+import pytest
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
+from dagster._utils.test.data_versions import get_stale_status_resolver
+
+from dd_assets import cli
+from dd_assets.config import load_workflow
+from dd_assets.dagster.build import build_definitions
+from dd_assets.dagster.instance import NEW_INSTANCE_YAML
+from dd_assets.dagster.names import asset_key
+from dd_assets.dagster.sqlite_storage import DdSqliteEventLogStorage
+from dd_assets.runners.plan import plan_workflow
+from dd_assets.testing.workflows import people_config, write_config
+
+pytestmark = [pytest.mark.slow]
+
+DAGSTER_SQLITE = "telemetry:\n  enabled: false\n"  # an instance made before dd-assets' storage
+
+
+def _materialize(home: Path, root: Path, cfg: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DAGSTER_HOME", str(home))
+    monkeypatch.setenv("DD_ASSETS_ROOT", str(root))
+    assert cli.main(["materialize", str(cfg), "--no-progress"]) == 0
+
+
+def _what_dagster_shows(instance: dg.DagsterInstance, cfg: Path, root: Path) -> dict[str, Any]:
+    """Everything the UI reads about the workflow's assets, without storage ids (which differ
+    between two instances when row groups land in another order)."""
+    plan = plan_workflow(load_workflow(cfg))
+    defs = build_definitions([plan], root=str(root))
+    resolver = get_stale_status_resolver(instance, list(defs.assets or []))
+    out: dict[str, Any] = {}
+    for stage in plan.stages.values():
+        key = asset_key(stage)
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=key), limit=1000
+        ).records
+        newest: dict[str, Any] = {}
+        for r in records:  # newest first
+            newest.setdefault(r.asset_materialization.partition, r)
+        entry = instance.get_asset_records([key])[0].asset_entry
+        assert entry.last_materialization_record is not None
+        assert entry.last_materialization_record.storage_id == records[0].storage_id
+        assert entry.last_run_id == records[0].run_id
+        checks = instance.event_log_storage.get_asset_check_execution_history(
+            dg.AssetCheckKey(key, "row_group_valid"), limit=1000
+        )
+        latest_check: dict[str, Any] = {}
+        for c in checks:  # newest first
+            latest_check.setdefault(c.partition, c)
+        for pk, c in latest_check.items():  # each evaluation targets its partition's newest
+            target = c.event.dagster_event.event_specific_data.target_materialization_data
+            assert target.storage_id == newest[pk].storage_id, (stage.name, pk)
+        planned = instance.event_log_storage.get_latest_planned_materialization_info(key, "00005")
+        out[stage.name] = {
+            "materializations": Counter(r.asset_materialization.partition for r in records),
+            "data_versions": {
+                pk: r.event_log_entry.tags[DATA_VERSION_TAG] for pk, r in newest.items()
+            },
+            "tags": {pk: sorted(r.event_log_entry.tags) for pk, r in newest.items()},
+            "metadata": {pk: sorted(r.asset_materialization.metadata) for pk, r in newest.items()},
+            "checks": {pk: c.status.value for pk, c in latest_check.items()},
+            "stale": {pk: resolver.get_status(key, pk).value for pk in newest},
+            "planned_in_last_run": planned is not None and planned.run_id == records[0].run_id,
+        }
+    runs = instance.get_runs()
+    out["runs"] = [
+        (r.status.value, Counter(e.dagster_event_type for e in instance.all_logs(r.run_id)))
+        for r in reversed(runs)
+    ]
+    return out
+
+
+def test_dd_assets_storage_records_what_dagsters_own_does(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    cfg = write_config(
+        tmp_path / "wf.yaml",
+        people_config(num_records=600, buffer_size=100, partitions_per_run=4, downstream=True),
+    )
+    shown = {}
+    for name, yaml_text in (("dd-assets", NEW_INSTANCE_YAML), ("dagster", DAGSTER_SQLITE)):
+        home, root = tmp_path / f"home-{name}", tmp_path / f"data-{name}"
+        home.mkdir()
+        (home / "dagster.yaml").write_text(yaml_text)
+        _materialize(home, root, cfg, monkeypatch)  # 6 row groups per stage: runs of 4 and 2
+        _materialize(home, root, cfg, monkeypatch)  # a resume: every row group reused
+        instance = dg.DagsterInstance.get()
+        assert isinstance(instance.event_log_storage, DdSqliteEventLogStorage) == (
+            name == "dd-assets"
+        )
+        shown[name] = _what_dagster_shows(instance, cfg, root)
+
+    ours, theirs = shown["dd-assets"], shown["dagster"]
+    assert ours == theirs
+    people = ours["people"]
+    assert people["materializations"] == Counter({f"{i:05d}": 2 for i in range(6)})
+    assert set(people["checks"].values()) == {"SUCCEEDED"}
+    assert set(people["stale"].values()) == {"FRESH"}
+    assert set(ours["notes"]["stale"].values()) == {"FRESH"}
+    assert people["planned_in_last_run"]
+    assert [status for status, _ in ours["runs"]] == ["SUCCESS"] * len(ours["runs"])
+
+    # Same files: the instance made with dd-assets' storage, opened with Dagster's own, has its
+    # history, and runs on; and back again.
+    home, root = tmp_path / "home-dd-assets", tmp_path / "data-dd-assets"
+    (home / "dagster.yaml").write_text(DAGSTER_SQLITE)
+    _materialize(home, root, cfg, monkeypatch)
+    (home / "dagster.yaml").write_text(NEW_INSTANCE_YAML)
+    instance = dg.DagsterInstance.get()
+    assert isinstance(instance.event_log_storage, DdSqliteEventLogStorage)
+    switched = _what_dagster_shows(instance, cfg, root)
+    assert switched["people"]["materializations"] == Counter({f"{i:05d}": 3 for i in range(6)})
+    assert switched["runs"][: len(ours["runs"])] == ours["runs"]
+    assert set(switched["people"]["stale"].values()) == {"FRESH"}

@@ -31,7 +31,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 )
 from dagster._core.storage.partition_status_cache import get_and_update_asset_status_cache_value
 
-from dd_assets.dagster.names import asset_key, partition_keys
+from dd_assets.dagster.names import asset_key, status_partitions
 from dd_assets.runners.checks import (
     ROW_GROUP_CHECK,
     ROW_GROUP_CHECK_DESCRIPTION,
@@ -174,12 +174,12 @@ def current_outcome(
     files of the current fingerprint (a directory listing). Read from Dagster's partition status
     cache (what the UI reads too), which only looks at events newer than its cursor: cheap
     enough for every run and for a sensor tick."""
-    partitions_def = dg.StaticPartitionsDefinition(partition_keys(plan))
-    cached = get_and_update_asset_status_cache_value(instance, asset_key(plan), partitions_def)
+    partitions = status_partitions(plan.ref.num_row_groups)
+    cached = get_and_update_asset_status_cache_value(instance, asset_key(plan), partitions)
     materialized = {
         row_group_of(k)
         for k in (
-            cached.deserialize_materialized_partition_subsets(partitions_def).get_partition_keys()
+            cached.deserialize_materialized_partition_subsets(partitions).get_partition_keys()
             if cached
             else []
         )

@@ -25,7 +25,7 @@ from dd_assets.dagster.names import (
     final_key,
     op_name,
     output_name,
-    partition_keys,
+    partitions_def,
 )
 from dd_assets.dagster.profile import profile_metadata_values
 from dd_assets.dagster.resources import IO_MANAGER_KEY, StoreResource
@@ -101,7 +101,7 @@ def wave_asset(plans: list[StagePlan], settings: RunSettings) -> dg.AssetsDefini
                     if dep.asset_key not in {d.asset_key for d in deps}:
                         deps.append(dep)
 
-    partitions_def = dg.StaticPartitionsDefinition(partition_keys(plans[0]))
+    partitions = partitions_def(plans[0])
     # BackfillPolicy is marked beta; we depend on it on purpose (pinned dagster minor), so its
     # warning would only be noise in every CLI run, webserver and daemon log.
     with warnings.catch_warnings():
@@ -111,10 +111,10 @@ def wave_asset(plans: list[StagePlan], settings: RunSettings) -> dg.AssetsDefini
             outs=outs,
             deps=deps,
             internal_asset_deps=internal,
-            partitions_def=partitions_def,
+            partitions_def=partitions,
             backfill_policy=dg.BackfillPolicy.multi_run(settings.partitions_per_run),
             can_subset=True,
-            check_specs=[spec for p in plans for spec in check_specs(p, partitions_def)],
+            check_specs=[spec for p in plans for spec in check_specs(p, partitions)],
         )
 
     @decorator

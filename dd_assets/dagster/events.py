@@ -21,6 +21,7 @@ end is recorded at the end too, so its provenance points at the upstream's new e
 from __future__ import annotations
 
 import hashlib
+import threading
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -29,6 +30,7 @@ from typing import Any
 
 import dagster as dg
 from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluation,
     AssetCheckEvaluationTargetMaterializationData,
 )
 from dagster._core.definitions.data_version import (
@@ -40,7 +42,12 @@ from dagster._core.definitions.data_version import (
     get_input_data_version_tag,
     get_input_event_pointer_tag,
 )
-from dagster._core.events import DagsterEventType
+from dagster._core.events import (
+    DagsterEvent,
+    DagsterEventBatchMetadata,
+    DagsterEventType,
+    generate_event_batch_id,
+)
 
 from dd_assets.dagster.asset_checks import RowGroupChecker
 from dd_assets.dagster.names import asset_key, output_name
@@ -170,6 +177,8 @@ class StageEvents:
         self.before = self._prefetch({asset_key(p) for p in plans})
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dd-assets-events")
         self.pending: list[Future[None]] = []
+        self.queue: list[tuple[StagePlan, RowGroupOutcome]] = []
+        self.queue_lock = threading.Lock()
 
     # ---- provenance ------------------------------------------------------------------------
 
@@ -239,53 +248,115 @@ class StageEvents:
         """materialize_wave's callback, in the generation loop: queue, never block."""
         self.landed[stage].append(outcome)
         if stage not in self.at_end:
-            self.pending.append(self.writer.submit(self._log, self.by_name[stage], outcome))
+            with self.queue_lock:
+                self.queue.append((self.by_name[stage], outcome))
+            self.pending.append(self.writer.submit(self._flush))
 
-    def _log(self, plan: StagePlan, outcome: RowGroupOutcome) -> None:
-        key = asset_key(plan)
-        pk = partition_key(outcome.row_group)
-        version = row_group_version(outcome)
-        metadata = partition_metadata(plan, outcome)
-        self.logged_count[plan.name] += 1
-        if self.logged_count[plan.name] == len(self.partitions):  # the run's last of the stage
-            metadata.update(self.stage_metadata(plan))
-        self.context.log_event(
-            dg.AssetMaterialization(
-                asset_key=key, partition=pk, metadata=metadata, tags=self._tags(plan, pk, version)
+    def _flush(self) -> None:
+        """The writer thread: everything that landed since its last write, as one batch."""
+        with self.queue_lock:
+            items, self.queue = self.queue, []
+        if items:
+            self._log(items)
+
+    def _log(self, items: list[tuple[StagePlan, RowGroupOutcome]]) -> None:
+        """Each row group's materialization, then (its target known) its `row_group_valid`
+        evaluation: one batched write per stage and kind, stages in wave order so that a child's
+        provenance points at its parent's events written just before."""
+        for plan in self.plans:
+            done = [o for p, o in items if p.name == plan.name]
+            if not done:
+                continue
+            key = asset_key(plan)
+            materializations = []
+            for o in done:
+                pk = partition_key(o.row_group)
+                version = row_group_version(o)
+                metadata = partition_metadata(plan, o)
+                self.logged_count[plan.name] += 1
+                if self.logged_count[plan.name] == len(self.partitions):  # the run's last
+                    metadata.update(self.stage_metadata(plan))
+                materializations.append(
+                    dg.AssetMaterialization(
+                        asset_key=key,
+                        partition=pk,
+                        metadata=metadata,
+                        tags=self._tags(plan, pk, version),
+                    )
+                )
+                self.logged[(key, pk)] = _Logged(None, version)
+            self._write(materializations)
+            if plan.name in self.pointed_at or plan.name in self.checker:
+                targets = self._targets(plan, done)
+                for pk, target in targets.items():
+                    self.logged[(key, pk)] = _Logged(
+                        target.storage_id, self.logged[(key, pk)].data_version
+                    )
+                self._check(plan, done, targets)
+
+    def _targets(
+        self, plan: StagePlan, done: list[RowGroupOutcome]
+    ) -> dict[str, AssetCheckEvaluationTargetMaterializationData]:
+        """This run's materialization of each row group (one query): what children's provenance
+        and the `row_group_valid` evaluation point at."""
+        records = self.instance.fetch_materializations(
+            dg.AssetRecordsFilter(
+                asset_key=asset_key(plan),
+                asset_partitions=[partition_key(o.row_group) for o in done],
+            ),
+            limit=2 * len(done),
+        ).records
+        targets: dict[str, AssetCheckEvaluationTargetMaterializationData] = {}
+        for r in records:  # newest first: this run's
+            pk = r.asset_materialization.partition if r.asset_materialization else None
+            if pk is not None and r.run_id == self.context.run.run_id and pk not in targets:
+                targets[pk] = AssetCheckEvaluationTargetMaterializationData(
+                    run_id=r.run_id, storage_id=r.storage_id, timestamp=r.timestamp
+                )
+        return targets
+
+    def _check(
+        self,
+        plan: StagePlan,
+        done: list[RowGroupOutcome],
+        targets: dict[str, AssetCheckEvaluationTargetMaterializationData],
+    ) -> None:
+        checker = self.checker.get(plan.name)
+        if checker is not None:
+            self._write(
+                [checker.evaluate(o, targets.get(partition_key(o.row_group))) for o in done]
             )
-        )
-        sid = None
-        if plan.name in self.pointed_at:  # its children's provenance points at this event
-            sid = self.instance.event_log_storage.get_latest_storage_id_by_partition(
-                key, MAT, {pk}
-            ).get(pk)
-        self.logged[(key, pk)] = _Logged(sid, version)
+
+    def _write(self, events: list[dg.AssetMaterialization] | list[AssetCheckEvaluation]) -> None:
+        """Log events as one batch (`DAGSTER_EVENT_BATCH_SIZE`: one transaction per database on
+        dd-assets' SQLite storage, sqlite_storage.py; written one by one elsewhere), each as
+        `context.log_event` would log it."""
+        step = self.context.op_execution_context.get_step_execution_context()
+        batch = generate_event_batch_id()
+        for i, event in enumerate(events):
+            end = DagsterEventBatchMetadata(batch, i == len(events) - 1)
+            if isinstance(event, dg.AssetMaterialization):
+                DagsterEvent.asset_materialization(step, event, end)
+            else:
+                DagsterEvent.from_step(
+                    DagsterEventType.ASSET_CHECK_EVALUATION,
+                    step,
+                    event,
+                    message=f"Asset check '{event.check_name}' on"
+                    f" '{event.asset_key.to_user_string()}' "
+                    + ("passed." if event.passed else "did not pass."),
+                    batch_metadata=end,
+                )
 
     def record_checks(self) -> None:
-        """`row_group_valid` of every row group that landed, once their materializations are in
-        the instance (each evaluation targets its partition's materialization of this run, so the
-        UI shows it current): one query per stage, then one event per row group."""
+        """`row_group_valid` of the row groups of stages recorded at the end, once their
+        Outputs' materializations are in the instance (each evaluation targets its partition's
+        materialization of this run, so the UI shows it current). Live stages were checked as
+        they were logged."""
         for p in self.plans:
-            if p.name not in self.checker or not self.landed[p.name]:
-                continue
-            key = asset_key(p)
-            done = sorted(self.landed[p.name], key=lambda o: o.row_group)
-            records = self.instance.fetch_materializations(
-                dg.AssetRecordsFilter(
-                    asset_key=key, asset_partitions=[partition_key(o.row_group) for o in done]
-                ),
-                limit=2 * len(done),
-            ).records
-            targets: dict[str, AssetCheckEvaluationTargetMaterializationData] = {}
-            for r in records:  # newest first: this run's
-                pk = r.asset_materialization.partition
-                if r.run_id == self.context.run_id and pk not in targets:
-                    targets[pk] = AssetCheckEvaluationTargetMaterializationData(
-                        run_id=r.run_id, storage_id=r.storage_id, timestamp=r.timestamp
-                    )
-            for o in done:
-                target = targets.get(partition_key(o.row_group))
-                self.context.log_event(self.checker[p.name].evaluate(o, target))
+            if p.name in self.at_end and p.name in self.checker and self.landed[p.name]:
+                done = sorted(self.landed[p.name], key=lambda o: o.row_group)
+                self._check(p, done, self._targets(p, done))
 
     def _drain(self) -> None:
         pending, self.pending = self.pending, []
@@ -299,11 +370,9 @@ class StageEvents:
         what the run reports."""
         try:
             self._drain()
-            for p in self.plans:
-                if p.name in self.at_end:
-                    for o in self.landed[p.name]:
-                        self._log(p, o)
-            self.record_checks()
+            self._log(
+                [(p, o) for p in self.plans if p.name in self.at_end for o in self.landed[p.name]]
+            )
         except Exception as exc:
             self.context.log.warning(f"row groups on disk not all recorded in Dagster: {exc}")
         finally:

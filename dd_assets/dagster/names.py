@@ -3,6 +3,7 @@ tag names. One home, so the code location, the CLI's runs and the tests can neve
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import dagster as dg
@@ -67,6 +68,44 @@ def checks_job_name(plan: WorkflowPlan) -> str:
 
 def partition_keys(plan: StagePlan) -> list[str]:
     return [partition_key(rg) for rg in range(plan.ref.num_row_groups)]
+
+
+def partitions_def(plan: StagePlan) -> dg.StaticPartitionsDefinition:
+    """A stage's partitions (one per row group), built once per size: Dagster validates every key
+    when the definition is made (~0.1 s at 100,000 row groups)."""
+    return _partitions_def(plan.ref.num_row_groups)
+
+
+@functools.lru_cache(maxsize=64)
+def _partitions_def(num_row_groups: int) -> dg.StaticPartitionsDefinition:
+    return dg.StaticPartitionsDefinition([partition_key(rg) for rg in range(num_row_groups)])
+
+
+class RowGroupPartitions(dg.StaticPartitionsDefinition):
+    """The same partitions, for reading Dagster's partition status cache on every run: the
+    answers Dagster computes there over every key (a sha1 of all keys as JSON, a set of all keys)
+    are computed once, so a run's cost does not grow with the stage's size. Not used in the asset
+    definitions: serialized subsets carry their definition's class name."""
+
+    def __init__(self, keys: list[str]) -> None:
+        super().__init__(keys)
+        self._key_set = frozenset(keys)
+        self._identifier = super().get_serializable_unique_identifier()
+
+    def get_serializable_unique_identifier(self) -> str:
+        return self._identifier
+
+    def filter_valid_partition_keys(self, partition_keys: set[str]) -> frozenset[str]:
+        return self._key_set & partition_keys
+
+    def has_partition_key(self, partition_key: str) -> bool:
+        return partition_key in self._key_set
+
+
+@functools.lru_cache(maxsize=64)
+def status_partitions(num_row_groups: int) -> RowGroupPartitions:
+    """RowGroupPartitions of a stage's size, built once."""
+    return RowGroupPartitions([partition_key(rg) for rg in range(num_row_groups)])
 
 
 def current_sensor_name(plan: WorkflowPlan) -> str:

@@ -22,6 +22,11 @@ Variants:
 - `planned-subset`: `default` with DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS=true: one
   "planned" event per asset instead of one per partition (docs/decisions.md: the UI then shows
   no partition of a failed run as failed, nor in progress while it runs).
+- `dagster-storage`: `default` on an instance with Dagster's own SQLite storage (a dagster.yaml
+  without dd-assets' `storage:` block, as instances made before it have; decisions.md).
+
+Every variant but `dagster-storage` runs on the instance `dd-assets` creates
+(dd_assets/dagster/instance.py's dagster.yaml: dd_assets/dagster/sqlite_storage.py).
 """
 
 from __future__ import annotations
@@ -40,7 +45,7 @@ from typing import Any
 BOUND_PARTITION_S = 0.005
 BOUND_RUN_S = 0.3
 ROWS = 10
-VARIANTS = ("default", "no-row-check", "planned-subset")
+VARIANTS = ("default", "no-row-check", "planned-subset", "dagster-storage")
 PLANNED_SUBSET = "DAGSTER_EMIT_PARTITION_SUBSET_IN_PLANNED_EVENTS"
 
 
@@ -161,15 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     variants = args.variants.split(",")
 
     base = Path(tempfile.mkdtemp(prefix="dd-bench-"))
-    home = base / "dagster_home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
-    os.environ["DAGSTER_HOME"] = str(home)
     warnings.filterwarnings("ignore")
     import dagster as dg
 
-    instance = dg.DagsterInstance.get()
-    print(f"Dagster overhead, in-process executor, SQLite instance in {home}", flush=True)
+    from dd_assets.dagster.instance import NEW_INSTANCE_YAML
+
+    instances = {}
+    for name, text in (
+        ("dd-assets", NEW_INSTANCE_YAML),
+        ("dagster", "telemetry:\n  enabled: false\n"),
+    ):
+        home = base / f"dagster_home_{name}"
+        home.mkdir()
+        (home / "dagster.yaml").write_text(text)
+        os.environ["DAGSTER_HOME"] = str(home)  # the storage's base_dir reads it
+        instances[name] = dg.DagsterInstance.get()
+    home = base / "dagster_home_dd-assets"
+    os.environ["DAGSTER_HOME"] = str(home)
+    print(f"Dagster overhead, in-process executor, SQLite instances in {base}", flush=True)
     print(f"{'variant':<15} {'row groups':>10} {'per partition':>14} {'/ 5 ms':>7}"
           f" {'per run':>8} {'/ 0.3 s':>8} {'events/part':>11}")  # fmt: skip
     rows = []
@@ -180,10 +194,12 @@ def main(argv: list[str] | None = None) -> int:
         samples: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
         events: dict[str, list[float]] = {v: [] for v in variants}
         engine: list[tuple[float, float]] = []
-        _dagster(size, "default", size.take(1), instance)  # warm: imports, first run's setup
+        for instance in instances.values():  # warm: imports, first run's setup
+            _dagster(size, "default", size.take(1), instance)
         for _ in range(args.repeat):
             engine.append((_engine(size, size.take(1)), _engine(size, size.take(run))))
             for v in variants:
+                instance = instances["dagster" if v == "dagster-storage" else "dd-assets"]
                 one, logged_one = _dagster(size, v, size.take(1), instance)
                 many, logged_many = _dagster(size, v, size.take(run), instance)
                 samples[v].append((one, many))

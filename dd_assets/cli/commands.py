@@ -9,8 +9,9 @@ import contextlib
 import os
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from rich.markup import escape
 from rich.table import Table
@@ -31,6 +32,8 @@ from dd_assets.store.layout import default_root
 
 if TYPE_CHECKING:
     from dd_assets.store.partition_store import PartitionStore
+
+T = TypeVar("T")
 
 
 def _plan(config: str) -> WorkflowPlan:
@@ -70,6 +73,18 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _options(options: list[str], parse: Callable[[str], tuple[str, T]]) -> dict[str, T]:
+    """`NAME=...` options of `import`, by name; a malformed one is a config error (one line)."""
+    out: dict[str, T] = {}
+    for option in options:
+        try:
+            name, value = parse(option)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        out[name] = value
+    return out
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     import yaml
 
@@ -81,27 +96,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     )
     from dd_assets.store.atomic import atomic_write_bytes
 
-    providers = {}
-    for option in args.provider:
-        try:
-            name, spec = parse_provider_option(option)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        providers[name] = spec
-    mcp_providers = {}
-    for option in args.mcp_provider:
-        try:
-            name, mcp = parse_mcp_provider_option(option)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        mcp_providers[name] = mcp
-    functions = {}
-    for option in args.function:
-        try:
-            name, where = parse_function_option(option)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
-        functions[name] = where
+    providers = _options(args.provider, parse_provider_option)
+    mcp_providers = _options(args.mcp_provider, parse_mcp_provider_option)
+    functions = _options(args.function, parse_function_option)
     output = Path(args.output)
     workflow, notes = import_datadesigner(
         Path(args.dd_config),

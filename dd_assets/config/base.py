@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from typing import Annotated, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import AllowInfNan, BaseModel, Field, Strict
 
@@ -22,6 +23,17 @@ def is_identifier(value: object) -> bool:
     """ASCII letters, digits and `_`, not starting with a digit: a name a Jinja template, a
     Dagster asset key and an environment variable all accept (str.isidentifier takes any script)."""
     return isinstance(value, str) and _IDENTIFIER_RE.fullmatch(value) is not None
+
+
+def identity_url(url: str) -> str:
+    """An endpoint as it enters a fingerprint: scheme, host, port and path; never userinfo, query
+    or fragment (a credential there must not reach disk). IPv6 hosts stay unbracketed, as every
+    fingerprint so far has them."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 # Config numbers and flags are strict: YAML reads `true` as a bool, and pydantic's lax mode would

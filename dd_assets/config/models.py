@@ -4,11 +4,18 @@ named here at call time, so the config (and anything derived from it) never hold
 from __future__ import annotations
 
 from typing import Annotated, ClassVar, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
-from dd_assets.config.base import Float, Int, added_field, fingerprint_dump, is_identifier
+from dd_assets.config.base import (
+    Float,
+    Int,
+    added_field,
+    fingerprint_dump,
+    identity_url,
+    is_identifier,
+)
 
 # 2 MiB: far above any model's longest answer (128k output tokens are about 0.5 MB of text,
 # under 1 MB even with JSON escaping), far below what would blow up a row group.
@@ -151,12 +158,8 @@ class ModelConfig(BaseModel):
 
     def identity(self) -> dict[str, object]:
         """What decides generated content: endpoint (host and path only), model, sampling."""
-        parts = urlsplit(self.base_url)
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
         out: dict[str, object] = {
-            "base_url": urlunsplit((parts.scheme, host, parts.path, "", "")),
+            "base_url": identity_url(self.base_url),
             "model": self.model,
             # Embedding parameters only when set: other models keep their identity.
             "inference": fingerprint_dump(self.inference),

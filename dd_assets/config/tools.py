@@ -11,11 +11,11 @@ None of them is part of a fingerprint, and nothing here is ever printed."""
 from __future__ import annotations
 
 from typing import Annotated, Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from dd_assets.config.base import Float, Int, is_identifier
+from dd_assets.config.base import Float, Int, identity_url, is_identifier
 
 
 class HttpMcpProvider(BaseModel):
@@ -51,12 +51,7 @@ class HttpMcpProvider(BaseModel):
         return v
 
     def identity(self) -> dict[str, object]:
-        parts = urlsplit(self.endpoint)
-        host = parts.hostname or ""
-        if parts.port:
-            host += f":{parts.port}"
-        url = urlunsplit((parts.scheme, host, parts.path, "", ""))
-        return {"provider_type": self.provider_type, "endpoint": url}
+        return {"provider_type": self.provider_type, "endpoint": identity_url(self.endpoint)}
 
 
 class StdioMcpProvider(BaseModel):

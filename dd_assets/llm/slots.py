@@ -20,6 +20,15 @@ A slot is held only for one HTTP exchange, never during a retry's backoff. Waiti
 first: in a process, waiters for an endpoint queue by priority (the client passes the row index)
 and a single poller probes the shared slots for them, a few milliseconds apart, at once when this
 process frees one. Slots are interchangeable, so `release` frees any one the process holds.
+
+Turns: a process that frees a slot could always take it back at once (its next request is ready
+within microseconds, while other processes probe milliseconds apart), so one run of a backfill
+would keep every slot until it ends and the others would sit idle. So a process whose poller is
+waiting says so (a shared lock on `<endpoint>.waiting`, or a shared advisory lock on slot -1), and
+a process that just freed a slot first checks for such a waiter: if there is one, it leaves the
+slot to it for `YIELD_S` (two poll intervals) instead of taking it back. Slots then pass between
+runs in turn; the cost is the waiter's poll delay per hand-over (~`POLL_MAX_S / 2` idle per
+request while runs contend, nothing for a lone run).
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import logging
 import os
 import random
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +63,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 POLL_MIN_S = 0.001
-POLL_MAX_S = 0.01
+POLL_MAX_S = 0.005
+YIELD_S = 2 * POLL_MAX_S  # every other waiter probes at least once meanwhile
+WAITING = -1  # the slot number that stands for "a process is waiting" in a backend
 
 
 class RequestSlotsError(LLMError):
@@ -84,6 +96,9 @@ class RequestSlots:
         self._pollers: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._wake: dict[tuple[str, int], asyncio.Event] = {}
         self._seq = itertools.count()
+        self._freed: set[tuple[str, int]] = set()  # released since this process last took one
+        self._yield_until: dict[tuple[str, int], float] = {}
+        self._waiting: dict[str, int] = {}  # pollers per key (announced while > 0)
 
     # -- the interface the client uses
 
@@ -92,6 +107,7 @@ class RequestSlots:
         q = (key, limit)
         if not self._live(q) and await self._call(self._take, q):
             return
+        # From here the poller serves this waiter (and any turn yielded above is kept).
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._queues.setdefault(q, []), (priority, next(self._seq), fut))
         if q not in self._pollers:
@@ -111,6 +127,7 @@ class RequestSlots:
             if not held:
                 raise RuntimeError(f"release of request slot {key}/{limit} that is not held")
             slot = held.pop()
+            self._freed.add(q)
         if self._blocking:
             # Not awaited: the next probe may find the slot still locked for a moment, which is
             # harmless; a lock held twice by this session (re-entrant) is still released once.
@@ -149,9 +166,16 @@ class RequestSlots:
         return fn(*args)
 
     def _take(self, q: tuple[str, int]) -> bool:
+        """Take a slot; False when none is free, or when this process just freed one and another
+        process waits for it (its turn: this process then waits `YIELD_S` before probing)."""
         key, limit = q
         with self._mutex:
             mine = self._held.setdefault(q, set())
+            if q in self._freed:
+                self._freed.discard(q)
+                if self._others_wait(key, self._waiting.get(key, 0) > 0):
+                    self._yield_until[q] = time.monotonic() + YIELD_S
+                    return False
             # From a random slot on, so that processes do not all contend for slot 0.
             slot = self._try(key, limit, int(self._rng.random() * limit), mine)
             if slot is None:
@@ -163,9 +187,16 @@ class RequestSlots:
         """Probe for the waiters of one (key, limit) until none is left."""
         wake = self._wake.setdefault(q, asyncio.Event())
         delay = POLL_MIN_S
+        announced = False
         try:
+            await self._call(self._announce, q[0], True)
+            announced = True
             while self._live(q):
                 wake.clear()
+                turn = self._yield_until.pop(q, 0.0) - time.monotonic()
+                if turn > 0:  # another process's turn: do not probe (nor be woken) meanwhile
+                    await asyncio.sleep(turn)
+                    continue
                 if await self._call(self._take, q):
                     delay = POLL_MIN_S
                     if not self._live(q):  # the waiter left while we probed
@@ -189,6 +220,19 @@ class RequestSlots:
                 raise
         finally:
             self._pollers.pop(q, None)
+            if announced:
+                with contextlib.suppress(Exception):
+                    await self._call(self._announce, q[0], False)
+
+    def _announce(self, key: str, on: bool) -> None:
+        """Count this process's pollers for `key`; the backend holds its "waiting" mark while
+        there is one."""
+        with self._mutex:
+            before = self._waiting.get(key, 0)
+            after = before + (1 if on else -1)
+            self._waiting[key] = after
+            if (before == 0) != (after == 0):
+                self._mark_waiting(key, after > 0)
 
     # -- backend
 
@@ -199,6 +243,15 @@ class RequestSlots:
         raise NotImplementedError
 
     def _free(self, key: str, slot: int) -> None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _mark_waiting(self, key: str, on: bool) -> None:  # pragma: no cover - abstract
+        """Hold (or drop) this process's shared "waiting for `key`" mark."""
+        raise NotImplementedError
+
+    def _others_wait(self, key: str, marked: bool) -> bool:  # pragma: no cover - abstract
+        """Whether another process holds its "waiting" mark for `key` (`marked`: this one does;
+        it must still hold it afterwards)."""
         raise NotImplementedError
 
     def _free_quietly(self, key: str, slot: int) -> None:
@@ -232,9 +285,11 @@ class FileSlots(RequestSlots):
     def _fd(self, key: str, slot: int) -> int:
         if self._pid != os.getpid():  # a forked child shares our descriptions: open its own
             self._fds, self._held, self._pid = {}, {}, os.getpid()
+            self._waiting, self._freed = {}, set()
         fd = self._fds.get((key, slot))
         if fd is None:
-            path = self.folder / f"{key}.{slot}.lock"
+            name = f"{key}.waiting" if slot == WAITING else f"{key}.{slot}.lock"
+            path = self.folder / name
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
             except OSError as exc:
@@ -258,6 +313,21 @@ class FileSlots(RequestSlots):
 
     def _free(self, key: str, slot: int) -> None:
         fcntl.flock(self._fds[(key, slot)], fcntl.LOCK_UN)
+
+    def _mark_waiting(self, key: str, on: bool) -> None:
+        fcntl.flock(self._fd(key, WAITING), fcntl.LOCK_SH if on else fcntl.LOCK_UN)
+
+    def _others_wait(self, key: str, marked: bool) -> bool:
+        fd = self._fd(key, WAITING)
+        try:
+            # Exclusive is granted only if no other description holds the shared mark. A failed
+            # conversion may drop our own shared lock (flock(2)), so it is restored either way.
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            others = False
+        except BlockingIOError:
+            others = True
+        fcntl.flock(fd, fcntl.LOCK_SH if marked else fcntl.LOCK_UN)
+        return others
 
     def close(self) -> None:
         with self._mutex:
@@ -320,6 +390,34 @@ class PostgresSlots(RequestSlots):
     def _free(self, key: str, slot: int) -> None:
         with self._conn.cursor() as cur:
             cur.execute("SELECT pg_advisory_unlock(%s, %s)", (self.class_id(key), slot))
+
+    def _mark_waiting(self, key: str, on: bool) -> None:
+        fn = "pg_advisory_lock_shared" if on else "pg_advisory_unlock_shared"
+        self._query(f"SELECT {fn}(%s, %s)", (self.class_id(key), WAITING))
+
+    def _others_wait(self, key: str, marked: bool) -> bool:
+        # A session's own shared lock does not conflict with its exclusive request, so the
+        # exclusive lock is granted exactly when no other session holds the mark; it is given
+        # back in the same statement.
+        row = self._query(
+            "SELECT CASE WHEN pg_try_advisory_lock(%(c)s, %(w)s)"
+            " THEN NOT pg_advisory_unlock(%(c)s, %(w)s) ELSE true END",
+            {"c": self.class_id(key), "w": WAITING},
+        )
+        return bool(row[0])
+
+    def _query(self, sql: str, params: Any) -> Any:
+        import psycopg2
+
+        try:
+            with self._conn.cursor() as cur:
+                cur.execute(sql, params)
+                return cur.fetchone()
+        except psycopg2.Error as exc:
+            raise RequestSlotsError(
+                f"request slots in PostgreSQL at {safe_url(self._dsn)} failed:"
+                f" {scrub(str(exc).strip(), self._dsn)}"
+            ) from None
 
     def close(self) -> None:
         with self._mutex:

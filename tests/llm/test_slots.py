@@ -76,7 +76,40 @@ def test_file_slots_hold_the_limit_between_holders_that_share_a_folder(tmp_path:
 
     asyncio.run(main())
     assert gauge.peak == 2
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{KEY}.0.lock", f"{KEY}.1.lock"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        f"{KEY}.0.lock",
+        f"{KEY}.1.lock",
+        f"{KEY}.waiting",
+    ]
+
+
+def test_a_process_that_frees_a_slot_leaves_it_to_a_waiting_process(tmp_path: Path) -> None:
+    # `busy` always has its next request ready the moment it frees a slot (in the same event-loop
+    # step, as a run's next cell is), so without turns it would take the slot back every time and
+    # `late` would wait for all of busy's 40 requests; with turns, late's requests interleave.
+    done: list[str] = []
+
+    async def main() -> None:
+        busy, late = FileSlots(tmp_path), FileSlots(tmp_path)
+
+        async def worker(slots: FileSlots, name: str, n: int) -> None:
+            for _ in range(n):
+                await slots.acquire(KEY, 2)
+                await asyncio.sleep(0.01)
+                done.append(name)
+                slots.release(KEY, 2)
+
+        hog = [asyncio.ensure_future(worker(busy, "busy", 20)) for _ in range(2)]
+        await asyncio.sleep(0.02)  # busy holds both slots
+        await asyncio.gather(worker(late, "late", 5), worker(late, "late", 5), *hog)
+        assert busy.held() == late.held() == 0
+        busy.close()
+        late.close()
+
+    asyncio.run(main())
+    assert done.count("late") == 10
+    # late finished its 10 while busy still had at least a third of its 40 left to do.
+    assert done.index("late") < 10 and len(done) - 1 - done[::-1].index("late") < 40 - 13
 
 
 def test_waiters_in_a_process_are_served_lowest_priority_first(tmp_path: Path) -> None:

@@ -11,7 +11,6 @@ import os
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from dd_assets.config.regular_files import NotRegularFile, open_regular
@@ -75,6 +74,8 @@ def file_schema(path: str | Path) -> pa.Schema:
     try:
         if fmt == "parquet":
             return pq.read_schema(real).remove_metadata()
+        import pyarrow.dataset as pads  # here: it imports pandas when installed (~0.5 s)
+
         return pads.dataset(str(real), format=fmt).schema.remove_metadata()
     except (OSError, pa.ArrowException) as exc:
         raise SeedFileError(f"seed file {path} could not be read as {fmt}: {exc}") from None
@@ -90,6 +91,8 @@ def file_source(path: str | StorePath) -> SeedSource:
         if fmt != "parquet":
             # csv/jsonl have no row index: a take would rescan the file for every row group.
             # Seed files of this kind are small; hold them once.
+            import pyarrow.dataset as pads
+
             dataset = pads.dataset(dataset.to_table())
         n = dataset.count_rows()
     except (OSError, pa.ArrowException) as exc:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,15 @@ class _Mapper:
 
     def note(self, where: str, status: str, detail: str) -> None:
         self.notes.append(Note(where, status, detail))
+
+    def mappings(self, raw: list[Any], where: str, what: str) -> Iterator[tuple[str, dict]]:
+        """(`where[k]`, item) for each item of a list that must hold mappings; any other item is
+        an issue naming it, and is skipped so the rest still gets checked."""
+        for k, item in enumerate(raw):
+            if isinstance(item, dict):
+                yield f"{where}[{k}]", item
+            else:
+                self.issue(f"{where}[{k}]", f"{what} must be a mapping")
 
     def unsupported(
         self, where: str, feature: str, column: str | None = None, verb: str = "is"
@@ -383,13 +393,10 @@ class _Mapper:
         """ImageContexts; data_type null is DataDesigner's auto-detection, done the same way
         (engine/images.py)."""
         out = []
-        for k, ctx in enumerate(raw):
-            if not isinstance(ctx, dict):
-                self.issue(f"{where}[{k}]", "an image context must be a mapping")
-                continue
+        for at, ctx in self.mappings(raw, where, "an image context"):
             got = self.take(
                 ctx,
-                f"{where}[{k}]",
+                at,
                 {"column_name": _REQUIRED, "modality": "image", "data_type": None,
                  "image_format": None},
                 name,
@@ -408,11 +415,7 @@ class _Mapper:
     def tool_configs(self, raw: list[Any]) -> None:
         """DataDesigner's ToolConfigs -> the workflow's `tools:` (keyed by tool_alias); the MCP
         providers they name come from the workflow's `mcp_providers:`."""
-        for k, t in enumerate(raw):
-            where = f"tool_configs[{k}]"
-            if not isinstance(t, dict):
-                self.issue(where, "a tool config must be a mapping")
-                continue
+        for where, t in self.mappings(raw, "tool_configs", "a tool config"):
             got = self.take(
                 t,
                 where,
@@ -442,11 +445,7 @@ class _Mapper:
         """A judge-score profiler writes DataDesigner's analysis report, never the data: the
         stage profile (`dd-assets report`, the Dagster metadata) already counts every judge
         score; the LLM-written summary is not made."""
-        for k, p in enumerate(raw):
-            where = f"profilers[{k}]"
-            if not isinstance(p, dict):
-                self.issue(where, "a profiler must be a mapping")
-                continue
+        for where, p in self.mappings(raw, "profilers", "a profiler"):
             got = self.take(p, where, {"model_alias": _REQUIRED, "summary_score_sample_size": 20})
             self.note(
                 f"profiler {got.get('model_alias')}",
@@ -501,11 +500,7 @@ class _Mapper:
 
     def constraints(self, raw: list[Any], columns: list[dict[str, Any]]) -> None:
         by_name = {c["name"]: c for c in columns if isinstance(c.get("name"), str)}
-        for k, c in enumerate(raw):
-            where = f"constraints[{k}]"
-            if not isinstance(c, dict):
-                self.issue(where, "a constraint must be a mapping")
-                continue
+        for where, c in self.mappings(raw, "constraints", "a constraint"):
             got = self.take(
                 c,
                 where,
@@ -713,11 +708,7 @@ class _Mapper:
 
     def models(self, raw: list[Any], used: set[str]) -> dict[str, dict[str, Any]]:
         out: dict[str, dict[str, Any]] = {}
-        for k, m in enumerate(raw):
-            where = f"model_configs[{k}]"
-            if not isinstance(m, dict):
-                self.issue(where, "a model config must be a mapping")
-                continue
+        for where, m in self.mappings(raw, "model_configs", "a model config"):
             alias = m.get("alias")
             if not isinstance(alias, str):
                 self.issue(f"{where}.alias", "the model alias must be a string")

@@ -13,7 +13,7 @@ import re
 from typing import Annotated, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AllowInfNan, BaseModel, Field, Strict
+from pydantic import AllowInfNan, BaseModel, ConfigDict, Field, Strict
 
 # fullmatch, never `^...$`: `$` also matches before a trailing newline, so "s\n" would pass.
 _IDENTIFIER_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -34,6 +34,18 @@ def identity_url(url: str) -> str:
     if parts.port:
         host += f":{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def model_settings(**kwargs: Any) -> ConfigDict:
+    """The `model_config` of every config model: pydantic's settings as given, and `defer_build`.
+
+    Without it, each of the ~60 config models builds its own validator and serializer when its
+    class is created, ~0.15 s of every command's start (docs/speed.md), though a config is
+    validated by WorkflowConfig's validator alone (which holds all of them) and a few models are
+    dumped on their own (the columns a config uses, for fingerprints). Deferred, a model builds
+    them the first time it is used, and only the models a command uses pay. Validation and
+    dumps are the same either way (tests/config/test_fingerprint.py)."""
+    return ConfigDict(defer_build=True, **kwargs)
 
 
 # Config numbers and flags are strict: YAML reads `true` as a bool, and pydantic's lax mode would

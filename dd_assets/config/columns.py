@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal
 import jinja2
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     JsonValue,
@@ -19,7 +18,15 @@ from pydantic import (
     model_validator,
 )
 
-from dd_assets.config.base import Bool, Float, Int, Scalar, added_field, is_identifier
+from dd_assets.config.base import (
+    Bool,
+    Float,
+    Int,
+    Scalar,
+    added_field,
+    is_identifier,
+    model_settings,
+)
 from dd_assets.config.samplers import SamplerParams, inject_sampler_type
 from dd_assets.config.templates import referenced_names
 
@@ -49,7 +56,7 @@ class SkipConfig(BaseModel):
     """DataDesigner's skip gate: where `when` (a Jinja template, braces included) renders to
     something truthy, the cell is not generated (no LLM request) and holds `value`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     when: str
     value: Scalar | None = None
@@ -70,7 +77,7 @@ class SkipConfig(BaseModel):
 
 
 class _Column(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     name: str
     drop: Bool = Field(
@@ -111,7 +118,7 @@ class SamplerConstraint(BaseModel):
     """The sampled value must satisfy `value <operator> rhs`, rhs a number or another sampler
     column of the row; a value that does not is drawn again (rejection sampling, per row)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     operator: Literal["lt", "le", "gt", "ge"]
     value: Float | None = None
@@ -264,7 +271,7 @@ class ImageContext(BaseModel):
     base64 data or an image file's path (or a JSON list of them). `data_type: null` detects
     which, per value, as DataDesigner does (engine/llm_cells.py, `image_parts`)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     column_name: str
     modality: Literal["image"] = "image"
@@ -361,7 +368,7 @@ class LLMStructuredColumnConfig(_LLMColumn):
 
 
 class Score(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     name: str
     description: str
@@ -430,7 +437,7 @@ VALIDATOR_LANGS = (
 
 
 class CodeValidatorParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     code_lang: Literal[VALIDATOR_LANGS]  # type: ignore[valid-type]
 
@@ -441,7 +448,7 @@ class LocalCallableValidatorParams(BaseModel):
     with `is_valid`). `report_fields` types the other fields of its report: filled in from the
     binding's dtype mapping when the config loads."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     validation_function: str
     report_fields: dict[str, Literal["str", "int", "float", "bool"]] = Field(default_factory=dict)

@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from dd_assets.config.base import Float
+from dd_assets.config.base import Float, model_settings
 from dd_assets.config.columns import ColumnConfig, LLMJudgeColumnConfig, SamplerColumnConfig
 from dd_assets.config.errors import ConfigIssue
 
 
 class DriftSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     share_tolerance: Float = Field(
         default=0.05,

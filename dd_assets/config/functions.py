@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, PrivateAttr, field_validator, model_validator
+from pydantic import BaseModel, PrivateAttr, field_validator, model_validator
 
+from dd_assets.config.base import model_settings
 from dd_assets.config.columns import check_identifier
 
 DType = Literal["str", "int", "float", "bool"]
@@ -37,7 +38,7 @@ class FunctionBinding(BaseModel):
     metadata DataDesigner's `@custom_column_generator` decorator would (read from the function
     when the decorator was used and the mapping does not say) and the column's dtype."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     function: str
     required_columns: list[str] | None = None

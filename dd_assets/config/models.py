@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated, ClassVar, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
+from pydantic import BaseModel, Field, JsonValue, field_validator, model_validator
 
 from dd_assets.config.base import (
     Float,
@@ -15,6 +15,7 @@ from dd_assets.config.base import (
     fingerprint_dump,
     identity_url,
     is_identifier,
+    model_settings,
 )
 
 # 2 MiB: far above any model's longest answer (128k output tokens are about 0.5 MB of text,
@@ -32,7 +33,7 @@ DIFFUSION_MODEL_PATTERNS = (
 
 
 class _UniformParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     low: Float
     high: Float
@@ -45,7 +46,7 @@ class _UniformParams(BaseModel):
 
 
 class _ManualParams(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     values: list[Float] = Field(min_length=1)
     weights: list[Float] | None = None
@@ -64,14 +65,14 @@ class _ManualParams(BaseModel):
 class UniformDistribution(BaseModel):
     """A sampling parameter drawn per LLM cell (DataDesigner's inference distributions)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     distribution_type: Literal["uniform"] = "uniform"
     params: _UniformParams
 
 
 class ManualDistribution(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     distribution_type: Literal["manual"] = "manual"
     params: _ManualParams
@@ -86,7 +87,7 @@ class InferenceParams(BaseModel):
     """Sampling parameters. temperature and top_p may be a distribution: each LLM cell then
     draws its own value, a function of (column, row) so a rerun asks exactly the same."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     temperature: Annotated[Float, Field(ge=0, le=2)] | Distribution | None = None
     top_p: Annotated[Float, Field(gt=0, le=1)] | Distribution | None = None
@@ -100,7 +101,7 @@ class InferenceParams(BaseModel):
 
 class ModelConfig(BaseModel):
     # hide_input_in_errors: a pydantic error must not print a pasted key or credentialed URL.
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = model_settings(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     base_url: str
     model: str
@@ -184,7 +185,7 @@ class ProviderConfig(BaseModel):
     (DataDesigner's ModelProvider). The key comes only from the environment variable named
     by `api_key`."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = model_settings(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     endpoint: str
     provider_type: Literal["openai"] = "openai"

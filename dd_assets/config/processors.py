@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from dd_assets.config.base import added_field
+from dd_assets.config.base import added_field, model_settings
 from dd_assets.config.columns import check_identifier, template_names
 
 
 class _Processor(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     name: str | None = None
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, Field
 
-from dd_assets.config.base import Bool, Float, Int
+from dd_assets.config.base import Bool, Float, Int, model_settings
 from dd_assets.config.limits import MAX_ROW_GROUPS
 
 
@@ -24,7 +24,7 @@ class EarlyStopSettings(BaseModel):
     faults never count), or when `window` cells in a row got no answer after all retries (the
     endpoint is down: the run ends with those cells unfinished, exit code 4)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     window: Int = Field(
         default=50, ge=1, le=1_000_000, description="recent cell outcomes considered"
@@ -33,7 +33,7 @@ class EarlyStopSettings(BaseModel):
 
 
 class RunSettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     partitions_per_run: Int = Field(
         default=8,

@@ -9,14 +9,14 @@ import math
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
-from dd_assets.config.base import Bool, Float, Int, Scalar, added_field
+from dd_assets.config.base import Bool, Float, Int, Scalar, added_field, model_settings
 from dd_assets.config.limits import MAX_DECIMAL_PLACES
 
 
 class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
 
 class CategorySamplerParams(_Params):

@@ -13,15 +13,15 @@ from __future__ import annotations
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, Field, field_validator
 
-from dd_assets.config.base import Float, Int, identity_url, is_identifier
+from dd_assets.config.base import Float, Int, identity_url, is_identifier, model_settings
 
 
 class HttpMcpProvider(BaseModel):
     """A running MCP server reached over HTTP (DataDesigner's MCPProvider)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = model_settings(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     provider_type: Literal["streamable_http", "sse"]
     endpoint: str
@@ -58,7 +58,7 @@ class StdioMcpProvider(BaseModel):
     """An MCP server started as a child process, spoken to over stdin/stdout (DataDesigner's
     LocalStdioMCPProvider)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = model_settings(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     provider_type: Literal["stdio"] = "stdio"
     command: str
@@ -85,7 +85,7 @@ class ToolsConfig(BaseModel):
     """Which MCP tools a column with this `tool_alias` is offered, and how long it may go on
     calling them (DataDesigner's ToolConfig)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     providers: list[str] = Field(min_length=1)
     allow_tools: list[str] | None = None

@@ -10,7 +10,6 @@ from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
-    ConfigDict,
     Discriminator,
     Field,
     PrivateAttr,
@@ -19,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from dd_assets.config.base import Bool, Int, added_field
+from dd_assets.config.base import Bool, Int, added_field, model_settings
 from dd_assets.config.columns import (
     ColumnConfig,
     SamplerColumnConfig,
@@ -50,7 +49,7 @@ class StageSeed(BaseModel):
     """Rows come from another stage: `row_group` pairs row group i with upstream row group i
     (so this stage can run behind the upstream one); `sample` draws from the whole upstream."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     stage: str
     mode: Literal["row_group", "sample"] = "row_group"
@@ -72,7 +71,7 @@ class JoinSeed(BaseModel):
     is the inner join of row group i of each (a diamond merging back). The key is what pairs rows,
     not their position, so a row one branch dropped (a failed LLM cell) is simply not joined."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     stages: list[str]
     # Not `on`: YAML 1.1 reads an unquoted `on:` key as the boolean true.
@@ -114,7 +113,7 @@ class JoinSeed(BaseModel):
 class SeedRows(BaseModel):
     """A slice of a seed file: rows `first`..`last`, both included (DataDesigner's IndexRange)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     first: Int = Field(ge=0)
     last: Int = Field(ge=0)
@@ -130,7 +129,7 @@ class SeedShard(BaseModel):
     """Shard `index` of `count` equal blocks of a seed file, the last one taking the remainder
     (DataDesigner's PartitionBlock): machines can each take one shard of one file."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     index: Int = Field(ge=0)
     count: Int = Field(ge=1)
@@ -143,7 +142,7 @@ class SeedShard(BaseModel):
 
 
 class FileSeed(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     path: str
     strategy: Literal["ordered", "shuffle"] = "ordered"
@@ -184,7 +183,7 @@ SeedSpec = Annotated[
 
 
 class StageConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = model_settings(extra="forbid", frozen=True)
 
     name: str
     description: str | None = None
@@ -252,7 +251,7 @@ class StageConfig(BaseModel):
 
 class WorkflowConfig(BaseModel):
     # hide_input_in_errors: models: may hold a pasted key; a ValidationError must not print it.
-    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+    model_config = model_settings(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     name: str
     description: str | None = None

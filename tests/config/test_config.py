@@ -797,3 +797,27 @@ def test_env_expansion_in_base_url(monkeypatch: pytest.MonkeyPatch) -> None:
     assert [(i.path, i.line) for i in err.issues] == [
         ("models.m.base_url", line_of(text, "base_url"))
     ]
+
+
+def test_every_config_model_builds_its_validator_when_first_used() -> None:
+    """config/base.py model_settings: a model built at class creation costs every command's start
+    (docs/speed.md), though WorkflowConfig's validator holds them all. A new model that sets its
+    own ConfigDict would bring that back."""
+    import importlib
+    import pkgutil
+
+    from pydantic import BaseModel
+
+    import dd_assets.config as config_pkg
+
+    for info in pkgutil.iter_modules(config_pkg.__path__):
+        importlib.import_module(f"{config_pkg.__name__}.{info.name}")
+    models = {
+        obj
+        for name, mod in sys.modules.items()
+        if name.startswith(config_pkg.__name__ + ".")
+        for obj in vars(mod).values()
+        if isinstance(obj, type) and issubclass(obj, BaseModel) and obj.__module__ == name
+    }
+    assert len(models) > 40
+    assert sorted(m.__name__ for m in models if not m.model_config.get("defer_build")) == []

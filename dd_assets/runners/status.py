@@ -7,7 +7,6 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from dd_assets.config.fingerprint import stale_reason
-from dd_assets.runners.finalize import target_used
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.plan import StagePlan, WorkflowPlan
 from dd_assets.runners.status_columns import ColumnLineage, CompletedSummary, summary_of_columns
@@ -72,6 +71,14 @@ def summary_of_footers(plan: StagePlan, lineage: Lineage) -> CompletedSummary:
     )
 
 
+def _missing(needed: int, done: set[int]) -> list[int]:
+    """Row groups 0..needed-1 not done. `needed` distinct row groups all in that range are all of
+    them: then no pass over each (100,000 set lookups are half of a big status's own time)."""
+    if len(done) == needed and (not done or (min(done) >= 0 and max(done) < needed)):
+        return []
+    return [rg for rg in range(needed) if rg not in done]
+
+
 def workflow_status(
     plan: WorkflowPlan, store: PartitionStore, columns: bool = True
 ) -> list[StageStatus]:
@@ -121,10 +128,13 @@ def workflow_status(
                 f" what it hands downstream instead of its {what}; `dd-assets approve CONFIG"
                 f" {name} --clear` reverts"
             )
-        used = target_used(sp, store)
-        needed = total if used is None else used
-        target = sp.compiled.stage.target_records
+        used, target = None, sp.compiled.stage.target_records
         if target is not None:
+            # Here: runners.finalize loads pyarrow.parquet and the finalize engine (~0.05 s),
+            # which a stage without target_records never needs.
+            from dd_assets.runners.finalize import target_used
+
+            used = target_used(sp, store)
             notes.append(
                 f"target_records {target}: not finalized yet; row groups are generated in order"
                 f" until {target} rows pass finalize (at most {total} row groups)"
@@ -132,13 +142,14 @@ def workflow_status(
                 else f"target_records {target}: reached with row groups 00000-{used - 1:05d};"
                 f" the {total - used} after them are not needed"
             )
+        needed = total if used is None else used
         out.append(
             StageStatus(
                 stage=name,
                 fingerprint=ref.fp12,
                 total=total,
                 done=len(done.row_groups),
-                missing=[rg for rg in range(needed) if rg not in done.row_groups],
+                missing=_missing(needed, done.row_groups),
                 records=done.records,
                 stale=stale,
                 stale_reason=reason,

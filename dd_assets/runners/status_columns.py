@@ -48,16 +48,16 @@ class CompletedSummary:
 class DoneColumns:
     """The completed row groups of a stage, in row-group order, as arrays."""
 
+    plan: StagePlan
     table: pa.Table  # the footer index's rows of the completed row groups
     row_group: np.ndarray
-    data_version: list[str]
 
     @classmethod
     def of(cls, plan: StagePlan, table: pa.Table) -> DoneColumns | None:
         """None when the index has an entry that does not describe a row group (the per-footer
         path then reads that file and says what is wrong with it)."""
         if table.num_rows == 0:
-            return cls(table, np.zeros(0, np.int64), [])
+            return cls(plan, table, np.zeros(0, np.int64))
         if any(
             k not in table.column_names
             or table.column(k).null_count
@@ -78,6 +78,13 @@ class DoneColumns:
             order = order[done[order]]
             table = table.take(pa.array(order))
             row_group = rg[order]
+        return cls(plan, table, row_group)
+
+    @cached_property
+    def data_version(self) -> list[str]:
+        """Per completed row group, its data version. Made when asked (by a downstream stage's
+        staleness): 100,000 of them as Python strings are ~1/3 of a status's own time."""
+        table = self.table
         versions: list[Any] = (
             table.column("data_version").to_pylist()
             if "data_version" in table.column_names
@@ -86,10 +93,10 @@ class DoneColumns:
         if not all(versions):  # files written before data versions were recorded
             rows = table.column("rows").to_pylist()
             versions = [
-                v or legacy_data_version(ref.fingerprint, int(g), n)
-                for v, g, n in zip(versions, row_group, rows, strict=True)
+                v or legacy_data_version(self.plan.ref.fingerprint, int(g), n)
+                for v, g, n in zip(versions, self.row_group, rows, strict=True)
             ]
-        return cls(table, row_group, versions)
+        return versions
 
     @cached_property
     def version_of(self) -> dict[int, str]:
@@ -110,7 +117,8 @@ class DoneColumns:
         ranges = _ints(self.table.column("row_end"), 0) - _ints(self.table.column("row_start"), 0)
         planned = _ints(self.table.column("stats.planned_rows"), ranges)
         reasons: Counter[str] = Counter()
-        for text in self.table.column("stats.drop_reasons").to_pylist():
+        texts = self.table.column("stats.drop_reasons")
+        for text in texts.to_pylist() if texts.null_count < len(texts) else ():  # none: no drops
             if text is not None:
                 reasons.update({k: int(n) for k, n in json.loads(text).items()})
         return int(dropped.sum()), int(planned.sum()), reasons

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from dd_assets.store import objects, parquet
 from dd_assets.store.atomic import atomic_path as _local_atomic_path
@@ -22,6 +21,7 @@ from dd_assets.store.objects import ObjectPath, ObjectStoreError
 
 if TYPE_CHECKING:
     import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
 
 StorePath = Path | ObjectPath
 
@@ -55,6 +55,8 @@ def check_root(root: StorePath) -> None:
 def parquet_file(path: StorePath) -> pq.ParquetFile:
     """A parquet file whose pages are checksum-verified as they are read (store/parquet.py)."""
     if isinstance(path, ObjectPath):
+        import pyarrow.parquet as pq  # here: store/parquet.py says why
+
         fs = objects.filesystem(path)
         with _readable(path):
             return pq.ParquetFile(
@@ -65,6 +67,8 @@ def parquet_file(path: StorePath) -> pq.ParquetFile:
 
 def read_table(path: StorePath) -> pa.Table:
     if isinstance(path, ObjectPath):
+        import pyarrow.parquet as pq  # here: store/parquet.py says why
+
         with _readable(path):
             return pq.read_table(
                 objects.fs_path(path),

@@ -114,3 +114,32 @@ def test_commands_without_dagster_never_import_it(tmp_path: Path) -> None:
 def _heavy(modules: list[str]) -> set[str]:
     """numpy, pyarrow and Faker: what costs a command ~0.2-0.5 s to import."""
     return {m.split(".")[0] for m in modules} & {"numpy", "pyarrow", "faker"}
+
+
+@pytest.mark.slow
+def test_what_status_loads_after_its_title() -> None:
+    """`status` of a stage whose footer index stands for its folder reads no parquet: the modules
+    it loads after its title bring no pyarrow.parquet (with pyarrow.fs and ssl), dataset or
+    compute, no pandas, and not the finalize runner (docs/speed.md: each costs a big status
+    ~0.05-0.4 s). Per-footer reads still import pyarrow.parquet when they need it."""
+    code = (
+        "import json, sys; import dd_assets.cli.main; before = set(sys.modules);"
+        " import dd_assets.runners.status, dd_assets.store.partition_store;"
+        " print(json.dumps(sorted(set(sys.modules) - before)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    loaded = set(json.loads(out.stdout))
+    assert {"numpy", "pyarrow", "dd_assets.runners.status_columns"} <= loaded  # it ran
+    unwanted = {
+        "pyarrow.parquet",
+        "pyarrow.fs",
+        "pyarrow.dataset",
+        "pyarrow.compute",
+        "pandas",
+        "ssl",
+        "dd_assets.runners.finalize",
+        "dd_assets.engine.finalize",
+    }
+    assert sorted(loaded & unwanted) == []

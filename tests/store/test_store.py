@@ -546,7 +546,7 @@ def test_a_finalize_beginning_while_a_row_group_is_written_refuses_the_commit(
         real_write(table, where, **kw)
         store.begin_finalize(ref)  # what a concurrent finalize does, while this file is written
 
-    monkeypatch.setattr("dd_assets.store.parquet.pq.write_table", write_then_finalize_starts)
+    monkeypatch.setattr(pq, "write_table", write_then_finalize_starts)  # store/parquet.py calls it
     with pytest.raises(StageSealedError, match="'tickets' is finalized"):
         store.write_row_group(ref, 2, rows_for(ref, 2))
     assert not store.batch_path(ref, 2).exists()

@@ -728,7 +728,7 @@ class _Mapper:
                 "embedding": self._EMBEDDING,
                 "image": self._IMAGE,
             }
-            if gen not in specs:
+            if not isinstance(gen, str) or gen not in specs:
                 self.unsupported(f"{where}.inference_parameters", f"{gen} models", verb="are")
                 continue
             spec = specs[gen]

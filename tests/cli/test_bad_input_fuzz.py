@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from dd_assets import cli
@@ -49,6 +49,10 @@ for _dd in ("samplers_no_person", "llm"):  # the `data_designer:` stage form, in
 # Issue 15 asks for thousands of examples in CI (~30 s on a quiet 2-core machine);
 # DD_FUZZ_EXAMPLES=20000 for a long hunt.
 EXAMPLES = int(os.environ.get("DD_FUZZ_EXAMPLES", "2000"))
+
+# libyaml's emitter: the pure-Python one was half of each example's time (same YAML, other
+# line breaks at most).
+DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
 NAMES = ["tickets", "reviews", "replies", "moods", "threads", "digest", "questions", "a", "b"]
 TEMPLATES = [
@@ -154,7 +158,7 @@ def mutated(draw: st.DrawFn) -> tuple[str, bytes]:
             )
         elif op == "duplicate" and isinstance(parent, list):
             parent.insert(key, copy.deepcopy(parent[key]))
-    text = yaml.safe_dump(data, sort_keys=False, allow_unicode=True).encode()
+    text = yaml.dump(data, Dumper=DUMPER, sort_keys=False, allow_unicode=True).encode()
     edit = draw(st.sampled_from(["none", "none", "flip", "dupline", "truncate"]))
     if edit == "flip" and text:
         i = draw(st.integers(0, len(text) - 1))
@@ -166,6 +170,15 @@ def mutated(draw: st.DrawFn) -> tuple[str, bytes]:
     elif edit == "truncate":
         text = text[: draw(st.integers(0, len(text)))]
     return base, text
+
+
+def _generation_type_mapping() -> tuple[str, bytes]:
+    """A case the fuzz once found, checked every run: a model config's generation_type given as
+    a mapping reached a TypeError (unhashable) in the DataDesigner mapping."""
+    data = copy.deepcopy(BASES["llm"])
+    for model in data["stages"][0]["data_designer"]["model_configs"]:
+        model.setdefault("inference_parameters", {})["generation_type"] = {"a": 1}
+    return "llm", yaml.dump(data, Dumper=DUMPER, sort_keys=False, allow_unicode=True).encode()
 
 
 def _run(argv: list[str]) -> tuple[int, str]:
@@ -182,6 +195,7 @@ def _run(argv: list[str]) -> tuple[int, str]:
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(case=mutated())
+@example(case=_generation_type_mapping())
 def test_mutated_configs_fail_with_one_error_line_and_write_nothing(
     case: tuple[str, bytes], fuzz_dir: Path
 ) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 from dd_assets.config import load_workflow
 from dd_assets.runners.materialize import materialize
 from dd_assets.runners.plan import plan_workflow
+from dd_assets.runners.profile import stage_profile
 from dd_assets.store.partition_store import PartitionStore
 from dd_assets.testing.workflows import (
     isolated_env,
@@ -51,45 +53,57 @@ def _kill_then_resume(cfg: Path, tmp_path: Path, files: int, kill_at: int) -> Pa
     return root
 
 
-def test_kill9_mid_run_then_resume(tmp_path: Path) -> None:
-    cfg = write_config(
-        tmp_path / "wf.yaml",
-        people_config(num_records=NUM_RECORDS, buffer_size=BUFFER, partitions_per_run=6),
-    )
-    root = _kill_then_resume(cfg, tmp_path, 20, random.Random(os.getpid()).randint(1, 15))
-    table = stage_table(root)
-    assert table.num_rows == NUM_RECORDS
-    assert len(set(table.column("person_id").to_pylist())) == NUM_RECORDS
-
-    # The interrupted-and-resumed dataset equals an uninterrupted one, row for row (made in this
-    # process by the runner the CLI drives: the data is the runner's; a third CLI process here
-    # would only repeat the Dagster run the resume above already went through).
-    ref_root = tmp_path / "reference"
-    materialize(plan_workflow(load_workflow(cfg))["people"], PartitionStore(ref_root), range(20))
-    assert stage_table(ref_root).equals(table)
+def _profile(cfg: Path, root: Path) -> dict:
+    plan = plan_workflow(load_workflow(cfg))["people"]
+    return stage_profile(plan, PartitionStore(root)).to_dict()
 
 
-def test_repeated_kills_never_duplicate_or_lose_rows(tmp_path: Path) -> None:
-    cfg = write_config(
-        tmp_path / "wf.yaml",
-        people_config(num_records=NUM_RECORDS, buffer_size=BUFFER, partitions_per_run=3),
-    )
+def test_repeated_kills_never_duplicate_or_lose_rows_and_resume_equals_one_run(
+    tmp_path: Path,
+) -> None:
+    """Three kills in a row (the first at a random row group), then a resume: no row group
+    written before a kill is touched, every row once, and the data and the stage profile equal
+    an uninterrupted run's. (It holds the former single-kill test and the profile-after-kill
+    test of test_profile_resume.py: the same kill + resume, four CLI processes instead of eight.)"""
+    config = people_config(num_records=NUM_RECORDS, buffer_size=BUFFER, partitions_per_run=3)
+    config["stages"][0]["drift"] = {"share_tolerance": 0.02}
+    cfg = write_config(tmp_path / "wf.yaml", config)
     root = tmp_path / "dd-data"
     env = isolated_env(tmp_path, cfg)
     kept: dict[str, tuple[int, int]] = {}
-    for target in (3, 9, 14):
+    for n, target in enumerate((random.Random(os.getpid()).randint(1, 8), 9, 14)):
         kill_after(cfg, env, root, target)
         now = snapshot(root)
-        assert {k: now[k] for k in kept} == kept
+        assert target <= len(now) < 20, f"killed at {target}: {len(now)} files on disk"
+        assert {k: now[k] for k in kept} == kept, "a row group on disk was regenerated"
         kept = now
+        if n == 0:  # a partial profile of what landed before the kill
+            killed = _profile(cfg, root)
+            assert 0 < killed["num_records"] < NUM_RECORDS
     out = run_materialize(cfg, env)
     assert out.returncode == 0, out.stderr
     final = snapshot(root)
-    assert {k: final[k] for k in kept} == kept
+    assert len(final) == 20
+    assert {k: final[k] for k in kept} == kept, "a row group on disk was regenerated"
     table = stage_table(root)
     assert table.num_rows == NUM_RECORDS
     assert len(set(table.column("person_id").to_pylist())) == NUM_RECORDS
     assert temp_files(root) == []
+
+    # The interrupted-and-resumed dataset and its profile equal an uninterrupted one's, row for
+    # row (made in this process by the runner the CLI drives: the data is the runner's; a CLI
+    # process here would only repeat the Dagster run the resume above already went through).
+    # The profile's partials are a function of each row group's content, merged in row-group
+    # order.
+    ref_root = tmp_path / "reference"
+    materialize(plan_workflow(load_workflow(cfg))["people"], PartitionStore(ref_root), range(20))
+    assert stage_table(ref_root).equals(table)
+    resumed, reference = _profile(cfg, root), _profile(cfg, ref_root)
+    assert resumed["num_records"] == NUM_RECORDS and resumed["percent_complete"] == 100.0
+    assert resumed == reference
+    # and whatever the caches hold: recomputed from the files, the same again
+    shutil.rmtree(PartitionStore(root).profile_dir(plan_workflow(load_workflow(cfg))["people"].ref))
+    assert _profile(cfg, root) == reference
 
 
 def test_kill9_of_a_diamond_then_resume(tmp_path: Path) -> None:

@@ -1,9 +1,9 @@
-"""The Dagster UI as a person sees it: a workflow materialized by `dd-assets materialize`, served
-by `dd-assets ui` (webserver + daemon), driven in a real headless Chromium. The asset page must
-show the stage description, every row group as a materialized partition, a partition's
-materialization metadata (rows, preview of the rows actually on disk), and on its Checks tab the
-passing results that `dd-assets check` and the materialize runs recorded (the row-group check
-per partition).
+"""The Dagster UI as a person sees it: a workflow materialized by `dd-assets materialize` (in
+this process: cli.main), served by `dd-assets ui` (webserver + daemon), driven in a real headless
+Chromium. The asset page must show the stage description, every row group as a materialized
+partition, a partition's materialization metadata (rows, preview of the rows actually on disk),
+and on its Checks tab the passing results that `dd-assets check` and the materialize runs
+recorded (the row-group check per partition). One `dd-assets ui` serves both tests.
 
 Screenshots go to $DD_ASSETS_ARTIFACTS/ui/ (default: test-artifacts/ui/ in the repo). Needs
 Debian's chromium (`apt-get install -y --no-install-recommends chromium chromium-driver`) and the
@@ -11,17 +11,19 @@ Debian's chromium (`apt-get install -y --no-install-recommends chromium chromium
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import shutil
-import subprocess
 from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
 
+from dd_assets import cli
 from dd_assets.config import load_workflow
 from dd_assets.runners.checks import checks_for
 from dd_assets.runners.plan import plan_workflow
@@ -31,7 +33,7 @@ from dd_assets.testing.workflows import (
     batch_files,
     isolated_env,
     people_config,
-    running_ui,
+    serving,
     write_config,
 )
 
@@ -62,7 +64,7 @@ INSTALL_HINT = (
 )
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def chromium() -> str:
     """Checked before the slow setup: a missing browser fails at once, saying how to install."""
     _playwright()
@@ -92,46 +94,49 @@ def artifacts_dir() -> Path:
 
 
 class UI:
-    def __init__(self, url: str, log: Path, data_root: Path, workflow: Path):
+    def __init__(self, url: str, log: Path, data_root: Path, workflow: Path, report: Path):
         self.url = url
         self.log = log
         self.data_root = data_root
-        self.workflow = workflow
+        self.workflow = workflow  # uiwf: the asset page test's
+        self.report = report  # `dd-assets report` of shop: the profile test's
 
     def log_tail(self, n: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-n:]
 
 
-@pytest.fixture
-def ui(tmp_path: Path) -> Iterator[UI]:
+@pytest.fixture(scope="module")
+def ui(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
+    """One `dd-assets ui` for both tests (starting it is most of each test's time), on a folder
+    of two workflows (one code location): uiwf materialized and checked, shop materialized and
+    reported, each by the `dd-assets` command a user runs. (After `chromium`: a missing browser
+    fails before the slow setup.)"""
+    tmp = tmp_path_factory.mktemp("ui")
+    configs = tmp / "workflows"
+    configs.mkdir()
     config = people_config(
         name=WORKFLOW, num_records=ROW_GROUPS * ROWS_PER_GROUP, buffer_size=ROWS_PER_GROUP
     )
     config["stages"][0]["description"] = DESCRIPTION
-    workflow = write_config(tmp_path / "wf.yaml", config)
-    env = isolated_env(tmp_path, workflow)
-    done = subprocess.run(
-        [str(BIN / "dd-assets"), "materialize", str(workflow), "--no-progress"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    # Asset check results recorded in the instance, for the asset's Checks tab.
-    checked = subprocess.run(
-        [str(BIN / "dd-assets"), "check", str(workflow)],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert checked.returncode == 0, checked.stdout + checked.stderr
+    workflow = write_config(configs / "uiwf.yaml", config)
+    shop = write_config(configs / "shop.yaml", PROFILE_CONFIG)
+    env = isolated_env(tmp, configs)
+    report = tmp / "report.html"
+    with pytest.MonkeyPatch.context() as mp:
+        for k in ("DAGSTER_HOME", "DD_ASSETS_ROOT", "DD_ASSETS_CONFIG"):
+            mp.setenv(k, env[k])
+        mp.chdir(tmp)
+        _dd_assets(["materialize", str(workflow), "--no-progress"])
+        # Asset check results recorded in the instance, for the asset's Checks tab.
+        _dd_assets(["check", str(workflow)])
+        _dd_assets(["materialize", str(shop), "--no-progress"])
+        _dd_assets(["report", str(shop), "-o", str(report)])
 
-    with running_ui(workflow, env, tmp_path) as (port, log_path):
-        yield UI(f"http://127.0.0.1:{port}", log_path, Path(env["DD_ASSETS_ROOT"]), workflow)
+    # `dd-assets ui` with the folder in DD_ASSETS_CONFIG (as argument it wants one YAML file).
+    with serving([str(BIN / "dd-assets"), "ui"], env, tmp) as (port, log_path):
+        yield UI(
+            f"http://127.0.0.1:{port}", log_path, Path(env["DD_ASSETS_ROOT"]), workflow, report
+        )
 
 
 def _screenshot(page: Any, name: str) -> Path:
@@ -146,7 +151,7 @@ def test_asset_page_shows_partitions_metadata_and_checks(
 ) -> None:
     sync_playwright = _playwright()
     # What the preview must show: the first row of row group 00001 as it is on disk.
-    files = batch_files(ui.data_root)
+    files = {k: p for k, p in batch_files(ui.data_root).items() if k.startswith(f"{WORKFLOW}/")}
     assert len(files) == ROW_GROUPS, files
     batch1 = next(p for k, p in files.items() if k.endswith("batch_00001.parquet"))
     first_line = pq.read_table(batch1, columns=["line"]).column("line")[0].as_py()
@@ -296,25 +301,18 @@ def _browser(pw: Any, executable: str, tmp_path: Path) -> Any:
     return context
 
 
-def _dd_assets(args: list[str], env: dict[str, str], cwd: Path) -> None:
-    done = subprocess.run(
-        [str(BIN / "dd-assets"), *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
+def _dd_assets(args: list[str]) -> None:
+    """A `dd-assets` command in this process (cli.main, what the command runs): the webserver
+    reads what it wrote; a process of its own would add its start-up and nothing else."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = cli.main(args)
+    assert code == 0, out.getvalue() + err.getvalue()
 
 
-def test_report_file_and_asset_page_show_the_profile(chromium: str, tmp_path: Path) -> None:
+def test_report_file_and_asset_page_show_the_profile(chromium: str, tmp_path: Path, ui: UI) -> None:
     sync_playwright = _playwright()
-    workflow = write_config(tmp_path / "wf.yaml", PROFILE_CONFIG)
-    env = isolated_env(tmp_path, workflow)
-    _dd_assets(["materialize", str(workflow), "--no-progress"], env, tmp_path)
-    report = tmp_path / "report.html"
-    _dd_assets(["report", str(workflow), "-o", str(report)], env, tmp_path)
+    report = ui.report
 
     with sync_playwright() as pw:
         context = _browser(pw, chromium, tmp_path)
@@ -342,22 +340,21 @@ def test_report_file_and_asset_page_show_the_profile(chromium: str, tmp_path: Pa
             assert all(u.startswith("file:") or u.startswith("data:") for u in requests), requests
 
             # The Dagster UI: the newest materialization carries the stage's profile.
-            with running_ui(workflow, env, tmp_path) as (port, _log):
-                page.goto(f"http://127.0.0.1:{port}/assets/shop/orders")
-                page.get_by_text("Latest materialization").first.wait_for()
-                metadata = page.locator("table").filter(has_text="profile/percent_complete")
-                metadata.first.wait_for()
-                rows = metadata.first.locator("tr").evaluate_all(
-                    "trs => trs.map(tr => Array.from(tr.cells, c => c.innerText.trim()))"
-                )
-                md = {cells[0]: cells[-1] for cells in rows if len(cells) >= 2}
-                assert md["profile/records"] == "3000", md
-                assert md["profile/percent_complete"] == "100", md
-                assert md["profile/drift_findings"] == "0", md
-                # the column table renders inline, one row per column
-                columns = page.locator("table").filter(has_text="sampler/category").last
-                for col in PROFILE_COLUMNS:
-                    columns.get_by_text(col, exact=True).first.wait_for()
-                _screenshot(page, "ui-asset-profile.png")
+            page.goto(f"{ui.url}/assets/shop/orders")
+            page.get_by_text("Latest materialization").first.wait_for()
+            metadata = page.locator("table").filter(has_text="profile/percent_complete")
+            metadata.first.wait_for()
+            rows = metadata.first.locator("tr").evaluate_all(
+                "trs => trs.map(tr => Array.from(tr.cells, c => c.innerText.trim()))"
+            )
+            md = {cells[0]: cells[-1] for cells in rows if len(cells) >= 2}
+            assert md["profile/records"] == "3000", md
+            assert md["profile/percent_complete"] == "100", md
+            assert md["profile/drift_findings"] == "0", md
+            # the column table renders inline, one row per column
+            columns = page.locator("table").filter(has_text="sampler/category").last
+            for col in PROFILE_COLUMNS:
+                columns.get_by_text(col, exact=True).first.wait_for()
+            _screenshot(page, "ui-asset-profile.png")
         finally:
             context.close()

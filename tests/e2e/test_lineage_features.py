@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import csv
 import json
-import subprocess
 from pathlib import Path
 
 import dagster as dg
@@ -18,11 +17,9 @@ import pytest
 from dd_assets import cli
 from dd_assets.testing.mock_openai import MockOpenAI
 from dd_assets.testing.workflows import (
-    BIN,
     batch_files,
     isolated_env,
     kill_after,
-    run_materialize,
     snapshot,
     temp_files,
     write_config,
@@ -255,16 +252,26 @@ def _final(root: Path) -> list[dict]:
     return pq.read_table(next((root / WF / "cand").glob("*/final/data.parquet"))).to_pylist()
 
 
-def test_target_records_gives_the_same_50_rows_after_a_kill9(tmp_path: Path) -> None:
-    # An uninterrupted run, in a root of its own.
+def _use_env(monkeypatch: pytest.MonkeyPatch, env: dict[str, str]) -> None:
+    """Point this process's in-process CLI runs at `env`'s instance and data root."""
+    for k in ("DAGSTER_HOME", "DD_ASSETS_ROOT", "DD_ASSETS_CONFIG"):
+        monkeypatch.setenv(k, env[k])
+
+
+def test_target_records_gives_the_same_50_rows_after_a_kill9(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # An uninterrupted run, in a root of its own. In this process (cli.main, what the command
+    # runs): only the killed run needs a process of its own.
     whole = tmp_path / "whole"
     whole.mkdir()
     cfg = write_config(whole / "wf.yaml", _target_config(1000))
-    out = run_materialize(cfg, isolated_env(whole, cfg))
-    assert out.returncode == 0, out.stderr
+    _use_env(monkeypatch, isolated_env(whole, cfg))
+    code, out, err = _out(capsys, "materialize", str(cfg), "--no-progress")
+    assert code == 0, err
     expected = _final(whole / "dd-data")
     assert len(expected) == 50 and all(r["score"] <= 3 for r in expected)
-    assert "target_records reached with row groups 00000-" in out.stdout
+    assert "target_records reached with row groups 00000-" in out
     used = len(batch_files(whole / "dd-data")) - 2  # minus use's row groups
     assert used < 50  # far fewer row groups than the budget's 50
 
@@ -277,23 +284,17 @@ def test_target_records_gives_the_same_50_rows_after_a_kill9(tmp_path: Path) -> 
     kill_after(cfg, env, root, 4)
     on_disk = snapshot(root)
     assert not list(root.glob(f"{WF}/cand/*/final/data.parquet"))
-    out = run_materialize(cfg, env)
-    assert out.returncode == 0, out.stderr
+    _use_env(monkeypatch, env)
+    code, _, err = _out(capsys, "materialize", str(cfg), "--no-progress")
+    assert code == 0, err
     assert _final(root) == expected
     after = snapshot(root)
     assert {k: after[k] for k in on_disk} == on_disk  # nothing generated twice
     assert temp_files(root) == []
     assert sum(1 for k in after if "/cand/" in k) <= used + 1  # at most one chunk beyond
-    status = cli_status(cfg, env)
+    code, status, err = _out(capsys, "status", str(cfg))
+    assert code == 0, err
     assert "cand: target_records 50: reached with row groups 00000-" in status
-
-
-def cli_status(cfg: Path, env: dict[str, str]) -> str:
-    out = subprocess.run(
-        [str(BIN / "dd-assets"), "status", str(cfg)], env=env, capture_output=True, text=True
-    )
-    assert out.returncode == 0, out.stderr
-    return out.stdout
 
 
 def test_a_budget_too_small_fails_with_the_numbers(

@@ -51,6 +51,7 @@ from dagster._core.events import (
 
 from dd_assets.dagster.asset_checks import RowGroupChecker
 from dd_assets.dagster.names import asset_key, output_name
+from dd_assets.dagster.sqlite_storage import DdSqliteEventLogStorage
 from dd_assets.runners.materialize import RowGroupOutcome
 from dd_assets.runners.plan import StagePlan
 from dd_assets.store import files
@@ -285,9 +286,13 @@ class StageEvents:
                     )
                 )
                 self.logged[(key, pk)] = _Logged(None, version)
+            store = self.instance.event_log_storage
+            ours = isinstance(store, DdSqliteEventLogStorage)
+            if ours:
+                store.take_stored()  # from here: what this write stores, with storage ids
             self._write(materializations)
             if plan.name in self.pointed_at or plan.name in self.checker:
-                targets = self._targets(plan, done)
+                targets = self._targets(plan, done, store.take_stored() if ours else [])
                 for pk, target in targets.items():
                     self.logged[(key, pk)] = _Logged(
                         target.storage_id, self.logged[(key, pk)].data_version
@@ -295,18 +300,30 @@ class StageEvents:
                 self._check(plan, done, targets)
 
     def _targets(
-        self, plan: StagePlan, done: list[RowGroupOutcome]
+        self,
+        plan: StagePlan,
+        done: list[RowGroupOutcome],
+        stored: list[tuple[Any, int]] | None = None,
     ) -> dict[str, AssetCheckEvaluationTargetMaterializationData]:
-        """This run's materialization of each row group (one query): what children's provenance
-        and the `row_group_valid` evaluation point at."""
+        """This run's materialization of each row group: what children's provenance and the
+        `row_group_valid` evaluation point at. From what dd-assets' storage says it just stored
+        (`stored`: entries and storage ids), else read back (one query)."""
+        key, run_id = asset_key(plan), self.context.run.run_id
+        targets: dict[str, AssetCheckEvaluationTargetMaterializationData] = {}
+        for entry, storage_id in stored or []:
+            event = entry.get_dagster_event()
+            if entry.run_id == run_id and event.asset_key == key and event.partition:
+                targets[event.partition] = AssetCheckEvaluationTargetMaterializationData(
+                    run_id=run_id, storage_id=storage_id, timestamp=entry.timestamp
+                )
+        wanted = [partition_key(o.row_group) for o in done]
+        if all(pk in targets for pk in wanted):
+            return targets
         records = self.instance.fetch_materializations(
-            dg.AssetRecordsFilter(
-                asset_key=asset_key(plan),
-                asset_partitions=[partition_key(o.row_group) for o in done],
-            ),
+            dg.AssetRecordsFilter(asset_key=key, asset_partitions=wanted),
             limit=2 * len(done),
         ).records
-        targets: dict[str, AssetCheckEvaluationTargetMaterializationData] = {}
+        targets = {}
         for r in records:  # newest first: this run's
             pk = r.asset_materialization.partition if r.asset_materialization else None
             if pk is not None and r.run_id == self.context.run.run_id and pk not in targets:

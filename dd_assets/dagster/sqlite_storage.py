@@ -28,17 +28,29 @@ docs/dagster.md says how an existing instance opts in."""
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import threading
+import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
-from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS
+from dagster._core.definitions.asset_checks.asset_check_evaluation import (
+    AssetCheckEvaluation,
+    AssetCheckEvaluationPlanned,
+)
+from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, DagsterEventType
 from dagster._core.events.log import EventLogEntry
-from dagster._core.storage.event_log.schema import AssetKeyTable, SqlEventLogStorageTable
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
+from dagster._core.storage.event_log.schema import (
+    AssetCheckExecutionsTable,
+    AssetKeyTable,
+    SqlEventLogStorageTable,
+)
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import (
     INDEX_SHARD_NAME,
     SqliteEventLogStorage,
@@ -53,16 +65,21 @@ from dagster._core.storage.sqlite_storage import (
     _runs_directory,
     _schedule_directory,
 )
-from dagster._serdes import ConfigurableClassData
+from dagster._serdes import ConfigurableClassData, serialize_value
 from dagster.version import __version__ as dagster_version
+from sqlalchemy import bindparam
 from sqlalchemy import event as sa_event
 from sqlalchemy import exc as db_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool, QueuePool
 
+MATERIALIZATION = DagsterEventType.ASSET_MATERIALIZATION
 BATCH_SIZE_ENV = "DAGSTER_EVENT_BATCH_SIZE"
 BATCH_SIZE = "10000"
 RUN_ENGINES_KEPT = 8  # run event logs this process wrote last (one per run, in practice)
+# How long a run's asset events may wait in its log's WAL before they reach `<run id>.db` (what
+# the webserver watches to stream a run's logs); any other event is checkpointed at once.
+CHECKPOINT_SECONDS = 0.5
 
 
 def _engine(conn_string: str, pooled: bool) -> Engine:
@@ -112,11 +129,75 @@ class _Engines:
             self.by_name.clear()
 
 
+def _dispose_at_exit(engines: _Engines) -> None:
+    """Close the kept connections when the process exits (the last connection to close
+    checkpoints its WAL into the database file and removes it), without keeping them alive."""
+    ref = weakref.ref(engines)
+
+    def dispose() -> None:
+        alive = ref()
+        if alive is not None and alive.pid == os.getpid():
+            alive.dispose()
+
+    atexit.register(dispose)
+
+
+class _Checkpoints:
+    """When a run's event log moves from its WAL into `<run id>.db`. Dagster's storage closes
+    the log's only connection after every statement block, and closing the last connection
+    checkpoints the WAL and removes it (two fsyncs, a file created and deleted: most of what a
+    batch of events cost). The connection is kept instead, and the WAL checkpointed after any
+    event that is not an asset event (run and step events, logs: as Dagster does), and after asset
+    events at most every CHECKPOINT_SECONDS (a timer catches the last of a burst). Readers see
+    the WAL either way; the checkpoint is for the webserver's watch on the file, which streams
+    a running run's events."""
+
+    def __init__(self, storage: DdSqliteEventLogStorage) -> None:
+        self.storage = weakref.ref(storage)
+        self.last: dict[str, float] = {}
+        self.timers: dict[str, threading.Timer] = {}
+        self.lock = threading.Lock()
+
+    def wrote(self, shard: str, conn: Connection, urgent: bool) -> None:
+        """After a committed write to `shard` (the storage's `_db_lock` held)."""
+        now = time.monotonic()
+        with self.lock:
+            due = urgent or now - self.last.get(shard, -CHECKPOINT_SECONDS) >= CHECKPOINT_SECONDS
+            if due:
+                self.last[shard] = now
+            elif shard not in self.timers:
+                wait = CHECKPOINT_SECONDS - (now - self.last[shard])
+                timer = self.timers[shard] = threading.Timer(wait, self._later, (shard,))
+                timer.daemon = True
+                timer.start()
+        if due:
+            _checkpoint(conn)
+
+    def _later(self, shard: str) -> None:
+        with self.lock:
+            self.timers.pop(shard, None)
+            self.last[shard] = time.monotonic()
+        storage = self.storage()
+        if storage is None:
+            return
+        with storage._db_lock:
+            engine = storage._engines.by_name.get(shard)
+            if engine is not None and storage._engines.pid == os.getpid():
+                with engine.connect() as conn:
+                    _checkpoint(conn)
+
+
+def _checkpoint(conn: Connection) -> None:
+    conn.exec_driver_sql("PRAGMA wal_checkpoint(PASSIVE)")
+
+
 class DdSqliteEventLogStorage(SqliteEventLogStorage):
     """SqliteEventLogStorage with kept engines and batched asset-event writes."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None) -> None:
         self._engines = _Engines()
+        _dispose_at_exit(self._engines)
+        self._checkpoints = _Checkpoints(self)
         self._batch = threading.local()
         self._schema_seen: set[str] = set()
         super().__init__(base_dir, inst_data)
@@ -130,15 +211,20 @@ class DdSqliteEventLogStorage(SqliteEventLogStorage):
             yield held
             return
         with self._db_lock:
-            engine, _ = self._engines.get(
-                shard, self.conn_string_for_shard(shard), pooled=shard == INDEX_SHARD_NAME
-            )
+            engine, _ = self._engines.get(shard, self.conn_string_for_shard(shard), pooled=True)
             if shard not in self._initialized_dbs:
                 if shard == INDEX_SHARD_NAME or not self._copy_template(shard):
                     self._initdb(engine)
                 self._initialized_dbs.add(shard)
-            with engine.connect() as conn, conn.begin():
-                yield conn
+            with engine.connect() as conn:
+                sqlite = conn.connection.dbapi_connection
+                changes = sqlite.total_changes  # type: ignore[union-attr]
+                with conn.begin():
+                    yield conn
+                if shard != INDEX_SHARD_NAME and sqlite.total_changes != changes:  # type: ignore[union-attr]
+                    self._checkpoints.wrote(
+                        shard, conn, urgent=not getattr(self._batch, "asset", False)
+                    )
 
     def has_table(self, table_name: str) -> bool:
         """Dagster asks before every asset-event write (a new engine and a schema read each
@@ -187,6 +273,14 @@ class DdSqliteEventLogStorage(SqliteEventLogStorage):
             os.unlink(tmp)
         return True
 
+    def store_event(self, event: EventLogEntry) -> None:
+        """An asset or asset-check event alone goes the batch's way too (its storage id is then
+        known to `take_stored`); anything else as Dagster stores it."""
+        if _batchable(event):
+            self._store_batch([event])
+        else:
+            super().store_event(event)
+
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Consecutive asset and asset-check events of one run in one transaction per database;
         anything else as Dagster stores it, in order."""
@@ -200,8 +294,16 @@ class DdSqliteEventLogStorage(SqliteEventLogStorage):
             if _batchable(event):
                 chunk.append(event)
             else:
-                self.store_event(event)
+                super().store_event(event)
         self._store_batch(chunk)
+
+    def take_stored(self) -> list[tuple[EventLogEntry, int]]:
+        """The materializations this thread stored since it last asked, with their storage ids
+        (what a check evaluation or a child's provenance points at, known without reading the
+        events back). A thread's first call starts the recording: other threads keep none."""
+        stored = getattr(self._batch, "stored", None) or []
+        self._batch.stored = []
+        return stored
 
     def _store_batch(self, events: list[EventLogEntry]) -> None:
         """What `store_event` does for asset and asset-check events (the run's log, then the
@@ -210,12 +312,13 @@ class DdSqliteEventLogStorage(SqliteEventLogStorage):
         database, and each asset's record updated once to what the events in order leave."""
         if not events:
             return
-        if len(events) == 1:
-            self.store_event(events[0])
-            return
         rows = [self._event_to_row(e) for e in events]
-        with self.run_connection(events[0].run_id) as conn:
-            conn.execute(SqlEventLogStorageTable.insert(), rows)
+        self._batch.asset = True  # _connect: a checkpoint may wait (_Checkpoints)
+        try:
+            with self.run_connection(events[0].run_id) as conn:
+                conn.execute(SqlEventLogStorageTable.insert(), rows)
+        finally:
+            self._batch.asset = False
         insert = SqlEventLogStorageTable.insert().returning(
             SqlEventLogStorageTable.c.id, sort_by_parameter_order=True
         )
@@ -233,11 +336,105 @@ class DdSqliteEventLogStorage(SqliteEventLogStorage):
                         conn, [e for e, _ in assets], [i for _, i in assets]
                     )
                     self._store_asset_records(conn, assets)
-                for event, event_id in zip(events, ids, strict=True):
-                    if event.get_dagster_event().event_type in ASSET_CHECK_EVENTS:
+                evaluations: list[tuple[EventLogEntry, int, str]] = []
+                for event, event_id, row in zip(events, ids, rows, strict=True):
+                    kind = event.get_dagster_event().event_type
+                    if kind == DagsterEventType.ASSET_CHECK_EVALUATION:
+                        evaluations.append((event, event_id, row["event"]))
+                    elif kind in ASSET_CHECK_EVENTS:
+                        self._store_check_evaluations(conn, evaluations)
+                        evaluations = []
                         self.store_asset_check_event(event, event_id)
+                self._store_check_evaluations(conn, evaluations)
             finally:
                 self._batch.index = None
+        stored = getattr(self._batch, "stored", None)
+        if stored is not None:
+            stored.extend((e, i) for e, i in assets if e.dagster_event_type == MATERIALIZATION)
+
+    def _store_check_evaluations(
+        self, conn: Connection, evaluations: list[tuple[EventLogEntry, int, str]]
+    ) -> None:
+        """Dagster's `_update_asset_check_evaluation` for partitioned evaluations of a run: its
+        UPDATE of the row the planned event made, as one executemany, with each event's
+        serialization from its event-log row (Dagster serializes it again). When not every
+        evaluation found its row, each goes Dagster's own way (an UPDATE again is harmless;
+        what is missing is inserted, as Dagster does)."""
+        partitioned = [e for e in evaluations if _evaluation(e[0]).partition is not None]
+        for event, event_id, _ in evaluations:
+            if _evaluation(event).partition is None:
+                self._update_asset_check_evaluation(event, event_id)
+        if not partitioned:
+            return
+        t = AssetCheckExecutionsTable
+        update = (
+            t.update()
+            .where(
+                t.c.asset_key == bindparam("w_asset_key"),
+                t.c.check_name == bindparam("w_check_name"),
+                t.c.run_id == bindparam("w_run_id"),
+                t.c.partition == bindparam("w_partition"),
+            )
+            .values(
+                execution_status=bindparam("v_status"),
+                evaluation_event=bindparam("v_event"),
+                evaluation_event_timestamp=bindparam("v_timestamp"),
+                evaluation_event_storage_id=bindparam("v_event_id"),
+                materialization_event_storage_id=bindparam("v_target_id"),
+                partition=bindparam("v_partition"),
+            )
+        )
+        params = []
+        for event, event_id, serialized in partitioned:
+            ev = _evaluation(event)
+            target = ev.target_materialization_data
+            params.append(
+                {
+                    "w_asset_key": ev.asset_key.to_string(),
+                    "w_check_name": ev.check_name,
+                    "w_run_id": event.run_id,
+                    "w_partition": ev.partition,
+                    "v_status": (
+                        AssetCheckExecutionRecordStatus.SUCCEEDED.value
+                        if ev.passed
+                        else AssetCheckExecutionRecordStatus.FAILED.value
+                    ),
+                    "v_event": serialized,
+                    "v_timestamp": self._event_insert_timestamp(event),
+                    "v_event_id": event_id,
+                    "v_target_id": target.storage_id if target else None,
+                    "v_partition": ev.partition,
+                }
+            )
+        if conn.execute(update, params).rowcount != len(params):
+            for event, event_id, _ in partitioned:
+                self._update_asset_check_evaluation(event, event_id)
+
+    def _store_asset_check_evaluation_planned(
+        self, event: EventLogEntry, event_id: int | None
+    ) -> None:
+        """Dagster's rows (one per planned partition), with the event serialized once, not once
+        per partition (the event holds the run's partition subset: quadratic in the run's
+        partitions), and inserted as one executemany (a multi-row VALUES is compiled anew for
+        every row count)."""
+        planned = cast(AssetCheckEvaluationPlanned, event.get_dagster_event().event_specific_data)
+        partition_keys = (
+            planned.partitions_subset.get_partition_keys() if planned.partitions_subset else [None]
+        )
+        common = {
+            "asset_key": planned.asset_key.to_string(),
+            "check_name": planned.check_name,
+            "run_id": event.run_id,
+            "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+            "evaluation_event": serialize_value(event),
+            "evaluation_event_timestamp": self._event_insert_timestamp(event),
+            "evaluation_event_storage_id": event_id,
+        }
+        with self.index_connection() as conn:
+            conn.execute(
+                AssetCheckExecutionsTable.insert(),
+                [{**common, "partition": pk} for pk in partition_keys],
+            )
 
     def _store_asset_records(
         self, conn: Connection, events: list[tuple[EventLogEntry, int]]
@@ -269,6 +466,10 @@ class DdSqliteEventLogStorage(SqliteEventLogStorage):
         self._engines.dispose()
 
 
+def _evaluation(event: EventLogEntry) -> AssetCheckEvaluation:
+    return cast(AssetCheckEvaluation, event.get_dagster_event().event_specific_data)
+
+
 def _batchable(event: EventLogEntry) -> bool:
     if not event.is_dagster_event:
         return False
@@ -284,6 +485,7 @@ class DdSqliteRunStorage(SqliteRunStorage):
     def __init__(self, conn_string: str, inst_data: ConfigurableClassData | None = None) -> None:
         super().__init__(conn_string, inst_data)
         self._engines = _Engines()
+        _dispose_at_exit(self._engines)
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:

@@ -46,9 +46,11 @@ for _dd in ("samplers_no_person", "llm"):  # the `data_designer:` stage form, in
             }
         ],
     }
-# Issue 15 asks for thousands of examples in CI (~30 s on a quiet 2-core machine);
+# 1,000 per run: the suite's longest test at 2,000 (412-544 s at load 10-15, a fifth of the
+# suite's time), for the CI time bound (docs/decisions.md). Each run draws new examples (no fixed
+# seed), so CI runs add up to thousands; a failure prints its example and how to reproduce it.
 # DD_FUZZ_EXAMPLES=20000 for a long hunt.
-EXAMPLES = int(os.environ.get("DD_FUZZ_EXAMPLES", "2000"))
+EXAMPLES = int(os.environ.get("DD_FUZZ_EXAMPLES", "1000"))
 
 # libyaml's emitter: the pure-Python one was half of each example's time (same YAML, other
 # line breaks at most).

@@ -18,15 +18,15 @@ pytestmark = [pytest.mark.slow]
 
 def test_wheel_install_materializes_the_quickstart_from_another_folder(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    # No pip of its own (ensurepip's install took seconds): this pip installs into it.
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120
+    )
     py = venv / "bin" / "python"
     # The package itself, built and installed as a wheel (not editable); its dependencies are
     # the ones this test runs with, found through a .pth line instead of a second download.
-    subprocess.run(
-        [str(py), "-m", "pip", "install", "--quiet", "--no-deps", str(REPO)],
-        check=True,
-        timeout=600,
-    )
+    pip = [sys.executable, "-m", "pip", "--python", str(py)]
+    subprocess.run([*pip, "install", "--quiet", "--no-deps", str(REPO)], check=True, timeout=600)
     site = Path(
         subprocess.run(
             [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],

@@ -50,7 +50,7 @@ from dd_assets.engine.llm_cells import (
     with_sides,
 )
 from dd_assets.errors import EXIT_PARTIAL, LLMError
-from dd_assets.llm.cache import CacheEntry, RequestCache, RequestCacheBase, request_hash
+from dd_assets.llm.cache import CacheEntry, RequestCache, RequestCacheBase, RequestHasher
 from dd_assets.llm.client import (
     AcceptFn,
     ChatResult,
@@ -198,7 +198,7 @@ class LLMCellRunner:
         self._unsaved: list[CacheEntry] = []
         self._saving: asyncio.Task[None] | None = None
         self._save_error: BaseException | None = None
-        self._identities: dict[int, tuple[Any, dict[str, object]]] = {}
+        self._hashers: dict[int, tuple[Any, RequestHasher]] = {}
         self._tools: ToolBox | None = None  # MCP sessions, opened by the first tool column
 
     async def __aenter__(self) -> LLMCellRunner:
@@ -246,11 +246,12 @@ class LLMCellRunner:
         finally:
             self._saving = None
 
-    def _identity(self, model: Any) -> dict[str, object]:
-        """The model's identity, computed once per model (a frozen config), not per request."""
-        found = self._identities.get(id(model))
+    def _hash(self, model: Any) -> RequestHasher:
+        """The model's request hasher (its identity encoded once per model, a frozen config),
+        not per request."""
+        found = self._hashers.get(id(model))
         if found is None or found[0] is not model:
-            found = self._identities[id(model)] = (model, model.identity())
+            found = self._hashers[id(model)] = (model, RequestHasher(model.identity()))
         return found[1]
 
     async def _cached(self, row_index: int) -> dict[tuple[str, int, str], Any]:
@@ -408,7 +409,7 @@ class LLMCellRunner:
         texts = embedding_inputs(row.get(col.target_column))
         if not texts:  # nothing to embed: no request
             return embedding_value([])
-        key = request_hash(self._identity(model), [{"role": "input", "content": texts}], EMBEDDINGS)
+        key = self._hash(model)([{"role": "input", "content": texts}], EMBEDDINGS)
         result = await self._answer(
             col,
             row_index,
@@ -428,7 +429,7 @@ class LLMCellRunner:
         messages: list[dict[str, Any]],
         usage: UsageStats,
     ) -> list[str]:
-        key = request_hash(self._identity(model), messages, IMAGES)
+        key = self._hash(model)(messages, IMAGES)
         result = await self._answer(
             col,
             row_index,
@@ -462,7 +463,7 @@ class LLMCellRunner:
         return await self._answer(
             col,
             row_index,
-            request_hash(self._identity(model), messages, response_format, tools),
+            self._hash(model)(messages, response_format, tools),
             accept,
             lambda: self._client.chat(
                 col.model_alias,  # type: ignore[union-attr]

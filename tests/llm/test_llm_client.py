@@ -612,6 +612,44 @@ def test_request_hash_is_canonical(mock: MockOpenAI):
         request_hash({**ident, "api_key": "sk-x"}, msgs, rf)
 
 
+def test_request_hasher_keeps_the_cache_keys():
+    """The hasher encodes the model identity once; the keys must stay those of every cache
+    written before (else a resume would ask every cell again): golden values from the
+    json.dumps-per-request version, and the same as hashing the whole document canonically."""
+    import hashlib
+
+    from dd_assets.llm.cache import RequestHasher
+
+    ident = {
+        "base_url": "http://h/v1",
+        "model": "m",
+        "inference": {"temperature": 0.7, "top_p": 0.95},
+    }
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    msgs = [{"role": "user", "content": 'héllo "x"'}]
+    hasher = RequestHasher(ident)
+    assert hasher(msgs, {"type": "json_object"}) == (
+        "feff4dcdd79276b5bc75396b98dbf7aed292bac65d83aa35314bc04ef2192022"
+    )
+    assert hasher([{"role": "user", "content": "hi"}], None, tools) == (
+        "36bc96946361446395a369b4e97e5d606de67e5656d4b9e5061f989a31bc3f32"
+    )
+    for rf, tl in [
+        (None, None),
+        ({"b": [1, 2.5, None], "a": "ü"}, None),
+        (None, tools),
+        (None, []),
+    ]:
+        doc: dict[str, Any] = {"scheme": 1, "model": ident, "messages": msgs, "response_format": rf}
+        if tl:
+            doc["tools"] = tl
+        text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert hasher(msgs, rf, tl) == hashlib.sha256(text.encode()).hexdigest()
+        assert request_hash(ident, msgs, rf, tl) == hasher(msgs, rf, tl)
+    with pytest.raises(ValueError, match="credentials"):
+        RequestHasher({**ident, "api_key": "sk-x"})
+
+
 def test_cache_never_stores_the_key(
     mock: MockOpenAI, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):

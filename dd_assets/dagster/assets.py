@@ -4,6 +4,7 @@ finalize processors.
 
 No `from __future__ import annotations` here: Dagster reads the run-config annotation at runtime."""
 
+import contextlib
 import time
 import warnings
 from collections.abc import Iterator
@@ -29,15 +30,20 @@ from dd_assets.dagster.names import (
 )
 from dd_assets.dagster.profile import profile_metadata_values
 from dd_assets.dagster.resources import IO_MANAGER_KEY, StoreResource
+from dd_assets.errors import DdAssetsError
 from dd_assets.runners.approve import approval_metadata
 from dd_assets.runners.finalize import finalize_stage
 from dd_assets.runners.materialize import materialize_wave
+from dd_assets.runners.materialize_ahead import WaveAhead
 from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.seeds import skip_reason
 from dd_assets.store import files
 from dd_assets.store.layout import row_group_of
+from dd_assets.store.partition_store import PartitionStore
 
 FRESH_START_TAG = "dd-assets/fresh-start-token"
+# The wave `dd-assets materialize` started in its own process before this run (`wave_ahead`).
+AHEAD_TAG = "dd-assets/wave-ahead"
 
 
 class StageRunConfig(dg.Config):
@@ -153,21 +159,39 @@ def wave_asset(plans: list[StagePlan], settings: RunSettings) -> dg.AssetsDefini
                 **approval_metadata(p, store),
             },
         )
+        row_groups = [row_group_of(k) for k in context.partition_keys]
+        resume = ResumeMode(config.resume)
+        ahead = WaveAhead.claim(
+            tags.get(AHEAD_TAG),
+            runnable,
+            row_groups,
+            resume=resume,
+            token=token,
+            retry_dropped=config.retry_dropped,
+        )
         calls_llm = any(p.compiled.needs_cells for p in runnable)
         try:
-            with request_slots(context.instance, calls_llm) as slots:
-                materialize_wave(
-                    runnable,
-                    store,
-                    [row_group_of(k) for k in context.partition_keys],
-                    resume=ResumeMode(config.resume),
-                    token=token,
-                    in_flight=settings.row_groups_in_flight,
-                    on_done=events.on_done,
-                    slots=slots,
-                    cache_url=request_cache_url(context.instance) if calls_llm else None,
-                    retry_dropped=config.retry_dropped,
-                )
+            if ahead is not None:  # already generating: report what it produces
+                try:
+                    ahead.attach(events.on_done)
+                    ahead.result()
+                except BaseException:
+                    ahead.stop()
+                    raise
+            else:
+                with request_slots(context.instance, calls_llm) as slots:
+                    materialize_wave(
+                        runnable,
+                        store,
+                        row_groups,
+                        resume=resume,
+                        token=token,
+                        in_flight=settings.row_groups_in_flight,
+                        on_done=events.on_done,
+                        slots=slots,
+                        cache_url=request_cache_url(context.instance) if calls_llm else None,
+                        retry_dropped=config.retry_dropped,
+                    )
         except BaseException:
             events.failed()
             raise
@@ -178,6 +202,48 @@ def wave_asset(plans: list[StagePlan], settings: RunSettings) -> dg.AssetsDefini
             yield from stage_checks_at_end(context, p, store, on_demand=False)
 
     return _wave
+
+
+@contextlib.contextmanager
+def wave_ahead(
+    plans: list[StagePlan],
+    store: PartitionStore,
+    instance: dg.DagsterInstance,
+    row_groups: list[int],
+    *,
+    resume: str,
+    token: str,
+    retry_dropped: bool,
+) -> Iterator[dict[str, str]]:
+    """Start the wave a run of `plans` over `row_groups` is about to run, so its requests go
+    out while Dagster creates the run and starts the step (runners/materialize_ahead.py); yields
+    the run tag by which the step claims it, and stops it if the step never did. Starts nothing
+    when the step would fail before generating (its request slots or cache cannot be opened:
+    the step then reports that error itself) or has nothing to run."""
+    runnable = [p for p in plans if not skip_reason(store, p)]
+    calls_llm = any(p.compiled.needs_cells for p in runnable)
+    with contextlib.ExitStack() as stack:
+        try:
+            slots = stack.enter_context(request_slots(instance, calls_llm))
+            cache_url = request_cache_url(instance) if calls_llm else None
+        except DdAssetsError:
+            runnable = []
+        if not runnable:
+            yield {}
+            return
+        ahead = WaveAhead(
+            runnable,
+            store,
+            row_groups,
+            resume=ResumeMode(resume),
+            token=token,
+            retry_dropped=retry_dropped,
+            in_flight=runnable[0].workflow.run.row_groups_in_flight,
+            slots=slots,
+            cache_url=cache_url,
+        ).start()
+        stack.callback(ahead.close)
+        yield {AHEAD_TAG: ahead.id}
 
 
 def final_asset(plan: StagePlan) -> dg.AssetsDefinition:

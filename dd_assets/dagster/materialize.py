@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import dagster as dg
 
-from dd_assets.dagster.assets import FRESH_START_TAG
+from dd_assets.dagster.assets import FRESH_START_TAG, wave_ahead
 from dd_assets.dagster.build import build_definitions, wave_check_keys
 from dd_assets.dagster.names import asset_key, final_job_name, final_key, job_name, op_name
 from dd_assets.dagster.runs import run_job
@@ -153,21 +153,32 @@ def materialize_workflow(
                     if not running:
                         break
                     try:
-                        result = run_job(
-                            job,
+                        # Its requests go out while Dagster starts the run.
+                        with wave_ahead(
+                            running,
+                            store,
                             instance,
-                            # The wave's stages this command runs (all of them by default), their
-                            # row-group check and materializations_current; the whole-stage checks
-                            # are run by `dd-assets check`.
-                            assets=[asset_key(p) for p in running],
-                            checks=wave_check_keys(running),
-                            ops=ops,
-                            tags={
-                                "dagster/asset_partition_range_start": partition_key(chunk[0]),
-                                "dagster/asset_partition_range_end": partition_key(chunk[-1]),
-                                FRESH_START_TAG: token,
-                            },
-                        )
+                            chunk,
+                            resume=resume,
+                            token=token,
+                            retry_dropped=retry_dropped,
+                        ) as ahead:
+                            result = run_job(
+                                job,
+                                instance,
+                                # The wave's stages this command runs (all of them by default),
+                                # their row-group check and materializations_current; the
+                                # whole-stage checks are run by `dd-assets check`.
+                                assets=[asset_key(p) for p in running],
+                                checks=wave_check_keys(running),
+                                ops=ops,
+                                tags={
+                                    "dagster/asset_partition_range_start": partition_key(chunk[0]),
+                                    "dagster/asset_partition_range_end": partition_key(chunk[-1]),
+                                    FRESH_START_TAG: token,
+                                    **ahead,
+                                },
+                            )
                     except UnfinishedCellsError as exc:
                         # The other row groups go on, unless the endpoint is down.
                         unfinished = exc if unfinished is None else unfinished.merge(exc)

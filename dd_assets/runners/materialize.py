@@ -152,6 +152,7 @@ async def amaterialize(
     wait_for: Callable[[int], Awaitable[bool]] | None = None,
     retry_dropped: bool = False,
     unfinished: Unfinished | None = None,
+    may_save: Callable[[], Awaitable[None]] | None = None,
 ) -> list[RowGroupOutcome]:
     """Produce the given row groups, at most `in_flight` at a time, checkpointing each.
 
@@ -160,7 +161,9 @@ async def amaterialize(
     and only then can tell whether its own row group on disk still
     matches it; False means the upstream row group will not land (its cells are unfinished),
     so rg is not started. A row group with unfinished cells is recorded in `unfinished` and
-    `on_missed(rg)` is called; nothing is written for it."""
+    `on_missed(rg)` is called; nothing is written for it. `may_save()` is awaited before each
+    row group is written (a wave started ahead of its Dagster step writes nothing before the
+    step is there to record it: runners/materialize_ahead.py)."""
     store = lineage.store
     unfinished = unfinished if unfinished is not None else Unfinished()
     outcomes: dict[int, RowGroupOutcome] = {}
@@ -239,6 +242,8 @@ async def amaterialize(
             save_it = await one(rg)
             if save_it is None:
                 continue
+            if may_save is not None:
+                await may_save()  # cancelled here, nothing is written
             saving = asyncio.ensure_future(save_it())
             try:
                 await asyncio.shield(saving)
@@ -308,6 +313,37 @@ def materialize_wave(
 
     Raises UnfinishedCellsError at the end when cells were left unfinished (everything else
     that could be made is on disk by then)."""
+    return asyncio.run(
+        amaterialize_wave(
+            plans,
+            store,
+            row_groups,
+            resume=resume,
+            token=token,
+            in_flight=in_flight,
+            on_done=on_done,
+            slots=slots,
+            cache_url=cache_url,
+            retry_dropped=retry_dropped,
+        )
+    )
+
+
+async def amaterialize_wave(
+    plans: list[StagePlan],
+    store: PartitionStore,
+    row_groups: Iterable[int],
+    *,
+    resume: ResumeMode = ResumeMode.IF_POSSIBLE,
+    token: str | None = None,
+    in_flight: int = 1,
+    on_done: Callable[[str, RowGroupOutcome], None] | None = None,
+    slots: RequestSlots | None = None,
+    cache_url: str | None = None,
+    retry_dropped: bool = False,
+    may_save: Callable[[], Awaitable[None]] | None = None,
+) -> dict[str, list[RowGroupOutcome]]:
+    """`materialize_wave` in a running event loop; `may_save` as in `amaterialize`."""
     row_groups = list(row_groups)
     names = {p.name for p in plans}
     for p in plans:
@@ -385,6 +421,7 @@ def materialize_wave(
                         wait_for=gate(p),
                         retry_dropped=retry_dropped,
                         unfinished=unfinished,
+                        may_save=may_save,
                     )
                 )
             tasks = [asyncio.ensure_future(c) for c in coros]
@@ -397,7 +434,7 @@ def materialize_wave(
                 raise
         return {p.name: r for p, r in zip(plans, results, strict=True)}
 
-    outcomes = asyncio.run(run())
+    outcomes = await run()
     if unfinished:
         raise UnfinishedCellsError(unfinished)
     return outcomes

@@ -117,21 +117,27 @@ def _heavy(modules: list[str]) -> set[str]:
 
 
 @pytest.mark.slow
-def test_what_status_loads_after_its_title() -> None:
-    """`status` of a stage whose footer index stands for its folder reads no parquet: the modules
-    it loads after its title bring no pyarrow.parquet (with pyarrow.fs and ssl), dataset or
-    compute, no pandas, and not the finalize runner (docs/speed.md: each costs a big status
-    ~0.05-0.4 s). Per-footer reads still import pyarrow.parquet when they need it."""
+def test_what_status_loads_after_its_title(tmp_path: Path) -> None:
+    """`status` where no footer has to be read (here: nothing on disk yet; a big stage: its
+    footer index stands for its folder) loads, after its title, no pyarrow.parquet (with
+    pyarrow.fs and ssl), dataset or compute, no pandas (pa.array and pa.table import it), and not
+    the finalize runner: each costs a status ~0.05-0.4 s (docs/speed.md)."""
     code = (
-        "import json, sys; import dd_assets.cli.main; before = set(sys.modules);"
-        " import dd_assets.runners.status, dd_assets.store.partition_store;"
-        " print(json.dumps(sorted(set(sys.modules) - before)))"
+        "import json, sys; from dd_assets.cli.main import main; before = set(sys.modules);"
+        f" code = main(['status', {str(QUICKSTART)!r}]);"
+        " print(json.dumps([code, sorted(set(sys.modules) - before)]))"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env={**os.environ, "DD_ASSETS_ROOT": str(tmp_path / "empty")},
     )
-    loaded = set(json.loads(out.stdout))
-    assert {"numpy", "pyarrow", "dd_assets.runners.status_columns"} <= loaded  # it ran
+    code, loaded = json.loads(out.stdout.strip().splitlines()[-1])
+    assert code == 0
+    assert {"numpy", "pyarrow", "dd_assets.runners.status_columns"} <= set(loaded)  # it ran
     unwanted = {
         "pyarrow.parquet",
         "pyarrow.fs",
@@ -142,7 +148,7 @@ def test_what_status_loads_after_its_title() -> None:
         "dd_assets.runners.finalize",
         "dd_assets.engine.finalize",
     }
-    assert sorted(loaded & unwanted) == []
+    assert sorted(set(loaded) & unwanted) == []
 
 
 def test_status_and_validate_as_the_program_leave_their_objects_to_the_exit(

@@ -8,18 +8,17 @@ groups the killed run had checkpointed."""
 from __future__ import annotations
 
 import shutil
-import subprocess
 import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
 
+from dd_assets import cli
 from dd_assets.dagster.asset_checks import CURRENT_CHECK
 from dd_assets.dagster.names import LOCATION_NAME, PID_TAG
 from dd_assets.runners.checks import ROW_GROUP_CHECK
 from dd_assets.testing.workflows import (
-    BIN,
     REPO,
     batch_files,
     graphql,
@@ -43,7 +42,7 @@ RUN = """query($id: ID!) { runOrError(runId: $id) { ... on Run { status
 
 
 def test_cli_and_dagster_dev_share_one_instance_and_the_ui_reexecutes_a_killed_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     project = tmp_path / "project"
     project.mkdir()
@@ -64,17 +63,19 @@ def test_cli_and_dagster_dev_share_one_instance_and_the_ui_reexecutes_a_killed_r
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     instance = dg.DagsterInstance.get()
 
-    def dd_assets(*args: str) -> subprocess.CompletedProcess:
-        out = subprocess.run(
-            [str(BIN / "dd-assets"), *args],
-            env={**env, "PWD": str(project)},
-            cwd=project,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert "Traceback" not in out.stderr, out.stderr
-        return out
+    def dd_assets(*args: str) -> str:
+        """A command in this process (cli.main, what `dd-assets` runs), in the project folder
+        with the same environment as the killed run's process; returns its stderr."""
+        with pytest.MonkeyPatch.context() as mp:
+            mp.chdir(project)
+            for k in ("DAGSTER_HOME", "DD_ASSETS_CONFIG"):
+                mp.setenv(k, env[k])
+            mp.delenv("DD_ASSETS_ROOT", raising=False)
+            capsys.readouterr()
+            cli.main(list(args))
+            err = capsys.readouterr().err
+        assert "Traceback" not in err, err
+        return err
 
     # `status` reads the store only: the killed run is still "Started" (nothing ended it) ...
     dd_assets("status", "wf.yaml")
@@ -82,7 +83,7 @@ def test_cli_and_dagster_dev_share_one_instance_and_the_ui_reexecutes_a_killed_r
     assert killed.status == dg.DagsterRunStatus.STARTED
     # ... until the next command that opens the instance marks it failed, saying why.
     checked = dd_assets("check", "wf.yaml")
-    assert "replaces the exported DAGSTER_HOME" in checked.stderr
+    assert "replaces the exported DAGSTER_HOME" in checked
     assert (home / "dagster.yaml").is_file() and not exported.exists()
     killed, check_run = sorted(instance.get_runs(), key=lambda r: r.job_name, reverse=True)
     assert (killed.job_name, killed.status) == ("wf__people__job", dg.DagsterRunStatus.FAILURE)

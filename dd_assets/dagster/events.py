@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -59,6 +60,9 @@ from dd_assets.store.layout import partition_key
 from dd_assets.store.partition_store import PartitionStore
 
 PREVIEW_ROWS = 5
+# How long a landed row group's events may wait for others to share their write (the UI shows
+# partitions filling in this much later; a SIGKILL may lose this much more of them).
+BATCH_SECONDS = 0.2
 MAT = DagsterEventType.ASSET_MATERIALIZATION
 
 
@@ -180,6 +184,8 @@ class StageEvents:
         self.pending: list[Future[None]] = []
         self.queue: list[tuple[StagePlan, RowGroupOutcome]] = []
         self.queue_lock = threading.Lock()
+        self.queued_at = 0.0  # when the oldest row group of the queue landed
+        self.draining = threading.Event()
 
     # ---- provenance ------------------------------------------------------------------------
 
@@ -250,11 +256,18 @@ class StageEvents:
         self.landed[stage].append(outcome)
         if stage not in self.at_end:
             with self.queue_lock:
+                if not self.queue:
+                    self.queued_at = time.monotonic()
                 self.queue.append((self.by_name[stage], outcome))
             self.pending.append(self.writer.submit(self._flush))
 
     def _flush(self) -> None:
-        """The writer thread: everything that landed since its last write, as one batch."""
+        """The writer thread: everything that landed since its last write, as one batch, written
+        once the oldest has waited BATCH_SECONDS (or the step ends): a batch's fixed cost (two
+        transactions per kind of event) is then shared by the row groups landing meanwhile."""
+        wait = self.queued_at + BATCH_SECONDS - time.monotonic()
+        if wait > 0:
+            self.draining.wait(wait)
         with self.queue_lock:
             items, self.queue = self.queue, []
         if items:
@@ -376,6 +389,7 @@ class StageEvents:
                 self._check(p, done, self._targets(p, done))
 
     def _drain(self) -> None:
+        self.draining.set()
         pending, self.pending = self.pending, []
         for f in pending:
             f.result()

@@ -12,16 +12,17 @@ This storage keeps Dagster's classes, schema and file layout (`history/runs.db`,
 and keep its history) and changes only how they are opened:
 
 - one engine per database file, kept, so statements compile once per process;
-- the shared databases (`index.db`, `runs.db`) keep a pooled connection; a run's own event log
-  keeps Dagster's open-write-close, because closing the last connection checkpoints the WAL into
-  `<run id>.db`, and that file's modification is what the webserver watches to stream a run's logs;
+- every database keeps a pooled connection; a run's own event log is checkpointed (its WAL
+  copied into `<run id>.db`, whose modification is what the webserver watches to stream a run's
+  logs) when the run's status changes and otherwise at most every 0.5 s (`_Checkpoints`);
 - `PRAGMA synchronous=NORMAL` (the databases are in WAL mode already): a commit no longer waits for
   an fsync; a process crash loses nothing, a power loss may lose the last transactions, never
   corrupts the database (https://www.sqlite.org/pragma.html#pragma_synchronous);
 - `store_event_batch` writes a batch of asset and asset-check events in one transaction per
-  database, and
+  database (each event serialized once, check evaluations as one executemany), and
   `DAGSTER_EVENT_BATCH_SIZE` (Dagster's switch for batched writes, read per event) defaults to
-  on where this storage is used, so a run's "planned" events (one per partition) are one write.
+  on where this storage is used, so a run's "planned" events (one per partition) are one write;
+  it tells the writing thread the storage ids of the materializations it stored (`take_stored`).
 
 dd-assets writes it into the dagster.yaml of every instance it creates (instance.py);
 docs/dagster.md says how an existing instance opts in."""
@@ -43,7 +44,12 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
     AssetCheckEvaluation,
     AssetCheckEvaluationPlanned,
 )
-from dagster._core.events import ASSET_CHECK_EVENTS, ASSET_EVENTS, DagsterEventType
+from dagster._core.events import (
+    ASSET_CHECK_EVENTS,
+    ASSET_EVENTS,
+    EVENT_TYPE_TO_PIPELINE_RUN_STATUS,
+    DagsterEventType,
+)
 from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 from dagster._core.storage.event_log.schema import (
@@ -69,7 +75,6 @@ from dagster._serdes import ConfigurableClassData, serialize_value
 from dagster.version import __version__ as dagster_version
 from sqlalchemy import bindparam
 from sqlalchemy import event as sa_event
-from sqlalchemy import exc as db_exc
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import NullPool, QueuePool
 
@@ -77,19 +82,18 @@ MATERIALIZATION = DagsterEventType.ASSET_MATERIALIZATION
 BATCH_SIZE_ENV = "DAGSTER_EVENT_BATCH_SIZE"
 BATCH_SIZE = "10000"
 RUN_ENGINES_KEPT = 8  # run event logs this process wrote last (one per run, in practice)
-# How long a run's asset events may wait in its log's WAL before they reach `<run id>.db` (what
-# the webserver watches to stream a run's logs); any other event is checkpointed at once.
+# How long a run's events may wait in its log's WAL before they reach `<run id>.db` (what the
+# webserver watches to stream a run's logs); a change of the run's status is checkpointed at once.
 CHECKPOINT_SECONDS = 0.5
 
 
-def _engine(conn_string: str, pooled: bool) -> Engine:
-    kwargs: dict[str, Any] = (
-        {"poolclass": QueuePool, "pool_size": 1, "max_overflow": 8}
-        if pooled
-        else {"poolclass": NullPool}
-    )
+def _engine(conn_string: str) -> Engine:
     engine = create_engine(
-        conn_string, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}, **kwargs
+        conn_string,
+        connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+        poolclass=QueuePool,
+        pool_size=1,
+        max_overflow=8,
     )
 
     @sa_event.listens_for(engine, "connect")
@@ -108,7 +112,7 @@ class _Engines:
         self.by_name: OrderedDict[str, Engine] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, name: str, conn_string: str, pooled: bool) -> tuple[Engine, bool]:
+    def get(self, name: str, conn_string: str) -> tuple[Engine, bool]:
         with self.lock:
             if self.pid != os.getpid():
                 self.pid, self.by_name = os.getpid(), OrderedDict()
@@ -116,7 +120,7 @@ class _Engines:
             if engine is not None:
                 self.by_name.move_to_end(name)
                 return engine, False
-            engine = self.by_name[name] = _engine(conn_string, pooled)
+            engine = self.by_name[name] = _engine(conn_string)
             runs = [k for k in self.by_name if k != INDEX_SHARD_NAME]
             for old in runs[:-RUN_ENGINES_KEPT]:
                 self.by_name.pop(old).dispose()
@@ -146,11 +150,13 @@ class _Checkpoints:
     """When a run's event log moves from its WAL into `<run id>.db`. Dagster's storage closes
     the log's only connection after every statement block, and closing the last connection
     checkpoints the WAL and removes it (two fsyncs, a file created and deleted: most of what a
-    batch of events cost). The connection is kept instead, and the WAL checkpointed after any
-    event that is not an asset event (run and step events, logs: as Dagster does), and after asset
-    events at most every CHECKPOINT_SECONDS (a timer catches the last of a burst). Readers see
-    the WAL either way; the checkpoint is for the webserver's watch on the file, which streams
-    a running run's events."""
+    batch of events cost, and a dozen times per run for its step and log events). The connection
+    is kept instead, and the WAL checkpointed after an event that changes the run's status
+    (start, success, failure: as Dagster does), after any other at most every
+    CHECKPOINT_SECONDS (a timer catches the last of a burst), and when the process exits (the
+    connection's close). Readers see the WAL either way (a crash loses nothing: the WAL is the
+    database's); the checkpoint is for the webserver's watch on the file, which streams a running
+    run's events."""
 
     def __init__(self, storage: DdSqliteEventLogStorage) -> None:
         self.storage = weakref.ref(storage)
@@ -211,7 +217,7 @@ class DdSqliteEventLogStorage(SqliteEventLogStorage):
             yield held
             return
         with self._db_lock:
-            engine, _ = self._engines.get(shard, self.conn_string_for_shard(shard), pooled=True)
+            engine, _ = self._engines.get(shard, self.conn_string_for_shard(shard))
             if shard not in self._initialized_dbs:
                 if shard == INDEX_SHARD_NAME or not self._copy_template(shard):
                     self._initdb(engine)
@@ -223,7 +229,7 @@ class DdSqliteEventLogStorage(SqliteEventLogStorage):
                     yield conn
                 if shard != INDEX_SHARD_NAME and sqlite.total_changes != changes:  # type: ignore[union-attr]
                     self._checkpoints.wrote(
-                        shard, conn, urgent=not getattr(self._batch, "asset", False)
+                        shard, conn, urgent=not getattr(self._batch, "may_wait", False)
                     )
 
     def has_table(self, table_name: str) -> bool:
@@ -278,8 +284,12 @@ class DdSqliteEventLogStorage(SqliteEventLogStorage):
         known to `take_stored`); anything else as Dagster stores it."""
         if _batchable(event):
             self._store_batch([event])
-        else:
+            return
+        self._batch.may_wait = event.dagster_event_type not in EVENT_TYPE_TO_PIPELINE_RUN_STATUS
+        try:
             super().store_event(event)
+        finally:
+            self._batch.may_wait = False
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Consecutive asset and asset-check events of one run in one transaction per database;
@@ -294,7 +304,7 @@ class DdSqliteEventLogStorage(SqliteEventLogStorage):
             if _batchable(event):
                 chunk.append(event)
             else:
-                super().store_event(event)
+                self.store_event(event)
         self._store_batch(chunk)
 
     def take_stored(self) -> list[tuple[EventLogEntry, int]]:
@@ -313,12 +323,12 @@ class DdSqliteEventLogStorage(SqliteEventLogStorage):
         if not events:
             return
         rows = [self._event_to_row(e) for e in events]
-        self._batch.asset = True  # _connect: a checkpoint may wait (_Checkpoints)
+        self._batch.may_wait = True  # _connect: a checkpoint may wait (_Checkpoints)
         try:
             with self.run_connection(events[0].run_id) as conn:
                 conn.execute(SqlEventLogStorageTable.insert(), rows)
         finally:
-            self._batch.asset = False
+            self._batch.may_wait = False
         insert = SqlEventLogStorageTable.insert().returning(
             SqlEventLogStorageTable.c.id, sort_by_parameter_order=True
         )
@@ -454,12 +464,13 @@ class DdSqliteEventLogStorage(SqliteEventLogStorage):
         for key, entry in values.items():
             if not entry:
                 continue
-            try:  # as Dagster does it: SQLite undoes the failed statement, not the transaction
+            # Dagster inserts and, on the IntegrityError of an asset it knows (every batch but the
+            # asset's first), updates: the same row, without an exception formatted each time.
+            updated = conn.execute(
+                AssetKeyTable.update().values(**entry).where(AssetKeyTable.c.asset_key == key)
+            ).rowcount
+            if not updated:
                 conn.execute(AssetKeyTable.insert().values(asset_key=key, **entry))
-            except db_exc.IntegrityError:
-                conn.execute(
-                    AssetKeyTable.update().values(**entry).where(AssetKeyTable.c.asset_key == key)
-                )
 
     def dispose(self) -> None:
         super().dispose()
@@ -489,7 +500,7 @@ class DdSqliteRunStorage(SqliteRunStorage):
 
     @contextmanager
     def connect(self) -> Iterator[Connection]:
-        engine, _ = self._engines.get("runs", self._conn_string, pooled=True)
+        engine, _ = self._engines.get("runs", self._conn_string)
         with engine.connect() as conn, conn.begin():
             yield conn
 

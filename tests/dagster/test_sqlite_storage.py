@@ -9,17 +9,25 @@ storages, so they share those runs rather than each starting its own."""
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
+import time
 from collections import Counter
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
 import pytest
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
+from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+from dagster._core.events.log import EventLogEntry
+from dagster._core.utils import make_new_run_id
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from dd_assets import cli
 from dd_assets.config import load_workflow
+from dd_assets.dagster import sqlite_storage
 from dd_assets.dagster.build import build_definitions
 from dd_assets.dagster.instance import NEW_INSTANCE_YAML
 from dd_assets.dagster.names import asset_key
@@ -129,3 +137,83 @@ def test_dd_assets_storage_records_what_dagsters_own_does(
     assert switched["people"]["materializations"] == Counter({f"{i:05d}": 3 for i in range(6)})
     assert switched["runs"][: len(ours["runs"])] == ours["runs"]
     assert set(switched["people"]["stale"].values()) == {"FRESH"}
+
+
+def _in_file_alone(path: Path, tmp: Path) -> int:
+    """Events in a run's `<run id>.db` itself, its WAL left aside: what a copy of the file, or
+    the webserver's watch on it (it streams a running run's logs on the file's modification),
+    sees."""
+    copy = tmp / "copy.db"
+    shutil.copyfile(path, copy)
+    with closing(sqlite3.connect(copy)) as conn:
+        return conn.execute("SELECT count(*) FROM event_logs").fetchone()[0]
+
+
+def _materialization(run_id: str, i: int) -> EventLogEntry:
+    return EventLogEntry(
+        error_info=None,
+        level="debug",
+        user_message="",
+        run_id=run_id,
+        timestamp=time.time(),
+        dagster_event=DagsterEvent(
+            DagsterEventType.ASSET_MATERIALIZATION.value,
+            "job",
+            event_specific_data=StepMaterializationData(
+                dg.AssetMaterialization(asset_key="a", partition=f"{i:05d}")
+            ),
+        ),
+    )
+
+
+def test_run_log_reaches_its_file_and_storage_ids_are_told(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The storage keeps a run log's connection open (sqlite_storage._Checkpoints): its events
+    reach `<run id>.db` at most CHECKPOINT_SECONDS later, all of them once the run's status
+    changes; and the storage tells the thread that wrote materializations their storage ids
+    (events.py points check evaluations at them)."""
+    wait = 1.0
+    monkeypatch.setattr(sqlite_storage, "CHECKPOINT_SECONDS", wait)
+    storage = DdSqliteEventLogStorage(str(tmp_path / "logs"))
+    run_id = make_new_run_id()
+    path = Path(storage.path_for_shard(run_id))
+    assert storage.take_stored() == []  # this thread's recording starts
+    storage.store_event_batch([_materialization(run_id, 0), _materialization(run_id, 1)])
+    assert _in_file_alone(path, tmp_path) == 2  # the log's first write: checkpointed at once
+    first = time.monotonic()
+    storage.store_event(_materialization(run_id, 2))  # within CHECKPOINT_SECONDS: waits
+    if time.monotonic() - first < wait / 2:  # (a starved machine may take longer)
+        assert _in_file_alone(path, tmp_path) == 2
+    stored = storage.take_stored()
+    assert [e.dagster_event.partition for e, _ in stored] == ["00000", "00001", "00002"]
+    records = storage.fetch_materializations(dg.AssetKey("a"), limit=10).records
+    assert sorted(sid for _, sid in stored) == sorted(r.storage_id for r in records)
+    deadline = time.monotonic() + wait + 10
+    while _in_file_alone(path, tmp_path) < 3:  # the timer's checkpoint
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    storage.store_event_batch([_materialization(run_id, 3)])
+    storage.store_event(
+        EventLogEntry(
+            error_info=None,
+            level="info",
+            user_message="a log line",
+            run_id=run_id,
+            timestamp=time.time(),
+        )
+    )
+    storage.store_event(
+        EventLogEntry(
+            error_info=None,
+            level="debug",
+            user_message="",
+            run_id=run_id,
+            timestamp=time.time(),
+            dagster_event=DagsterEvent(DagsterEventType.RUN_SUCCESS.value, "job"),
+        )
+    )
+    # The run's status changed: checkpointed at once, with what waited.
+    assert _in_file_alone(path, tmp_path) == 6
+    assert len(storage.get_records_for_run(run_id).records) == 6
+    storage.dispose()

@@ -235,13 +235,14 @@ def test_cache_is_only_a_cache(tmp_path: Path) -> None:
     plan, store = _run(tmp_path, _config(num_records=2000))
     first = stage_profile(plan, store).to_dict()
     folder = store.profile_dir(plan.ref)
-    files = sorted(folder.iterdir())
+    files = sorted(p for p in folder.iterdir() if p.name.startswith("rg_"))
     assert len(files) == 2  # one partial per row group, written as it landed
+    (folder / "merged.json").unlink()  # the kept fold of both (else no partial is read)
     files[0].write_text("{not json")
     assert stage_profile(plan, store).to_dict() == first
     shutil.rmtree(folder)
     assert stage_profile(plan, store).to_dict() == first
-    assert len(list(folder.iterdir())) == 2
+    assert sorted(p.name[:8] for p in folder.iterdir()) == ["merged.j", "rg_00000", "rg_00001"]
 
 
 def _drift(tmp_path: Path, finalize: list[dict[str, Any]], **drift: Any):
@@ -306,3 +307,48 @@ def test_profile_reads_only_partials_once_cached(tmp_path: Path, monkeypatch) ->
     monkeypatch.setattr(pq.ParquetFile, "iter_batches", no_reads)
     assert stage_profile(plan, store).to_dict() == first
     assert math.isclose(first["percent_complete"], 100.0)
+
+
+def test_a_kept_fold_of_a_prefix_gives_the_profile_a_fold_from_the_start_gives(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from dd_assets.runners.profile import partials
+
+    plan, store = _run(tmp_path, _config(num_records=6000))
+    merged_file = store.profile_dir(plan.ref) / partials.MERGED
+    folded: list[int] = []
+    real = partials.row_group_partial
+
+    def counted(store_, ref, info):
+        folded.append(info.row_group)
+        return real(store_, ref, info)
+
+    monkeypatch.setattr(partials, "row_group_partial", counted)
+
+    def from_the_start() -> dict:
+        merged_file.unlink(missing_ok=True)
+        return stage_profile(plan, store).to_dict()
+
+    def row_group_file(rg: int) -> Path:
+        return store.completed(plan.ref)[rg].path
+
+    # Row groups 4 and 5 not there yet, then made: the kept fold of 0-3 is folded on.
+    for rg in (4, 5):
+        row_group_file(rg).unlink()
+    stage_profile(plan, store)
+    materialize(plan, store, range(plan.ref.num_row_groups))
+    folded.clear()
+    resumed = stage_profile(plan, store).to_dict()
+    assert folded == [4, 5]
+    folded.clear()
+    assert stage_profile(plan, store).to_dict() == resumed and folded == []
+    assert resumed == from_the_start()
+    # A hole in the middle filled (not a prefix of the kept fold): folded from the start.
+    row_group_file(2).unlink()
+    stage_profile(plan, store)
+    materialize(plan, store, range(plan.ref.num_row_groups))
+    folded.clear()
+    assert stage_profile(plan, store).to_dict() == resumed and folded == [0, 1, 2, 3, 4, 5]
+    # An unreadable kept fold is a cache miss, not an error.
+    merged_file.write_text("{not json")
+    assert stage_profile(plan, store).to_dict() == resumed

@@ -5,12 +5,18 @@ profile scheme. A partial is a function of the row group's content, so whichever
 (or whether a kill -9 came between the row group and its partial) the stage profile is the same.
 
 The stage's partial is the merge, in row-group order, of its completed row groups' partials:
-one small file read per row group, never the rows themselves (except to fill the cache)."""
+one small file read per row group, never the rows themselves (except to fill the cache). That
+merge is a left fold, so its state after the first k row groups is kept too (`merged.json`,
+with how many row groups and a digest of their numbers and data versions): the next run, which
+profiles the stage again as its last event, folds in only the row groups after that prefix
+instead of reading one file per row group on disk (a stage of 100,000 row groups took seconds
+per run). Any other change (a row group regenerated, a hole filled) folds from the start."""
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import pyarrow as pa
 
@@ -22,6 +28,7 @@ from dd_assets.store.layout import StageRef, profile_name
 from dd_assets.store.partition_store import FinalOutput, PartitionStore
 
 PROFILE_SCHEME = 1  # bump when a partial's content changes meaning: old files are recomputed
+MERGED = "merged.json"  # the fold of a prefix of the row groups (not a row group's name)
 BATCH_ROWS = 65_536  # rows read at a time when a partial is computed from a file
 
 
@@ -85,19 +92,48 @@ def row_group_partial(store: PartitionStore, ref: StageRef, info: RowGroupInfo) 
     return partial
 
 
-def stage_partials(
+def stage_partial(
     store: PartitionStore, ref: StageRef, infos: dict[int, RowGroupInfo]
-) -> Iterator[tuple[int, TablePartial]]:
-    """(row group, partial) in row-group order, one at a time (bounded memory)."""
-    for rg in sorted(infos):
-        yield rg, row_group_partial(store, ref, infos[rg])
-
-
-def merged(partials: Iterable[TablePartial]) -> TablePartial | None:
-    total: TablePartial | None = None
-    for p in partials:
-        total = p if total is None else total.merge(p)
+) -> TablePartial | None:
+    """The merge of the completed row groups' partials in row-group order, folding on from the
+    kept fold of a prefix when it is one of this list (exactly what a fold from the start gives:
+    the kept state is the fold's own, through the same JSON as each row group's partial)."""
+    order = sorted(infos)
+    keys = [f"{rg}:{infos[rg].data_version}\n".encode() for rg in order]
+    path = store.profile_dir(ref) / MERGED
+    total, start = None, 0
+    kept = _read_merged(path)
+    if kept is not None and 0 < kept[0] <= len(order):
+        h = hashlib.sha256()
+        for key in keys[: kept[0]]:
+            h.update(key)
+        if h.hexdigest() == kept[1]:
+            total, start = kept[2], kept[0]
+    for rg in order[start:]:
+        part = row_group_partial(store, ref, infos[rg])
+        total = part if total is None else total.merge(part)
+    if total is not None and start < len(order):
+        h = hashlib.sha256()
+        for key in keys:
+            h.update(key)
+        payload = {
+            "scheme": PROFILE_SCHEME,
+            "row_groups": len(order),
+            "digest": h.hexdigest(),
+            "partial": total.to_json(),
+        }
+        files.write_bytes(path, json.dumps(payload, separators=(",", ":")).encode())
     return total
+
+
+def _read_merged(path: StorePath) -> tuple[int, str, TablePartial] | None:
+    try:
+        d = json.loads(files.read_bytes(path) or b"{}")
+        if d.get("scheme") != PROFILE_SCHEME:
+            return None
+        return int(d["row_groups"]), str(d["digest"]), TablePartial.from_json(d["partial"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None  # a cache: anything unreadable is folded again
 
 
 def final_partial(store: PartitionStore, ref: StageRef, final: FinalOutput) -> TablePartial:

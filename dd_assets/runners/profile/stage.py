@@ -23,7 +23,7 @@ from dd_assets.config.drift import category_columns
 from dd_assets.config.workflow import StageConfig, column_output_name
 from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.profile.partial import ColumnPartial, TablePartial
-from dd_assets.runners.profile.partials import final_partial, merged, stage_partials
+from dd_assets.runners.profile.partials import final_partial, stage_partial
 from dd_assets.runners.profile.sketch import HLL_RSE, NumericSketch
 from dd_assets.store.footer import RowGroupInfo
 from dd_assets.store.partition_store import FinalMissingError, PartitionStore
@@ -411,7 +411,7 @@ def stage_profile(
                 "steps": out.info.get("steps", []),
             }
     if source == "row_groups":
-        partial = merged(p for _, p in stage_partials(store, ref, infos)) or TablePartial()
+        partial = stage_partial(store, ref, infos) or TablePartial()
     configs = _config_columns(stage)
     expected = {
         column_output_name(stage, c.name): _expected_shares(c)

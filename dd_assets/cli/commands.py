@@ -25,7 +25,7 @@ from dd_assets.cli.render import (
     print_table,
     print_title,
 )
-from dd_assets.config import FileSeed, JoinSeed, StageSeed, load_workflow
+from dd_assets.config import FileSeed, JoinSeed, StageSeed, load_workflow, load_workflows
 from dd_assets.errors import ConfigError, Interrupted
 from dd_assets.runners.plan import StagePlan, WorkflowPlan, plan_workflow
 from dd_assets.store.layout import default_root
@@ -450,7 +450,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     env = dict(os.environ)
     if args.config:
-        load_workflow(args.config)  # fail here, readably, rather than inside the webserver
+        # A file or a folder of them (one code location), as DD_ASSETS_CONFIG: fail here,
+        # readably, rather than inside the webserver.
+        load_workflows(args.config)
         env[CONFIG_ENV] = str(Path(args.config).resolve())
     elif not env.get(CONFIG_ENV):
         raise ConfigError(

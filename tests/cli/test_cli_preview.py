@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -226,6 +227,23 @@ def test_validate_reports_every_error_with_its_path(
     assert "ok" not in out
     assert "Traceback" not in err
     assert_reported(err, expected_lines(text, cfg, expected))
+
+
+def test_ui_checks_a_file_or_a_folder_of_workflows_before_starting(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`dd-assets ui FOLDER` serves a folder as one code location (as DD_ASSETS_CONFIG does), so
+    it checks every workflow in it first; a bad one is one error naming its file, before any
+    server starts (a good folder is served in tests/e2e/test_ui_browser.py)."""
+    folder = tmp_path / "workflows"
+    folder.mkdir()
+    assert main(["ui", str(folder)]) == 1
+    assert "no workflow configs (*.yaml, *.yml) in folder" in capsys.readouterr().err
+    shutil.copy(QUICKSTART, folder / "quickstart.yaml")
+    (folder / "broken.yaml").write_text("name: broken\nstages: 3\n")
+    assert main(["ui", str(folder)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "broken.yaml" in err and "Traceback" not in err
 
 
 @pytest.mark.parametrize("command", ["validate", "preview"])

@@ -132,8 +132,8 @@ def ui(chromium: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[UI]:
         _dd_assets(["materialize", str(shop), "--no-progress"])
         _dd_assets(["report", str(shop), "-o", str(report)])
 
-    # `dd-assets ui` with the folder in DD_ASSETS_CONFIG (as argument it wants one YAML file).
-    with serving([str(BIN / "dd-assets"), "ui"], env, tmp) as (port, log_path):
+    # `dd-assets ui FOLDER`: one code location of both workflows.
+    with serving([str(BIN / "dd-assets"), "ui", str(configs)], env, tmp) as (port, log_path):
         yield UI(
             f"http://127.0.0.1:{port}", log_path, Path(env["DD_ASSETS_ROOT"]), workflow, report
         )

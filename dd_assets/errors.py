@@ -51,6 +51,19 @@ EXIT_UNFINISHED = 4
 EXIT_DROP_BUDGET = 5
 
 
+# What str.splitlines() breaks a line at. A name from the user (a path, a column, a value) can
+# hold any of them; printed raw, one error would read as several lines (a `\r` in a seed path).
+_LINE_BREAKS = "\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029"
+_ESCAPES = {ord(c): repr(c)[1:-1] for c in _LINE_BREAKS}
+_ESCAPES_BUT_NEWLINE = {k: v for k, v in _ESCAPES.items() if k != ord("\n")}
+
+
+def one_line(text: str, keep_newlines: bool = False) -> str:
+    """`text` with its line breaks written as escapes (`\\r`), except `\\n` when
+    `keep_newlines` (an error's own indented detail lines)."""
+    return text.translate(_ESCAPES_BUT_NEWLINE if keep_newlines else _ESCAPES)
+
+
 class DdAssetsError(Exception):
     """An error written for users: the message names the thing and the fix."""
 

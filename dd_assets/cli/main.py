@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dd_assets.cli import commands
 from dd_assets.cli.interrupts import watch_signals
 from dd_assets.cli.project_env import project_env
-from dd_assets.errors import EXIT_PARTIAL, DdAssetsError, Interrupted
+from dd_assets.errors import EXIT_PARTIAL, DdAssetsError, Interrupted, one_line
 
 DEBUG_ENV = "DD_ASSETS_DEBUG"
 
@@ -196,7 +196,7 @@ def _run(args: argparse.Namespace) -> int:
             if args.debug:
                 traceback.print_exc()
             partial = "stopped early (partial result): " if exc.exit_code == EXIT_PARTIAL else ""
-            print(f"error: {partial}{exc}", file=sys.stderr)
+            print(f"error: {partial}{one_line(str(exc), keep_newlines=True)}", file=sys.stderr)
             return exc.exit_code
 
 

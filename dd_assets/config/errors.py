@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from dd_assets.errors import ConfigError
+from dd_assets.errors import ConfigError, one_line
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class ConfigIssue:
             where = f"{source}: {where}"
         elif self.line is not None:
             where = f"line {self.line}: {where}"
-        return f"{where}: {self.message}"
+        return one_line(f"{where}: {self.message}")
 
 
 @dataclass
@@ -39,7 +39,7 @@ class WorkflowConfigError(ConfigError):
         n = len(self.issues)
         head = f"{n} error{'s' if n != 1 else ''} in workflow config"
         if self.source:
-            head += f" {self.source}"
+            head += f" {one_line(self.source)}"
         return head + ":\n" + "\n".join("  " + i.render(self.source) for i in self.issues)
 
 

@@ -183,6 +183,19 @@ def _generation_type_mapping() -> tuple[str, bytes]:
     return "llm", yaml.dump(data, Dumper=DUMPER, sort_keys=False, allow_unicode=True).encode()
 
 
+def _line_breaks_in_a_name(where: str) -> tuple[str, bytes]:
+    """A case the fuzz once found: a `\\r` in a `data_designer:` file path printed the error on
+    two lines; the same for other line breaks, and in a column name."""
+    data = copy.deepcopy(BASES["quickstart.yaml"])
+    stage = data["stages"][0]
+    if where == "path":
+        stage["data_designer"] = "dd\rconfig\x85.yaml"
+        del stage["columns"]
+    else:
+        stage["columns"][0]["name"] = "a\u2028b\nc\rd"
+    return "quickstart.yaml", yaml.dump(data, Dumper=DUMPER, sort_keys=False).encode()
+
+
 def _run(argv: list[str]) -> tuple[int, str]:
     out, err = io.StringIO(), io.StringIO()
     with redirect_stdout(out), redirect_stderr(err):
@@ -198,6 +211,8 @@ def _run(argv: list[str]) -> tuple[int, str]:
 )
 @given(case=mutated())
 @example(case=_generation_type_mapping())
+@example(case=_line_breaks_in_a_name("path"))
+@example(case=_line_breaks_in_a_name("column"))
 def test_mutated_configs_fail_with_one_error_line_and_write_nothing(
     case: tuple[str, bytes], fuzz_dir: Path
 ) -> None:

@@ -79,6 +79,31 @@ def test_row_groups_round_trip_with_side_tables_and_no_temp_objects(
     assert pq.read_table(pa.BufferReader(raw[0])).num_rows == 10
 
 
+def test_a_row_group_replaced_while_it_is_read_is_read_as_one_version(
+    store: PartitionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Overlapping runs may both write a shared row group (docs/scaling.md); a reader (the next
+    stage's seed) must get one PUT's bytes whole, never one PUT's footer over the next's pages."""
+    ref = make_ref()
+    fill(store, ref, [0])
+    info = store.completed(ref)[0]
+    bigger = pa.table({"id": list(range(1000)), "text": ["x" * 50] * 1000})
+    real_get = objects.get
+
+    def get_then_replaced(path: ObjectPath) -> Any:
+        found = real_get(path)
+        if path == info.path:  # another run's PUT lands right after this read began
+            buf = pa.BufferOutputStream()
+            pq.write_table(bigger, buf)
+            objects.put(path, buf.getvalue().to_pybytes())
+        return found
+
+    monkeypatch.setattr(objects, "get", get_then_replaced)
+    assert store.read(info).column("id").to_pylist() == list(range(10))
+    monkeypatch.undo()
+    assert store.read(info).num_rows == 1000
+
+
 def test_stage_json_updates_of_concurrent_writers_are_all_kept(store: PartitionStore) -> None:
     """8 writers change stage.json 5 times each, at once: with If-Match every change lands."""
     ref = make_ref()

@@ -99,6 +99,7 @@ class RequestSlots:
         self._freed: set[tuple[str, int]] = set()  # released since this process last took one
         self._yield_until: dict[tuple[str, int], float] = {}
         self._waiting: dict[str, int] = {}  # pollers per key (announced while > 0)
+        self._waiting_pid = os.getpid()  # a forked child has none of its parent's pollers
 
     # -- the interface the client uses
 
@@ -228,6 +229,8 @@ class RequestSlots:
         """Count this process's pollers for `key`; the backend holds its "waiting" mark while
         there is one."""
         with self._mutex:
+            if self._waiting_pid != os.getpid():
+                self._waiting, self._freed, self._waiting_pid = {}, set(), os.getpid()
             before = self._waiting.get(key, 0)
             after = before + (1 if on else -1)
             self._waiting[key] = after
@@ -285,7 +288,6 @@ class FileSlots(RequestSlots):
     def _fd(self, key: str, slot: int) -> int:
         if self._pid != os.getpid():  # a forked child shares our descriptions: open its own
             self._fds, self._held, self._pid = {}, {}, os.getpid()
-            self._waiting, self._freed = {}, set()
         fd = self._fds.get((key, slot))
         if fd is None:
             name = f"{key}.waiting" if slot == WAITING else f"{key}.{slot}.lock"

@@ -20,7 +20,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -218,6 +218,19 @@ def decode_response(text: str, where: str) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
+def decode_rows(
+    found: Iterable[tuple[str, int, str, str]], where: Callable[[str, int], str]
+) -> dict[tuple[str, int, str], dict[str, Any]]:
+    """`get_rows`' answer from its (column, row, request hash, response) rows, for both
+    backends; `where(column, row)` names an entry whose response cannot be decoded."""
+    out: dict[tuple[str, int, str], dict[str, Any]] = {}
+    for column, row, digest, text in found:
+        value = decode_response(text, where(column, row))
+        if value is not None:
+            out[(column, int(row), digest)] = value
+    return out
+
+
 class RequestCache(RequestCacheBase):
     """One SQLite connection shared by threads under a lock (`check_same_thread=False`)."""
 
@@ -325,14 +338,10 @@ class RequestCache(RequestCacheBase):
                 )
                 .fetchall()
             )
-        out: dict[tuple[str, int, str], dict[str, Any]] = {}
-        for column, row, digest, text in found:
-            value = decode_response(
-                text, f"{self.path} (stage {stage!r}, column {column!r}, row {row})"
-            )
-            if value is not None:
-                out[(column, int(row), digest)] = value
-        return out
+        return decode_rows(
+            found,
+            lambda column, row: f"{self.path} (stage {stage!r}, column {column!r}, row {row})",
+        )
 
     def put_many(self, entries: Iterable[CacheEntry]) -> int:
         rows = encode_entries(entries)

@@ -19,6 +19,7 @@ from dd_assets.llm.cache import (
     RequestCacheBase,
     RequestCacheError,
     decode_response,
+    decode_rows,
     encode_entries,
 )
 from dd_assets.llm.postgres import connect, libpq_url, safe_url, scrub
@@ -142,16 +143,13 @@ class PostgresRequestCache(RequestCacheBase):
             (self.workflow, stage, columns, int(start), int(end)),
             fetch=True,
         )
-        out: dict[tuple[str, int, str], dict[str, Any]] = {}
-        for column, row, digest, text in found:
-            value = decode_response(
-                text,
-                f"{TABLE} at {safe_url(self._url)} (workflow {self.workflow!r}, stage {stage!r},"
-                f" column {column!r}, row {row})",
-            )
-            if value is not None:
-                out[(column, int(row), digest)] = value
-        return out
+        return decode_rows(
+            found,
+            lambda column, row: (
+                f"{TABLE} at {safe_url(self._url)} (workflow {self.workflow!r},"
+                f" stage {stage!r}, column {column!r}, row {row})"
+            ),
+        )
 
     def put_many(self, entries: Iterable[CacheEntry]) -> int:
         # The last entry of a key wins, as with SQLite's INSERT OR REPLACE (one statement may not

@@ -50,6 +50,8 @@ class Bench:
     quick_args: tuple[str, ...]
     bounds: tuple[Bound, ...] = ()
     prefix: str = ""  # prepended to the RESULT keys (one script run at two settings)
+    # (RESULT key, label): figures shown beside the bounds, with no bound of their own
+    context: tuple[tuple[str, str], ...] = ()
 
 
 LLM_BOUNDS = {
@@ -79,6 +81,13 @@ def _llm(latency_ms: int) -> Bench:
         ("--latency", str(latency_ms / 1000)),
         tuple(bounds),
         prefix=p,
+        context=(
+            (
+                p + "transport_wall_over_ideal",
+                f"wall / ideal, bare aiohttp to the same mock at {latency_ms} ms (this machine's"
+                " transport, no bound)",
+            ),
+        ),
     )
 
 
@@ -193,6 +202,9 @@ def main() -> int:
             rows.append(
                 (bench.name, b.label, f"{shown} {b.unit}".strip(), f"{b.ratio(v):.2f}", before)
             )
+        for key, label in bench.context:
+            if key in values:
+                rows.append((bench.name, label, f"{values[key]:.3f} x", "-", before))
         print(f"   ({seconds:.0f} s)", flush=True)
 
     print(f"\nissue 17 bounds: ratio <= 1.00 meets the bound ({load()} now; machine: {os.uname().machine}, {os.cpu_count()} cores)")  # fmt: skip

@@ -96,7 +96,12 @@ def _open(home: Path) -> dg.DagsterInstance:
     if not ready.exists():
         with file_lock(home / LOCK_FILE):
             if not ready.exists():
+                from dd_assets.dagster.sqlite_storage import DdSqliteEventLogStorage
+
                 instance = dg.DagsterInstance.get()
+                storage = instance.event_log_storage
+                if isinstance(storage, DdSqliteEventLogStorage):
+                    storage.run_log_template()
                 atomic_write_bytes(ready, b"created by dd-assets under the instance lock\n")
                 return instance
     return dg.DagsterInstance.get()

@@ -67,6 +67,11 @@ class RowGroupUnfinished(Exception):
         self.reason = reason
 
 
+# Rows whose cells start in one turn of the event loop. Each first cell renders its prompt and
+# keys its request at once (~0.35 ms a row): a row group's 200 rows in one turn stopped the loop
+# for 70 ms, during which no answer was read and no freed request slot was used again.
+ROWS_PER_STEP = 8
+
 # (column, global row index, the row so far) -> cell value; raises CellFailed to drop the row,
 # CellUnfinished to leave the cell (and so the row group) unfinished.
 CellRunner = Callable[[ColumnConfig, int, dict[str, Any]], Awaitable[Any]]
@@ -367,8 +372,13 @@ async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) 
             # calling the LLM client after the run closed it).
             await _cancel_all(pending)
 
-    row_tasks = [asyncio.ensure_future(run_row(i)) for i in range(len(rows.rows)) if rows.alive[i]]
+    row_tasks: list[asyncio.Task[None]] = []
     try:
+        for i in range(len(rows.rows)):
+            if rows.alive[i]:
+                row_tasks.append(asyncio.ensure_future(run_row(i)))
+                if len(row_tasks) % ROWS_PER_STEP == 0:
+                    await asyncio.sleep(0)
         await asyncio.gather(*row_tasks)
     except BaseException:
         # gather does not cancel the other rows when one raises (fatal error, early stop).

@@ -28,6 +28,7 @@ from dd_assets.llm.pg_cache import PostgresRequestCache
 from dd_assets.llm.slots import RequestSlots
 from dd_assets.runners.images import image_loader
 from dd_assets.runners.lineage import Lineage
+from dd_assets.runners.loop_pauses import fewer_pauses
 from dd_assets.runners.plan import StagePlan
 from dd_assets.runners.profile import record_row_group
 from dd_assets.runners.seeds import SeedProvider, SeedRows, no_seed, seed_provider
@@ -434,7 +435,8 @@ async def amaterialize_wave(
                 raise
         return {p.name: r for p, r in zip(plans, results, strict=True)}
 
-    outcomes = await run()
+    async with fewer_pauses():
+        outcomes = await run()
     if unfinished:
         raise UnfinishedCellsError(unfinished)
     return outcomes

@@ -1,0 +1,35 @@
+"""What a wave does so its event loop is not stopped mid-run (runners/loop_pauses.py)."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+import textwrap
+
+
+def test_a_wave_looks_for_pandas_in_a_thread_and_freezes_the_gc_only_while_waves_run() -> None:
+    """In a fresh interpreter: pyarrow's look for pandas is done by the time a wave ends (so
+    the first row group to become a table does not import pandas on the loop), and the objects
+    alive at a wave's start stay out of the GC's walks until the last running wave ends."""
+    code = textwrap.dedent(
+        """
+        import asyncio, gc, sys
+        from dd_assets.runners.loop_pauses import fewer_pauses
+
+        async def main():
+            before = gc.get_freeze_count()
+            async with fewer_pauses():
+                async with fewer_pauses():
+                    inside = gc.get_freeze_count()
+                still = gc.get_freeze_count()
+            print(before, inside > 0, still > 0, gc.get_freeze_count(), "pandas" in sys.modules)
+
+        asyncio.run(main())
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    has_pandas = importlib.util.find_spec("pandas") is not None
+    assert out == ["0", "True", "True", "0", str(has_pandas)]

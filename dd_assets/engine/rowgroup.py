@@ -292,7 +292,6 @@ def _skipped_rows(
 
 async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) -> None:
     by_name = {c.name: c for c in cs.stage.columns}
-    cell_set = set(cs.cell_columns)
     owner = column_owners(cs.stage)
     if cells is None and any(by_name[n].is_llm for n in cs.cell_columns):
         raise GenerationError(
@@ -300,15 +299,23 @@ async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) 
             " they need an LLM cell runner (run them through Dagster or `dd-assets preview`)"
         )
 
+    # The cell columns each one waits for, per column rather than per cell (a column's inputs
+    # come from parsing its templates).
+    deps: dict[str, list[str]] = {}
+    for name in cs.cell_columns:
+        needed = {owner.get(r, r) for r in by_name[name].required_columns}
+        deps[name] = [d for d in cs.cell_columns if d in needed]
+    may_skip = {name: skips.has_skips(by_name[name]) for name in cs.cell_columns}
+
     async def run_row(i: int) -> None:
         row = rows.rows[i]
         tasks: dict[str, asyncio.Task[None]] = {}
 
         async def run_cell(name: str) -> None:
             col = by_name[name]
-            for dep in {owner.get(d, d) for d in col.required_columns} & cell_set:
+            for dep in deps[name]:
                 await tasks[dep]
-            if skips.has_skips(col) and skips.is_skipped(col, row, rows.skipped[i]):
+            if may_skip[name] and skips.is_skipped(col, row, rows.skipped[i]):
                 rows.skipped[i].update(col.output_names)
                 for side in col.output_names[1:]:
                     row[side] = None

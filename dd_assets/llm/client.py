@@ -281,6 +281,9 @@ class UsageStats:
 
 
 _ANY_KEY = object()  # LLMClient.stop: whatever the key
+# A request body's encoder, built once (`json.dumps` with arguments builds one per call): compact,
+# the text as is (UTF-8), no NaN (not JSON).
+_BODY = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
 @functools.lru_cache(maxsize=64)  # once per endpoint, not per request
@@ -478,6 +481,7 @@ class LLMClient:
         # run stops at that answer, not one round of requests later. A rotated key is tried.
         self._stopped: dict[str, tuple[_Failure, object]] = {}
         self._semaphores: dict[str, _PrioritySemaphore | _SharedGate] = {}
+        self._params: dict[int, tuple[ModelConfig, dict[str, Any]]] = {}
         self._usage: dict[str, UsageStats] = {alias: UsageStats() for alias in self._models}
 
     def __repr__(self) -> str:
@@ -644,10 +648,7 @@ class LLMClient:
         key = self._api_key(alias, model)
         url = f"{model.base_url}/{path}"
         safe_url = _safe_url(url)
-        # Encoded once, not per attempt, compact.
-        body = json.dumps(
-            payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False
-        ).encode("utf-8")
+        body = _BODY.encode(payload).encode("utf-8")  # once, not per attempt
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if key is not None:
             headers["Authorization"] = f"Bearer {key}"
@@ -735,8 +736,8 @@ class LLMClient:
             )
         return key
 
-    @staticmethod
     def _payload(
+        self,
         model: ModelConfig,
         messages: list[dict[str, Any]],
         response_format: dict[str, Any] | None,
@@ -744,15 +745,24 @@ class LLMClient:
     ) -> dict[str, Any]:
         """`sampled`: this cell's draws of parameters the config gives as distributions."""
         payload: dict[str, Any] = {"model": model.model, "messages": messages}
-        params = model.inference.model_dump(
-            exclude_none=True, exclude=set(InferenceParams.EMBEDDING_ONLY)
-        )
-        payload.update({k: v for k, v in params.items() if not isinstance(v, dict)})
+        payload.update(self._fixed_params(model))
         payload.update(sampled or {})
         if response_format is not None:
             payload["response_format"] = response_format
         payload.update(model.extra_body or {})
         return payload
+
+    def _fixed_params(self, model: ModelConfig) -> dict[str, Any]:
+        """The model's inference parameters that are plain values, dumped once per model (a
+        frozen config) rather than per request."""
+        found = self._params.get(id(model))
+        if found is None or found[0] is not model:
+            params = model.inference.model_dump(
+                exclude_none=True, exclude=set(InferenceParams.EMBEDDING_ONLY)
+            )
+            fixed = {k: v for k, v in params.items() if not isinstance(v, dict)}
+            found = self._params[id(model)] = (model, fixed)
+        return found[1]
 
     def _backoff(self, attempt: int, retry_after: float | None) -> float:
         """Server's Retry-After wins (capped, so a bogus header cannot park a run for hours);

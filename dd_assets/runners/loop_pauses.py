@@ -42,8 +42,10 @@ async def fewer_pauses() -> AsyncIterator[None]:
     try:
         yield
     finally:
-        await asyncio.gather(warm, return_exceptions=True)
-        with _lock:
-            _waves -= 1
-            if _waves == 0:
-                gc.unfreeze()
+        try:
+            await asyncio.gather(warm, return_exceptions=True)
+        finally:  # also when cancelled again while waiting: the GC is never left frozen
+            with _lock:
+                _waves -= 1
+                if _waves == 0:
+                    gc.unfreeze()

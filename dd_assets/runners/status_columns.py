@@ -136,11 +136,6 @@ class DoneColumns:
             planned += int(stats.get("planned_rows", ends[i] - starts[i]) or 0)
         return dropped, planned, reasons
 
-    def recorded_inputs(self) -> list[dict[str, str] | None]:
-        """Per completed row group, the inputs its footer recorded (None: not recorded)."""
-        values = _decoded(self.column("inputs"), self.table.num_rows)
-        return [v if isinstance(v, dict) else None for v in values]
-
 
 def _ints(column: pa.ChunkedArray, nulls: int | np.ndarray) -> np.ndarray:
     """An int64 column as numpy, nulls replaced by `nulls`, read from the buffers: pyarrow's
@@ -211,16 +206,56 @@ class ColumnLineage(Lineage):
         return list(cols.data_version)
 
     def stale_of(self, plan: StagePlan, cols: DoneColumns) -> dict[int, str]:
-        """Lineage.stale, over the columns."""
+        """Lineage.stale, over the columns. A row group whose recorded inputs are, as text,
+        exactly what its inputs now encode to (`write_row_group`'s `json.dumps(inputs,
+        sort_keys=True)`) is current without decoding them: that is every row group of a stage
+        nothing upstream changed under, ~2 us each instead of ~8 (at 100,000 row groups of a
+        chained stage the difference is most of the 1 s bound). Any other text is decided by
+        `stale_reason` itself, as before."""
         if not plan.upstreams:
             return {}  # stale_reason says None for every row group
+        texts = cols.column("inputs")
+        if texts is None:
+            return {}  # nothing recorded: stale_reason says None
+        rgs = cols.row_group.tolist()
+        now = self._inputs_now(plan, rgs)
         out = {}
-        for rg, inputs in zip(cols.row_group.tolist(), cols.recorded_inputs(), strict=True):
-            if inputs is None:
+        for i, text in enumerate(texts.to_pylist()):
+            if text is None or (now is not None and text == now[i]):
                 continue
-            reason = self.stale_reason(plan, _BuiltFrom(rg, inputs))
+            inputs = json.loads(text)
+            if not isinstance(inputs, dict):
+                continue
+            reason = self.stale_reason(plan, _BuiltFrom(rgs[i], inputs))
             if reason is not None:
-                out[rg] = reason
+                out[rgs[i]] = reason
+        return out
+
+    def _inputs_now(self, plan: StagePlan, rgs: list[int]) -> list[str | None] | None:
+        """Per row group, what `json.dumps(self.inputs(plan, rg), sort_keys=True)` gives, for
+        the data versions that need no escaping (hex, all of them); None in a row group's place
+        when an upstream part is missing or a version is not plain (the caller then decodes).
+        None for all when an upstream cannot be read column-wise."""
+        parts: list[tuple[str, list[str | None]]] = []
+        for up in sorted(plan.upstreams, key=lambda u: u.name):
+            if not plan.pairs_row_groups:
+                versions: list[str | None] = [self.stage_version(up)] * len(rgs)
+            elif self.row_group_approval(up) is not None or self.done_columns(up) is None:
+                return None
+            else:
+                version_of = self.done_columns(up).version_of  # type: ignore[union-attr]
+                versions = [version_of.get(rg) for rg in rgs]
+            parts.append((json.dumps(up.name) + ': "', versions))
+        out: list[str | None] = []
+        for i in range(len(rgs)):
+            items = []
+            for key, versions in parts:
+                v = versions[i]
+                if v is None or '"' in v or "\\" in v or not v.isascii():
+                    items = None
+                    break
+                items.append(key + v + '"')
+            out.append(None if items is None else "{" + ", ".join(items) + "}")
         return out
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,7 +18,7 @@ from dd_assets.config import parse_workflow
 from dd_assets.runners.checks import run_checks
 from dd_assets.runners.lineage import Lineage
 from dd_assets.runners.materialize import materialize, materialize_wave
-from dd_assets.runners.plan import WorkflowPlan, plan_workflow
+from dd_assets.runners.plan import StagePlan, WorkflowPlan, plan_workflow
 from dd_assets.runners.status import StageStatus, workflow_status
 from dd_assets.runners.status_columns import ColumnLineage
 from dd_assets.store.footer_index import STAT_COLUMNS
@@ -83,7 +84,9 @@ def _rewrite(store: PartitionStore, plan: WorkflowPlan, stage: str, rg: int, col
     store.write_row_group(ref, rg, table, info.stats, info.inputs)
 
 
-def test_status_from_columns_is_status_from_footers(tmp_path: Path, settled: None) -> None:
+def test_status_from_columns_is_status_from_footers(
+    tmp_path: Path, settled: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     plan = plan_workflow(parse_workflow(CONFIG))
     store = PartitionStore(tmp_path)
     materialize_wave([plan["people"], plan["notes"]], store, range(10))
@@ -103,7 +106,18 @@ def test_status_from_columns_is_status_from_footers(tmp_path: Path, settled: Non
         assert table is not None and STAT_COLUMNS.keys() <= set(table.column_names), sp.name
     lineage = ColumnLineage(PartitionStore(tmp_path))  # every stage from its columns
     assert all(lineage.done_columns(sp) is not None for sp in plan.stages.values())
+    decoded: list[tuple[str, int]] = []  # row groups whose recorded inputs were decoded
+    reason = ColumnLineage.stale_reason
+
+    def counted(self: ColumnLineage, sp: StagePlan, info: Any) -> str | None:
+        decoded.append((sp.name, info.row_group))
+        return reason(self, sp, info)
+
+    monkeypatch.setattr(ColumnLineage, "stale_reason", counted)
     columns = workflow_status(plan, PartitionStore(tmp_path))
+    # Current row groups are told by their inputs' text alone: only the stale ones, and one
+    # whose upstream row group is missing, are decoded.
+    assert sorted(decoded) == [("digest", 0), ("notes", 1), ("notes", 9)]
     assert columns == footers
     _same_text(columns, footers)
 

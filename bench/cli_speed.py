@@ -1,7 +1,8 @@
 """Benchmark: how soon the CLI answers. `validate`, `preview -n 5` and `status` of the quickstart
 (bound: first output within 0.5 s; `status` both on an empty data root and on one holding two of
-its row groups), and `status` of a stage of 100,000 row groups (bound: 1 s), each as a fresh
-process, the way a user runs them.
+its row groups), and `status` of a stage of 100,000 row groups (bound: 1 s), alone and with a
+second stage seeded from it row group by row group (whose staleness status works out), each as a
+fresh process, the way a user runs them.
 
     .venv/bin/python bench/cli_speed.py [--fixture DIR] [--repeat 5]
 
@@ -84,8 +85,13 @@ def quickstart_data(root: Path) -> None:
     materialize_wave(list(plan.stages.values()), PartitionStore(root), range(2))
 
 
-def build_fixture(folder: Path, n: int = BIG_ROW_GROUPS) -> Path:
-    """A workflow whose one stage has n row groups of one row, all on disk; returns its config."""
+def build_fixture(folder: Path, n: int = BIG_ROW_GROUPS, *, chained: bool = False) -> Path:
+    """A workflow whose stage `s` has n row groups of one row, all on disk; with `chained`, a
+    second stage `t` seeded from it row group by row group, as many row groups, each recording
+    the data version of the one it was built from (what its staleness is told by). Returns
+    the config."""
+    import json
+
     import pyarrow as pa
     import pyarrow.parquet as pq
     import yaml
@@ -103,31 +109,65 @@ def build_fixture(folder: Path, n: int = BIG_ROW_GROUPS) -> Path:
     folder.mkdir(parents=True)
     column = {"name": "c", "column_type": "sampler", "sampler_type": "category"}
     column["params"] = {"values": ["a", "b"]}
-    stage = {"name": "s", "num_records": n, "buffer_size": 1, "columns": [column]}
-    config.write_text(yaml.safe_dump({"name": "big", "stages": [stage]}))
-    sp = plan_workflow(load_workflow(config))["s"]
+    stages = [{"name": "s", "num_records": n, "buffer_size": 1, "columns": [column]}]
+    if chained:
+        seed = {"stage": "s", "mode": "row_group"}
+        d = {"name": "d", "column_type": "expression", "expr": "{{ c }}!"}
+        stages.append({"name": "t", "num_records": n, "buffer_size": 1, "seed": seed, "columns": [d]})  # fmt: skip
+    config.write_text(yaml.safe_dump({"name": "big", "stages": stages}))
+    plan = plan_workflow(load_workflow(config))
     store = PartitionStore(folder / "data")
-    store.prepare(sp.ref, "if_possible")
-    first = store.write_row_group(sp.ref, 0, pa.table({"c": ["a"]}), {"rows": 1}, {})
-    kv0 = {
-        k[len(META_PREFIX) :].decode(): v.decode()
-        for k, v in (pq.read_schema(first.path).metadata or {}).items()
-        if k.startswith(META_PREFIX)
-    }
-    made = set()
+    versions: list[str] = []  # stage s's, by row group
     t0 = time.perf_counter()
-    for rg in range(1, n):
-        table = pa.table({"c": ["ab"[rg % 2]]})
-        kv = dict(kv0, row_group=str(rg), row_start=str(rg), row_end=str(rg + 1))
-        kv["data_version"] = content_hash(table)
-        made = set(kv)
-        meta = {META_PREFIX + k.encode(): v.encode() for k, v in kv.items()}
-        pq.write_table(table.replace_schema_metadata(meta), store.batch_path(sp.ref, rg))
-        if rg % 10_000 == 0:
-            print(f"  fixture: {rg:,} row groups ({time.perf_counter() - t0:.0f} s)", flush=True)
-    assert made == set(kv0), "the fixture's footer keys differ from write_row_group's"
+    for stage in [st["name"] for st in stages]:
+        sp = plan[stage]
+        store.prepare(sp.ref, "if_possible")
+
+        def table(rg: int, stage: str = stage) -> pa.Table:
+            c = "ab"[rg % 2]
+            return pa.table({"c": [c]} if stage == "s" else {"c": [c], "d": [c + "!"]})
+
+        inputs = {"s": versions[0]} if stage == "t" else None
+        first = store.write_row_group(sp.ref, 0, table(0), {"rows": 1}, inputs=inputs)
+        if stage == "s":
+            versions.append(first.data_version)
+        kv0 = {
+            k[len(META_PREFIX) :].decode(): v.decode()
+            for k, v in (pq.read_schema(first.path).metadata or {}).items()
+            if k.startswith(META_PREFIX)
+        }
+        made = set()
+        for rg in range(1, n):
+            tb = table(rg)
+            kv = dict(kv0, row_group=str(rg), row_start=str(rg), row_end=str(rg + 1))
+            kv["data_version"] = content_hash(tb)
+            if stage == "s":
+                versions.append(kv["data_version"])
+            else:  # as write_row_group records them
+                kv["inputs"] = json.dumps({"s": versions[rg]}, sort_keys=True)
+            made = set(kv)
+            meta = {META_PREFIX + k.encode(): v.encode() for k, v in kv.items()}
+            pq.write_table(tb.replace_schema_metadata(meta), store.batch_path(sp.ref, rg))
+            if rg % 10_000 == 0:
+                print(f"  fixture {stage}: {rg:,} row groups ({time.perf_counter() - t0:.0f} s)", flush=True)  # fmt: skip
+        assert made == set(kv0), "the fixture's footer keys differ from write_row_group's"
     done.touch()
     return config
+
+
+def _status_of_big(fixture: Path, cache: Path, repeat: int, results: dict[str, float], key: str, chained: bool) -> None:  # fmt: skip
+    """`status` of the 100,000-row-group fixture, with its footer indexes (timed) and without
+    (the first run, which writes them)."""
+    big = build_fixture(fixture, chained=chained)
+    env = _env(True, big.parent / "data", cache)
+    for index in (big.parent / "data").glob(f"big/*/*/{FOOTER_INDEX}"):
+        index.unlink()
+    _, cold, _ = timed(["status", str(big)], env, REPO)  # reads every footer, writes the index
+    _, wall, cpu = best(["status", str(big)], env, REPO, repeat)
+    what = "two chained stages of" if chained else "a stage of"
+    print(f"status of {what} {BIG_ROW_GROUPS:,} row groups: {wall:.3f} s (cpu {cpu:.3f} s) with its footer index; {cold:.1f} s without")  # fmt: skip
+    results[key] = wall
+    results[f"{key.removesuffix('_s')}_without_index_s"] = cold
 
 
 def main() -> int:
@@ -159,16 +199,8 @@ def main() -> int:
                 print(f"{label:6s} {name:11s} first output {first:.3f} s, exit {wall:.3f} s, cpu {cpu:.3f} s", flush=True)  # fmt: skip
                 results[f"{name}_first_output_s_{label}"] = first
 
-        big = build_fixture(args.fixture / f"status-{BIG_ROW_GROUPS}")
-        env = _env(True, big.parent / "data", cache)
-        index = next((big.parent / "data").glob(f"big/s/*/{FOOTER_INDEX}"), None)
-        if index is not None:
-            index.unlink()
-        _, cold, _ = timed(["status", str(big)], env, REPO)  # reads every footer, writes the index
-        first, wall, cpu = best(["status", str(big)], env, REPO, args.repeat)
-        print(f"status of {BIG_ROW_GROUPS:,} row groups: {wall:.3f} s (cpu {cpu:.3f} s) with its footer index; {cold:.1f} s without")  # fmt: skip
-        results["status_100k_s"] = wall
-        results["status_100k_without_index_s"] = cold
+        _status_of_big(args.fixture / f"status-{BIG_ROW_GROUPS}", cache, args.repeat, results, "status_100k_s", chained=False)  # fmt: skip
+        _status_of_big(args.fixture / f"status-chain-{BIG_ROW_GROUPS}", cache, args.repeat, results, "status_chain_100k_s", chained=True)  # fmt: skip
     print("RESULT " + json.dumps(results), flush=True)
     return 0
 

@@ -103,6 +103,12 @@ BENCHES = [
             Bound("status_first_output_s_pyc", "status, first output", 0.5, "s"),
             Bound("status_data_first_output_s_pyc", "status with data, first output", 0.5, "s"),
             Bound("status_100k_s", "status of 100,000 row groups", 1.0, "s"),
+            Bound(
+                "status_chain_100k_s",
+                "status of 100,000 row groups and as many seeded from them",
+                1.0,
+                "s",
+            ),
         ),
     ),
     Bench(

@@ -232,10 +232,9 @@ class ColumnLineage(Lineage):
         return out
 
     def _inputs_now(self, plan: StagePlan, rgs: list[int]) -> list[str | None] | None:
-        """Per row group, what `json.dumps(self.inputs(plan, rg), sort_keys=True)` gives, for
-        the data versions that need no escaping (hex, all of them); None in a row group's place
-        when an upstream part is missing or a version is not plain (the caller then decodes).
-        None for all when an upstream cannot be read column-wise."""
+        """Per row group, what `json.dumps(self.inputs(plan, rg), sort_keys=True)` gives (None
+        in a row group's place when an upstream part is missing); None for all when an upstream
+        cannot be read column-wise or a version would need escaping (all are hex)."""
         parts: list[tuple[str, list[str | None]]] = []
         for up in sorted(plan.upstreams, key=lambda u: u.name):
             if not plan.pairs_row_groups:
@@ -245,17 +244,20 @@ class ColumnLineage(Lineage):
             else:
                 version_of = self.done_columns(up).version_of  # type: ignore[union-attr]
                 versions = [version_of.get(rg) for rg in rgs]
-            parts.append((json.dumps(up.name) + ': "', versions))
+            text = "".join(v for v in versions if v is not None)
+            if '"' in text or "\\" in text or not text.isascii():
+                return None
+            key = ("{" if not parts else ", ") + json.dumps(up.name) + ': "'
+            parts.append((key, versions))
+        if len(parts) == 1:  # the usual chain: one upstream
+            key, versions = parts[0]
+            return [None if v is None else key + v + '"}' for v in versions]
         out: list[str | None] = []
-        for i in range(len(rgs)):
-            items = []
-            for key, versions in parts:
-                v = versions[i]
-                if v is None or '"' in v or "\\" in v or not v.isascii():
-                    items = None
-                    break
-                items.append(key + v + '"')
-            out.append(None if items is None else "{" + ", ".join(items) + "}")
+        for vs in zip(*(versions for _, versions in parts), strict=True):
+            if None in vs:
+                out.append(None)
+            else:
+                out.append("".join(k + v + '"' for (k, _), v in zip(parts, vs, strict=True)) + "}")
         return out
 
 

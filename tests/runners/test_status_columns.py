@@ -190,3 +190,57 @@ def _same_text(a: list[StageStatus], b: list[StageStatus]) -> None:
             y.drops_text,
             y.stale_reason,
         )
+
+
+def test_a_join_of_two_upstreams_is_told_current_by_text_and_stale_when_one_changes(
+    tmp_path: Path, settled: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two upstreams (a join): the recorded inputs' text holds both, in key order; a current row
+    group is not decoded, and one whose branch was regenerated is stale, naming that branch."""
+    size = {"num_records": 40, "buffer_size": 10}
+    cfg = {
+        "name": "wf",
+        "stages": [
+            {
+                "name": "people",
+                **size,
+                "columns": [{"name": "pid", "column_type": "sampler", "sampler_type": "uuid"}],
+            },
+            *(
+                {
+                    "name": name,
+                    **size,
+                    "seed": {"stage": "people", "mode": "row_group"},
+                    "columns": [
+                        {"name": col, "column_type": "expression", "expr": f"{col}-{{{{ pid }}}}"}
+                    ],
+                }
+                for name, col in (("zbios", "bio"), ("atags", "tag"))
+            ),
+            {
+                "name": "cards",
+                **size,
+                "seed": {"stages": ["zbios", "atags"], "keys": "pid"},
+                "columns": [{"name": "card", "column_type": "expression", "expr": "{{ bio }}"}],
+            },
+        ],
+    }
+    plan = plan_workflow(parse_workflow(cfg))
+    store = PartitionStore(tmp_path)
+    materialize_wave([plan[s] for s in ("people", "zbios", "atags", "cards")], store, range(4))
+    _rewrite(store, plan, "zbios", 2, "bio")
+    footers = workflow_status(plan, PartitionStore(tmp_path), columns=False)
+    decoded: list[tuple[str, int]] = []
+    reason = ColumnLineage.stale_reason
+
+    def counted(self: ColumnLineage, sp: StagePlan, info: Any) -> str | None:
+        decoded.append((sp.name, info.row_group))
+        return reason(self, sp, info)
+
+    monkeypatch.setattr(ColumnLineage, "stale_reason", counted)
+    columns = workflow_status(plan, PartitionStore(tmp_path))
+    assert columns == footers
+    _same_text(columns, footers)
+    assert decoded == [("cards", 2)]
+    cards = footers[-1]
+    assert sorted(cards.stale_row_groups) == [2] and "'zbios'" in cards.stale_reason

@@ -156,14 +156,20 @@ def _start(cmd: list[str], env: dict[str, str], log: Path, cwd: Path) -> subproc
         )
 
 
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+def _stop(*procs: subprocess.Popen[bytes] | None) -> None:
+    """SIGTERM to every process group at once (each takes seconds to shut down: one after the
+    other, the waits added up), then wait for each, SIGKILL after 30 s."""
+    started = [p for p in procs if p is not None]
+    for proc in started:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+    for proc in started:
+        with contextlib.suppress(ProcessLookupError):
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
 
 
 # Runs launched with this tag run one at a time (a tag concurrency limit of the coordinator):
@@ -245,9 +251,7 @@ def running_deployment(
                 time.sleep(0.5)
         yield Deployment(port, home, root, configs, mock, postgres, log)
     finally:
-        for proc in (daemon, web):
-            if proc is not None:
-                _stop(proc)
+        _stop(daemon, web)
         # Code servers the daemon or webserver started can outlive them (their own sessions);
         # each names this instance's folder on its command line.
         for pid in pids_naming(str(home)):

@@ -269,13 +269,20 @@ def running_webserver_and_fast_daemon(env: dict[str, str], cwd: Path) -> Iterato
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
+    stopping = False
     try:
         web = [str(BIN / "dagster-webserver"), "-w", workspace, "-h", "127.0.0.1"]
         with serving(web, env, cwd) as served:
-            yield served
+            try:
+                yield served
+            finally:  # the daemon shuts down while the webserver does, not after it
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(daemon.pid, signal.SIGTERM)
+                    stopping = True
     finally:
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(daemon.pid, signal.SIGTERM)
+            if not stopping:
+                os.killpg(daemon.pid, signal.SIGTERM)
             try:
                 daemon.wait(30)
             except subprocess.TimeoutExpired:

@@ -85,7 +85,7 @@ def _people_files(root: Path) -> dict[str, tuple[int, int]]:
     return {k: v for k, v in snapshot(root).items() if k.startswith("wf/")}
 
 
-def test_backfill_of_missing_partitions_reuses_row_groups_on_disk(
+def _backfill_of_missing_partitions_reuses_row_groups_on_disk(
     dagster: Dagster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A run that crashed after checkpointing row groups 0-3: the files are on disk, but Dagster
@@ -108,7 +108,7 @@ def test_backfill_of_missing_partitions_reuses_row_groups_on_disk(
     status = "REQUESTED"
     while status == "REQUESTED":
         assert time.monotonic() < deadline, f"backfill still {status} after 240 s"
-        time.sleep(1)
+        time.sleep(0.5)
         status = dagster.gql(STATUS, {"id": backfill_id})["partitionBackfillOrError"]["status"]
     assert status == "COMPLETED_SUCCESS", dagster.daemon_log()
 
@@ -161,7 +161,7 @@ ASSETS = "{ assetNodes { assetKey { path } } }"
 LOCATIONS = "{ workspaceOrError { ... on Workspace { locationEntries { name } } } }"
 
 
-def test_materialize_all_of_the_chain_records_each_partition_once_fails_no_check_and_shows_edits(
+def test_materialize_all_of_the_chain_then_a_backfill_of_missing_partitions_while_an_edit_shows(
     dagster: Dagster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The UI's "Materialize all" on examples/chain.yaml, through GraphQL, as the UI launches it
@@ -173,7 +173,11 @@ def test_materialize_all_of_the_chain_records_each_partition_once_fails_no_check
     - no run records a failed whole-stage check for the row groups outside its range; the run
       that completes a stage records it passed; row_group_valid passed for every partition;
     - then a config edit: once the code location reloads, the workflow's sensor (in the daemon)
-      turns `materializations_current` red for the edited stage, with no run.
+      turns `materializations_current` red for the edited stage, with no run;
+    - while that is awaited (the daemon reloads every 60 s, the sensor ticks every 15 s), the
+      other workflow's backfill of missing partitions reuses the row groups a crashed run left
+      on disk (_backfill_of_missing_partitions_reuses_row_groups_on_disk: a test of its own, it
+      waited for its backfill, then this one for the daemon, one after the other).
     One server (the module's) and one backfill for all of it (starting them is most of the
     time), with the daemon's backfill loop ticking every 2 s: a level of the graph waits a tick
     for its runs."""
@@ -199,8 +203,14 @@ def test_materialize_all_of_the_chain_records_each_partition_once_fails_no_check
         if backfill["status"] != "REQUESTED":
             break
         assert time.monotonic() < deadline, "backfill still running after 600 s"
-        time.sleep(1)
+        time.sleep(0.5)
     assert backfill["status"] == "COMPLETED_SUCCESS", dagster.daemon_log()
+    # A config edit, made at once: the daemon (the sensor's process) reloads its code location
+    # only every 60 s (Dagster's RELOAD_WORKSPACE_INTERVAL), so the sooner the file changes, the
+    # sooner its reload sees it. The webserver answers with what it loaded until it reloads.
+    text = chain.read_text()
+    assert "{{ stars }} stars." in text
+    chain.write_text(text.replace("{{ stars }} stars.", "{{ stars }} stars!"))
     statuses = {
         "/".join(s["assetKey"]["path"]): s
         for s in backfill["assetBackfillData"]["assetBackfillStatuses"]
@@ -276,12 +286,10 @@ def test_materialize_all_of_the_chain_records_each_partition_once_fails_no_check
     )
     assert final is not None and final.timestamp < first_digest
 
-    # A config edit, seen by the code location on reload: no run needed.
-    text = chain.read_text()
-    assert "{{ stars }} stars." in text
-    chain.write_text(text.replace("{{ stars }} stars.", "{{ stars }} stars!"))
+    # The edit (above), seen by the code location on reload: no run needed.
     reloaded = graphql(port, "mutation { reloadWorkspace { __typename } }")
     assert reloaded["reloadWorkspace"]["__typename"] == "Workspace", reloaded
+    _backfill_of_missing_partitions_reuses_row_groups_on_disk(dagster, monkeypatch)
     check = dg.AssetCheckKey(dg.AssetKey(["chain", "reviews"]), CURRENT_CHECK)
     deadline = time.monotonic() + 120
     while True:
@@ -289,7 +297,7 @@ def test_materialize_all_of_the_chain_records_each_partition_once_fails_no_check
         if record is not None and record.status.value == "FAILED":
             break
         assert time.monotonic() < deadline, dagster.daemon_log()
-        time.sleep(1)
+        time.sleep(0.5)
     assert record.run_id == "", "evaluated by the sensor, without a run"
     evaluation = record.event.asset_check_evaluation
     assert "6 of 6 materialized partition(s) have no row group" in evaluation.description

@@ -11,7 +11,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from dd_assets.store.files import StorePath, parquet_file
+from dd_assets.store.files import StorePath, parquet_footer
 from dd_assets.store.layout import BATCH_RE, StageRef
 
 META_PREFIX = b"dd_assets."
@@ -133,12 +133,9 @@ def read_footer(path: StorePath) -> FileFooter:
     assert m is not None, path
     row_group = int(m[1])
     try:
-        f = parquet_file(path)
-        try:
-            meta = f.metadata.metadata or {}
-            schema = f.schema_arrow
-        finally:
-            f.close()
+        footer = parquet_footer(path)
+        meta = footer.metadata or {}
+        schema = footer.schema.to_arrow_schema()
     except (OSError, pa.ArrowException) as exc:
         return FileFooter(
             path, row_group, error=f"unreadable parquet ({type(exc).__name__}: {exc})"

@@ -255,6 +255,31 @@ def get(path: ObjectPath) -> tuple[bytes, str] | None:
         return bytes(result.bytes()), str(result.meta.get("e_tag") or "")
 
 
+def tail(path: ObjectPath, n: int, e_tag: str | None = None) -> tuple[bytes, str, int] | None:
+    """The object's last `n` bytes (all of it if smaller), its ETag and size, from one GET, so
+    of one version; with `e_tag`, only of that version (`Changed` if it has been replaced
+    since). None when there is no such object."""
+    obs = _obstore()
+    from obstore.exceptions import PreconditionError
+
+    options: dict[str, Any] = {"range": {"suffix": n}}
+    if e_tag:
+        options["if_match"] = e_tag
+    with _errors(path):
+        try:
+            result = obs.get(client(path), path.key, options=options)
+        except FileNotFoundError:
+            return None
+        except PreconditionError as exc:
+            raise Changed(str(path)) from exc
+        meta = result.meta
+        return bytes(result.bytes()), str(meta.get("e_tag") or ""), int(meta["size"])
+
+
+class Changed(Exception):
+    """The object was replaced between two reads that must see one version."""
+
+
 def head(path: ObjectPath) -> Entry | None:
     obs = _obstore()
     with _errors(path):

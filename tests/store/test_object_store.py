@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from dd_assets.store import files, objects
+from dd_assets.store.footer import read_footer
 from dd_assets.store.objects import Conflict, ObjectPath, ObjectStoreError
 from dd_assets.store.partition_store import (
     ConfigChangedError,
@@ -102,6 +103,38 @@ def test_a_row_group_replaced_while_it_is_read_is_read_as_one_version(
     assert store.read(info).column("id").to_pylist() == list(range(10))
     monkeypatch.undo()
     assert store.read(info).num_rows == 1000
+
+
+def test_a_footer_read_while_its_object_is_replaced_is_one_versions_footer(
+    store: PartitionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A footer bigger than the first GET's bytes takes a second GET pinned to the first one's
+    ETag: when another run's PUT lands in between, the read starts over on the new version
+    instead of taking one PUT's footer length and the next one's bytes (which said "unreadable
+    parquet" and failed an overlapping backfill's run)."""
+    ref = make_ref()
+    fill(store, ref, [0])
+    info = store.completed(ref)[0]
+    monkeypatch.setattr(files, "FOOTER_READ", 16)  # every footer needs the second GET
+    found = objects.get(info.path)
+    assert found is not None
+    meta = pq.read_metadata(pa.BufferReader(found[0])).metadata
+    bigger = pa.table({"id": list(range(1000)), "text": ["x" * 50] * 1000})
+    replaced: list[str] = []
+    real_tail = objects.tail
+
+    def tail_then_replaced(path: ObjectPath, n: int, e_tag: str | None = None) -> Any:
+        got = real_tail(path, n, e_tag)
+        if path == info.path and not replaced:  # another run's PUT lands after the first GET
+            buf = pa.BufferOutputStream()
+            pq.write_table(bigger.replace_schema_metadata(meta), buf)
+            replaced.append(objects.put(path, buf.getvalue().to_pybytes()))
+        return got
+
+    monkeypatch.setattr(objects, "tail", tail_then_replaced)
+    footer = read_footer(info.path)
+    assert replaced and footer.error is None, footer.error
+    assert footer.schema is not None and footer.schema.names == ["id", "text"]  # the new PUT's
 
 
 def test_stage_json_updates_of_concurrent_writers_are_all_kept(store: PartitionStore) -> None:

@@ -32,6 +32,10 @@ from dd_assets.testing.workflows import (
 
 pytestmark = [pytest.mark.slow]
 
+# 12 row groups per stage, the killed run's one range: the run killed after 6 of its 24 files,
+# its re-execution making the other 18 (it made 54 of 60 with 30 per stage, for the same checks).
+ROW_GROUPS = 12
+
 RUNS = """{ runsOrError { ... on Runs { results { runId status jobName
   repositoryOrigin { repositoryLocationName repositoryName } } } } }"""
 JOB = """query($s: PipelineSelector!) { pipelineOrError(params: $s) { __typename } }"""
@@ -50,7 +54,12 @@ def test_cli_and_dagster_dev_share_one_instance_and_the_ui_reexecutes_a_killed_r
         shutil.copy(REPO / name, project / name)
     cfg = write_config(
         project / "wf.yaml",
-        people_config(num_records=3000, buffer_size=100, partitions_per_run=30, downstream=True),
+        people_config(
+            num_records=ROW_GROUPS * 100,
+            buffer_size=100,
+            partitions_per_run=ROW_GROUPS,
+            downstream=True,
+        ),
     )
     exported = tmp_path / "exported_home"  # ./.env wins over it, for dd-assets as for Dagster
     env = isolated_env(tmp_path) | {"DAGSTER_HOME": str(exported), "DD_ASSETS_CONFIG": "wf.yaml"}
@@ -126,7 +135,7 @@ def test_cli_and_dagster_dev_share_one_instance_and_the_ui_reexecutes_a_killed_r
         assert (
             tags["dagster/asset_partition_range_start"],
             tags["dagster/asset_partition_range_end"],
-        ) == ("00000", "00029")
+        ) == ("00000", f"{ROW_GROUPS - 1:05d}")
         assert sorted(a["path"][1] for a in run["assetSelection"]) == ["notes", "people"]
         # Like its parent: the stage job's per-row-group checks, not the whole-stage ones.
         assert sorted(c["name"] for c in run["assetCheckSelection"]) == sorted(
@@ -134,6 +143,6 @@ def test_cli_and_dagster_dev_share_one_instance_and_the_ui_reexecutes_a_killed_r
         )
 
     after = snapshot(data)
-    assert len(batch_files(data)) == 60
+    assert len(batch_files(data)) == 2 * ROW_GROUPS
     assert {k: after[k] for k in before} == before, "the re-execution regenerated a row group"
-    assert len(instance.get_materialized_partitions(dg.AssetKey(["wf", "people"]))) == 30
+    assert len(instance.get_materialized_partitions(dg.AssetKey(["wf", "people"]))) == ROW_GROUPS

@@ -73,10 +73,11 @@ FOOTER_ATTEMPTS = 5
 
 def parquet_footer(path: StorePath) -> pq.FileMetaData:
     """The file's footer (key-value metadata, schema), no data page read. An object's is read
-    from one version of it: its last bytes in one GET, a bigger footer by a second GET pinned
-    to that GET's ETag, started over if another PUT replaced the object meanwhile. pyarrow's own
-    reads (the size, then ranges) could take the length of one PUT and the bytes of the next
-    when overlapping runs write the same row group (docs/scaling.md): "unreadable parquet"."""
+    from one version of it: its size and ETag (HEAD), then its last bytes by range GETs pinned
+    to that ETag (If-Match), started over if another PUT replaced the object meanwhile.
+    pyarrow's own reads (the size, then ranges) could take the length of one PUT and the bytes
+    of the next when overlapping runs write the same row group (docs/scaling.md): "unreadable
+    parquet", and a failed run."""
     if not isinstance(path, ObjectPath):
         f = parquet.open_file(path)
         try:
@@ -86,19 +87,17 @@ def parquet_footer(path: StorePath) -> pq.FileMetaData:
     import pyarrow.parquet as pq  # here: store/parquet.py says why
 
     for _ in range(FOOTER_ATTEMPTS):
-        found = objects.tail(path, FOOTER_READ)
-        if found is None:
+        entry = objects.head(path)
+        if entry is None:
             raise FileNotFoundError(str(path))
-        data, e_tag, size = found
-        need = 8 + int.from_bytes(data[-8:-4], "little") if len(data) >= 8 else 0
-        if len(data) < need <= size:
-            try:
-                found = objects.tail(path, need, e_tag=e_tag)
-            except objects.Changed:
-                continue
-            if found is None:
-                raise FileNotFoundError(str(path))
-            data = found[0]
+        size = entry.size
+        try:
+            data = objects.read_range(path, max(0, size - FOOTER_READ), size, entry.e_tag)
+            need = 8 + int.from_bytes(data[-8:-4], "little") if len(data) >= 8 else 0
+            if len(data) < need <= size:
+                data = objects.read_range(path, size - need, size, entry.e_tag)
+        except objects.Changed:
+            continue
         return pq.read_metadata(pa.BufferReader(data))
     raise OSError(f"{path} was replaced {FOOTER_ATTEMPTS} times while its footer was read")
 

@@ -255,25 +255,19 @@ def get(path: ObjectPath) -> tuple[bytes, str] | None:
         return bytes(result.bytes()), str(result.meta.get("e_tag") or "")
 
 
-def tail(path: ObjectPath, n: int, e_tag: str | None = None) -> tuple[bytes, str, int] | None:
-    """The object's last `n` bytes (all of it if smaller), its ETag and size, from one GET, so
-    of one version; with `e_tag`, only of that version (`Changed` if it has been replaced
-    since). None when there is no such object."""
+def read_range(path: ObjectPath, start: int, end: int, e_tag: str) -> bytes:
+    """Bytes [start, end) of the version of the object whose ETag is `e_tag` (If-Match);
+    `Changed` if another PUT has replaced it since, FileNotFoundError if it is gone. A bounded
+    range, not a suffix: Azure's blob service takes no suffix ranges."""
     obs = _obstore()
     from obstore.exceptions import PreconditionError
 
-    options: dict[str, Any] = {"range": {"suffix": n}}
-    if e_tag:
-        options["if_match"] = e_tag
+    options: dict[str, Any] = {"range": (start, end), "if_match": e_tag}
     with _errors(path):
         try:
-            result = obs.get(client(path), path.key, options=options)
-        except FileNotFoundError:
-            return None
+            return bytes(obs.get(client(path), path.key, options=options).bytes())
         except PreconditionError as exc:
             raise Changed(str(path)) from exc
-        meta = result.meta
-        return bytes(result.bytes()), str(meta.get("e_tag") or ""), int(meta["size"])
 
 
 class Changed(Exception):

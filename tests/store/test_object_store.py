@@ -108,10 +108,10 @@ def test_a_row_group_replaced_while_it_is_read_is_read_as_one_version(
 def test_a_footer_read_while_its_object_is_replaced_is_one_versions_footer(
     store: PartitionStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A footer bigger than the first GET's bytes takes a second GET pinned to the first one's
-    ETag: when another run's PUT lands in between, the read starts over on the new version
-    instead of taking one PUT's footer length and the next one's bytes (which said "unreadable
-    parquet" and failed an overlapping backfill's run)."""
+    """A footer bigger than the first GET's bytes takes a second GET, pinned (as the first) to
+    the ETag the HEAD saw: when another run's PUT lands in between, the read starts over on the
+    new version instead of taking one PUT's footer length and the next one's bytes (which said
+    "unreadable parquet" and failed an overlapping backfill's run)."""
     ref = make_ref()
     fill(store, ref, [0])
     info = store.completed(ref)[0]
@@ -121,17 +121,17 @@ def test_a_footer_read_while_its_object_is_replaced_is_one_versions_footer(
     meta = pq.read_metadata(pa.BufferReader(found[0])).metadata
     bigger = pa.table({"id": list(range(1000)), "text": ["x" * 50] * 1000})
     replaced: list[str] = []
-    real_tail = objects.tail
+    real_read = objects.read_range
 
-    def tail_then_replaced(path: ObjectPath, n: int, e_tag: str | None = None) -> Any:
-        got = real_tail(path, n, e_tag)
+    def read_then_replaced(path: ObjectPath, start: int, end: int, e_tag: str) -> bytes:
+        got = real_read(path, start, end, e_tag)
         if path == info.path and not replaced:  # another run's PUT lands after the first GET
             buf = pa.BufferOutputStream()
             pq.write_table(bigger.replace_schema_metadata(meta), buf)
             replaced.append(objects.put(path, buf.getvalue().to_pybytes()))
         return got
 
-    monkeypatch.setattr(objects, "tail", tail_then_replaced)
+    monkeypatch.setattr(objects, "read_range", read_then_replaced)
     footer = read_footer(info.path)
     assert replaced and footer.error is None, footer.error
     assert footer.schema is not None and footer.schema.names == ["id", "text"]  # the new PUT's

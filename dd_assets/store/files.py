@@ -71,13 +71,13 @@ FOOTER_READ = 64 * 1024
 FOOTER_ATTEMPTS = 5
 
 
-def parquet_footer(path: StorePath) -> pq.FileMetaData:
+def parquet_footer(path: StorePath, version: tuple[str, int] | None = None) -> pq.FileMetaData:
     """The file's footer (key-value metadata, schema), no data page read. An object's is read
-    from one version of it: its size and ETag (HEAD), then its last bytes by range GETs pinned
-    to that ETag (If-Match), started over if another PUT replaced the object meanwhile.
-    pyarrow's own reads (the size, then ranges) could take the length of one PUT and the bytes
-    of the next when overlapping runs write the same row group (docs/scaling.md): "unreadable
-    parquet", and a failed run."""
+    from one version of it: its ETag and size (`version`, as a listing gave them, else a HEAD),
+    then its last bytes by range GETs pinned to that ETag (If-Match), started over from a HEAD
+    if another PUT replaced the object meanwhile. pyarrow's own reads (the size, then ranges)
+    could take the length of one PUT and the bytes of the next when overlapping runs write the
+    same row group (docs/scaling.md): "unreadable parquet", and a failed run."""
     if not isinstance(path, ObjectPath):
         f = parquet.open_file(path)
         try:
@@ -87,16 +87,19 @@ def parquet_footer(path: StorePath) -> pq.FileMetaData:
     import pyarrow.parquet as pq  # here: store/parquet.py says why
 
     for _ in range(FOOTER_ATTEMPTS):
-        entry = objects.head(path)
-        if entry is None:
-            raise FileNotFoundError(str(path))
-        size = entry.size
+        if version is None or not version[0]:
+            entry = objects.head(path)
+            if entry is None:
+                raise FileNotFoundError(str(path))
+            version = (entry.e_tag, entry.size)
+        e_tag, size = version
         try:
-            data = objects.read_range(path, max(0, size - FOOTER_READ), size, entry.e_tag)
+            data = objects.read_range(path, max(0, size - FOOTER_READ), size, e_tag)
             need = 8 + int.from_bytes(data[-8:-4], "little") if len(data) >= 8 else 0
             if len(data) < need <= size:
-                data = objects.read_range(path, size - need, size, entry.e_tag)
+                data = objects.read_range(path, size - need, size, e_tag)
         except objects.Changed:
+            version = None
             continue
         return pq.read_metadata(pa.BufferReader(data))
     raise OSError(f"{path} was replaced {FOOTER_ATTEMPTS} times while its footer was read")

@@ -127,13 +127,14 @@ def is_done(ref: StageRef, row_group: int, row_range: tuple[int, int] | None) ->
     return row_group < ref.num_row_groups and row_range == ref.row_range(row_group)
 
 
-def read_footer(path: StorePath) -> FileFooter:
-    """The footer of a `batch_NNNNN.parquet` (no data pages read); never raises for a bad file."""
+def read_footer(path: StorePath, version: tuple[str, int] | None = None) -> FileFooter:
+    """The footer of a `batch_NNNNN.parquet` (no data pages read); never raises for a bad file.
+    `version`: an object's (ETag, size) when known (files.parquet_footer)."""
     m = BATCH_RE.match(path.name)
     assert m is not None, path
     row_group = int(m[1])
     try:
-        footer = parquet_footer(path)
+        footer = parquet_footer(path, version)
         meta = footer.metadata or {}
         schema = footer.schema.to_arrow_schema()
     except (OSError, pa.ArrowException) as exc:

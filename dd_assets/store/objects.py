@@ -256,13 +256,16 @@ def get(path: ObjectPath) -> tuple[bytes, str] | None:
 
 
 def read_range(path: ObjectPath, start: int, end: int, e_tag: str) -> bytes:
-    """Bytes [start, end) of the version of the object whose ETag is `e_tag` (If-Match);
-    `Changed` if another PUT has replaced it since, FileNotFoundError if it is gone. A bounded
-    range, not a suffix: Azure's blob service takes no suffix ranges."""
+    """Bytes [start, end) of the version of the object whose ETag is `e_tag` (If-Match; a
+    store that gives no ETag cannot pin it); `Changed` if another PUT has replaced it since,
+    FileNotFoundError if it is gone. A bounded range, not a suffix: Azure's blob service takes
+    no suffix ranges."""
     obs = _obstore()
     from obstore.exceptions import PreconditionError
 
-    options: dict[str, Any] = {"range": (start, end), "if_match": e_tag}
+    options: dict[str, Any] = {"range": (start, end)}
+    if e_tag:
+        options["if_match"] = e_tag
     with _errors(path):
         try:
             return bytes(obs.get(client(path), path.key, options=options).bytes())

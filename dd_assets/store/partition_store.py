@@ -472,7 +472,10 @@ class PartitionStore:
         cached = self._footers.get(key)
         if cached is not None:
             return cached
-        f = read_footer(path)
+        # An object's stamp is the (ETag, size) it is cached by: its footer is read from that
+        # version, with no HEAD of its own.
+        version = (str(file_stamp[0]), int(file_stamp[1])) if isinstance(path, ObjectPath) else None
+        f = read_footer(path, version)
         try:
             if f.error:
                 raise ValueError(f.error)

@@ -47,9 +47,9 @@ def reads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
     seen: list[Path] = []
     real = partition_store.read_footer
 
-    def counting(path: Path) -> Any:
+    def counting(path: Path, version: Any = None) -> Any:
         seen.append(path)
-        return real(path)
+        return real(path, version)
 
     monkeypatch.setattr(partition_store, "read_footer", counting)
     return seen

@@ -137,6 +137,25 @@ def test_a_footer_read_while_its_object_is_replaced_is_one_versions_footer(
     assert footer.schema is not None and footer.schema.names == ["id", "text"]  # the new PUT's
 
 
+def test_a_scan_reads_each_footer_by_the_listings_etag_with_no_head(
+    s3_root: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan of an object folder lists it (ETags and sizes come with the listing) and reads
+    each footer pinned to the listed ETag: one ranged GET per row group, no HEAD of its own."""
+    ref = make_ref()
+    fill(PartitionStore(s3_root), ref, [0, 1, 2])
+    heads: list[ObjectPath] = []
+    real_head = objects.head
+
+    def counted(path: ObjectPath) -> Any:
+        heads.append(path)
+        return real_head(path)
+
+    monkeypatch.setattr(objects, "head", counted)
+    assert sorted(PartitionStore(s3_root).completed(ref)) == [0, 1, 2]
+    assert heads == []
+
+
 def test_stage_json_updates_of_concurrent_writers_are_all_kept(store: PartitionStore) -> None:
     """8 writers change stage.json 5 times each, at once: with If-Match every change lands."""
     ref = make_ref()

@@ -106,14 +106,7 @@ def test_status_from_columns_is_status_from_footers(
         assert table is not None and STAT_COLUMNS.keys() <= set(table.column_names), sp.name
     lineage = ColumnLineage(PartitionStore(tmp_path))  # every stage from its columns
     assert all(lineage.done_columns(sp) is not None for sp in plan.stages.values())
-    decoded: list[tuple[str, int]] = []  # row groups whose recorded inputs were decoded
-    reason = ColumnLineage.stale_reason
-
-    def counted(self: ColumnLineage, sp: StagePlan, info: Any) -> str | None:
-        decoded.append((sp.name, info.row_group))
-        return reason(self, sp, info)
-
-    monkeypatch.setattr(ColumnLineage, "stale_reason", counted)
+    decoded = _decoded_row_groups(monkeypatch)
     columns = workflow_status(plan, PartitionStore(tmp_path))
     # Current row groups are told by their inputs' text alone: only the stale ones, and one
     # whose upstream row group is missing, are decoded.
@@ -178,6 +171,20 @@ def test_an_index_written_before_the_stat_columns_gives_the_same_status(
     assert before[0].dropped > 0
 
 
+def _decoded_row_groups(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
+    """(stage, row group) of every row group whose recorded inputs status decodes and hands
+    to `stale_reason` from now on (the others it tells current by their text)."""
+    decoded: list[tuple[str, int]] = []
+    reason = ColumnLineage.stale_reason
+
+    def counted(self: ColumnLineage, sp: StagePlan, info: Any) -> str | None:
+        decoded.append((sp.name, info.row_group))
+        return reason(self, sp, info)
+
+    monkeypatch.setattr(ColumnLineage, "stale_reason", counted)
+    return decoded
+
+
 def _only(plan: WorkflowPlan, stage: str) -> WorkflowPlan:
     return dataclasses.replace(plan, stages={stage: plan[stage]})
 
@@ -230,14 +237,7 @@ def test_a_join_of_two_upstreams_is_told_current_by_text_and_stale_when_one_chan
     materialize_wave([plan[s] for s in ("people", "zbios", "atags", "cards")], store, range(4))
     _rewrite(store, plan, "zbios", 2, "bio")
     footers = workflow_status(plan, PartitionStore(tmp_path), columns=False)
-    decoded: list[tuple[str, int]] = []
-    reason = ColumnLineage.stale_reason
-
-    def counted(self: ColumnLineage, sp: StagePlan, info: Any) -> str | None:
-        decoded.append((sp.name, info.row_group))
-        return reason(self, sp, info)
-
-    monkeypatch.setattr(ColumnLineage, "stale_reason", counted)
+    decoded = _decoded_row_groups(monkeypatch)
     columns = workflow_status(plan, PartitionStore(tmp_path))
     assert columns == footers
     _same_text(columns, footers)

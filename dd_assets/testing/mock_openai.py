@@ -244,6 +244,8 @@ class MockOpenAI:
     `{prompt}` are substituted), `tool_turns` (when a request offers `tools`: how many
     tool-calling turns to ask for before answering, each one call of `tool_name` (even when
     not offered, as a confused model does) or the first tool offered, with arguments made from its schema; the answer then quotes the tool results).
+    `hold` (while true, no answer is sent: each request waits after its latency until it is
+    cleared; a test uses it so that nothing can finish before something else has started).
     `queue_faults(...)` scripts the next requests exactly, `fail_for(seconds, ...)` every request
     for a while (then the provider recovers); both come before everything except the key check.
     """
@@ -291,6 +293,7 @@ class MockOpenAI:
         self.tool_name = tool_name
         self.seed = seed
         self.host = host
+        self.hold = False
         self._port = port
 
         self._lock = threading.Lock()
@@ -671,6 +674,8 @@ class MockOpenAI:
 
         if self.latency_s > 0:
             await asyncio.sleep(self.latency_s)
+        while self.hold:
+            await asyncio.sleep(0.05)
 
         broken_json = wrong_schema = False
         drip_s: float | None = None

@@ -53,10 +53,13 @@ BUFFER = 5  # 12 row groups
 PER_RUN = 3  # 4 runs of 3 row groups
 PARALLEL = 4  # max_parallel_requests, for all runs together
 # A run's window (its start to end events) must outlast the daemon's launches of the others for
-# them to be seen in flight together: with the in-process executor (issue 18) a run is its step
-# alone, ~1 s at 0.2 s per request, less than 4 run workers take to start on 2 loaded cores
-# (0.8 s still showed only 2 at once at load 10).
+# them to be seen in flight together. However slow a run is, the daemon can launch the last run
+# later than the first one ends on a loaded machine (CI once saw 2 at once at 2 s per request):
+# so the mock answers nothing (`hold`) until every run of the backfill has started, and no run
+# can end before the last one starts. The requests held count against the model's deadline,
+# which is raised so that a slow launch cannot turn them into retries (asked twice).
 LATENCY = 2.0
+HELD_DEADLINE_S = 600.0
 # Once every run has started (the windows overlap already), and for the reference runs made in
 # this process, the answers come at once: what is checked then (rows, the cache, identity)
 # depends on no timing, and at 2 s per request with 4 slots those phases were over half of the
@@ -85,6 +88,8 @@ def deployment(
             # the overlap test: each backfill one run (4 partitions), the runs overlapping
             for name, per_run in (("wf_kill", PER_RUN), ("wf_overlap", 4))
         }
+        for wf in workflows.values():
+            wf["models"]["gen"]["timeout_s"] = HELD_DEADLINE_S
         try:
             with running_deployment(
                 tmp_path_factory.mktemp("scale-out"),
@@ -157,7 +162,12 @@ def test_backfill_on_four_workers_survives_a_killed_run(
     qa = plan_workflow(load_workflow(d.configs / f"{wf}.yaml"))["qa"].ref
     asked_before = len(mock.bodies)
     t0 = time.monotonic()
-    first = d.backfill(wf, _keys(range(ROWS // BUFFER)))
+    mock.hold = True
+    try:
+        first = d.backfill(wf, _keys(range(ROWS // BUFFER)))
+        _all_started(d, first, ROWS // BUFFER // PER_RUN)
+    finally:
+        mock.hold = False
 
     # Kill one run once it has written a row group of its range and holds answers of another.
     victim = None
@@ -188,8 +198,7 @@ def test_backfill_on_four_workers_survives_a_killed_run(
     # A run worker killed with SIGKILL never reports; the operator marks it (the UI's
     # "Terminate" -> force) and backfills its partitions again.
     time.sleep(1)
-    _all_started(d, first, ROWS // BUFFER // PER_RUN)
-    mock.latency_s = FAST  # the runs' windows overlap from here on, whatever their pace
+    mock.latency_s = FAST  # the runs' windows overlap already (`hold` above)
     assert d.gql(TERMINATE, {"id": victim.run_id})["terminateRun"]["__typename"] in (
         "TerminateRunSuccess",
         "TerminateRunFailure",

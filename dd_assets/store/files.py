@@ -168,6 +168,23 @@ def _batches(
         f.close()
 
 
+def read_with(path: StorePath, read: Callable[[pq.ParquetFile], T]) -> T:
+    """`read(f)` of the parquet file, which is closed after: for a reader that hands nothing on
+    before it returns (a profile, a preview, a check). An object's file is one version of it,
+    and the whole `read` starts over on the new version when another run's PUT replaced the
+    object meanwhile (READ_ATTEMPTS times), where `parquet_file` could only raise."""
+
+    def run(f: pq.ParquetFile) -> T:
+        try:
+            return read(f)
+        finally:
+            f.close()
+
+    if isinstance(path, ObjectPath):
+        return _one_version(path, None, lambda v: run(_object_file(path, v)))
+    return run(parquet.open_file(path))
+
+
 def verify_pages(path: StorePath) -> str | None:
     """Why a file's pages cannot be read back intact (None: they can). Reads (and so decodes)
     every page once with checksum verification on: the cheapest full check pyarrow offers.
@@ -175,14 +192,11 @@ def verify_pages(path: StorePath) -> str | None:
     object is not a corrupt one."""
 
     def read_all(f: pq.ParquetFile) -> None:
-        for _ in _batches(f):
+        for _ in f.iter_batches(batch_size=parquet.BATCH_ROWS):
             pass
 
     try:
-        if isinstance(path, ObjectPath):
-            _one_version(path, None, lambda v: read_all(_object_file(path, v)))
-        else:
-            read_all(parquet.open_file(path))
+        read_with(path, read_all)
     except (OSError, pa.ArrowException) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None

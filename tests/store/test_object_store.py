@@ -149,7 +149,8 @@ def test_pages_read_while_their_object_is_replaced_are_one_versions_pages(
     """iter_batches and verify_pages (the checks, export, profiles, previews) read an object's
     footer, then the pages it names. Another run's PUT landing in between (overlapping
     backfills) starts the read over on the new version: its rows whole, and no page checksum
-    error taken for corruption."""
+    error taken for corruption; a PUT landing after rows were handed on is ObjectReplacedError,
+    never the rest of another version's rows."""
     ref = make_ref()
     fill(store, ref, [0])
     info = store.completed(ref)[0]
@@ -171,6 +172,24 @@ def test_pages_read_while_their_object_is_replaced_are_one_versions_pages(
     replacing.append(parquet_bytes(bigger.slice(0, 7)))
     assert files.verify_pages(path) is None and not replacing
     assert files.parquet_file(path).read().num_rows == 7
+
+    # Read lazily (pyarrow pre-buffers a file's column chunks up to 32 MiB at once, so only a
+    # bigger file is read after its first batch), a PUT landing after rows were handed on ends
+    # the read: restarting would repeat them, continuing would mix two versions.
+    buf = pa.BufferOutputStream()
+    pq.write_table(bigger.slice(0, 30), buf, row_group_size=10, write_page_checksum=True)
+    objects.put(path, buf.getvalue().to_pybytes())  # type: ignore[arg-type]
+
+    class Lazy(real):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "pre_buffer": False})
+
+    monkeypatch.setattr(pq, "ParquetFile", Lazy)
+    batches = files.iter_batches(path, batch_size=10)
+    assert next(batches).column("id").to_pylist() == list(range(10))
+    objects.put(path, parquet_bytes(bigger))  # type: ignore[arg-type]
+    with pytest.raises(ObjectReplacedError, match=r"batch_00000\.parquet was replaced"):
+        next(batches)
 
 
 def test_a_dataset_reads_each_object_at_one_version(

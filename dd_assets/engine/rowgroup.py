@@ -307,38 +307,74 @@ async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) 
         deps[name] = [d for d in cs.cell_columns if d in needed]
     may_skip = {name: skips.has_skips(by_name[name]) for name in cs.cell_columns}
 
+    async def compute(name: str, i: int, row: dict[str, Any]) -> None:
+        """The cell of column `name` in row i, its inputs in `row` already."""
+        col = by_name[name]
+        if may_skip[name] and skips.is_skipped(col, row, rows.skipped[i]):
+            rows.skipped[i].update(col.output_names)
+            for side in col.output_names[1:]:
+                row[side] = None
+            row[name] = skips.skipped_value(col)
+        elif isinstance(col, ExpressionColumnConfig):
+            row[name] = expressions.cast(expressions.render(col.expr, row), col.dtype)
+        elif isinstance(col, ValidationColumnConfig):
+            row[name] = await asyncio.to_thread(validators.validate, col, dict(row), cs.workflow)
+        elif isinstance(col, CustomColumnConfig):
+            value = await custom_columns.run_cell(cs.workflow, col, row)
+            if isinstance(value, SideAnswer):
+                row.update(value.sides)
+                value = value.value
+            row[name] = value
+        else:
+            assert cells is not None
+            value = await cells(col, rows.start + i, row)
+            if isinstance(value, SideAnswer):
+                row.update(value.sides)
+                value = value.value
+            row[name] = value
+
+    def dropped(i: int, name: str, exc: BaseException) -> bool:
+        """Drop row i for the exception `exc` of its column `name`; False: not a drop."""
+        if isinstance(exc, CellFailed):
+            rows.drop(i, name, exc.kind, exc.message, exc.status)
+        elif isinstance(exc, expressions.CellError):
+            rows.drop(i, name, "expression", str(exc))
+        elif isinstance(exc, custom_columns.CustomValueError):
+            rows.drop(i, name, "custom", str(exc))
+        else:
+            return False
+        return True
+
+    # When each cell column reads the one before it, a row's cells can only run one after the
+    # other: they run in the row's own task, without a task per cell and an `asyncio.wait` per
+    # row (a third of the tasks and coroutines a row group keeps alive, which every full
+    # collection of the GC walks, and their CPU). The outcome is the task path's: the first
+    # failing column drops the row; an unfinished cell leaves every later column unfinished
+    # with it (each awaited it), and each of them is counted.
+    order = cs.cell_columns
+    chained = all(order[k - 1] in deps[order[k]] for k in range(1, len(order)))
+
+    async def run_chain(i: int) -> None:
+        row = rows.rows[i]
+        for k, name in enumerate(order):
+            try:
+                await compute(name, i, row)
+            except CellUnfinished as exc:
+                rows.unfinish([exc] * (len(order) - k))
+                return
+            except Exception as exc:
+                if dropped(i, name, exc):
+                    return
+                raise
+
     async def run_row(i: int) -> None:
         row = rows.rows[i]
         tasks: dict[str, asyncio.Task[None]] = {}
 
         async def run_cell(name: str) -> None:
-            col = by_name[name]
             for dep in deps[name]:
                 await tasks[dep]
-            if may_skip[name] and skips.is_skipped(col, row, rows.skipped[i]):
-                rows.skipped[i].update(col.output_names)
-                for side in col.output_names[1:]:
-                    row[side] = None
-                row[name] = skips.skipped_value(col)
-            elif isinstance(col, ExpressionColumnConfig):
-                row[name] = expressions.cast(expressions.render(col.expr, row), col.dtype)
-            elif isinstance(col, ValidationColumnConfig):
-                row[name] = await asyncio.to_thread(
-                    validators.validate, col, dict(row), cs.workflow
-                )
-            elif isinstance(col, CustomColumnConfig):
-                value = await custom_columns.run_cell(cs.workflow, col, row)
-                if isinstance(value, SideAnswer):
-                    row.update(value.sides)
-                    value = value.value
-                row[name] = value
-            else:
-                assert cells is not None
-                value = await cells(col, rows.start + i, row)
-                if isinstance(value, SideAnswer):
-                    row.update(value.sides)
-                    value = value.value
-                row[name] = value
+            await compute(name, i, row)
 
         for name in cs.cell_columns:
             tasks[name] = asyncio.ensure_future(run_cell(name))
@@ -357,14 +393,7 @@ async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) 
                 for name, exc in errors:
                     if exc is None:
                         continue
-                    if isinstance(exc, CellFailed):
-                        rows.drop(i, name, exc.kind, exc.message, exc.status)
-                        return
-                    if isinstance(exc, expressions.CellError):
-                        rows.drop(i, name, "expression", str(exc))
-                        return
-                    if isinstance(exc, custom_columns.CustomValueError):
-                        rows.drop(i, name, "custom", str(exc))
+                    if dropped(i, name, exc):
                         return
                     if isinstance(exc, CellUnfinished):
                         # The row's other cells go on: their answers are cached for the next
@@ -383,7 +412,7 @@ async def _cell_phase(cs: CompiledStage, rows: _Rows, cells: CellRunner | None) 
     try:
         for i in range(len(rows.rows)):
             if rows.alive[i]:
-                row_tasks.append(asyncio.ensure_future(run_row(i)))
+                row_tasks.append(asyncio.ensure_future((run_chain if chained else run_row)(i)))
                 if len(row_tasks) % ROWS_PER_STEP == 0:
                     await asyncio.sleep(0)
         await asyncio.gather(*row_tasks)

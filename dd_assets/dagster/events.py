@@ -52,7 +52,6 @@ from dagster._core.events import (
 
 from dd_assets.dagster.asset_checks import RowGroupChecker
 from dd_assets.dagster.names import asset_key, output_name
-from dd_assets.dagster.sqlite_storage import DdSqliteEventLogStorage
 from dd_assets.runners.materialize import RowGroupOutcome
 from dd_assets.runners.plan import StagePlan
 from dd_assets.store import files
@@ -96,14 +95,13 @@ def preview_md(table: Any) -> str:
 
 
 def _head(path: Any) -> Any:
-    """The first rows of a row-group file: one batch, not the whole file (read again if an
-    overlapping run's PUT replaced it meanwhile: files.read_with)."""
-
-    def head(f: Any) -> Any:
+    """The first rows of a row-group file: one batch, not the whole file."""
+    f = files.parquet_file(path)
+    try:
         batch = next(f.iter_batches(batch_size=PREVIEW_ROWS), None)
         return batch if batch is not None else f.schema_arrow.empty_table()
-
-    return files.read_with(path, head)
+    finally:
+        f.close()
 
 
 def partition_metadata(plan: StagePlan, outcome: RowGroupOutcome) -> dict[str, Any]:
@@ -300,6 +298,10 @@ class StageEvents:
                     )
                 )
                 self.logged[(key, pk)] = _Logged(None, version)
+            # here: Dagster's SQLite storage costs ~0.8 s of CPU to import; a process that
+            # only loads the definitions (a code server) never writes an event
+            from dd_assets.dagster.sqlite_storage import DdSqliteEventLogStorage
+
             store = self.instance.event_log_storage
             ours = isinstance(store, DdSqliteEventLogStorage)
             if ours:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
@@ -22,9 +22,6 @@ from dd_assets.engine import RowGroupResult, RowGroupUnfinished, agenerate_row_g
 from dd_assets.engine.images import image_columns
 from dd_assets.errors import EXIT_UNFINISHED, GenerationError, LLMError
 from dd_assets.llm.cache import cache_path
-from dd_assets.llm.cells import LLMCellRunner, Outage
-from dd_assets.llm.client import LLMClient
-from dd_assets.llm.pg_cache import PostgresRequestCache
 from dd_assets.llm.slots import RequestSlots
 from dd_assets.runners.images import image_loader
 from dd_assets.runners.lineage import Lineage
@@ -35,6 +32,9 @@ from dd_assets.runners.seeds import SeedProvider, SeedRows, no_seed, seed_provid
 from dd_assets.store.footer import RowGroupInfo
 from dd_assets.store.layout import key_ranges, partition_key
 from dd_assets.store.partition_store import PartitionStore
+
+if TYPE_CHECKING:
+    from dd_assets.llm.cells import LLMCellRunner
 
 
 @dataclass
@@ -381,16 +381,21 @@ async def amaterialize_wave(
             return wait
 
         async with contextlib.AsyncExitStack() as stack:
-            client = LLMClient(plans[0].workflow.models, slots=slots)
-            shared_cache = None
             if any(p.compiled.needs_cells for p in plans):
+                # here: the HTTP client (aiohttp, ~0.2 s of CPU to import) only for LLM cells
+                from dd_assets.llm.cells import LLMCellRunner, Outage
+                from dd_assets.llm.client import LLMClient
+                from dd_assets.llm.pg_cache import PostgresRequestCache
+
+                client = LLMClient(plans[0].workflow.models, slots=slots)
                 await client.open()
                 stack.push_async_callback(client.aclose)
+                shared_cache = None
                 if cache_url is not None:
                     shared_cache = stack.enter_context(
                         PostgresRequestCache(cache_url, workflow=plans[0].workflow.name)
                     )
-            outage = Outage(plans[0].workflow.run.early_stop.window)
+                outage = Outage(plans[0].workflow.run.early_stop.window)
             coros = []
             for p in plans:
                 cells = None

@@ -178,3 +178,49 @@ def test_status_and_validate_as_the_program_leave_their_objects_to_the_exit(
     finally:
         gc.unfreeze()
     assert "quickstart: status" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_what_materialize_and_the_code_location_import(tmp_path: Path) -> None:
+    """Every `dd-assets materialize`, run worker and code server imports the Dagster layer, so
+    what only some of them use is imported where it is used (docs/speed.md, "process start-up"):
+    the LLM client (aiohttp) by a wave with LLM cells, Faker by person samplers, jsonschema by
+    structured answers, Dagster's SQLite storage by an instance that has it (never by a code
+    server), pyarrow.dataset and pandas by readers; and nothing of Dagster's webserver or
+    PostgreSQL storage. A wave without LLM cells still imports no aiohttp."""
+    code = textwrap.dedent(
+        f"""
+        import json, sys
+        import dd_assets.dagster.definitions, dd_assets.dagster.materialize
+        at_import = sorted(sys.modules)
+        from dd_assets.config import load_workflow
+        from dd_assets.runners.materialize import materialize_wave
+        from dd_assets.runners.plan import plan_workflow
+        from dd_assets.store.partition_store import PartitionStore
+        plan = plan_workflow(load_workflow({str(QUICKSTART)!r}))
+        materialize_wave(list(plan.stages.values()), PartitionStore({str(tmp_path)!r}), [0])
+        print(json.dumps([at_import, sorted(sys.modules)]))
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    at_import, after_wave = (set(m) for m in json.loads(out.stdout.strip().splitlines()[-1]))
+    assert {"dagster", "dd_assets.dagster.assets", "dd_assets.runners.materialize"} <= at_import
+    assert {"faker", "pandas"} <= after_wave  # the wave ran (person samplers; pa.array)
+    unwanted = {
+        "aiohttp",
+        "dd_assets.llm.client",
+        "faker",
+        "jsonschema",
+        "dd_assets.dagster.sqlite_storage",
+        "dagster._core.storage.event_log.sqlite",
+        "dagster._core.storage.runs.sqlite",
+        "pyarrow.dataset",
+        "pandas",
+        "dagster_webserver",
+        "dagster_graphql",
+        "dagster_postgres",
+    }
+    assert sorted(at_import & unwanted) == []
+    assert sorted(after_wave & {"aiohttp", "dd_assets.llm.client", "jsonschema"}) == []

@@ -63,9 +63,11 @@ def of_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> TablePar
 
 
 def _of_file(path: StorePath) -> TablePartial:
-    return files.read_with(
-        path, lambda f: of_batches(f.iter_batches(batch_size=BATCH_ROWS), f.schema_arrow)
-    )
+    f = files.parquet_file(path)
+    try:
+        return of_batches(f.iter_batches(batch_size=BATCH_ROWS), f.schema_arrow)
+    finally:
+        f.close()
 
 
 def record_row_group(

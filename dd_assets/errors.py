@@ -15,8 +15,10 @@ Each layer has one base class here; the concrete errors live beside the code tha
     │   ├── FinalMissingError          no (current) final output of a stage
     │   ├── EmptyFinalError            finalize kept no rows and allow_empty is off
     │   ├── SeedFileError              a seed file is missing or unreadable
-    │   └── ObjectStoreError           an s3:// (gs://, az://) data root cannot be used:
-    │                                  scheme, endpoint, bucket, credentials (store.objects)
+    │   ├── ObjectStoreError           an s3:// (gs://, az://) data root cannot be used:
+    │   │                              scheme, endpoint, bucket, credentials (store.objects)
+    │   └── ObjectReplacedError        an object was replaced by another run's write while
+    │                                  it was read; nothing mixed, rerun (store.objects)
     ├── LLMError                       llm: endpoint and cache
     │   ├── LLMConfigError             a call cannot be made as configured (alias, key)
     │   ├── LLMFatalError              the endpoint refused in a way no retry fixes (stop)

@@ -95,13 +95,14 @@ def preview_md(table: Any) -> str:
 
 
 def _head(path: Any) -> Any:
-    """The first rows of a row-group file: one batch, not the whole file."""
-    f = files.parquet_file(path)
-    try:
+    """The first rows of a row-group file: one batch, not the whole file (read again if an
+    overlapping run's PUT replaced it meanwhile: files.read_with)."""
+
+    def head(f: Any) -> Any:
         batch = next(f.iter_batches(batch_size=PREVIEW_ROWS), None)
         return batch if batch is not None else f.schema_arrow.empty_table()
-    finally:
-        f.close()
+
+    return files.read_with(path, head)
 
 
 def partition_metadata(plan: StagePlan, outcome: RowGroupOutcome) -> dict[str, Any]:

@@ -10,7 +10,7 @@ import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pyarrow as pa
 
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     import pyarrow.parquet as pq
 
 StorePath = Path | ObjectPath
+T = TypeVar("T")
 
 
 def root_path(root: str | os.PathLike[str]) -> StorePath:
@@ -52,23 +53,47 @@ def check_root(root: StorePath) -> None:
 # ---- reading ---------------------------------------------------------------------------------
 
 
-def parquet_file(path: StorePath) -> pq.ParquetFile:
-    """A parquet file whose pages are checksum-verified as they are read (store/parquet.py)."""
+def parquet_file(path: StorePath, version: tuple[str, int] | None = None) -> pq.ParquetFile:
+    """A parquet file whose pages are checksum-verified as they are read (store/parquet.py).
+    An object's is one version of it (store/object_reads.py): `version` (ETag, size, as a
+    listing gave them) or a HEAD's; its footer is read again from a new HEAD when the object
+    was replaced meanwhile, and a later read of a replaced object raises
+    `ObjectReplacedError`, never another version's pages."""
     if isinstance(path, ObjectPath):
-        import pyarrow.parquet as pq  # here: store/parquet.py says why
-
-        fs = objects.filesystem(path)
-        with _readable(path):
-            return pq.ParquetFile(
-                fs.open_input_file(objects.fs_path(path)), page_checksum_verification=True
-            )
+        return _one_version(path, version, lambda v: _object_file(path, v))
     return parquet.open_file(path)
+
+
+def _object_file(path: ObjectPath, version: tuple[str, int]) -> pq.ParquetFile:
+    import pyarrow.parquet as pq  # here: store/parquet.py says why
+
+    from dd_assets.store import object_reads
+
+    return pq.ParquetFile(object_reads.open_version(path, version), page_checksum_verification=True)
 
 
 # An object's footer is read from its last FOOTER_READ bytes (the whole footer of a row group,
 # but for thousands of columns); a bigger one takes a second GET, of the same version.
 FOOTER_READ = 64 * 1024
-FOOTER_ATTEMPTS = 5
+# Reads of an object started over on its new version before giving up (ObjectReplacedError).
+READ_ATTEMPTS = 5
+
+
+def _one_version(
+    path: ObjectPath,
+    version: tuple[str, int] | None,
+    read: Callable[[tuple[str, int]], T],
+) -> T:
+    """`read(version)` of one version of the object, `version` if given, else a HEAD's; started
+    over from a new HEAD when another PUT replaced the object during it (READ_ATTEMPTS times)."""
+    for _ in range(READ_ATTEMPTS):
+        if version is None or not version[0]:
+            version = objects.version(path)
+        try:
+            return read(version)
+        except objects.ObjectReplacedError:
+            version = None
+    raise objects.ObjectReplacedError(path, f", {READ_ATTEMPTS} times in a row")
 
 
 def parquet_footer(path: StorePath, version: tuple[str, int] | None = None) -> pq.FileMetaData:
@@ -86,23 +111,15 @@ def parquet_footer(path: StorePath, version: tuple[str, int] | None = None) -> p
             f.close()
     import pyarrow.parquet as pq  # here: store/parquet.py says why
 
-    for _ in range(FOOTER_ATTEMPTS):
-        if version is None or not version[0]:
-            entry = objects.head(path)
-            if entry is None:
-                raise FileNotFoundError(str(path))
-            version = (entry.e_tag, entry.size)
+    def footer(version: tuple[str, int]) -> pq.FileMetaData:
         e_tag, size = version
-        try:
-            data = objects.read_range(path, max(0, size - FOOTER_READ), size, e_tag)
-            need = 8 + int.from_bytes(data[-8:-4], "little") if len(data) >= 8 else 0
-            if len(data) < need <= size:
-                data = objects.read_range(path, size - need, size, e_tag)
-        except objects.Changed:
-            version = None
-            continue
+        data = objects.read_range(path, max(0, size - FOOTER_READ), size, e_tag)
+        need = 8 + int.from_bytes(data[-8:-4], "little") if len(data) >= 8 else 0
+        if len(data) < need <= size:
+            data = objects.read_range(path, size - need, size, e_tag)
         return pq.read_metadata(pa.BufferReader(data))
-    raise OSError(f"{path} was replaced {FOOTER_ATTEMPTS} times while its footer was read")
+
+    return _one_version(path, version, footer)
 
 
 def read_table(path: StorePath) -> pa.Table:
@@ -123,19 +140,63 @@ def read_table(path: StorePath) -> pa.Table:
 def iter_batches(
     path: StorePath, columns: list[str] | None = None, batch_size: int = parquet.BATCH_ROWS
 ) -> Iterator[pa.RecordBatch]:
-    f = parquet_file(path)
+    """The file's rows a batch at a time. An object's come from one version of it: replaced
+    before the first batch was handed on (a row group's pages are all read for its first
+    batch), the read starts over on the new version; after, `ObjectReplacedError`."""
+    if not isinstance(path, ObjectPath):
+        yield from _batches(parquet.open_file(path), columns, batch_size)
+        return
+    for _ in range(READ_ATTEMPTS):
+        handed = False
+        try:
+            for batch in _batches(_object_file(path, objects.version(path)), columns, batch_size):
+                handed = True
+                yield batch
+            return
+        except objects.ObjectReplacedError:
+            if handed:
+                raise
+    raise objects.ObjectReplacedError(path, f", {READ_ATTEMPTS} times in a row")
+
+
+def _batches(
+    f: pq.ParquetFile, columns: list[str] | None = None, batch_size: int = parquet.BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
     try:
         yield from f.iter_batches(batch_size=batch_size, columns=columns)
     finally:
         f.close()
 
 
+def read_with(path: StorePath, read: Callable[[pq.ParquetFile], T]) -> T:
+    """`read(f)` of the parquet file, which is closed after: for a reader that hands nothing on
+    before it returns (a profile, a preview, a check). An object's file is one version of it,
+    and the whole `read` starts over on the new version when another run's PUT replaced the
+    object meanwhile (READ_ATTEMPTS times), where `parquet_file` could only raise."""
+
+    def run(f: pq.ParquetFile) -> T:
+        try:
+            return read(f)
+        finally:
+            f.close()
+
+    if isinstance(path, ObjectPath):
+        return _one_version(path, None, lambda v: run(_object_file(path, v)))
+    return run(parquet.open_file(path))
+
+
 def verify_pages(path: StorePath) -> str | None:
     """Why a file's pages cannot be read back intact (None: they can). Reads (and so decodes)
-    every page once with checksum verification on: the cheapest full check pyarrow offers."""
-    try:
-        for _ in iter_batches(path):
+    every page once with checksum verification on: the cheapest full check pyarrow offers.
+    An object replaced during the read is read again, whole, on its new version: a replaced
+    object is not a corrupt one."""
+
+    def read_all(f: pq.ParquetFile) -> None:
+        for _ in f.iter_batches(batch_size=parquet.BATCH_ROWS):
             pass
+
+    try:
+        read_with(path, read_all)
     except (OSError, pa.ArrowException) as exc:
         return f"{type(exc).__name__}: {exc}"
     return None
@@ -143,32 +204,22 @@ def verify_pages(path: StorePath) -> str | None:
 
 def dataset(paths: list[StorePath], format: str = "parquet") -> pads.Dataset:
     """A lazy dataset over files of one root (all local or all objects); parquet pages are
-    checksum-verified."""
+    checksum-verified. Over objects, each object is read at one version, the one its first
+    open found (store/object_reads.PinnedObjects): a scan that meets an object replaced since
+    raises `ObjectReplacedError`, never mixes two versions' bytes."""
     import pyarrow.dataset as pads  # here: it costs ~0.1 s to import, and only readers need it
 
     fmt = parquet.verifying_format() if format == "parquet" else format
     if paths and isinstance(paths[0], ObjectPath):
-        first = paths[0]
+        from dd_assets.store import object_reads
+
+        objs = [p for p in paths if isinstance(p, ObjectPath)]
         return pads.dataset(
-            [objects.fs_path(p) for p in paths],  # type: ignore[arg-type]
+            [object_reads.fs_path(p) for p in objs],
             format=fmt,
-            filesystem=objects.filesystem(first),
+            filesystem=object_reads.filesystem(objs),
         )
     return pads.dataset([str(p) for p in paths], format=fmt)
-
-
-@contextlib.contextmanager
-def _readable(path: ObjectPath) -> Iterator[None]:
-    """pyarrow reports a missing object as an OSError/FileNotFoundError like a local file; a
-    failure of the store itself becomes the root's error."""
-    try:
-        yield
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        if "not found" in str(exc).lower():
-            raise FileNotFoundError(str(path)) from exc
-        raise
 
 
 def read_bytes(path: StorePath) -> bytes | None:

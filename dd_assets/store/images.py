@@ -94,8 +94,8 @@ def remove_other_images(
 def missing_image(stage_dir: StorePath, path: StorePath, columns: list[str]) -> str | None:
     """The first image file a row group's cells name that is not there (its path relative to
     `stage_dir`); None when all are. One folder listing per column, not one request per file."""
-    f = files.parquet_file(path)
-    try:
+
+    def first_missing(f: Any) -> str | None:
         present = [c for c in columns if c in f.schema_arrow.names]
         if not present:
             return None
@@ -109,9 +109,9 @@ def missing_image(stage_dir: StorePath, path: StorePath, columns: list[str]) -> 
                             listed[folder] = set(files.names(stage_dir / folder))
                         if file not in listed[folder]:
                             return rel
-    finally:
-        f.close()
-    return None
+        return None
+
+    return files.read_with(path, first_missing)
 
 
 def sweep_images(stage_dir: StorePath) -> list[Any]:

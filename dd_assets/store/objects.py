@@ -9,7 +9,8 @@ What the local code gets from the filesystem, it gets here another way:
   refusal: optimistic concurrency instead of flock;
 - the lock that serialises a few multi-object operations (prepare, unseal): `lease_lock`, an
   object created with If-None-Match and taken over once its lease ran out;
-- reading: pyarrow over obstore's fsspec adapter (ranged reads, so a footer is a few requests).
+- reading one version: range GETs pinned to the ETag of a HEAD or listing (If-Match), so a
+  reader never applies one PUT's footer to another's pages (store/object_reads.py).
 
 Credentials and endpoints come only from the environment (AWS_ACCESS_KEY_ID, AWS_ENDPOINT_URL,
 AWS_REGION, AWS_ALLOW_HTTP, GOOGLE_*, AZURE_*), as obstore reads them: nothing about them is
@@ -31,15 +32,12 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dd_assets.errors import StoreError
 
-if TYPE_CHECKING:
-    import pyarrow.fs as pafs
-
-# scheme -> the fsspec protocol obstore's adapter uses for it
-SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "az": "az", "abfs": "abfs", "abfss": "abfs"}
+# the schemes a data root may have (obstore's URL schemes)
+SCHEMES = ("s3", "s3a", "gs", "az", "abfs", "abfss")
 LEASE_S = 30.0  # a lock object older than this is taken over (its holder died)
 _RETRIES = 50  # conditional-write attempts before giving up (each re-reads the object)
 
@@ -99,7 +97,6 @@ def parse_root(text: str) -> ObjectPath:
 # ---- clients ---------------------------------------------------------------------------------
 
 _clients: dict[tuple[str, str], Any] = {}
-_filesystems: dict[str, pafs.FileSystem] = {}
 _checked: set[str] = set()
 _mutex = threading.Lock()
 
@@ -144,25 +141,6 @@ def client(path: ObjectPath) -> Any:
                 ) from None
             _clients[key] = found
         return found
-
-
-def filesystem(path: ObjectPath) -> pafs.FileSystem:
-    """A pyarrow filesystem over obstore for readers (paths without scheme: bucket/key)."""
-    protocol = SCHEMES[path.scheme]
-    with _mutex:
-        found = _filesystems.get(protocol)
-        if found is None:
-            _obstore()
-            import pyarrow.fs as pafs
-            from obstore.fsspec import FsspecStore
-
-            found = pafs.PyFileSystem(pafs.FSSpecHandler(FsspecStore(protocol)))
-            _filesystems[protocol] = found
-        return found
-
-
-def fs_path(path: ObjectPath) -> str:
-    return f"{path.bucket}/{path.key}"
 
 
 def _first_line(exc: BaseException) -> str:
@@ -257,9 +235,9 @@ def get(path: ObjectPath) -> tuple[bytes, str] | None:
 
 def read_range(path: ObjectPath, start: int, end: int, e_tag: str) -> bytes:
     """Bytes [start, end) of the version of the object whose ETag is `e_tag` (If-Match; a
-    store that gives no ETag cannot pin it); `Changed` if another PUT has replaced it since,
-    FileNotFoundError if it is gone. A bounded range, not a suffix: Azure's blob service takes
-    no suffix ranges."""
+    store that gives no ETag cannot pin it); `ObjectReplacedError` if another PUT has replaced
+    it since, FileNotFoundError if it is gone. A bounded range, not a suffix: Azure's blob
+    service takes no suffix ranges."""
     obs = _obstore()
     from obstore.exceptions import PreconditionError
 
@@ -269,12 +247,33 @@ def read_range(path: ObjectPath, start: int, end: int, e_tag: str) -> bytes:
     with _errors(path):
         try:
             return bytes(obs.get(client(path), path.key, options=options).bytes())
-        except PreconditionError as exc:
-            raise Changed(str(path)) from exc
+        except PreconditionError:
+            raise ObjectReplacedError(path) from None
 
 
-class Changed(Exception):
-    """The object was replaced between two reads that must see one version."""
+class ObjectReplacedError(StoreError):
+    """The object was replaced (another run's PUT) between two reads that must see one version
+    of it. Readers start over on the new version where nothing was handed on yet; escaping, it
+    is the user's error line: the reader saw nothing mixed, and a rerun reads the new version."""
+
+    def __init__(self, path: ObjectPath, why: str = "") -> None:
+        self.path, self.why = path, why
+        super().__init__(
+            f"{path} was replaced by another run's write while it was being read"
+            f"{why}; nothing of two versions was mixed: rerun to read the new one"
+            " (overlapping runs of one stage write the same row groups: docs/scaling.md)"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:  # pickled (a run worker's error) with its own args
+        return type(self), (self.path, self.why)
+
+
+def version(path: ObjectPath) -> tuple[str, int]:
+    """(ETag, size) of the object as it is now (a HEAD); FileNotFoundError if there is none."""
+    entry = head(path)
+    if entry is None:
+        raise FileNotFoundError(str(path))
+    return entry.e_tag, entry.size
 
 
 def head(path: ObjectPath) -> Entry | None:

@@ -17,7 +17,7 @@ import pytest
 
 from dd_assets.store import files, objects
 from dd_assets.store.footer import read_footer
-from dd_assets.store.objects import Conflict, ObjectPath, ObjectStoreError
+from dd_assets.store.objects import Conflict, ObjectPath, ObjectReplacedError, ObjectStoreError
 from dd_assets.store.partition_store import (
     ConfigChangedError,
     PartitionStore,
@@ -135,6 +135,100 @@ def test_a_footer_read_while_its_object_is_replaced_is_one_versions_footer(
     footer = read_footer(info.path)
     assert replaced and footer.error is None, footer.error
     assert footer.schema is not None and footer.schema.names == ["id", "text"]  # the new PUT's
+
+
+def parquet_bytes(table: pa.Table) -> bytes:
+    buf = pa.BufferOutputStream()
+    pq.write_table(table, buf, write_page_checksum=True)
+    return buf.getvalue().to_pybytes()
+
+
+def test_pages_read_while_their_object_is_replaced_are_one_versions_pages(
+    store: PartitionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """iter_batches and verify_pages (the checks, export, profiles, previews) read an object's
+    footer, then the pages it names. Another run's PUT landing in between (overlapping
+    backfills) starts the read over on the new version: its rows whole, and no page checksum
+    error taken for corruption; a PUT landing after rows were handed on is ObjectReplacedError,
+    never the rest of another version's rows."""
+    ref = make_ref()
+    fill(store, ref, [0])
+    info = store.completed(ref)[0]
+    path = info.path
+    bigger = pa.table({"id": list(range(1000)), "text": ["x" * 50] * 1000})
+    replacing: list[bytes] = []
+    real = pq.ParquetFile
+
+    class ReplacedOnceOpened(real):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)  # the footer is read
+            if replacing:
+                objects.put(path, replacing.pop())  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pq, "ParquetFile", ReplacedOnceOpened)
+    replacing.append(parquet_bytes(bigger))
+    got = pa.Table.from_batches(list(store.batches(info)))
+    assert not replacing and got.column("id").to_pylist() == list(range(1000))
+    replacing.append(parquet_bytes(bigger.slice(0, 7)))
+    assert files.verify_pages(path) is None and not replacing
+    assert files.parquet_file(path).read().num_rows == 7
+
+    # Read lazily (pyarrow pre-buffers a file's column chunks up to 32 MiB at once, so only a
+    # bigger file is read after its first batch), a PUT landing after rows were handed on ends
+    # the read: restarting would repeat them, continuing would mix two versions.
+    buf = pa.BufferOutputStream()
+    pq.write_table(bigger.slice(0, 30), buf, row_group_size=10, write_page_checksum=True)
+    objects.put(path, buf.getvalue().to_pybytes())  # type: ignore[arg-type]
+
+    class Lazy(real):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **{**kwargs, "pre_buffer": False})
+
+    monkeypatch.setattr(pq, "ParquetFile", Lazy)
+    batches = files.iter_batches(path, batch_size=10)
+    assert next(batches).column("id").to_pylist() == list(range(10))
+    objects.put(path, parquet_bytes(bigger))  # type: ignore[arg-type]
+    with pytest.raises(ObjectReplacedError, match=r"batch_00000\.parquet was replaced"):
+        next(batches)
+
+
+def test_a_dataset_reads_each_object_at_one_version(
+    store: PartitionStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A dataset (a `mode: sample` seed counts its rows, then takes some; the IO manager's
+    readers) reopens each object for every scan and reuses the footer it cached: each object is
+    read at the version its first open found, and a scan meeting a replaced object, between
+    scans or within one, raises ObjectReplacedError instead of reading one PUT's pages by the
+    other's footer. A new dataset reads the new version."""
+    ref = make_ref()
+    fill(store, ref, [0, 1])
+    path = store.completed(ref)[1].path
+    bigger = pa.table({"id": list(range(1000)), "text": ["x" * 50] * 1000})
+    bigger = bigger.replace_schema_metadata(files.parquet_footer(path).metadata)
+    sample = store.dataset(ref)
+    assert sample.count_rows() == 20
+    objects.put(path, parquet_bytes(bigger))  # type: ignore[arg-type]
+    with pytest.raises(ObjectReplacedError, match=r"batch_00001\.parquet was replaced"):
+        sample.take(pa.array([15]))
+    with pytest.raises(ObjectReplacedError, match=r"batch_00001\.parquet was replaced"):
+        sample.to_table()
+
+    fresh = store.dataset(ref)
+    real_read = objects.read_range
+    reads: list[int] = []
+
+    def read_then_replaced(p: ObjectPath, start: int, end: int, e_tag: str) -> bytes:
+        got = real_read(p, start, end, e_tag)
+        if p == path and not reads:  # another run's PUT lands after the footer's read
+            reads.append(start)
+            objects.put(p, parquet_bytes(bigger.slice(0, 3)))
+        return got
+
+    monkeypatch.setattr(objects, "read_range", read_then_replaced)
+    with pytest.raises(ObjectReplacedError, match=r"batch_00001\.parquet was replaced"):
+        fresh.to_table()
+    monkeypatch.undo()
+    assert store.dataset(ref).to_table().column("id").to_pylist() == [*range(10), 0, 1, 2]
 
 
 def test_a_scan_reads_each_footer_by_the_listings_etag_with_no_head(

@@ -63,11 +63,9 @@ def of_batches(batches: Iterable[pa.RecordBatch], schema: pa.Schema) -> TablePar
 
 
 def _of_file(path: StorePath) -> TablePartial:
-    f = files.parquet_file(path)
-    try:
-        return of_batches(f.iter_batches(batch_size=BATCH_ROWS), f.schema_arrow)
-    finally:
-        f.close()
+    return files.read_with(
+        path, lambda f: of_batches(f.iter_batches(batch_size=BATCH_ROWS), f.schema_arrow)
+    )
 
 
 def record_row_group(

@@ -444,8 +444,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from dd_assets.dagster.build import CONFIG_ENV
     from dd_assets.dagster.instance import get_instance
+    from dd_assets.dagster.names import CONFIG_ENV
     from dd_assets.dagster.workspace import write_workspace
 
     env = dict(os.environ)

@@ -27,9 +27,6 @@ from dd_assets.errors import ConfigError
 from dd_assets.runners.checks import ROW_GROUP_CHECK
 from dd_assets.runners.plan import StagePlan, WorkflowPlan
 
-# What the code location serves: a workflow YAML file or a folder of them.
-CONFIG_ENV = "DD_ASSETS_CONFIG"
-
 
 def workflow_definitions(plan: WorkflowPlan) -> dg.Definitions:
     """The assets, checks and jobs of one workflow (no resources: see build_definitions)."""

@@ -10,7 +10,8 @@ import os
 import dagster as dg
 
 from dd_assets.config import load_workflows
-from dd_assets.dagster.build import CONFIG_ENV, build_definitions
+from dd_assets.dagster.build import build_definitions
+from dd_assets.dagster.names import CONFIG_ENV
 from dd_assets.errors import ConfigError
 from dd_assets.runners.plan import plan_workflow
 from dd_assets.store.layout import default_root

@@ -17,6 +17,8 @@ from dd_assets.store.layout import partition_key
 LOCATION_NAME = "dd-assets"
 CODE_LOCATION_MODULE = "dd_assets.dagster.definitions"
 CODE_LOCATION_ATTRIBUTE = "defs"
+# What the code location serves: a workflow YAML file or a folder of them.
+CONFIG_ENV = "DD_ASSETS_CONFIG"
 
 # Tags of every run a dd-assets command starts: which process runs it, so the next command can
 # tell a run whose process was killed (left "Started" forever) from one still going.

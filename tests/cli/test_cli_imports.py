@@ -187,10 +187,13 @@ def test_what_materialize_and_the_code_location_import(tmp_path: Path) -> None:
     the LLM client (aiohttp) by a wave with LLM cells, Faker by person samplers, jsonschema by
     structured answers, Dagster's SQLite storage by an instance that has it (never by a code
     server), pyarrow.dataset and pandas by readers; and nothing of Dagster's webserver or
-    PostgreSQL storage. A wave without LLM cells still imports no aiohttp."""
+    PostgreSQL storage. A wave without LLM cells still imports no aiohttp. And `dd-assets ui`,
+    which only opens the instance before it execs `dagster dev`, imports no assets."""
     code = textwrap.dedent(
         f"""
         import json, sys
+        import dd_assets.dagster.instance, dd_assets.dagster.names, dd_assets.dagster.workspace
+        ui = sorted(sys.modules)
         import dd_assets.dagster.definitions, dd_assets.dagster.materialize
         at_import = sorted(sys.modules)
         from dd_assets.config import load_workflow
@@ -199,13 +202,14 @@ def test_what_materialize_and_the_code_location_import(tmp_path: Path) -> None:
         from dd_assets.store.partition_store import PartitionStore
         plan = plan_workflow(load_workflow({str(QUICKSTART)!r}))
         materialize_wave(list(plan.stages.values()), PartitionStore({str(tmp_path)!r}), [0])
-        print(json.dumps([at_import, sorted(sys.modules)]))
+        print(json.dumps([ui, at_import, sorted(sys.modules)]))
         """
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     )
-    at_import, after_wave = (set(m) for m in json.loads(out.stdout.strip().splitlines()[-1]))
+    ui, at_import, after_wave = (set(m) for m in json.loads(out.stdout.strip().splitlines()[-1]))
+    assert "dagster" in ui and not {"dd_assets.dagster.build", "numpy", "pyarrow"} & ui
     assert {"dagster", "dd_assets.dagster.assets", "dd_assets.runners.materialize"} <= at_import
     assert {"faker", "pandas"} <= after_wave  # the wave ran (person samplers; pa.array)
     unwanted = {

@@ -511,6 +511,15 @@ class LLMCellRunner:
         # again by --retry-dropped, and an empty answer must never be served as one.
         if self._cache is not None and (result.content.strip() or result.tool_calls):
             self._save(CacheEntry(self.stage.name, col.name, row_index, key, result.to_dict()))
+        # Answers come back in bursts (requests sent together come back together). Each one
+        # freed its request slot and woke the request waiting for it, but that request went
+        # out only once the loop had handed on the burst's every answer (the row's next cell
+        # rendered, its request keyed): each slot idled meanwhile. Two turns of the loop first:
+        # in the first the woken requests go out, in the second the burst's other answers get
+        # as far as this one. Not before the answer is queued for the cache: a kill -9 must
+        # not find more answers received and unsaved than before.
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
         return result
 
 

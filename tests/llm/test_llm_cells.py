@@ -34,7 +34,7 @@ from dd_assets.config.models import ModelConfig
 from dd_assets.llm import LLMClient, LLMFatalError, request_hash
 from dd_assets.llm import client as llm_client
 from dd_assets.llm.cache import CACHE_DIR_ENV, RequestCache, cache_path
-from dd_assets.llm.cells import SAME_REJECTIONS_FATAL, EarlyStopError
+from dd_assets.llm.cells import SAME_REJECTIONS_FATAL, EarlyStopError, LLMCellRunner
 from dd_assets.runners.materialize import RowGroupOutcome, UnfinishedCellsError, materialize
 from dd_assets.runners.plan import StagePlan, plan_workflow
 from dd_assets.store.partition_store import PartitionStore
@@ -631,6 +631,36 @@ def test_retry_dropped_asks_an_unusable_answer_afresh(mock: MockOpenAI, tmp_path
     plan, outcomes = run_stage(wf, root, retry_dropped=True)
     assert mock.requests == 1 and outcomes[0].stats["dropped_rows"] == 0
     assert len(read_rows(root, plan)) == 4
+
+
+def test_a_freed_slots_next_request_is_out_before_the_answer_is_handed_on(
+    mock: MockOpenAI, tmp_path: Path
+):
+    """Answers come back in bursts; the freed slots' waiting requests used to go out only after
+    every answer of the burst was handed on (issue 17: each slot idled meanwhile). With one
+    slot: when the first cell's answer reaches the engine, the second cell's request is out,
+    and the first answer is already queued for the cache."""
+    wf = make_workflow(mock.url, [TEXT_A], model={"max_parallel_requests": 1})
+    col = wf.stage("s").columns[1]
+
+    async def go() -> list[int]:
+        seen: list[int] = []
+        async with (
+            LLMClient(wf.models) as client,
+            LLMCellRunner(wf, "s", cache_path=tmp_path / "cache.sqlite", client=client) as runner,
+        ):
+
+            async def first() -> None:
+                await runner(col, 0, {"rid": "r0"})
+                seen.append(client.in_flight())
+
+            await asyncio.gather(first(), runner(col, 1, {"rid": "r1"}))
+        return seen
+
+    assert asyncio.run(go()) == [1]
+    assert mock.requests == 2
+    with RequestCache(tmp_path / "cache.sqlite") as cache:
+        assert cache.count("s") == 2
 
 
 @pytest.mark.parametrize("status", [400, 401])

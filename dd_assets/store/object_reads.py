@@ -63,11 +63,9 @@ class VersionFile(io.RawIOBase):
         return len(data)
 
 
-def open_version(path: ObjectPath, version: tuple[str, int] | None = None) -> pa.PythonFile:
-    """The object as a pyarrow file pinned to `version` (ETag, size), else to what a HEAD says
-    now; FileNotFoundError if there is no such object."""
-    if version is None or not version[0]:
-        version = objects.version(path)
+def open_version(path: ObjectPath, version: tuple[str, int]) -> pa.PythonFile:
+    """The object as a pyarrow file pinned to `version` (ETag, size): what a listing or a HEAD
+    said (files._one_version, PinnedObjects)."""
     return pa.PythonFile(VersionFile(path, version), mode="r")
 
 
@@ -116,8 +114,7 @@ class PinnedObjects(pafs.FileSystemHandler):
         raise NotImplementedError("a dataset of given objects lists no folder")
 
     def open_input_file(self, path: str) -> pa.PythonFile:
-        obj, version = self._version(path)
-        return pa.PythonFile(VersionFile(obj, version), mode="r")
+        return open_version(*self._version(path))
 
     def open_input_stream(self, path: str) -> pa.PythonFile:
         return self.open_input_file(path)
